@@ -1,0 +1,64 @@
+//! HTTP client for the node's admin API (types from `echomesh_node::admin::api`).
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context};
+use echomesh_node::admin::api::ErrorBody;
+use serde::{de::DeserializeOwned, Serialize};
+
+pub struct AdminClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    pub fn new(base: &str, token_file: &Path) -> anyhow::Result<Self> {
+        let token = std::fs::read_to_string(token_file).ok().map(|t| t.trim().to_string());
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .context("building HTTP client")?;
+        Ok(AdminClient {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    fn token_hint(&self) -> &'static str {
+        if self.token.is_none() {
+            " (no token file was readable: pass --token-file <data-dir>/admin.token)"
+        } else {
+            ""
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the admin API at {}: {e}. Is echomesh-node running? (set --admin URL)",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp.json::<T>().await.context("reading admin API answer");
+        }
+        let body = resp.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<ErrorBody>(&body).map(|e| e.error).unwrap_or(body);
+        Err(anyhow!("{msg} (HTTP {}){}", status.as_u16(), if status.as_u16() == 401 { self.token_hint() } else { "" }))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
+    }
+}

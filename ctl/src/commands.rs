@@ -1,0 +1,243 @@
+//! Implementations of the admin and client commands.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use echomesh_node::admin::api;
+use echomesh_node::echo::EchoPacket;
+use echomesh_node::wire::{ClientEvent, SubscribeFilter};
+
+use crate::admin_client::AdminClient;
+use crate::{Cli, Command};
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let json = cli.json;
+    let admin = || AdminClient::new(&cli.admin, &cli.token_file);
+    match cli.command {
+        Command::Status => {
+            let s: api::Status = admin()?.get(api::PATH_STATUS).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("id           {}", s.id);
+                println!("fingerprint  {}", s.fingerprint);
+                println!("version      {} (protocol {})", s.version, s.protocol);
+                println!("cluster      {}", s.cluster);
+                println!("listen       {} (advertised as {})", s.listen, s.advertise);
+                println!("ready        {}{}", s.ready, if s.draining { " (draining)" } else { "" });
+                println!("neighbors    {} up of {}", s.neighbors_up, s.neighbors_total);
+                println!("clients      {}", s.client_sessions);
+                println!("uptime       {} s", s.uptime_secs);
+            }
+        }
+        Command::Neighbors => {
+            let list: Vec<api::NeighborInfo> = admin()?.get(api::PATH_NEIGHBORS).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no neighbors yet: run `echomeshctl invite` here and `echomeshctl join TOKEN` on the other node");
+            } else {
+                println!("{:<11} {:<11} {:<5} {:<7} {:>9}  {:<22} ERROR", "ID", "STATE", "MODE", "ORIGIN", "RTT", "ADDR");
+                for n in list {
+                    let rtt = n.rtt_ms.map(|r| format!("{r:.2} ms")).unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<11} {:<11} {:<5} {:<7} {:>9}  {:<22} {}",
+                        n.id,
+                        n.state,
+                        n.mode,
+                        n.origin,
+                        rtt,
+                        n.addr,
+                        n.last_error.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Command::Invite { ttl } => {
+            let r: api::InviteResponse = admin()?
+                .post(api::PATH_INVITES, &api::InviteRequest { ttl_secs: ttl })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                if let Some(w) = &r.warning {
+                    eprintln!("warning: {w}");
+                }
+                eprintln!("one-time invite for {} (run on the other node: echomeshctl join TOKEN):", r.addr);
+                println!("{}", r.token);
+            }
+        }
+        Command::Join { token } => {
+            let r: api::JoinResponse = admin()?.post(api::PATH_JOIN, &api::JoinRequest { token }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("joined {} ({}) at {}; it is now a pinned neighbor", r.neighbor.id, r.neighbor.fingerprint, r.neighbor.addr);
+            }
+        }
+        Command::Version => {
+            let ctl = env!("CARGO_PKG_VERSION");
+            let node = admin()?.get::<api::Status>(api::PATH_STATUS).await;
+            if json {
+                let v = serde_json::json!({
+                    "ctl": ctl,
+                    "protocol": echomesh_node::wire::PROTOCOL_VERSION,
+                    "node": node.as_ref().ok().map(|s| &s.version),
+                    "node_protocol": node.as_ref().ok().map(|s| s.protocol),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("echomeshctl {ctl} (protocol {})", echomesh_node::wire::PROTOCOL_VERSION);
+                match node {
+                    Ok(s) => println!("echomesh-node {} (protocol {}) at {}", s.version, s.protocol, cli.admin),
+                    Err(e) => println!("echomesh-node: unknown ({e})"),
+                }
+            }
+        }
+        Command::Inject { node, count, size, hops, payload } => {
+            return inject(&node, count, size, hops, payload, json).await;
+        }
+        Command::Tail { node, count, timeout } => return tail(&node, count, timeout, json).await,
+        Command::Bench(args) => return crate::bench::run(args, json).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn inject(
+    node: &crate::target_node::NodeTarget,
+    count: u64,
+    size: usize,
+    hops: u8,
+    payload: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    if count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let (_ep, session) = crate::target_node::connect(node).await?;
+    let (conn, mut w, mut r) = session.split();
+    const BATCH: u64 = 256;
+    let fixed = payload.map(|p| Bytes::from(p.into_bytes()));
+    let (mut sent, mut acked_batches) = (0u64, 0u64);
+    let (mut accepted, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
+    let batches = count.div_ceil(BATCH);
+    let mut batch = Vec::with_capacity(BATCH as usize);
+    // Send all batches, reading acknowledgements as they come (pipelined).
+    let reader = async {
+        while acked_batches < batches {
+            match r.next_event().await? {
+                Some(ClientEvent::Injected { accepted: a, duplicates: d, rejected: x }) => {
+                    accepted += u64::from(a);
+                    duplicates += u64::from(d);
+                    rejected += u64::from(x);
+                    acked_batches += 1;
+                }
+                Some(ClientEvent::Error { message, .. }) => bail!("node refused: {message}"),
+                Some(_) => {}
+                None => bail!("node closed the session"),
+            }
+        }
+        anyhow::Ok(())
+    };
+    let writer = async {
+        while sent < count {
+            batch.clear();
+            while sent < count && (batch.len() as u64) < BATCH {
+                let p = match &fixed {
+                    Some(p) => p.clone(),
+                    None => {
+                        let mut v = vec![0u8; size];
+                        rand::Rng::fill(&mut rand::rng(), &mut v[..]);
+                        Bytes::from(v)
+                    }
+                };
+                batch.push(EchoPacket::new(p, hops, None));
+                sent += 1;
+            }
+            w.inject(&batch).await?;
+        }
+        anyhow::Ok(())
+    };
+    let (rr, wr) = tokio::join!(reader, writer);
+    wr?;
+    rr?;
+    w.finish();
+    conn.close(0u32.into(), b"done");
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"sent": sent, "accepted": accepted, "duplicates": duplicates, "rejected": rejected})
+        );
+    } else {
+        println!("injected {sent} packets: {accepted} accepted, {duplicates} duplicates, {rejected} rejected");
+    }
+    Ok(if rejected > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Payload as text when it is printable UTF-8, else hex.
+pub fn render_payload(p: &[u8]) -> (String, &'static str) {
+    match std::str::from_utf8(p) {
+        Ok(s) if s.chars().all(|c| !c.is_control() || c == '\t') => (s.to_string(), "utf8"),
+        _ => (hex::encode(p), "hex"),
+    }
+}
+
+async fn tail(
+    node: &crate::target_node::NodeTarget,
+    count: Option<u64>,
+    timeout: Option<f64>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (_ep, mut session) = crate::target_node::connect(node).await?;
+    session.subscribe(SubscribeFilter::All).await?;
+    eprintln!("tail: subscribed to {} ({})", node.addr, session.node_id);
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+    let mut seen = 0u64;
+    let stdout = std::io::stdout();
+    loop {
+        if count.is_some_and(|c| seen >= c) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let ev = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, session.next_event()).await {
+                Ok(ev) => ev?,
+                Err(_) => {
+                    if let Some(c) = count {
+                        eprintln!("echomeshctl: timeout after {seen} of {c} packets");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+            },
+            None => session.next_event().await?,
+        };
+        match ev {
+            Some(ClientEvent::Deliver(batch)) => {
+                let mut out = stdout.lock();
+                for p in batch {
+                    if count.is_some_and(|c| seen >= c) {
+                        break;
+                    }
+                    seen += 1;
+                    let (text, enc) = render_payload(&p.payload);
+                    if json {
+                        let v = serde_json::json!({"id": hex::encode(p.id), "payload": text, "encoding": enc, "hops_left": p.hops_left});
+                        writeln!(out, "{v}").context("writing to stdout")?;
+                    } else {
+                        writeln!(out, "{text}").context("writing to stdout")?;
+                    }
+                }
+                out.flush().ok();
+            }
+            Some(ClientEvent::Lagged { dropped }) => {
+                eprintln!("echomeshctl: warning: the node dropped {dropped} packets because this client read too slowly");
+            }
+            Some(ClientEvent::Error { message, .. }) => bail!("node refused: {message}"),
+            Some(_) => {}
+            None => bail!("node closed the session after {seen} packets"),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Admin API request and response types, shared by the node and `echomeshctl`.
+//! These JSON shapes are a documented contract (docs/OPERATIONS.md).
+
+use serde::{Deserialize, Serialize};
+
+pub const PATH_STATUS: &str = "/v1/status";
+pub const PATH_NEIGHBORS: &str = "/v1/neighbors";
+pub const PATH_INVITES: &str = "/v1/invites";
+pub const PATH_JOIN: &str = "/v1/join";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// Short node ID.
+    pub id: String,
+    /// Full fingerprint (64 hex).
+    pub fingerprint: String,
+    pub version: String,
+    pub protocol: u16,
+    pub ready: bool,
+    pub draining: bool,
+    pub cluster: String,
+    pub listen: String,
+    pub advertise: String,
+    pub uptime_secs: u64,
+    pub neighbors_up: usize,
+    pub neighbors_total: usize,
+    pub client_sessions: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NeighborInfo {
+    pub id: String,
+    pub fingerprint: String,
+    /// Configured dial address, or the remote address of its connection when it dials us.
+    pub addr: String,
+    /// `up`, `connecting` or `down`.
+    pub state: String,
+    /// `full` or `half`.
+    pub mode: String,
+    /// `static`, `joined` or `admin`.
+    pub origin: String,
+    pub rtt_ms: Option<f64>,
+    /// Seconds in the current state.
+    pub since_secs: u64,
+    pub queue_bytes: usize,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct InviteRequest {
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InviteResponse {
+    pub token: String,
+    pub addr: String,
+    pub expires_unix: u64,
+    /// Set when the advertised address is probably not reachable from other hosts.
+    pub warning: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub neighbor: NeighborInfo,
+}
+
+/// Body of every non-2xx answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,211 @@
+//! The admin HTTP API. `/healthz`, `/readyz` and `/metrics` are open; everything under `/v1`
+//! needs `Authorization: Bearer <token>` with the token from `<data-dir>/admin.token`.
+
+pub mod api;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use crate::invite::{now_unix, InviteToken};
+use crate::node::Ctx;
+use crate::peer::NeighborView;
+
+struct AdminState {
+    ctx: Arc<Ctx>,
+    token_hash: blake3::Hash,
+}
+
+type St = State<Arc<AdminState>>;
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(api::ErrorBody { error: msg.into() })).into_response()
+}
+
+pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, token: String) {
+    let state = Arc::new(AdminState {
+        token_hash: blake3::hash(token.as_bytes()),
+        ctx: ctx.clone(),
+    });
+    let v1 = Router::new()
+        .route(api::PATH_STATUS, get(status))
+        .route(api::PATH_NEIGHBORS, get(neighbors))
+        .route(api::PATH_INVITES, post(invite))
+        .route(api::PATH_JOIN, post(join))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(v1)
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(state);
+    let shutdown = ctx.shutdown.clone();
+    let res = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, "admin API stopped");
+    }
+}
+
+async fn auth(State(s): St, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| blake3::hash(t.trim().as_bytes()));
+    // blake3::Hash compares in constant time.
+    if presented != Some(s.token_hash) {
+        s.ctx.metrics.admin_requests.with_label_values(&["unauthorized"]).inc();
+        tracing::info!(path = %req.uri().path(), "admin request without a valid token");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token: pass the token from <data-dir>/admin.token (echomeshctl --token-file)",
+        );
+    }
+    let resp = next.run(req).await;
+    let result = if resp.status().is_success() { "ok" } else { "error" };
+    s.ctx.metrics.admin_requests.with_label_values(&[result]).inc();
+    resp
+}
+
+async fn readyz(State(s): St) -> Response {
+    let ctx = &s.ctx;
+    if ctx.draining.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n").into_response()
+    } else if !ctx.ready.load(Ordering::SeqCst) || ctx.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or stopping\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics(State(s): St) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.ctx.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn status(State(s): St) -> Json<api::Status> {
+    let ctx = &s.ctx;
+    let all = ctx.neighbors().all();
+    Json(api::Status {
+        id: ctx.identity.id.short(),
+        fingerprint: ctx.identity.id.fingerprint(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        protocol: crate::wire::PROTOCOL_VERSION,
+        ready: ctx.ready.load(Ordering::SeqCst) && !ctx.draining.load(Ordering::SeqCst),
+        draining: ctx.draining.load(Ordering::SeqCst),
+        cluster: ctx.cfg.cluster.clone(),
+        listen: ctx.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        advertise: ctx.advertise.clone(),
+        uptime_secs: ctx.started.elapsed().as_secs(),
+        neighbors_up: all.iter().filter(|n| n.is_up()).count(),
+        neighbors_total: all.len(),
+        client_sessions: ctx.router.subscribers.sessions(),
+    })
+}
+
+pub fn neighbor_info(v: &NeighborView) -> api::NeighborInfo {
+    api::NeighborInfo {
+        id: v.id.short(),
+        fingerprint: v.id.fingerprint(),
+        addr: v
+            .addr
+            .clone()
+            .or_else(|| v.remote.map(|r| r.to_string()))
+            .unwrap_or_default(),
+        state: v.state.label().into(),
+        mode: v.mode.to_string(),
+        origin: serde_json::to_value(v.origin)
+            .ok()
+            .and_then(|x| x.as_str().map(String::from))
+            .unwrap_or_default(),
+        rtt_ms: v.rtt.map(|d| d.as_secs_f64() * 1000.0),
+        since_secs: v.since.as_secs(),
+        queue_bytes: v.queue_bytes,
+        last_error: v.last_error.clone(),
+    }
+}
+
+async fn neighbors(State(s): St) -> Json<Vec<api::NeighborInfo>> {
+    Json(s.ctx.neighbors().all().iter().map(|n| neighbor_info(&n.view())).collect())
+}
+
+async fn invite(State(s): St, body: Option<Json<api::InviteRequest>>) -> Response {
+    let ctx = &s.ctx;
+    let ttl = body
+        .and_then(|Json(b)| b.ttl_secs)
+        .unwrap_or(ctx.cfg.invite.default_ttl_secs);
+    if ttl == 0 || ttl > 7 * 24 * 3600 {
+        return error(StatusCode::BAD_REQUEST, "ttl_secs must be between 1 and 604800 (7 days)");
+    }
+    let now = now_unix();
+    let expires = now + ttl;
+    let secret = match ctx.invites.lock().unwrap_or_else(|p| p.into_inner()).issue(now, expires) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+    };
+    let token = InviteToken {
+        addr: ctx.advertise.clone(),
+        id: ctx.identity.id,
+        secret,
+        expires_unix: expires,
+        cluster: ctx.cfg.cluster.clone(),
+    };
+    ctx.metrics.invites_issued.inc();
+    let warning = ctx.advertise.starts_with("127.").then(|| {
+        format!(
+            "the token tells the joining node to dial {}, a loopback address: only nodes on this host can use it. \
+             Set `advertise` (or --advertise) to an address other hosts reach.",
+            ctx.advertise
+        )
+    });
+    tracing::info!(expires_in_secs = ttl, addr = %ctx.advertise, "invite issued");
+    Json(api::InviteResponse {
+        token: token.encode(),
+        addr: ctx.advertise.clone(),
+        expires_unix: expires,
+        warning,
+    })
+    .into_response()
+}
+
+async fn join(State(s): St, Json(req): Json<api::JoinRequest>) -> Response {
+    let ctx = &s.ctx;
+    let res = tokio::time::timeout(
+        Duration::from_millis(ctx.cfg.peer.handshake_timeout_ms * 3),
+        crate::peer::join::join(ctx, &req.token),
+    )
+    .await;
+    match res {
+        Ok(Ok(rec)) => {
+            let view = ctx.neighbors().get(&rec.id).map(|n| n.view());
+            match view {
+                Some(v) => Json(api::JoinResponse { neighbor: neighbor_info(&v) }).into_response(),
+                None => error(StatusCode::INTERNAL_SERVER_ERROR, "neighbor vanished right after joining"),
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "join failed");
+            let code = match e {
+                crate::peer::join::JoinError::Token(_) | crate::peer::join::JoinError::OwnToken => StatusCode::BAD_REQUEST,
+                crate::peer::join::JoinError::Refused(_) => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            error(code, e.to_string())
+        }
+        Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "join did not finish in time"),
+    }
+}

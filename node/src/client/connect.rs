@@ -1,0 +1,166 @@
+//! The client side of the client protocol, shared by `echomeshctl`, the bench and the tests.
+
+use std::net::SocketAddr;
+
+use crate::config::PeerSection;
+use crate::echo::EchoPacket;
+use crate::identity::NodeId;
+use crate::transport;
+use crate::wire::{self, ClientEvent, ClientRequest, ClientRequestRef, SubscribeFilter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("node at {addr} presented fingerprint {got}, not the expected {expected}; check the address, or the node was re-installed")]
+    WrongNode { addr: SocketAddr, expected: String, got: String },
+    #[error("cannot connect to {addr}: {msg}")]
+    Connect { addr: SocketAddr, msg: String },
+    #[error("node refused the session: {0}")]
+    Refused(String),
+    #[error("connection lost: {0}")]
+    Io(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+pub struct ClientSession {
+    pub node_id: NodeId,
+    pub conn: quinn::Connection,
+    writer: ClientWriter,
+    reader: ClientReader,
+}
+
+pub struct ClientWriter {
+    send: quinn::SendStream,
+    buf: Vec<u8>,
+}
+
+pub struct ClientReader {
+    recv: quinn::RecvStream,
+    buf: Vec<u8>,
+    max_frame: usize,
+}
+
+/// Connect and say hello. With `expected = None` any node identity is accepted and returned
+/// in `node_id` for the caller's trust-on-first-use check.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    expected: Option<NodeId>,
+    agent: &str,
+) -> Result<ClientSession, ClientError> {
+    let (cfg, verifier) = transport::dial_config(None, expected, wire::ALPN_CLIENT, &PeerSection::default())
+        .map_err(|e| ClientError::Connect { addr, msg: e.to_string() })?;
+    let connecting = endpoint
+        .connect_with(cfg, addr, transport::SERVER_NAME)
+        .map_err(|e| ClientError::Connect { addr, msg: e.to_string() })?;
+    let conn = match connecting.await {
+        Ok(c) => c,
+        Err(e) => {
+            let (got, mismatch) = verifier.observed();
+            if mismatch {
+                return Err(ClientError::WrongNode {
+                    addr,
+                    expected: expected.map(|e| e.fingerprint()).unwrap_or_default(),
+                    got: got.map(|g| g.fingerprint()).unwrap_or_default(),
+                });
+            }
+            return Err(ClientError::Connect { addr, msg: e.to_string() });
+        }
+    };
+    let node_id = verifier
+        .observed()
+        .0
+        .ok_or_else(|| ClientError::Protocol("no server certificate seen".into()))?;
+    let (send, recv) = conn.open_bi().await.map_err(|e| ClientError::Io(e.to_string()))?;
+    let mut writer = ClientWriter { send, buf: Vec::new() };
+    let mut reader = ClientReader {
+        recv,
+        buf: Vec::new(),
+        max_frame: wire::ABSOLUTE_MAX_FRAME,
+    };
+    writer
+        .write(&ClientRequestRef::Hello {
+            version: wire::PROTOCOL_VERSION,
+            agent,
+        })
+        .await?;
+    match reader.next_event().await? {
+        Some(ClientEvent::Welcome { node_id: nid, .. }) if nid == node_id => {}
+        Some(ClientEvent::Welcome { .. }) => return Err(ClientError::Protocol("welcome names another node".into())),
+        Some(other) => return Err(ClientError::Protocol(format!("expected welcome, got {other:?}"))),
+        None => {
+            let reason = conn.close_reason().map(|r| r.to_string()).unwrap_or_else(|| "closed".into());
+            return Err(ClientError::Refused(reason));
+        }
+    }
+    Ok(ClientSession {
+        node_id,
+        conn,
+        writer,
+        reader,
+    })
+}
+
+impl ClientWriter {
+    async fn write<T: serde::Serialize>(&mut self, msg: &T) -> Result<(), ClientError> {
+        self.buf.clear();
+        wire::encode_into(msg, &mut self.buf).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.send.write_all(&self.buf).await.map_err(|e| ClientError::Io(e.to_string()))
+    }
+
+    /// Send one batch of packets (the node answers with `Injected`).
+    pub async fn inject(&mut self, batch: &[EchoPacket]) -> Result<(), ClientError> {
+        self.write(&ClientRequestRef::Inject(batch)).await
+    }
+
+    pub async fn subscribe(&mut self, filter: SubscribeFilter) -> Result<(), ClientError> {
+        self.write(&ClientRequest::Subscribe(filter)).await
+    }
+
+    /// Send raw bytes (tests of the node's input handling).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.send.write_all(bytes).await.map_err(|e| ClientError::Io(e.to_string()))
+    }
+
+    pub fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+}
+
+impl ClientReader {
+    /// The next event, or `None` when the node closed the stream.
+    pub async fn next_event(&mut self) -> Result<Option<ClientEvent>, ClientError> {
+        wire::read_frame(&mut self.recv, self.max_frame, &mut self.buf)
+            .await
+            .map_err(|e| ClientError::Io(e.to_string()))
+    }
+}
+
+impl ClientSession {
+    pub async fn inject(&mut self, batch: &[EchoPacket]) -> Result<(), ClientError> {
+        self.writer.inject(batch).await
+    }
+
+    /// Subscribe and wait until the node confirms the subscription is active. Events that
+    /// arrive before the confirmation (e.g. inject acknowledgements) are discarded.
+    pub async fn subscribe(&mut self, filter: SubscribeFilter) -> Result<(), ClientError> {
+        self.writer.subscribe(filter).await?;
+        loop {
+            match self.reader.next_event().await? {
+                Some(ClientEvent::Subscribed) => return Ok(()),
+                Some(ClientEvent::Error { message, .. }) => return Err(ClientError::Refused(message)),
+                Some(_) => {}
+                None => return Err(ClientError::Io("node closed the session".into())),
+            }
+        }
+    }
+
+    pub async fn next_event(&mut self) -> Result<Option<ClientEvent>, ClientError> {
+        self.reader.next_event().await
+    }
+
+    /// Split for concurrent sending and receiving. Keep `conn` alive alongside.
+    pub fn split(self) -> (quinn::Connection, ClientWriter, ClientReader) {
+        (self.conn, self.writer, self.reader)
+    }
+}

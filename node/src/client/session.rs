@@ -1,0 +1,293 @@
+//! The node side of a client session: hello, then inject and subscribe requests. A session's
+//! outgoing packets go through a bounded queue; a client that does not read loses packets
+//! (counted, and told with `Lagged`) instead of growing the node's memory.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::echo::EchoPacket;
+use crate::metrics::{drop_reason, handshake_reason, Metrics};
+use crate::node::Ctx;
+use crate::outq::OutQueue;
+use crate::rate::TokenBucket;
+use crate::router::Origin;
+use crate::wire::{self, close, ClientErrorCode, ClientEvent, ClientEventRef, ClientRequest, SubscribeFilter};
+
+const MAX_TAGS: usize = 1024;
+const MAX_DELIVER_BATCH: usize = 256 * 1024;
+
+enum Filter {
+    None,
+    All,
+    Tags(HashSet<[u8; 32]>),
+}
+
+struct Subscriber {
+    id: u64,
+    filter: RwLock<Filter>,
+    queue: OutQueue,
+    lagged: AtomicU64,
+}
+
+/// All subscribed client sessions of this node.
+pub struct Subscribers {
+    list: RwLock<Vec<Arc<Subscriber>>>,
+    sessions: AtomicUsize,
+    max_sessions: usize,
+    next_id: AtomicU64,
+}
+
+struct SessionSlot<'a>(&'a Subscribers);
+
+impl Drop for SessionSlot<'_> {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Subscribers {
+    pub fn new(max_sessions: usize) -> Self {
+        Subscribers {
+            list: RwLock::new(Vec::new()),
+            sessions: AtomicUsize::new(0),
+            max_sessions,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Acquire)
+    }
+
+    fn try_open(&self) -> Option<SessionSlot<'_>> {
+        let prev = self.sessions.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.max_sessions {
+            self.sessions.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(SessionSlot(self))
+    }
+
+    fn register(&self, s: Arc<Subscriber>) {
+        let mut l = self.list.write().unwrap_or_else(|p| p.into_inner());
+        if !l.iter().any(|x| x.id == s.id) {
+            l.push(s);
+        }
+    }
+
+    fn unregister(&self, id: u64) {
+        self.list.write().unwrap_or_else(|p| p.into_inner()).retain(|s| s.id != id);
+    }
+
+    /// Queue accepted packets for every session whose filter matches.
+    pub fn deliver(&self, packets: &[EchoPacket], m: &Metrics) {
+        let list = self.list.read().unwrap_or_else(|p| p.into_inner());
+        let mut matched = Vec::new();
+        for s in list.iter() {
+            let filter = s.filter.read().unwrap_or_else(|p| p.into_inner());
+            let dropped = match &*filter {
+                Filter::None => continue,
+                Filter::All => {
+                    let d = s.queue.push_all(packets);
+                    m.packets_delivered.inc_by(packets.len() as u64 - d);
+                    d
+                }
+                Filter::Tags(tags) => {
+                    matched.clear();
+                    matched.extend(packets.iter().filter(|p| p.tag.is_some_and(|t| tags.contains(&t))).cloned());
+                    if matched.is_empty() {
+                        continue;
+                    }
+                    let d = s.queue.push_all(&matched);
+                    m.packets_delivered.inc_by(matched.len() as u64 - d);
+                    d
+                }
+            };
+            if dropped > 0 {
+                s.lagged.fetch_add(dropped, Ordering::Relaxed);
+                m.count_drop(drop_reason::CLIENT_QUEUE_FULL, dropped);
+            }
+        }
+    }
+}
+
+/// Serve one client connection until it ends.
+pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
+    let remote = conn.remote_address();
+    let subs = &ctx.router.subscribers;
+    let Some(_slot) = subs.try_open() else {
+        ctx.metrics.connections_rejected.with_label_values(&["clients_full"]).inc();
+        tracing::warn!(%remote, max = subs.max_sessions, "refusing client: session limit reached (limits.max_clients)");
+        conn.close(quinn::VarInt::from_u32(close::BUSY), b"too many clients; try another node");
+        return;
+    };
+    let timeout = Duration::from_millis(ctx.cfg.peer.handshake_timeout_ms);
+    let (mut send, mut recv) = match tokio::time::timeout(timeout, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            ctx.metrics.handshake_failed(handshake_reason::HELLO);
+            conn.close(quinn::VarInt::from_u32(close::PROTOCOL), b"no hello");
+            return;
+        }
+    };
+    let mut buf = Vec::new();
+    match tokio::time::timeout(timeout, wire::read_frame::<_, ClientRequest>(&mut recv, 4096, &mut buf)).await {
+        Ok(Ok(Some(ClientRequest::Hello { version, agent }))) => {
+            tracing::debug!(%remote, version, %agent, "client session");
+        }
+        other => {
+            if let Ok(Err(e)) = &other {
+                ctx.metrics.frame_errors.with_label_values(&[e.kind(), "client"]).inc();
+            }
+            ctx.metrics.handshake_failed(handshake_reason::HELLO);
+            tracing::info!(%remote, "client did not start with a hello; closing");
+            conn.close(quinn::VarInt::from_u32(close::PROTOCOL), b"expected hello");
+            return;
+        }
+    }
+    let welcome = ClientEventRef::Welcome {
+        version: wire::PROTOCOL_VERSION,
+        node_id: ctx.identity.id,
+        software: concat!("echomesh-node/", env!("CARGO_PKG_VERSION")),
+    };
+    match wire::encode(&welcome) {
+        Ok(b) => {
+            if send.write_all(&b).await.is_err() {
+                return;
+            }
+        }
+        Err(_) => return,
+    }
+
+    let sub = Arc::new(Subscriber {
+        id: subs.next_id.fetch_add(1, Ordering::Relaxed),
+        filter: RwLock::new(Filter::None),
+        queue: OutQueue::new(ctx.cfg.limits.client_queue_bytes),
+        lagged: AtomicU64::new(0),
+    });
+    let (ctrl_tx, ctrl_rx) = mpsc::channel::<ClientEvent>(32);
+    let reason = tokio::select! {
+        r = read_requests(&ctx, &sub, &mut recv, ctrl_tx) => r,
+        r = write_events(&sub, &mut send, ctrl_rx) => r,
+        e = conn.closed() => format!("closed: {e}"),
+        _ = ctx.shutdown.cancelled() => "node stopping".into(),
+    };
+    subs.unregister(sub.id);
+    let pending = sub.queue.clear();
+    if pending > 0 {
+        tracing::debug!(%remote, pending, "client left with undelivered packets");
+    }
+    tracing::debug!(%remote, %reason, "client session ended");
+    let code = if ctx.shutdown.is_cancelled() { close::SHUTDOWN } else { close::NORMAL };
+    conn.close(quinn::VarInt::from_u32(code), b"");
+}
+
+async fn read_requests(
+    ctx: &Ctx,
+    sub: &Arc<Subscriber>,
+    recv: &mut quinn::RecvStream,
+    ctrl: mpsc::Sender<ClientEvent>,
+) -> String {
+    let max = ctx.cfg.limits.max_frame_bytes;
+    let mut buf = Vec::new();
+    let bucket = Mutex::new(TokenBucket::new(ctx.cfg.limits.client_rate, Instant::now()));
+    loop {
+        let req = match wire::read_frame::<_, ClientRequest>(recv, max, &mut buf).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return "client finished".into(),
+            Err(e) => {
+                ctx.metrics.frame_errors.with_label_values(&[e.kind(), "client"]).inc();
+                if e.kind() != "io" {
+                    tracing::info!(error = %e, "refusing bad frame from client; closing session");
+                    let _ = ctrl
+                        .send(ClientEvent::Error { code: ClientErrorCode::BadRequest, message: e.to_string() })
+                        .await;
+                }
+                return format!("frame error: {e}");
+            }
+        };
+        match req {
+            ClientRequest::Inject(batch) => {
+                let bytes: usize = batch.iter().map(|p| p.payload.len()).sum();
+                // Backpressure, not loss: a fast client is slowed down by not being read.
+                let delay = bucket
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take_and_delay(batch.len(), bytes, Instant::now());
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let acc = ctx.router.dispatch(Origin::Client, batch);
+                let ev = ClientEvent::Injected {
+                    accepted: acc.accepted,
+                    duplicates: acc.duplicates,
+                    rejected: acc.rejected,
+                };
+                if ctrl.send(ev).await.is_err() {
+                    return "writer ended".into();
+                }
+            }
+            ClientRequest::Subscribe(filter) => {
+                let f = match filter {
+                    SubscribeFilter::All => Filter::All,
+                    SubscribeFilter::Tags(tags) if tags.len() <= MAX_TAGS => Filter::Tags(tags.into_iter().collect()),
+                    SubscribeFilter::Tags(tags) => {
+                        let ev = ClientEvent::Error {
+                            code: ClientErrorCode::TooLarge,
+                            message: format!("{} tags in one subscription; at most {MAX_TAGS}", tags.len()),
+                        };
+                        let _ = ctrl.send(ev).await;
+                        continue;
+                    }
+                };
+                *sub.filter.write().unwrap_or_else(|p| p.into_inner()) = f;
+                ctx.router.subscribers.register(sub.clone());
+                if ctrl.send(ClientEvent::Subscribed).await.is_err() {
+                    return "writer ended".into();
+                }
+            }
+            ClientRequest::Hello { .. } => {
+                ctx.metrics.frame_errors.with_label_values(&["unexpected", "client"]).inc();
+                let ev = ClientEvent::Error { code: ClientErrorCode::BadRequest, message: "hello sent twice".into() };
+                let _ = ctrl.send(ev).await;
+            }
+        }
+    }
+}
+
+async fn write_events(sub: &Subscriber, send: &mut quinn::SendStream, mut ctrl: mpsc::Receiver<ClientEvent>) -> String {
+    let mut batch = Vec::new();
+    let mut buf = Vec::with_capacity(MAX_DELIVER_BATCH + 1024);
+    loop {
+        buf.clear();
+        tokio::select! {
+            ev = ctrl.recv() => {
+                let Some(ev) = ev else { return "reader ended".into() };
+                if wire::encode_into(&ev, &mut buf).is_err() {
+                    continue;
+                }
+            }
+            r = sub.queue.pop_batch(MAX_DELIVER_BATCH, &mut batch) => {
+                if r.is_none() {
+                    return "queue closed".into();
+                }
+                let res = wire::encode_into(&ClientEventRef::Deliver(&batch), &mut buf);
+                batch.clear();
+                if res.is_err() {
+                    continue;
+                }
+                let lagged = sub.lagged.swap(0, Ordering::Relaxed);
+                if lagged > 0 {
+                    let _ = wire::encode_into(&ClientEvent::Lagged { dropped: lagged }, &mut buf);
+                }
+            }
+        }
+        if let Err(e) = send.write_all(&buf).await {
+            return format!("send failed: {e}");
+        }
+    }
+}

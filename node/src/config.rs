@@ -1,0 +1,396 @@
+//! Node configuration: defaults, then a TOML file, then `ECHOMESH_*` environment variables
+//! (nested keys with `__`, e.g. `ECHOMESH_ECHO__SEEN_TTL_SECS=300`), then flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::echo::EchoMode;
+use crate::identity::NodeId;
+use crate::rate::RateLimit;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where identity, admin token and RocksDB live.
+    pub data_dir: PathBuf,
+    /// UDP address for QUIC (neighbors and clients).
+    pub listen: SocketAddr,
+    /// Address other nodes should dial, put in invite tokens. Empty: derived from `listen`.
+    pub advertise: String,
+    /// Admin HTTP API address. Keep it on loopback unless you know why.
+    pub admin: SocketAddr,
+    /// Cluster name (ozone replication group).
+    pub cluster: String,
+    /// Static neighbors, `HOST:PORT#FINGERPRINT` (optionally `…#FINGERPRINT@half`).
+    pub neighbors: Vec<String>,
+    pub log: LogConfig,
+    pub echo: EchoSection,
+    pub limits: Limits,
+    pub peer: PeerSection,
+    pub invite: InviteSection,
+    pub telemetry: Telemetry,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `info,echomesh_node::peer=debug`.
+    pub level: String,
+    /// `human` or `json`.
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EchoSection {
+    pub seen_ttl_secs: u64,
+    pub seen_capacity: usize,
+    /// Hops given to packets injected by clients (and the cap on what clients ask for).
+    pub default_hops: u8,
+    pub max_payload_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    /// Per-neighbor outgoing queue.
+    pub neighbor_queue_bytes: usize,
+    /// Per-client outgoing queue (subscriptions).
+    pub client_queue_bytes: usize,
+    pub max_neighbors: usize,
+    pub max_clients: usize,
+    /// Concurrent incoming handshakes.
+    pub max_handshakes: usize,
+    /// Incoming traffic per neighbor; excess is dropped and counted.
+    pub neighbor_rate: RateLimit,
+    /// Incoming traffic per client; excess is slowed down (backpressure), not dropped.
+    pub client_rate: RateLimit,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerSection {
+    pub keepalive_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub handshake_timeout_ms: u64,
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InviteSection {
+    pub default_ttl_secs: u64,
+    pub max_outstanding: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Telemetry {
+    /// OTLP endpoint; empty = tracing export off.
+    pub otlp_endpoint: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./echomesh-data"),
+            listen: SocketAddr::from(([0, 0, 0, 0], 4710)),
+            advertise: String::new(),
+            admin: SocketAddr::from(([127, 0, 0, 1], 4711)),
+            cluster: "default".into(),
+            neighbors: Vec::new(),
+            log: LogConfig::default(),
+            echo: EchoSection::default(),
+            limits: Limits::default(),
+            peer: PeerSection::default(),
+            invite: InviteSection::default(),
+            telemetry: Telemetry::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: "human".into(),
+        }
+    }
+}
+
+impl Default for EchoSection {
+    fn default() -> Self {
+        EchoSection {
+            seen_ttl_secs: 600,
+            seen_capacity: 1_000_000,
+            default_hops: 16,
+            max_payload_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 4 << 20,
+            neighbor_queue_bytes: 16 << 20,
+            client_queue_bytes: 4 << 20,
+            max_neighbors: 64,
+            max_clients: 1024,
+            max_handshakes: 64,
+            neighbor_rate: RateLimit {
+                packets_per_sec: 500_000,
+                bytes_per_sec: 256 << 20,
+                burst_secs: 1.0,
+            },
+            client_rate: RateLimit {
+                packets_per_sec: 200_000,
+                bytes_per_sec: 64 << 20,
+                burst_secs: 1.0,
+            },
+        }
+    }
+}
+
+impl Default for PeerSection {
+    fn default() -> Self {
+        PeerSection {
+            keepalive_ms: 2_000,
+            idle_timeout_ms: 8_000,
+            handshake_timeout_ms: 5_000,
+            backoff_min_ms: 200,
+            backoff_max_ms: 30_000,
+        }
+    }
+}
+
+impl Default for InviteSection {
+    fn default() -> Self {
+        InviteSection {
+            default_ttl_secs: 15 * 60,
+            max_outstanding: 256,
+        }
+    }
+}
+
+/// Variables that share the `ECHOMESH_` prefix but are not node settings.
+const NON_CONFIG_ENV: &[&str] = &["config", "passphrase", "known_nodes", "admin_url", "token_file", "bin_dir"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Settings given as flags; each overrides file and environment.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub neighbors: Vec<String>,
+}
+
+impl Config {
+    /// Load defaults → `file` → environment → `overrides`, then validate.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Missing(f.to_path_buf()));
+            }
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig = fig.merge(Env::prefixed("ECHOMESH_").split("__").ignore(NON_CONFIG_ENV));
+        let mut cfg: Config = fig
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // Flag neighbors add to (not replace) configured ones.
+        if !overrides.neighbors.is_empty() {
+            for n in &overrides.neighbors {
+                if !cfg.neighbors.contains(n) {
+                    cfg.neighbors.push(n.clone());
+                }
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for n in &self.neighbors {
+            if let Err(e) = NeighborSpec::from_str(n) {
+                return bad(format!("neighbors: {e}"));
+            }
+        }
+        if self.cluster.is_empty() || self.cluster.len() > 64 {
+            return bad("cluster: must be 1 to 64 characters".into());
+        }
+        if self.limits.max_frame_bytes < 64 * 1024 || self.limits.max_frame_bytes > crate::wire::ABSOLUTE_MAX_FRAME {
+            return bad(format!(
+                "limits.max_frame_bytes: must be between 65536 and {}",
+                crate::wire::ABSOLUTE_MAX_FRAME
+            ));
+        }
+        if self.echo.max_payload_bytes + 1024 > self.limits.max_frame_bytes {
+            return bad("echo.max_payload_bytes: must be at least 1 KiB below limits.max_frame_bytes".into());
+        }
+        if self.echo.seen_capacity == 0 || self.echo.seen_ttl_secs == 0 {
+            return bad("echo.seen_capacity and echo.seen_ttl_secs must be positive".into());
+        }
+        if self.echo.default_hops == 0 {
+            return bad("echo.default_hops: must be at least 1".into());
+        }
+        if self.limits.neighbor_queue_bytes < self.echo.max_payload_bytes
+            || self.limits.client_queue_bytes < self.echo.max_payload_bytes
+        {
+            return bad("limits.*_queue_bytes: must hold at least one packet of echo.max_payload_bytes".into());
+        }
+        if self.peer.keepalive_ms == 0 || self.peer.idle_timeout_ms <= self.peer.keepalive_ms {
+            return bad("peer.idle_timeout_ms must be larger than peer.keepalive_ms (> 0)".into());
+        }
+        if self.peer.backoff_min_ms == 0 || self.peer.backoff_max_ms < self.peer.backoff_min_ms {
+            return bad("peer.backoff_min_ms must be > 0 and <= peer.backoff_max_ms".into());
+        }
+        for (name, r) in [("neighbor_rate", &self.limits.neighbor_rate), ("client_rate", &self.limits.client_rate)] {
+            if r.packets_per_sec == 0 || r.bytes_per_sec == 0 || !(r.burst_secs > 0.0) {
+                return bad(format!("limits.{name}: rates and burst_secs must be positive"));
+            }
+        }
+        if !["human", "json"].contains(&self.log.format.as_str()) {
+            return bad(format!("log.format: {:?} is not human or json", self.log.format));
+        }
+        if !self.advertise.is_empty() && self.advertise.rsplit_once(':').is_none() {
+            return bad(format!("advertise: {:?} is not HOST:PORT", self.advertise));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (for `--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join(ADMIN_TOKEN_FILE)
+    }
+}
+
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// Written by a running node: its bound addresses and identity (see `RuntimeInfo`).
+pub const RUNTIME_FILE: &str = "runtime.json";
+
+/// A neighbor given as `HOST:PORT#FINGERPRINT[@half]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeighborSpec {
+    pub addr: String,
+    pub id: NodeId,
+    pub mode: EchoMode,
+}
+
+impl FromStr for NeighborSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, rest) = s
+            .split_once('#')
+            .ok_or_else(|| format!("{s:?} is not HOST:PORT#FINGERPRINT (the fingerprint pins the neighbor's identity)"))?;
+        let (fp, mode) = match rest.split_once('@') {
+            Some((fp, m)) => (fp, m.parse::<EchoMode>()?),
+            None => (rest, EchoMode::Full),
+        };
+        match addr.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+            _ => return Err(format!("{addr:?} is not HOST:PORT")),
+        }
+        let id = fp.parse::<NodeId>().map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(NeighborSpec {
+            addr: addr.to_string(),
+            id,
+            mode,
+        })
+    }
+}
+
+impl std::fmt::Display for NeighborSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}", self.addr, self.id.fingerprint())?;
+        if self.mode == EchoMode::Half {
+            f.write_str("@half")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_roundtrip() {
+        let c = Config::default();
+        c.validate().unwrap();
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "cluster = \"town\"\n[echo]\nseen_ttl_secs = 5\n").unwrap();
+        let o = Overrides { cluster: Some("school".into()), ..Default::default() };
+        let c = Config::load(Some(&f), &o).unwrap();
+        assert_eq!(c.cluster, "school");
+        assert_eq!(c.echo.seen_ttl_secs, 5);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "clustr = \"x\"\n").unwrap();
+        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("clustr"), "{e}");
+        std::fs::write(&f, "listen = \"nonsense\"\n").unwrap();
+        assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+        std::fs::write(&f, "[[[").unwrap();
+        assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+        assert!(matches!(
+            Config::load(Some(&dir.path().join("nope.toml")), &Overrides::default()),
+            Err(ConfigError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn neighbor_specs() {
+        let fp = "ab".repeat(32);
+        let n: NeighborSpec = format!("10.0.0.1:4710#{fp}").parse().unwrap();
+        assert_eq!(n.addr, "10.0.0.1:4710");
+        assert_eq!(n.mode, EchoMode::Full);
+        let n: NeighborSpec = format!("node-b.example:4710#{fp}@half").parse().unwrap();
+        assert_eq!(n.mode, EchoMode::Half);
+        assert_eq!(n.to_string(), format!("node-b.example:4710#{fp}@half"));
+        assert!("10.0.0.1:4710".parse::<NeighborSpec>().unwrap_err().contains("FINGERPRINT"));
+        assert!(format!("10.0.0.1#{fp}").parse::<NeighborSpec>().is_err());
+        assert!("10.0.0.1:4710#abc".parse::<NeighborSpec>().is_err());
+    }
+}

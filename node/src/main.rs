@@ -1,0 +1,139 @@
+//! `echomesh-node`: the relay daemon.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use echomesh_node::config::{Config, Overrides};
+
+/// echomesh relay node: peers with neighbors over QUIC, floods encrypted echo packets with
+/// duplicate suppression, and serves clients. Never sees plaintext.
+///
+/// With no arguments it starts a working node in ./echomesh-data, QUIC on UDP 4710, admin
+/// API on 127.0.0.1:4711. Settings come from defaults, then --config FILE, then ECHOMESH_*
+/// environment variables (nested keys with `__`, e.g. ECHOMESH_ECHO__SEEN_TTL_SECS=300),
+/// then flags.
+#[derive(Parser, Debug)]
+#[command(name = "echomesh-node", version, after_help = "Examples:\n  echomesh-node\n  echomesh-node --data-dir /var/lib/echomesh --listen 0.0.0.0:4710 --advertise node-a.example.org:4710\n  echomesh-node --neighbor 10.0.0.2:4710#<64-hex fingerprint>\n  echomesh-node --print-config > echomesh.toml")]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "ECHOMESH_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (identity, admin token, database).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// UDP address for QUIC.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Address other nodes dial, written into invite tokens (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Admin HTTP API address.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Cluster name (the ozone replication group).
+    #[arg(long, value_name = "NAME")]
+    cluster: Option<String>,
+    /// Static neighbor HOST:PORT#FINGERPRINT (repeatable; append @half for half echo).
+    #[arg(long = "neighbor", value_name = "HOST:PORT#FINGERPRINT")]
+    neighbors: Vec<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Create the data directory, identity and admin token if missing, print the node's
+    /// fingerprint and exit (to pin a node before its first start, e.g. in GitOps).
+    #[arg(long)]
+    init: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let overrides = Overrides {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        admin: args.admin,
+        cluster: args.cluster,
+        advertise: args.advertise,
+        neighbors: args.neighbors,
+    };
+    let cfg = match Config::load(args.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("echomesh-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        print!("{}", cfg.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    if args.init {
+        return match echomesh_node::node::init_data_dir(&cfg.data_dir) {
+            Ok(id) => {
+                println!("id           {}", id.short());
+                println!("fingerprint  {}", id.fingerprint());
+                println!("data dir     {}", cfg.data_dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("echomesh-node: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Err(e) = echomesh_node::telemetry::init_logging(&cfg.log.level, &cfg.log.format) {
+        eprintln!("echomesh-node: {e:#}");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("echomesh-node: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("echomesh-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let node = echomesh_node::start(cfg).await?;
+    let shutdown = node.ctx.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stop signal received; shutting down");
+        shutdown.cancel();
+    });
+    node.wait().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install SIGTERM handler; use SIGINT");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

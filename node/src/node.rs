@@ -1,0 +1,380 @@
+//! Node assembly: opens storage, binds QUIC and the admin API, spawns the tasks, and stops
+//! them through one mechanism (a cancellation token plus a task tracker).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::Subscribers;
+use crate::config::{Config, NeighborSpec, ADMIN_TOKEN_FILE, RUNTIME_FILE};
+use crate::echo::{EchoConfig, EchoEngine};
+use crate::identity::{write_private, Identity, NodeId};
+use crate::invite::InviteBook;
+use crate::metrics::{handshake_reason, Metrics};
+use crate::peer::{self, NeighborTable};
+use crate::router::Router;
+use crate::store::{NeighborOrigin, NeighborRecord, Store};
+use crate::wire;
+
+/// Everything the node's tasks share. Each field is its own component with its own lock.
+pub struct Ctx {
+    pub cfg: Config,
+    pub identity: Identity,
+    pub endpoint: quinn::Endpoint,
+    pub router: Arc<Router>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub invites: Mutex<InviteBook>,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+    pub started: Instant,
+    pub ready: AtomicBool,
+    pub draining: AtomicBool,
+    /// Address put in invite tokens.
+    pub advertise: String,
+    handshakes: Arc<tokio::sync::Semaphore>,
+    next_conn: AtomicU64,
+}
+
+impl Ctx {
+    pub fn neighbors(&self) -> &NeighborTable {
+        &self.router.neighbors
+    }
+
+    pub fn next_conn_key(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Pin a neighbor, persist it unless static, and start dialing it if it has an address.
+    pub async fn add_neighbor(self: &Arc<Self>, rec: NeighborRecord) -> anyhow::Result<Arc<peer::Neighbor>> {
+        let n = self.neighbors().upsert(&rec)?;
+        if rec.origin != NeighborOrigin::Static {
+            self.store
+                .put_neighbor(n.record_with_time(rec.added_unix))
+                .await
+                .context("persisting neighbor")?;
+        }
+        self.spawn_dialer(&n);
+        Ok(n)
+    }
+
+    pub fn spawn_dialer(self: &Arc<Self>, n: &Arc<peer::Neighbor>) {
+        if n.claim_dialer() {
+            let ctx = self.clone();
+            let n = n.clone();
+            self.tasks.spawn(async move { peer::dial_loop(ctx, n).await });
+        }
+    }
+}
+
+impl peer::Neighbor {
+    fn record_with_time(&self, added: u64) -> NeighborRecord {
+        let mut r = self.record();
+        r.added_unix = added;
+        r
+    }
+}
+
+/// What a running node writes to `<data-dir>/runtime.json`, so tools and tests can find it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    pub pid: u32,
+    pub version: String,
+    pub id: String,
+    pub fingerprint: String,
+    pub quic: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// A started node.
+pub struct NodeHandle {
+    pub ctx: Arc<Ctx>,
+    pub quic_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+impl NodeHandle {
+    pub fn id(&self) -> NodeId {
+        self.ctx.identity.id
+    }
+
+    /// Ask the node to stop (idempotent).
+    pub fn shutdown(&self) {
+        self.ctx.shutdown.cancel();
+    }
+
+    /// Stop and wait for every task to finish (bounded).
+    pub async fn stop(self) {
+        self.ctx.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Wait until the node has been asked to stop and its tasks have ended.
+    pub async fn wait(&self) {
+        self.ctx.shutdown.cancelled().await;
+        self.ctx.ready.store(false, Ordering::SeqCst);
+        self.ctx.metrics.ready.set(0);
+        for n in self.ctx.neighbors().all() {
+            n.close_all(wire::close::SHUTDOWN, b"node stopping");
+            n.queue.close();
+        }
+        self.ctx.endpoint.close(quinn::VarInt::from_u32(wire::close::SHUTDOWN), b"node stopping");
+        self.ctx.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.ctx.tasks.wait()).await.is_err() {
+            tracing::warn!(remaining = self.ctx.tasks.len(), "tasks still running after 5 s; stopping anyway");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.ctx.endpoint.wait_idle()).await;
+        let _ = std::fs::remove_file(self.ctx.cfg.data_dir.join(RUNTIME_FILE));
+        tracing::info!("node stopped");
+    }
+}
+
+fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("setting mode 0700 on {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Read the admin token, creating it (32 random bytes, hex, mode 0600) on first start.
+pub fn load_or_create_admin_token(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    if path.exists() {
+        let t = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let t = t.trim().to_string();
+        anyhow::ensure!(
+            t.len() >= 32,
+            "admin token in {} is too short; delete the file to have a new one made at start",
+            path.display()
+        );
+        return Ok(t);
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    write_private(&path, format!("{token}\n").as_bytes())?;
+    Ok(token)
+}
+
+/// Create the data directory, identity and admin token when missing; return the node ID.
+pub fn init_data_dir(dir: &Path) -> anyhow::Result<NodeId> {
+    create_data_dir(dir)?;
+    let identity = Identity::load_or_create(dir)?;
+    load_or_create_admin_token(dir)?;
+    Ok(identity.id)
+}
+
+/// Start a node: everything is bound and serving when this returns.
+pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
+    cfg.validate()?;
+    init_data_dir(&cfg.data_dir)?;
+    let identity = Identity::load_or_create(&cfg.data_dir)?;
+    let admin_token = load_or_create_admin_token(&cfg.data_dir)?;
+    let store = Store::open(&cfg.data_dir).await?;
+    let metrics = Arc::new(Metrics::new());
+
+    let endpoint = crate::transport::bind(&identity, cfg.listen, &cfg.peer)?;
+    let quic_addr = endpoint.local_addr().context("reading bound QUIC address")?;
+    let advertise = if !cfg.advertise.is_empty() {
+        cfg.advertise.clone()
+    } else if quic_addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), quic_addr.port()).to_string()
+    } else {
+        quic_addr.to_string()
+    };
+
+    let engine = EchoEngine::new(
+        EchoConfig {
+            seen_ttl: Duration::from_secs(cfg.echo.seen_ttl_secs),
+            seen_capacity: cfg.echo.seen_capacity,
+            max_hops: cfg.echo.default_hops,
+        },
+        Instant::now(),
+    );
+    let neighbors = NeighborTable::new(
+        cfg.limits.max_neighbors,
+        cfg.limits.neighbor_queue_bytes,
+        cfg.limits.neighbor_rate,
+        metrics.clone(),
+    );
+    let router = Arc::new(Router::new(
+        engine,
+        neighbors,
+        Subscribers::new(cfg.limits.max_clients),
+        metrics.clone(),
+        cfg.echo.max_payload_bytes,
+    ));
+    let ctx = Arc::new(Ctx {
+        invites: Mutex::new(InviteBook::new(cfg.invite.max_outstanding)),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_handshakes)),
+        identity,
+        endpoint,
+        router,
+        store,
+        metrics,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        started: Instant::now(),
+        ready: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        advertise,
+        next_conn: AtomicU64::new(1),
+        cfg,
+    });
+
+    // Neighbors: persisted (joins) first, then static ones from config (which win on mode).
+    let (persisted, corrupt) = ctx.store.neighbors().await?;
+    for e in corrupt {
+        tracing::error!(error = %e, "skipping corrupt neighbor record");
+    }
+    for rec in persisted {
+        if let Err(e) = ctx.add_neighbor(rec).await {
+            tracing::error!(error = %e, "cannot restore neighbor");
+        }
+    }
+    for spec in &ctx.cfg.neighbors {
+        let spec: NeighborSpec = spec.parse().map_err(anyhow::Error::msg)?;
+        if spec.id == ctx.identity.id {
+            tracing::warn!(neighbor = %spec, "ignoring a static neighbor that is this node itself");
+            continue;
+        }
+        ctx.add_neighbor(NeighborRecord {
+            id: spec.id,
+            addr: Some(spec.addr.clone()),
+            mode: spec.mode,
+            origin: NeighborOrigin::Static,
+            added_unix: 0,
+        })
+        .await?;
+    }
+
+    let admin_listener = tokio::net::TcpListener::bind(ctx.cfg.admin)
+        .await
+        .with_context(|| format!("binding admin API on {} (set --admin to another address)", ctx.cfg.admin))?;
+    let admin_addr = admin_listener.local_addr()?;
+    {
+        let c = ctx.clone();
+        ctx.tasks.spawn(crate::admin::serve(c, admin_listener, admin_token));
+    }
+    {
+        let c = ctx.clone();
+        ctx.tasks.spawn(accept_loop(c));
+    }
+    {
+        let c = ctx.clone();
+        ctx.tasks.spawn(housekeeping(c));
+    }
+
+    let info = RuntimeInfo {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        id: ctx.identity.id.short(),
+        fingerprint: ctx.identity.id.fingerprint(),
+        quic: quic_addr,
+        admin: admin_addr,
+    };
+    let json = serde_json::to_vec_pretty(&info)?;
+    write_private(&ctx.cfg.data_dir.join(RUNTIME_FILE), &json)?;
+
+    ctx.ready.store(true, Ordering::SeqCst);
+    ctx.metrics.ready.set(1);
+    tracing::info!(
+        id = %ctx.identity.id,
+        fingerprint = %ctx.identity.id.fingerprint(),
+        quic = %quic_addr,
+        admin = %admin_addr,
+        cluster = %ctx.cfg.cluster,
+        neighbors = ctx.neighbors().len(),
+        "node serving"
+    );
+    Ok(NodeHandle {
+        ctx,
+        quic_addr,
+        admin_addr,
+    })
+}
+
+async fn accept_loop(ctx: Arc<Ctx>) {
+    loop {
+        let incoming = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            i = ctx.endpoint.accept() => match i {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        let permit = match ctx.handshakes.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                ctx.metrics.connections_rejected.with_label_values(&["handshakes_busy"]).inc();
+                tracing::debug!(remote = %incoming.remote_address(), "refusing connection: too many handshakes in flight");
+                incoming.refuse();
+                continue;
+            }
+        };
+        let c = ctx.clone();
+        ctx.tasks.spawn(async move {
+            let remote = incoming.remote_address();
+            let timeout = Duration::from_millis(c.cfg.peer.handshake_timeout_ms);
+            let conn = match tokio::time::timeout(timeout, async { incoming.accept()?.await }).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    let reason = classify_accept_error(&e);
+                    c.metrics.handshake_failed(reason);
+                    tracing::info!(%remote, reason, error = %e, "incoming handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    c.metrics.handshake_failed(handshake_reason::TIMEOUT);
+                    tracing::info!(%remote, "incoming handshake timed out");
+                    return;
+                }
+            };
+            drop(permit);
+            match crate::transport::tls::alpn(&conn).as_deref() {
+                Some(wire::ALPN_PEER) => peer::serve_inbound(c, conn).await,
+                Some(wire::ALPN_CLIENT) => crate::client::serve(c, conn).await,
+                Some(wire::ALPN_JOIN) => peer::join::serve_inbound(c, conn).await,
+                _ => {
+                    c.metrics.handshake_failed(handshake_reason::ALPN);
+                    tracing::info!(%remote, "refusing connection without a known ALPN");
+                    conn.close(quinn::VarInt::from_u32(wire::close::ALPN), b"unknown ALPN");
+                }
+            }
+        });
+    }
+}
+
+fn classify_accept_error(e: &quinn::ConnectionError) -> &'static str {
+    let text = e.to_string();
+    if text.contains("no_application_protocol") || text.contains("NoApplicationProtocol") || text.contains("0x178") {
+        handshake_reason::ALPN
+    } else if matches!(e, quinn::ConnectionError::TimedOut) {
+        handshake_reason::TIMEOUT
+    } else {
+        handshake_reason::TLS
+    }
+}
+
+async fn housekeeping(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        ctx.router.tick();
+        ctx.neighbors().update_gauges();
+        ctx.metrics.client_sessions.set(ctx.router.subscribers.sessions() as i64);
+    }
+}

@@ -1,0 +1,306 @@
+//! A peer session over one QUIC connection: hello exchange on a bidirectional stream, then
+//! echo batches in both directions on that stream until either side goes away.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::metrics::{drop_reason, handshake_reason};
+use crate::node::Ctx;
+use crate::peer::Neighbor;
+use crate::router::Origin;
+use crate::transport::{self, tls};
+use crate::wire::{self, close, PeerFrame, PeerFrameRef, PeerHello};
+
+/// Largest batch of packets put in one frame.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Outbound,
+    Inbound,
+}
+
+fn hello(ctx: &Ctx) -> PeerHello {
+    PeerHello {
+        version: wire::PROTOCOL_VERSION,
+        node_id: ctx.identity.id,
+        cluster: ctx.cfg.cluster.clone(),
+        software: format!("echomesh-node/{}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// Keep one neighbor connected: dial when it is not up, back off with jitter on failure.
+pub async fn dial_loop(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
+    let min = Duration::from_millis(ctx.cfg.peer.backoff_min_ms);
+    let max = Duration::from_millis(ctx.cfg.peer.backoff_max_ms);
+    let mut backoff = min;
+    loop {
+        // Wait while some connection (ours or theirs) is up.
+        loop {
+            let changed = n.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if n.is_removed() || ctx.shutdown.is_cancelled() {
+                n.release_dialer();
+                return;
+            }
+            if !n.is_up() {
+                break;
+            }
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => {}
+                _ = &mut changed => {}
+            }
+        }
+        let Some(addr) = n.addr() else {
+            n.release_dialer();
+            return;
+        };
+        n.set_dialing(true);
+        let started = Instant::now();
+        let result = tokio::select! {
+            _ = ctx.shutdown.cancelled() => { n.release_dialer(); return; }
+            r = dial(&ctx, &n, &addr) => r,
+        };
+        match result {
+            Ok(conn) => {
+                n.set_dialing(false);
+                run(ctx.clone(), n.clone(), conn, Direction::Outbound).await;
+                // A connection that lived long resets the backoff; a flapping one does not.
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = min;
+                }
+            }
+            Err(reason) => {
+                n.set_dialing(false);
+                tracing::debug!(neighbor = %n.id, %addr, %reason, "dial failed");
+                n.set_error(reason);
+            }
+        }
+        // Full jitter: sleep uniformly in [backoff/2, backoff].
+        let sleep = {
+            let mut rng = rand::rng();
+            let ms = backoff.as_millis() as u64;
+            Duration::from_millis(rng.random_range(ms / 2..=ms.max(1)))
+        };
+        backoff = (backoff * 2).min(max);
+        let changed = n.changed.notified();
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => { n.release_dialer(); return; }
+            _ = tokio::time::sleep(sleep) => {}
+            // Removal or an address change cuts the wait short.
+            _ = changed, if !n.is_up() => {}
+        }
+    }
+}
+
+async fn dial(ctx: &Arc<Ctx>, n: &Arc<Neighbor>, addr: &str) -> Result<quinn::Connection, String> {
+    let remote = transport::resolve(addr).await.map_err(|e| {
+        ctx.metrics.handshake_failed(handshake_reason::UNREACHABLE);
+        format!("cannot resolve {addr}: {e}")
+    })?;
+    let (cfg, verifier) = transport::dial_config(Some(&ctx.identity), Some(n.id), wire::ALPN_PEER, &ctx.cfg.peer)
+        .map_err(|e| e.to_string())?;
+    let connecting = ctx
+        .endpoint
+        .connect_with(cfg, remote, transport::SERVER_NAME)
+        .map_err(|e| format!("cannot dial {remote}: {e}"))?;
+    let timeout = Duration::from_millis(ctx.cfg.peer.handshake_timeout_ms);
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => {
+            let (seen, mismatch) = verifier.observed();
+            if mismatch {
+                ctx.metrics.handshake_failed(handshake_reason::WRONG_FINGERPRINT);
+                let got = seen.map(|s| s.fingerprint()).unwrap_or_default();
+                tracing::warn!(neighbor = %n.id, %remote, presented = %got,
+                    "neighbor presented a different identity than pinned; refusing (was it re-installed? re-pin it)");
+                Err(format!("wrong fingerprint: {remote} presented {got}"))
+            } else if matches!(e, quinn::ConnectionError::TimedOut) {
+                ctx.metrics.handshake_failed(handshake_reason::UNREACHABLE);
+                Err(format!("{remote} did not answer"))
+            } else {
+                ctx.metrics.handshake_failed(classify(&e));
+                Err(format!("handshake with {remote} failed: {e}"))
+            }
+        }
+        Err(_) => {
+            ctx.metrics.handshake_failed(handshake_reason::UNREACHABLE);
+            Err(format!("{remote} did not answer within {timeout:?}"))
+        }
+    }
+}
+
+fn classify(e: &quinn::ConnectionError) -> &'static str {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(close::UNPINNED) => {
+            handshake_reason::UNPINNED
+        }
+        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(close::VERSION) => {
+            handshake_reason::VERSION
+        }
+        _ => handshake_reason::TLS,
+    }
+}
+
+/// An incoming connection that negotiated `echomesh-peer/1`: only pinned identities pass.
+pub async fn serve_inbound(ctx: Arc<Ctx>, conn: quinn::Connection) {
+    let remote = conn.remote_address();
+    let Some(peer) = tls::peer_id(&conn) else {
+        ctx.metrics.handshake_failed(handshake_reason::NO_CERTIFICATE);
+        tracing::info!(%remote, "refusing peer without a certificate");
+        conn.close(quinn::VarInt::from_u32(close::UNPINNED), b"peer certificate required");
+        return;
+    };
+    let Some(n) = ctx.neighbors().get(&peer) else {
+        ctx.metrics.handshake_failed(handshake_reason::UNPINNED);
+        tracing::warn!(%remote, fingerprint = %peer.fingerprint(),
+            "refusing unpinned peer (pin it with invite/join or a static neighbor entry)");
+        conn.close(quinn::VarInt::from_u32(close::UNPINNED), b"not pinned");
+        return;
+    };
+    run(ctx, n, conn, Direction::Inbound).await;
+}
+
+async fn exchange_hello(
+    ctx: &Ctx,
+    n: &Neighbor,
+    conn: &quinn::Connection,
+    dir: Direction,
+) -> Result<(quinn::SendStream, quinn::RecvStream, PeerHello), (&'static str, String)> {
+    let own = wire::encode(&PeerFrameRef::Hello(&hello(ctx))).map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
+    let mut buf = Vec::new();
+    let (mut send, mut recv) = match dir {
+        Direction::Outbound => {
+            let (mut s, r) = conn.open_bi().await.map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
+            s.write_all(&own).await.map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
+            (s, r)
+        }
+        Direction::Inbound => conn.accept_bi().await.map_err(|e| (handshake_reason::HELLO, e.to_string()))?,
+    };
+    let theirs = match wire::read_frame::<_, PeerFrame>(&mut recv, 64 * 1024, &mut buf).await {
+        Ok(Some(PeerFrame::Hello(h))) => h,
+        Ok(Some(_)) => return Err((handshake_reason::HELLO, "first frame was not a hello".into())),
+        Ok(None) => return Err((handshake_reason::HELLO, "stream closed before hello".into())),
+        Err(e) => return Err((handshake_reason::HELLO, e.to_string())),
+    };
+    if theirs.node_id != n.id {
+        return Err((handshake_reason::HELLO, "hello names another node than the certificate".into()));
+    }
+    if theirs.version < wire::MIN_PROTOCOL_VERSION {
+        return Err((
+            handshake_reason::VERSION,
+            format!("peer speaks protocol {} (< {}); upgrade it", theirs.version, wire::MIN_PROTOCOL_VERSION),
+        ));
+    }
+    if dir == Direction::Inbound {
+        send.write_all(&own).await.map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
+    }
+    Ok((send, recv, theirs))
+}
+
+/// Run one established peer connection to the end.
+async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Direction) {
+    let remote = conn.remote_address();
+    let timeout = Duration::from_millis(ctx.cfg.peer.handshake_timeout_ms);
+    let (send, recv, theirs) = match tokio::time::timeout(timeout, exchange_hello(&ctx, &n, &conn, dir)).await {
+        Ok(Ok(x)) => x,
+        Ok(Err((reason, msg))) => {
+            ctx.metrics.handshake_failed(reason);
+            tracing::warn!(neighbor = %n.id, %remote, reason, error = %msg, "peer hello failed");
+            n.set_error(msg);
+            let code = if reason == handshake_reason::VERSION { close::VERSION } else { close::PROTOCOL };
+            conn.close(quinn::VarInt::from_u32(code), b"hello failed");
+            return;
+        }
+        Err(_) => {
+            ctx.metrics.handshake_failed(handshake_reason::TIMEOUT);
+            n.set_error("hello timed out".into());
+            conn.close(quinn::VarInt::from_u32(close::PROTOCOL), b"hello timeout");
+            return;
+        }
+    };
+    let key = ctx.next_conn_key();
+    if !n.attach(key, conn.clone()) {
+        conn.close(quinn::VarInt::from_u32(close::REMOVED), b"neighbor removed");
+        return;
+    }
+    tracing::info!(neighbor = %n.id, %remote, ?dir, version = theirs.version, cluster = %theirs.cluster,
+        software = %theirs.software, "neighbor up");
+
+    let reason = tokio::select! {
+        r = read_loop(&ctx, &n, recv) => r,
+        r = write_loop(&ctx, &n, send) => r,
+        e = conn.closed() => format!("connection closed: {e}"),
+        _ = ctx.shutdown.cancelled() => "node stopping".to_string(),
+    };
+    conn.close(quinn::VarInt::from_u32(close::NORMAL), b"");
+    if n.detach(key) {
+        let dropped = n.queue.clear();
+        ctx.metrics.count_drop(drop_reason::NEIGHBOR_DOWN, dropped);
+        tracing::info!(neighbor = %n.id, %remote, %reason, dropped_queued = dropped, "neighbor down");
+        n.set_error(reason);
+    } else {
+        tracing::debug!(neighbor = %n.id, %remote, %reason, "extra connection closed");
+    }
+}
+
+async fn read_loop(ctx: &Ctx, n: &Neighbor, mut recv: quinn::RecvStream) -> String {
+    let max = ctx.cfg.limits.max_frame_bytes;
+    let mut buf = Vec::new();
+    loop {
+        match wire::read_frame::<_, PeerFrame>(&mut recv, max, &mut buf).await {
+            Ok(Some(PeerFrame::Echo(mut batch))) => {
+                n.bytes_in.inc_by(buf.len() as u64 + 4);
+                let now = Instant::now();
+                let before = batch.len();
+                batch.retain(|p| n.admit(p.payload.len(), now));
+                let limited = (before - batch.len()) as u64;
+                if limited > 0 {
+                    ctx.metrics.count_drop(drop_reason::NEIGHBOR_RATE_LIMITED, limited);
+                    tracing::debug!(neighbor = %n.id, limited, "neighbor over its rate limit");
+                }
+                if !batch.is_empty() {
+                    ctx.router.dispatch(Origin::Neighbor(n.id, n.mode()), batch);
+                }
+            }
+            Ok(Some(PeerFrame::Hello(_))) => {
+                ctx.metrics.frame_errors.with_label_values(&["unexpected", "peer"]).inc();
+                return "protocol error: second hello".into();
+            }
+            Ok(None) => return "peer closed the stream".into(),
+            Err(e) => {
+                ctx.metrics.frame_errors.with_label_values(&[e.kind(), "peer"]).inc();
+                if e.kind() != "io" {
+                    tracing::warn!(neighbor = %n.id, error = %e, "refusing bad frame from neighbor; closing connection");
+                }
+                return format!("frame error: {e}");
+            }
+        }
+    }
+}
+
+async fn write_loop(ctx: &Ctx, n: &Neighbor, mut send: quinn::SendStream) -> String {
+    let mut batch = Vec::new();
+    let mut buf = Vec::with_capacity(MAX_BATCH_BYTES + 1024);
+    let max_batch = MAX_BATCH_BYTES.min(ctx.cfg.limits.max_frame_bytes / 2);
+    loop {
+        batch.clear();
+        if n.queue.pop_batch(max_batch, &mut batch).await.is_none() {
+            return "queue closed".into();
+        }
+        buf.clear();
+        if let Err(e) = wire::encode_into(&PeerFrameRef::Echo(&batch), &mut buf) {
+            ctx.metrics.count_drop(drop_reason::SEND_FAILED, batch.len() as u64);
+            tracing::error!(error = %e, "cannot encode echo batch");
+            continue;
+        }
+        if let Err(e) = send.write_all(&buf).await {
+            ctx.metrics.count_drop(drop_reason::SEND_FAILED, batch.len() as u64);
+            return format!("send failed: {e}");
+        }
+        n.bytes_out.inc_by(buf.len() as u64);
+    }
+}

@@ -1,0 +1,357 @@
+//! The neighbor table: who is pinned, how to reach them, and their live connections.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::echo::EchoMode;
+use crate::identity::NodeId;
+use crate::metrics::Metrics;
+use crate::outq::OutQueue;
+use crate::rate::{RateLimit, TokenBucket};
+use crate::store::{NeighborOrigin, NeighborRecord};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NeighborState {
+    Up,
+    Connecting,
+    Down,
+}
+
+impl NeighborState {
+    pub fn label(self) -> &'static str {
+        match self {
+            NeighborState::Up => "up",
+            NeighborState::Connecting => "connecting",
+            NeighborState::Down => "down",
+        }
+    }
+}
+
+pub struct Neighbor {
+    pub id: NodeId,
+    pub label: String,
+    pub queue: OutQueue,
+    state: Mutex<Inner>,
+    up: AtomicUsize,
+    /// Wakes the dialer: a connection ended, the neighbor was removed, or its address changed.
+    pub changed: Notify,
+    rate: Mutex<TokenBucket>,
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+}
+
+struct Inner {
+    addr: Option<String>,
+    mode: EchoMode,
+    origin: NeighborOrigin,
+    conns: Vec<(u64, quinn::Connection)>,
+    dialing: bool,
+    dialer_running: bool,
+    removed: bool,
+    last_error: Option<String>,
+    since: Instant,
+}
+
+/// A read-only snapshot for the admin API.
+#[derive(Debug, Clone)]
+pub struct NeighborView {
+    pub id: NodeId,
+    pub addr: Option<String>,
+    pub remote: Option<std::net::SocketAddr>,
+    pub mode: EchoMode,
+    pub origin: NeighborOrigin,
+    pub state: NeighborState,
+    pub rtt: Option<Duration>,
+    pub connections: usize,
+    pub since: Duration,
+    pub last_error: Option<String>,
+    pub queue_bytes: usize,
+}
+
+impl Neighbor {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire) > 0
+    }
+
+    pub fn mode(&self) -> EchoMode {
+        self.inner().mode
+    }
+
+    pub fn addr(&self) -> Option<String> {
+        self.inner().addr.clone()
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.inner().removed
+    }
+
+    pub fn state(&self) -> NeighborState {
+        let i = self.inner();
+        if !i.conns.is_empty() {
+            NeighborState::Up
+        } else if i.dialing {
+            NeighborState::Connecting
+        } else {
+            NeighborState::Down
+        }
+    }
+
+    pub fn set_dialing(&self, dialing: bool) {
+        self.inner().dialing = dialing;
+    }
+
+    pub fn set_error(&self, e: String) {
+        self.inner().last_error = Some(e);
+    }
+
+    /// Claim the right to run this neighbor's dialer (only one at a time).
+    pub fn claim_dialer(&self) -> bool {
+        let mut i = self.inner();
+        if i.dialer_running || i.removed || i.addr.is_none() {
+            return false;
+        }
+        i.dialer_running = true;
+        true
+    }
+
+    pub fn release_dialer(&self) {
+        let mut i = self.inner();
+        i.dialer_running = false;
+        i.dialing = false;
+    }
+
+    /// Register an established, hello-checked connection. Returns its key, or `None` when
+    /// the neighbor was removed meanwhile.
+    pub fn attach(&self, key: u64, conn: quinn::Connection) -> bool {
+        let mut i = self.inner();
+        if i.removed {
+            return false;
+        }
+        if i.conns.is_empty() {
+            i.since = Instant::now();
+        }
+        i.conns.push((key, conn));
+        i.last_error = None;
+        self.up.store(i.conns.len(), Ordering::Release);
+        true
+    }
+
+    /// Forget a connection. Returns true when it was the last one (the neighbor is now down).
+    pub fn detach(&self, key: u64) -> bool {
+        let last = {
+            let mut i = self.inner();
+            i.conns.retain(|(k, _)| *k != key);
+            self.up.store(i.conns.len(), Ordering::Release);
+            if i.conns.is_empty() {
+                i.since = Instant::now();
+            }
+            i.conns.is_empty()
+        };
+        self.changed.notify_waiters();
+        last
+    }
+
+    /// Admit one incoming packet of `bytes` under the per-neighbor rate limit.
+    pub fn admit(&self, bytes: usize, now: Instant) -> bool {
+        self.rate.lock().unwrap_or_else(|p| p.into_inner()).try_take(bytes, now)
+    }
+
+    pub fn set_rate(&self, limit: RateLimit) {
+        self.rate.lock().unwrap_or_else(|p| p.into_inner()).set_limit(limit);
+    }
+
+    pub fn view(&self) -> NeighborView {
+        let state = self.state();
+        let i = self.inner();
+        let newest = i.conns.last().map(|(_, c)| c);
+        NeighborView {
+            id: self.id,
+            addr: i.addr.clone(),
+            remote: newest.map(|c| c.remote_address()),
+            mode: i.mode,
+            origin: i.origin,
+            state,
+            rtt: newest.map(|c| c.rtt()),
+            connections: i.conns.len(),
+            since: i.since.elapsed(),
+            last_error: i.last_error.clone(),
+            queue_bytes: self.queue.bytes(),
+        }
+    }
+
+    /// Close every connection (neighbor removed or node stopping).
+    pub fn close_all(&self, code: u32, reason: &[u8]) {
+        let conns: Vec<_> = self.inner().conns.iter().map(|(_, c)| c.clone()).collect();
+        for c in conns {
+            c.close(quinn::VarInt::from_u32(code), reason);
+        }
+    }
+
+    pub fn record(&self) -> NeighborRecord {
+        let i = self.inner();
+        NeighborRecord {
+            id: self.id,
+            addr: i.addr.clone(),
+            mode: i.mode,
+            origin: i.origin,
+            added_unix: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("neighbor limit reached ({0}); raise limits.max_neighbors or remove a neighbor")]
+    Full(usize),
+}
+
+pub struct NeighborTable {
+    map: RwLock<HashMap<NodeId, Arc<Neighbor>>>,
+    max: usize,
+    queue_bytes: usize,
+    rate: RateLimit,
+    metrics: Arc<Metrics>,
+}
+
+impl NeighborTable {
+    pub fn new(max: usize, queue_bytes: usize, rate: RateLimit, metrics: Arc<Metrics>) -> Self {
+        NeighborTable {
+            map: RwLock::new(HashMap::new()),
+            max,
+            queue_bytes,
+            rate,
+            metrics,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, Arc<Neighbor>>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeId, Arc<Neighbor>>> {
+        self.map.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, id: &NodeId) -> Option<Arc<Neighbor>> {
+        self.read().get(id).cloned()
+    }
+
+    /// Pin a neighbor (or update its address/mode). A known address is kept when the new
+    /// record has none.
+    pub fn upsert(&self, rec: &NeighborRecord) -> Result<Arc<Neighbor>, TableError> {
+        let mut map = self.write();
+        if let Some(n) = map.get(&rec.id) {
+            let mut i = n.inner();
+            if rec.addr.is_some() {
+                i.addr = rec.addr.clone();
+            }
+            i.mode = rec.mode;
+            if rec.origin != NeighborOrigin::Static || i.origin == NeighborOrigin::Static {
+                i.origin = rec.origin;
+            }
+            drop(i);
+            n.changed.notify_waiters();
+            return Ok(n.clone());
+        }
+        if map.len() >= self.max {
+            return Err(TableError::Full(self.max));
+        }
+        let label = rec.id.short();
+        let n = Arc::new(Neighbor {
+            id: rec.id,
+            queue: OutQueue::new(self.queue_bytes),
+            state: Mutex::new(Inner {
+                addr: rec.addr.clone(),
+                mode: rec.mode,
+                origin: rec.origin,
+                conns: Vec::new(),
+                dialing: false,
+                dialer_running: false,
+                removed: false,
+                last_error: None,
+                since: Instant::now(),
+            }),
+            up: AtomicUsize::new(0),
+            changed: Notify::new(),
+            rate: Mutex::new(TokenBucket::new(self.rate, Instant::now())),
+            bytes_in: self.metrics.neighbor_bytes_received.with_label_values(&[&label]),
+            bytes_out: self.metrics.neighbor_bytes_sent.with_label_values(&[&label]),
+            label,
+        });
+        map.insert(rec.id, n.clone());
+        Ok(n)
+    }
+
+    /// Unpin: close its connections and stop its dialer.
+    pub fn remove(&self, id: &NodeId) -> Option<Arc<Neighbor>> {
+        let n = self.write().remove(id)?;
+        n.inner().removed = true;
+        n.close_all(crate::wire::close::REMOVED, b"neighbor removed");
+        n.queue.close();
+        n.changed.notify_waiters();
+        for m in [&self.metrics.neighbor_bytes_received, &self.metrics.neighbor_bytes_sent] {
+            let _ = m.remove_label_values(&[&n.label]);
+        }
+        let _ = self.metrics.neighbor_rtt.remove_label_values(&[&n.label]);
+        let _ = self.metrics.neighbor_queue_bytes.remove_label_values(&[&n.label]);
+        Some(n)
+    }
+
+    pub fn is_pinned(&self, id: &NodeId) -> bool {
+        self.read().contains_key(id)
+    }
+
+    pub fn for_each_up(&self, mut f: impl FnMut(&Neighbor)) {
+        for n in self.read().values() {
+            if n.is_up() {
+                f(n);
+            }
+        }
+    }
+
+    pub fn all(&self) -> Vec<Arc<Neighbor>> {
+        let mut v: Vec<_> = self.read().values().cloned().collect();
+        v.sort_by_key(|n| n.id);
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Refresh per-neighbor gauges (RTT, queue size) and the by-state counts.
+    pub fn update_gauges(&self) {
+        let (mut up, mut connecting, mut down) = (0, 0, 0);
+        for n in self.all() {
+            let v = n.view();
+            match v.state {
+                NeighborState::Up => up += 1,
+                NeighborState::Connecting => connecting += 1,
+                NeighborState::Down => down += 1,
+            }
+            if let Some(rtt) = v.rtt {
+                self.metrics.neighbor_rtt.with_label_values(&[&n.label]).set(rtt.as_secs_f64());
+            }
+            self.metrics.neighbor_queue_bytes.with_label_values(&[&n.label]).set(v.queue_bytes as i64);
+        }
+        let g = &self.metrics.neighbors;
+        g.with_label_values(&["up"]).set(up);
+        g.with_label_values(&["connecting"]).set(connecting);
+        g.with_label_values(&["down"]).set(down);
+    }
+}

@@ -1,0 +1,89 @@
+//! QUIC endpoint setup: one UDP socket for neighbors, clients and joins, separated by ALPN.
+
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::PeerSection;
+use crate::identity::{Identity, NodeId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot bind UDP {addr}: {source} (is another node using this port? set --listen)")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("QUIC configuration: {0}")]
+    Quic(String),
+}
+
+/// Transport parameters shared by all connections: keep-alives, idle timeout, and windows
+/// large enough for batched echo frames.
+pub fn transport_config(p: &PeerSection) -> Result<quinn::TransportConfig, TransportError> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_millis(p.keepalive_ms)));
+    let idle = quinn::IdleTimeout::try_from(Duration::from_millis(p.idle_timeout_ms))
+        .map_err(|e| TransportError::Quic(format!("idle timeout: {e}")))?;
+    t.max_idle_timeout(Some(idle));
+    t.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
+    t.receive_window(quinn::VarInt::from_u32(16 << 20));
+    t.send_window(16 << 20);
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(8));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.datagram_receive_buffer_size(None);
+    Ok(t)
+}
+
+/// Bind the node's endpoint. The stateless-reset key is derived from the node's private key,
+/// so after a restart the node can reset its neighbors' stale connections at once instead of
+/// letting them wait for the idle timeout.
+pub fn bind(identity: &Identity, listen: SocketAddr, p: &PeerSection) -> Result<quinn::Endpoint, TransportError> {
+    let socket = std::net::UdpSocket::bind(listen).map_err(|source| TransportError::Bind { addr: listen, source })?;
+    let reset_secret = identity.derived_secret("echomesh quic stateless reset v1");
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_secret);
+    let endpoint_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let server_tls = tls::server_config(identity)?;
+    let quic_server = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+        .map_err(|e| TransportError::Quic(e.to_string()))?;
+    let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
+    server_cfg.transport_config(Arc::new(transport_config(p)?));
+    quinn::Endpoint::new(endpoint_cfg, Some(server_cfg), socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|source| TransportError::Bind { addr: listen, source })
+}
+
+/// A client-only endpoint (for `echomeshctl` and the bench).
+pub fn client_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
+    quinn::Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })
+}
+
+/// Client configuration for dialing a node that must have identity `expected` (or TOFU).
+pub fn dial_config(
+    identity: Option<&Identity>,
+    expected: Option<NodeId>,
+    alpn: &[u8],
+    p: &PeerSection,
+) -> Result<(quinn::ClientConfig, Arc<tls::PinnedServerVerifier>), TransportError> {
+    let verifier = tls::PinnedServerVerifier::new(expected);
+    let tls_cfg = tls::client_config(identity, verifier.clone(), alpn)?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls_cfg)
+        .map_err(|e| TransportError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport_config(p)?));
+    Ok((cfg, verifier))
+}
+
+/// Resolve `HOST:PORT` (DNS names allowed) without blocking the runtime.
+pub async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
+    let mut it = tokio::net::lookup_host(addr).await?;
+    it.next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to no address")))
+}
+
+/// Server name used in TLS (certificates are pinned, so the name carries no trust).
+pub const SERVER_NAME: &str = "echomesh-node";

@@ -1,0 +1,366 @@
+//! Wire format: every message is a frame `u32 big-endian length + bincode(serde)` of a
+//! versioned enum. All encoding and decoding lives in this module, with one fixed bincode
+//! configuration, so that the format is defined in exactly one place.
+//!
+//! Compatibility rule: each side announces `PROTOCOL_VERSION` in its hello. New message kinds
+//! are only ever appended to the enums, and a node sends a kind only to a peer whose
+//! announced version has it. Decoding never panics and never allocates more than the frame
+//! limit: a frame whose length prefix exceeds the limit is refused before it is read.
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::echo::EchoPacket;
+use crate::identity::NodeId;
+
+/// The protocol version this build speaks. Peers with a different major version are refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The lowest peer protocol version this build interoperates with.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+pub const ALPN_PEER: &[u8] = b"echomesh-peer/1";
+pub const ALPN_CLIENT: &[u8] = b"echomesh-client/1";
+pub const ALPN_JOIN: &[u8] = b"echomesh-join/1";
+
+/// QUIC application close codes.
+pub mod close {
+    pub const NORMAL: u32 = 0;
+    pub const UNPINNED: u32 = 1;
+    pub const PROTOCOL: u32 = 2;
+    pub const FRAME: u32 = 3;
+    pub const BUSY: u32 = 4;
+    pub const SHUTDOWN: u32 = 5;
+    pub const VERSION: u32 = 6;
+    pub const ALPN: u32 = 7;
+    pub const REMOVED: u32 = 8;
+}
+
+/// Hard ceiling on any frame, whatever the configuration says.
+pub const ABSOLUTE_MAX_FRAME: usize = 64 << 20;
+
+type Config = bincode::config::Configuration<
+    bincode::config::BigEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<ABSOLUTE_MAX_FRAME>,
+>;
+
+const CONFIG: Config = bincode::config::standard()
+    .with_big_endian()
+    .with_variable_int_encoding()
+    .with_limit::<ABSOLUTE_MAX_FRAME>();
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/// Node ↔ node messages (ALPN `echomesh-peer/1`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerFrame {
+    Hello(PeerHello),
+    /// A batch of echo packets.
+    Echo(Vec<EchoPacket>),
+}
+
+/// Borrowed twin of [`PeerFrame`] for encoding without cloning a batch. It must keep the same
+/// variant order as `PeerFrame` (checked by a test).
+#[derive(Debug, Serialize)]
+pub enum PeerFrameRef<'a> {
+    Hello(&'a PeerHello),
+    Echo(&'a [EchoPacket]),
+}
+
+/// Borrowed twin of the `Deliver` variant of [`ClientEvent`] (same variant index).
+#[derive(Debug, Serialize)]
+pub enum ClientEventRef<'a> {
+    Welcome { version: u16, node_id: NodeId, software: &'a str },
+    Injected { accepted: u32, duplicates: u32, rejected: u32 },
+    Deliver(&'a [EchoPacket]),
+}
+
+/// Borrowed twin of [`ClientRequest`] for encoding batches without cloning.
+#[derive(Debug, Serialize)]
+pub enum ClientRequestRef<'a> {
+    Hello { version: u16, agent: &'a str },
+    Inject(&'a [EchoPacket]),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerHello {
+    pub version: u16,
+    pub node_id: NodeId,
+    pub cluster: String,
+    pub software: String,
+}
+
+/// Client → node messages (ALPN `echomesh-client/1`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientRequest {
+    Hello { version: u16, agent: String },
+    /// Inject echo packets into the mesh.
+    Inject(Vec<EchoPacket>),
+    /// Receive live packets matching the filter from now on.
+    Subscribe(SubscribeFilter),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum SubscribeFilter {
+    /// Every packet the node accepts (operators and tests: `tail`).
+    All,
+    /// Packets carrying one of these ozone tags.
+    Tags(Vec<[u8; 32]>),
+}
+
+/// Node → client messages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientEvent {
+    Welcome {
+        version: u16,
+        node_id: NodeId,
+        software: String,
+    },
+    /// Acknowledges one `Inject` batch.
+    Injected {
+        accepted: u32,
+        duplicates: u32,
+        rejected: u32,
+    },
+    /// Packets for a subscription.
+    Deliver(Vec<EchoPacket>),
+    /// The node dropped `dropped` packets for this client because it did not read fast enough.
+    Lagged { dropped: u64 },
+    /// The request was refused; the session stays usable unless the node closes it.
+    Error { code: ClientErrorCode, message: String },
+    /// The subscription is active: every packet the node accepts from now on is delivered.
+    Subscribed,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ClientErrorCode {
+    BadRequest,
+    VersionUnsupported,
+    TooLarge,
+    Busy,
+}
+
+/// Joiner → inviter on ALPN `echomesh-join/1`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub version: u16,
+    pub secret: [u8; 32],
+    /// Where the inviter can dial the joiner back (its advertised address), if known.
+    pub advertise: Option<String>,
+    pub cluster: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum JoinResponse {
+    Accepted { node_id: NodeId, cluster: String },
+    Refused { reason: JoinRefusal },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum JoinRefusal {
+    UnknownToken,
+    AlreadyUsed,
+    Expired,
+    TooManyNeighbors,
+    Internal,
+}
+
+impl JoinRefusal {
+    pub fn explain(self) -> &'static str {
+        match self {
+            JoinRefusal::UnknownToken => {
+                "the inviting node does not know this token (mistyped, or the node restarted since `invite`); ask for a new one"
+            }
+            JoinRefusal::AlreadyUsed => "this invite token was already used; tokens work once — ask for a new one",
+            JoinRefusal::Expired => "this invite token has expired; ask for a new one (`echomeshctl invite --ttl SECS`)",
+            JoinRefusal::TooManyNeighbors => "the inviting node has reached its neighbor limit (limits.max_neighbors)",
+            JoinRefusal::Internal => "the inviting node could not store the new neighbor; see its log",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("stream ended in the middle of a frame")]
+    Truncated,
+    #[error("frame cannot be decoded: {0}")]
+    Decode(String),
+    #[error("frame has {0} trailing bytes")]
+    Trailing(usize),
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl FrameError {
+    /// A short, stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FrameError::TooLarge { .. } => "oversized",
+            FrameError::Truncated => "truncated",
+            FrameError::Decode(_) | FrameError::Trailing(_) => "undecodable",
+            FrameError::Io(_) => "io",
+        }
+    }
+}
+
+/// Encode `msg` as one frame (length prefix included), appending to `out`.
+pub fn encode_into<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 4]);
+    bincode::serde::encode_into_std_write(msg, out, CONFIG)
+        .map_err(|e| FrameError::Decode(format!("encode: {e}")))?;
+    let len = out.len() - start - 4;
+    let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge {
+        len,
+        max: ABSOLUTE_MAX_FRAME,
+    })?;
+    out[start..start + 4].copy_from_slice(&len32.to_be_bytes());
+    Ok(())
+}
+
+/// Encode `msg` as one frame.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Bytes, FrameError> {
+    let mut out = Vec::with_capacity(256);
+    encode_into(msg, &mut out)?;
+    Ok(Bytes::from(out))
+}
+
+/// Decode a frame body (without the length prefix). The whole body must be consumed.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    let (msg, used) = bincode::serde::decode_from_slice::<T, _>(body, CONFIG)
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(FrameError::Trailing(body.len() - used));
+    }
+    Ok(msg)
+}
+
+/// Encode a stored record (no length prefix) — used by `store` for on-disk values.
+pub fn record_to_vec<T: Serialize>(v: &T) -> Result<Vec<u8>, FrameError> {
+    bincode::serde::encode_to_vec(v, CONFIG).map_err(|e| FrameError::Decode(format!("encode: {e}")))
+}
+
+/// Read one frame from `r`. Returns `Ok(None)` on a clean end of stream between frames.
+/// A length above `max` is refused before any body byte is read or allocated.
+pub async fn read_frame<R, T>(r: &mut R, max: usize, buf: &mut Vec<u8>) -> Result<Option<T>, FrameError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut len_bytes = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len_bytes[got..]).await?;
+        if n == 0 {
+            return if got == 0 { Ok(None) } else { Err(FrameError::Truncated) };
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    let max = max.min(ABSOLUTE_MAX_FRAME);
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    buf.clear();
+    buf.resize(len, 0);
+    r.read_exact(buf).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ => FrameError::Io(e),
+    })?;
+    decode_body(buf).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(payload: &[u8]) -> EchoPacket {
+        EchoPacket::new(Bytes::copy_from_slice(payload), 16, None)
+    }
+
+    #[tokio::test]
+    async fn roundtrip_echo_batch() {
+        let frame = PeerFrame::Echo(vec![pkt(b"a"), pkt(b"bb")]);
+        let bytes = encode(&frame).unwrap();
+        let mut rd = &bytes[..];
+        let mut buf = Vec::new();
+        let got: PeerFrame = read_frame(&mut rd, 1024, &mut buf).await.unwrap().unwrap();
+        match got {
+            PeerFrame::Echo(v) => {
+                assert_eq!(v.len(), 2);
+                assert_eq!(&v[1].payload[..], b"bb");
+                assert_eq!(&v[1].id, blake3::hash(b"bb").as_bytes());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let none: Option<PeerFrame> = read_frame(&mut rd, 1024, &mut buf).await.unwrap();
+        assert!(none.is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_is_refused_before_allocation() {
+        let mut data = Vec::new();
+        data.extend_from_slice(&(u32::MAX).to_be_bytes());
+        let mut rd = &data[..];
+        let mut buf = Vec::new();
+        let err = read_frame::<_, PeerFrame>(&mut rd, 4 << 20, &mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), "oversized");
+        assert!(buf.capacity() < 1024);
+    }
+
+    #[tokio::test]
+    async fn truncated_and_garbage_frames_are_errors() {
+        let bytes = encode(&PeerFrame::Echo(vec![pkt(b"hello")])).unwrap();
+        let mut rd = &bytes[..bytes.len() - 2];
+        let mut buf = Vec::new();
+        let err = read_frame::<_, PeerFrame>(&mut rd, 1024, &mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), "truncated");
+
+        let mut garbage = vec![0, 0, 0, 8];
+        garbage.extend_from_slice(&[0xff; 8]);
+        let mut rd = &garbage[..];
+        let err = read_frame::<_, PeerFrame>(&mut rd, 1024, &mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), "undecodable");
+    }
+
+    #[test]
+    fn claimed_huge_vector_does_not_allocate() {
+        // Variant 1 (Echo) followed by a varint length claiming 2^32 elements.
+        let body = [1u8, 252, 0xff, 0xff, 0xff, 0xff];
+        assert!(decode_body::<PeerFrame>(&body).is_err());
+    }
+
+    #[test]
+    fn borrowed_twins_encode_identically() {
+        let batch = vec![pkt(b"x"), pkt(b"y")];
+        let a = encode(&PeerFrame::Echo(batch.clone())).unwrap();
+        let b = encode(&PeerFrameRef::Echo(&batch)).unwrap();
+        assert_eq!(a, b);
+        let a = encode(&ClientEvent::Deliver(batch.clone())).unwrap();
+        let b = encode(&ClientEventRef::Deliver(&batch)).unwrap();
+        assert_eq!(a, b);
+        let a = encode(&ClientRequest::Inject(batch.clone())).unwrap();
+        let b = encode(&ClientRequestRef::Inject(&batch)).unwrap();
+        assert_eq!(a, b);
+        let id = NodeId([1; 32]);
+        let a = encode(&ClientEvent::Welcome { version: 1, node_id: id, software: "s".into() }).unwrap();
+        let b = encode(&ClientEventRef::Welcome { version: 1, node_id: id, software: "s" }).unwrap();
+        assert_eq!(a, b);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = decode_body::<PeerFrame>(&data);
+            let _ = decode_body::<ClientRequest>(&data);
+            let _ = decode_body::<JoinRequest>(&data);
+        }
+    }
+}

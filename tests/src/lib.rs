@@ -1,0 +1,371 @@
+//! Test harness: real `echomesh-node` processes on 127.0.0.1 with their own data
+//! directories, driven through `echomeshctl` and the admin API.
+//!
+//! Binaries are taken from the cargo target directory next to the test executable (or from
+//! `ECHOMESH_BIN_DIR`); `cargo build --bins` must have run first (`.ci/run` does).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+pub use echomesh_node::RuntimeInfo;
+
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("ECHOMESH_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/<profile>/deps/<test-binary>
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build --bins` before the tests (or set ECHOMESH_BIN_DIR)",
+        p.display()
+    );
+    p
+}
+
+/// Poll `f` every 25 ms until it returns `Some`, or fail after `timeout` with `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A UDP port that was free on 127.0.0.1 a moment ago (for restarts on the same port and
+/// for static neighbor lists written before start).
+pub fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").port()
+}
+
+pub struct TestNode {
+    pub name: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    pub info: RuntimeInfo,
+    extra: Vec<String>,
+}
+
+impl TestNode {
+    /// Create the data dir and identity without starting; returns the fingerprint.
+    pub fn init(dir: &Path) -> String {
+        let out = Command::new(bin("echomesh-node"))
+            .args(["--init", "--data-dir"])
+            .arg(dir)
+            .output()
+            .expect("run echomesh-node --init");
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("fingerprint").map(|f| f.trim().to_string()))
+            .expect("fingerprint line")
+    }
+
+    /// Start a node in `root/name` on 127.0.0.1 (`port` 0 = any), with extra flags.
+    pub fn start(root: &Path, name: &str, port: u16, extra: &[String]) -> TestNode {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let mut n = TestNode {
+            name: name.into(),
+            dir,
+            child: None,
+            info: RuntimeInfo {
+                pid: 0,
+                version: String::new(),
+                id: String::new(),
+                fingerprint: String::new(),
+                quic: SocketAddr::from(([127, 0, 0, 1], port)),
+                admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            },
+            extra: extra.to_vec(),
+        };
+        n.spawn(port);
+        n
+    }
+
+    fn spawn(&mut self, port: u16) {
+        let runtime = self.dir.join("runtime.json");
+        let _ = std::fs::remove_file(&runtime);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("node.log"))
+            .expect("log file");
+        let child = Command::new(bin("echomesh-node"))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--admin", "127.0.0.1:0", "--cluster", "test"])
+            .args(&self.extra)
+            .env("RUST_LOG", "info,echomesh_node=debug")
+            .env_remove("ECHOMESH_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn echomesh-node");
+        let pid = child.id();
+        self.child = Some(child);
+        let name = self.name.clone();
+        let info = wait_for(Duration::from_secs(30), &format!("{name} to start"), || {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("{name} exited during start ({st}):\n{}", self.log_tail());
+                }
+            }
+            let text = std::fs::read_to_string(&runtime).ok()?;
+            let info: RuntimeInfo = serde_json::from_str(&text).ok()?;
+            (info.pid == pid).then_some(info)
+        });
+        self.info = info;
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+        let lines: Vec<_> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.info.fingerprint
+    }
+
+    /// `127.0.0.1:PORT#FINGERPRINT`, as neighbors and clients name this node.
+    pub fn spec(&self) -> String {
+        format!("{}#{}", self.info.quic, self.info.fingerprint)
+    }
+
+    pub fn ctl_cmd(&self) -> Command {
+        let mut c = Command::new(bin("echomeshctl"));
+        c.arg("--admin")
+            .arg(format!("http://{}", self.info.admin))
+            .arg("--token-file")
+            .arg(self.dir.join("admin.token"))
+            .env("ECHOMESH_KNOWN_NODES", self.dir.join("known_nodes"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Run `echomeshctl` against this node.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_cmd().args(args).output().expect("run echomeshctl")
+    }
+
+    /// Run `echomeshctl`, require success, return stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "echomeshctl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn neighbors(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ctl_ok(&["--json", "neighbors"])).expect("neighbors json")
+    }
+
+    /// Neighbor states by fingerprint.
+    pub fn neighbor_state(&self, fingerprint: &str) -> Option<String> {
+        self.neighbors()
+            .into_iter()
+            .find(|n| n["fingerprint"] == fingerprint)
+            .and_then(|n| n["state"].as_str().map(String::from))
+    }
+
+    pub fn wait_neighbor_up(&self, other: &TestNode) {
+        let fp = other.fingerprint().to_string();
+        wait_for(Duration::from_secs(20), &format!("{} to see {} up", self.name, other.name), || {
+            (self.neighbor_state(&fp).as_deref() == Some("up")).then_some(())
+        });
+    }
+
+    /// Issue an invite here and join it from `other`: both pin each other.
+    pub fn link(&self, other: &TestNode) {
+        let token = self.ctl_ok(&["invite"]).trim().to_string();
+        other.ctl_ok(&["join", &token]);
+        self.wait_neighbor_up(other);
+        other.wait_neighbor_up(self);
+    }
+
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.info.admin, path).unwrap_or_else(|e| panic!("GET {path} on {}: {e}", self.name))
+    }
+
+    /// Sum of a metric's samples whose line starts with `series` (name plus optional labels).
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with([' ', '{', ','])))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Start `echomeshctl tail` against this node and wait until it is subscribed.
+    pub fn tail(&self, args: &[&str]) -> Tail {
+        let mut child = self
+            .ctl_cmd()
+            .args(["tail", "--node", &self.spec()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tail");
+        let mut stderr = child.stderr.take().expect("stderr");
+        // Read stderr until the subscription is confirmed.
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut byte = [0u8; 1];
+        while !String::from_utf8_lossy(&seen).contains("subscribed") {
+            assert!(Instant::now() < deadline, "tail did not subscribe");
+            match stderr.read(&mut byte) {
+                Ok(1) => seen.push(byte[0]),
+                _ => panic!("tail exited before subscribing: {}", String::from_utf8_lossy(&seen)),
+            }
+        }
+        Tail { child, stderr }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Send SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("{} did not exit within 30 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start again with the same data dir and QUIC port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let port = self.info.quic.port();
+        self.spawn(port);
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.name, self.log_tail());
+        }
+        self.kill9();
+    }
+}
+
+pub struct Tail {
+    child: Child,
+    stderr: std::process::ChildStderr,
+}
+
+impl Tail {
+    /// Wait for tail to exit (it must have --count or --timeout) and return its stdout lines.
+    pub fn finish(mut self, timeout: Duration) -> (bool, Vec<String>) {
+        let deadline = Instant::now() + timeout;
+        let mut stdout = self.child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s);
+            s
+        });
+        let status = loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let mut err = String::new();
+                let _ = self.stderr.read_to_string(&mut err);
+                panic!("tail did not finish within {timeout:?}: {err}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = reader.join().unwrap_or_default();
+        (status.success(), out.lines().map(String::from).collect())
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal HTTP/1.0 GET (no client library needed for three endpoints).
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).context("connect")?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, body) = buf.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no header end"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| anyhow!("bad status line"))?;
+    Ok((status, body.to_string()))
+}
+
+/// Connect a raw QUIC connection with a chosen ALPN and optional client identity, as an
+/// attacker or a misconfigured peer would.
+pub async fn raw_connect(
+    node: &RuntimeInfo,
+    alpn: &[u8],
+    identity: Option<&echomesh_node::identity::Identity>,
+) -> anyhow::Result<quinn::Connection> {
+    let expected: echomesh_node::identity::NodeId = node.fingerprint.parse()?;
+    let ep = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse()?)?;
+    let (cfg, _) = echomesh_node::transport::dial_config(
+        identity,
+        Some(expected),
+        alpn,
+        &echomesh_node::config::PeerSection::default(),
+    )?;
+    let conn = ep.connect_with(cfg, node.quic, echomesh_node::transport::SERVER_NAME)?.await?;
+    Ok(conn)
+}
+
+pub fn ensure(cond: bool, msg: &str) -> anyhow::Result<()> {
+    if !cond {
+        bail!("{msg}");
+    }
+    Ok(())
+}

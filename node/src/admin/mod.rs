@@ -90,6 +90,10 @@ async fn readyz(State(s): St) -> Response {
 }
 
 async fn metrics(State(s): St) -> Response {
+    // Gauges that are cheap to compute are refreshed at scrape time, not only by the
+    // once-a-second housekeeping, so a scrape never shows a stale state.
+    s.ctx.neighbors().update_gauges();
+    s.ctx.metrics.client_sessions.set(s.ctx.router.subscribers.sessions() as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         s.ctx.metrics.render(),

@@ -1,0 +1,171 @@
+//! Core mesh behaviour with real node processes over real QUIC on 127.0.0.1.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use echomesh_tests::{free_udp_port, wait_for, TestNode};
+
+fn lines_set(lines: &[String]) -> HashSet<String> {
+    lines.iter().cloned().collect()
+}
+
+/// A–B–C joined with invite/join: a packet injected at A is seen once on C; B lists A and C
+/// up; re-injecting the same packet is counted as a duplicate and not delivered again.
+#[test]
+fn line_of_three_joined_by_invite() {
+    let root = tempfile::tempdir().unwrap();
+    let a = TestNode::start(root.path(), "a", 0, &[]);
+    let b = TestNode::start(root.path(), "b", 0, &[]);
+    let c = TestNode::start(root.path(), "c", 0, &[]);
+    a.link(&b);
+    b.link(&c);
+
+    let nb = b.neighbors();
+    assert_eq!(nb.len(), 2, "{nb:?}");
+    for n in &nb {
+        assert_eq!(n["state"], "up", "{nb:?}");
+        assert_eq!(n["mode"], "full");
+        assert!(n["id"].as_str().unwrap().len() == 10);
+        assert!(n["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    }
+    let fps: HashSet<_> = nb.iter().map(|n| n["fingerprint"].as_str().unwrap().to_string()).collect();
+    assert_eq!(fps, HashSet::from([a.fingerprint().to_string(), c.fingerprint().to_string()]));
+
+    // Exactly once: the marker that follows proves no second copy came in between (a line
+    // preserves order on every hop).
+    let tail = c.tail(&["--count", "3", "--timeout", "20"]);
+    a.ctl_ok(&["inject", "--node", &a.spec(), "hello-mesh"]);
+    a.ctl_ok(&["inject", "--node", &a.spec(), "marker-1"]);
+    let dups_before = a.metric("echomesh_duplicates_dropped_total");
+    let out = a.ctl_ok(&["--json", "inject", "--node", &a.spec(), "hello-mesh"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["duplicates"], 1, "{v}");
+    assert_eq!(a.metric("echomesh_duplicates_dropped_total"), dups_before + 1.0);
+    a.ctl_ok(&["inject", "--node", &a.spec(), "marker-2"]);
+    let (ok, lines) = tail.finish(Duration::from_secs(20));
+    assert!(ok);
+    assert_eq!(lines, vec!["hello-mesh", "marker-1", "marker-2"]);
+
+    // Status contract.
+    let s: serde_json::Value = serde_json::from_str(&b.ctl_ok(&["--json", "status"])).unwrap();
+    for k in ["id", "fingerprint", "version", "ready", "draining"] {
+        assert!(s.get(k).is_some(), "status lacks {k}: {s}");
+    }
+    assert_eq!(s["ready"], true);
+    assert_eq!(s["fingerprint"], b.fingerprint());
+    assert_eq!(b.metric("echomesh_neighbors{state=\"up\"}"), 2.0);
+    assert_eq!(b.http_get("/readyz").0, 200);
+    assert_eq!(b.http_get("/healthz").0, 200);
+}
+
+/// Five nodes with cycles (static neighbors from flags): 10 000 packets from one node reach
+/// subscribers on every other node, each exactly once; the mesh drops duplicates.
+#[test]
+fn five_node_mesh_with_cycles_delivers_everything_once() {
+    let root = tempfile::tempdir().unwrap();
+    let names = ["n0", "n1", "n2", "n3", "n4"];
+    let fps: Vec<String> = names.iter().map(|n| TestNode::init(&root.path().join(n))).collect();
+    let ports: Vec<u16> = names.iter().map(|_| free_udp_port()).collect();
+    // ring plus one chord: 0-1-2-3-4-0 and 0-2, 1-3 (cycles of length 3 and 5)
+    let edges = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 0), (0, 2), (1, 3)];
+    let mut nodes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut flags = Vec::new();
+        for &(x, y) in &edges {
+            let other = if x == i { y } else if y == i { x } else { continue };
+            flags.push("--neighbor".to_string());
+            flags.push(format!("127.0.0.1:{}#{}", ports[other], fps[other]));
+        }
+        nodes.push(TestNode::start(root.path(), name, ports[i], &flags));
+    }
+    for &(x, y) in &edges {
+        nodes[x].wait_neighbor_up(&nodes[y]);
+    }
+    let tails: Vec<_> = nodes[1..]
+        .iter()
+        .map(|n| n.tail(&["--count", "10000", "--timeout", "60", "--json"]))
+        .collect();
+    let out = nodes[0].ctl_ok(&["--json", "inject", "--node", &nodes[0].spec(), "--count", "10000", "--size", "64"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["accepted"], 10000, "{v}");
+    for (i, t) in tails.into_iter().enumerate() {
+        let (ok, lines) = t.finish(Duration::from_secs(90));
+        assert!(ok, "tail on n{} failed after {} lines", i + 1, lines.len());
+        assert_eq!(lines.len(), 10000);
+        let ids: HashSet<String> = lines
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids.len(), 10000, "n{} got a duplicate", i + 1);
+    }
+    let dups: f64 = nodes.iter().map(|n| n.metric("echomesh_duplicates_dropped_total")).sum();
+    assert!(dups >= 10000.0, "cycles must make duplicates that the mesh drops, got {dups}");
+    for n in &nodes {
+        assert_eq!(n.metric("echomesh_packets_dropped_total"), 0.0, "{} dropped packets", n.name);
+    }
+}
+
+/// Kill -9 a node of a ring: delivery continues around the other side; restarted with its
+/// data dir (no flags), it reconnects to its pinned neighbors by itself.
+#[test]
+fn killed_node_is_bypassed_and_rejoins_after_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let a = TestNode::start(root.path(), "a", 0, &[]);
+    let mut b = TestNode::start(root.path(), "b", 0, &[]);
+    let c = TestNode::start(root.path(), "c", 0, &[]);
+    let d = TestNode::start(root.path(), "d", 0, &[]);
+    // ring a-b-c-d-a, all by invite/join (persisted neighbors)
+    a.link(&b);
+    b.link(&c);
+    c.link(&d);
+    d.link(&a);
+
+    b.kill9();
+    wait_for(Duration::from_secs(20), "a to notice b is gone", || {
+        (a.neighbor_state(b.fingerprint()).as_deref() != Some("up")).then_some(())
+    });
+    let tail = c.tail(&["--count", "1", "--timeout", "20"]);
+    a.ctl_ok(&["inject", "--node", &a.spec(), "around-the-ring"]);
+    let (ok, lines) = tail.finish(Duration::from_secs(20));
+    assert!(ok && lines == ["around-the-ring"], "{lines:?}");
+
+    b.restart();
+    a.wait_neighbor_up(&b);
+    c.wait_neighbor_up(&b);
+    b.wait_neighbor_up(&a);
+    b.wait_neighbor_up(&c);
+    let tail = d.tail(&["--count", "1", "--timeout", "20"]);
+    b.ctl_ok(&["inject", "--node", &b.spec(), "b-is-back"]);
+    let (ok, lines) = tail.finish(Duration::from_secs(20));
+    assert!(ok && lines == ["b-is-back"], "{lines:?}");
+    let _ = lines_set(&lines);
+}
+
+/// Half-echo: packets from a half neighbor are delivered locally but not forwarded.
+#[test]
+fn half_echo_neighbor_is_not_forwarded() {
+    let root = tempfile::tempdir().unwrap();
+    let names = ["h0", "h1", "h2"];
+    let fps: Vec<String> = names.iter().map(|n| TestNode::init(&root.path().join(n))).collect();
+    let ports: Vec<u16> = names.iter().map(|_| free_udp_port()).collect();
+    let spec = |i: usize| format!("127.0.0.1:{}#{}", ports[i], fps[i]);
+    // h1 treats h0 as half: h0's packets reach h1's clients but not h2.
+    let h0 = TestNode::start(root.path(), "h0", ports[0], &["--neighbor".into(), spec(1)]);
+    let h1 = TestNode::start(
+        root.path(),
+        "h1",
+        ports[1],
+        &["--neighbor".into(), format!("{}@half", spec(0)), "--neighbor".into(), spec(2)],
+    );
+    let h2 = TestNode::start(root.path(), "h2", ports[2], &["--neighbor".into(), spec(1)]);
+    h1.wait_neighbor_up(&h0);
+    h1.wait_neighbor_up(&h2);
+    let t1 = h1.tail(&["--count", "2", "--timeout", "20"]);
+    let t2 = h2.tail(&["--count", "1", "--timeout", "20"]);
+    h0.ctl_ok(&["inject", "--node", &h0.spec(), "from-half"]);
+    h1.ctl_ok(&["inject", "--node", &h1.spec(), "from-h1"]);
+    let (_, l1) = t1.finish(Duration::from_secs(20));
+    let (_, l2) = t2.finish(Duration::from_secs(20));
+    assert_eq!(lines_set(&l1), HashSet::from(["from-half".to_string(), "from-h1".to_string()]));
+    assert_eq!(l2, vec!["from-h1"], "h2 must not get what h1 received from its half neighbor");
+}

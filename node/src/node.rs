@@ -355,8 +355,11 @@ async fn accept_loop(ctx: Arc<Ctx>) {
 }
 
 fn classify_accept_error(e: &quinn::ConnectionError) -> &'static str {
-    let text = e.to_string();
-    if text.contains("no_application_protocol") || text.contains("NoApplicationProtocol") || text.contains("0x178") {
+    // TLS alert 120: no_application_protocol.
+    let alpn = quinn::TransportErrorCode::crypto(120);
+    if matches!(e, quinn::ConnectionError::TransportError(t) if t.code == alpn)
+        || matches!(e, quinn::ConnectionError::ConnectionClosed(c) if c.error_code == alpn)
+    {
         handshake_reason::ALPN
     } else if matches!(e, quinn::ConnectionError::TimedOut) {
         handshake_reason::TIMEOUT

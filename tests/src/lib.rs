@@ -267,6 +267,13 @@ impl TestNode {
         }
     }
 
+    /// Freeze (SIGSTOP) or thaw (SIGCONT) the process: a neighbor that stalls.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let st = Command::new("kill").args([sig, &pid.to_string()]).status().expect("kill");
+        assert!(st.success());
+    }
+
     /// Start again with the same data dir and QUIC port.
     pub fn restart(&mut self) {
         self.kill9();

@@ -169,3 +169,53 @@ fn half_echo_neighbor_is_not_forwarded() {
     assert_eq!(lines_set(&l1), HashSet::from(["from-half".to_string(), "from-h1".to_string()]));
     assert_eq!(l2, vec!["from-h1"], "h2 must not get what h1 received from its half neighbor");
 }
+
+/// A stalled neighbor (SIGSTOP) must not delay delivery to the others: its queue fills and
+/// drops for it alone, counted; the healthy neighbor gets everything.
+#[test]
+fn stalled_neighbor_does_not_stall_the_others() {
+    let root = tempfile::tempdir().unwrap();
+    let names = ["s0", "s1", "s2"];
+    let fps: Vec<String> = names.iter().map(|n| TestNode::init(&root.path().join(n))).collect();
+    let ports: Vec<u16> = names.iter().map(|_| free_udp_port()).collect();
+    let spec = |i: usize| format!("127.0.0.1:{}#{}", ports[i], fps[i]);
+    let config = |name: &str, toml: &str| {
+        let p = root.path().join(format!("{name}.toml"));
+        std::fs::write(&p, toml).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    // s0 is the hub between s1 (healthy) and s2 (to be stalled), default 16 MiB queues.
+    let c1 = config("s1", "[limits]\nclient_queue_bytes = 67108864\n");
+    let s0 = TestNode::start(
+        root.path(),
+        "s0",
+        ports[0],
+        &["--neighbor".into(), spec(1), "--neighbor".into(), spec(2)],
+    );
+    let s1 = TestNode::start(root.path(), "s1", ports[1], &["--config".into(), c1, "--neighbor".into(), spec(0)]);
+    let mut s2 = TestNode::start(root.path(), "s2", ports[2], &["--neighbor".into(), spec(0)]);
+    s0.wait_neighbor_up(&s1);
+    s0.wait_neighbor_up(&s2);
+
+    const N: usize = 40_000;
+    let tail = s1.tail(&["--count", &N.to_string(), "--timeout", "60"]);
+    s2.signal("-STOP");
+    // 40 000 x 1 KiB: far more than s2's queue plus what QUIC buffers for it.
+    s0.ctl_ok(&["inject", "--node", &s0.spec(), "--count", &N.to_string(), "--size", "1024"]);
+    let t = std::time::Instant::now();
+    let (ok, lines) = tail.finish(Duration::from_secs(60));
+    if !ok {
+        for n in [&s0, &s1] {
+            let (_, m) = n.http_get("/metrics");
+            eprintln!("--- {} metrics after {:?} ---\n{}", n.name, t.elapsed(), m.lines().filter(|l| (l.starts_with("echomesh_packets") || l.starts_with("echomesh_neighbor")) && !l.ends_with(" 0")).collect::<Vec<_>>().join("\n"));
+        }
+    }
+    assert!(ok, "healthy neighbor got {} of {N}", lines.len());
+    assert_eq!(lines_set(&lines).len(), N);
+    let dropped = s0.metric("echomesh_packets_dropped_total{reason=\"neighbor_queue_full\"}");
+    assert!(dropped > 0.0, "the stalled neighbor's queue must overflow and be counted");
+    assert_eq!(s1.metric("echomesh_packets_dropped_total"), 0.0);
+    assert!(s0.metric("echomesh_neighbor_queue_bytes") <= 16.0 * 1048576.0);
+    s2.signal("-CONT");
+    s2.kill9();
+}

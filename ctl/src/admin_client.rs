@@ -14,7 +14,9 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(base: &str, token_file: &Path) -> anyhow::Result<Self> {
-        let token = std::fs::read_to_string(token_file).ok().map(|t| t.trim().to_string());
+        let token = std::fs::read_to_string(token_file)
+            .ok()
+            .map(|t| t.trim().to_string());
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(60))
             .build()
@@ -50,15 +52,31 @@ impl AdminClient {
             return resp.json::<T>().await.context("reading admin API answer");
         }
         let body = resp.text().await.unwrap_or_default();
-        let msg = serde_json::from_str::<ErrorBody>(&body).map(|e| e.error).unwrap_or(body);
-        Err(anyhow!("{msg} (HTTP {}){}", status.as_u16(), if status.as_u16() == 401 { self.token_hint() } else { "" }))
+        let msg = serde_json::from_str::<ErrorBody>(&body)
+            .map(|e| e.error)
+            .unwrap_or(body);
+        Err(anyhow!(
+            "{msg} (HTTP {}){}",
+            status.as_u16(),
+            if status.as_u16() == 401 {
+                self.token_hint()
+            } else {
+                ""
+            }
+        ))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(self.http.get(format!("{}{path}", self.base))).await
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
     }
 }

@@ -71,11 +71,13 @@ pub fn topology(n: usize) -> Vec<(usize, usize)> {
 }
 
 fn node_config(dir: &std::path::Path) -> Config {
-    let mut c = Config::default();
-    c.data_dir = dir.to_path_buf();
-    c.listen = "127.0.0.1:0".parse().expect("static addr");
-    c.admin = "127.0.0.1:0".parse().expect("static addr");
-    c.cluster = "bench".into();
+    let mut c = Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("static addr"),
+        admin: "127.0.0.1:0".parse().expect("static addr"),
+        cluster: "bench".into(),
+        ..Default::default()
+    };
     c.limits.client_rate.packets_per_sec = 10_000_000;
     c.limits.client_rate.bytes_per_sec = 4 << 30;
     c.limits.neighbor_rate.packets_per_sec = 10_000_000;
@@ -96,19 +98,32 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("nodes {}  links {}  packets {} x {} B", report.nodes, report.links, report.packets, report.size);
-        println!("delivered {}/{} ({:.2}%)  duplicates delivered {}", report.delivered, report.expected,
-            100.0 * report.delivered as f64 / report.expected.max(1) as f64, report.duplicates_delivered);
-        println!("latency p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms", report.p50_ms, report.p99_ms, report.max_ms);
+        println!(
+            "nodes {}  links {}  packets {} x {} B",
+            report.nodes, report.links, report.packets, report.size
+        );
+        println!(
+            "delivered {}/{} ({:.2}%)  duplicates delivered {}",
+            report.delivered,
+            report.expected,
+            100.0 * report.delivered as f64 / report.expected.max(1) as f64,
+            report.duplicates_delivered
+        );
+        println!(
+            "latency p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            report.p50_ms, report.p99_ms, report.max_ms
+        );
         println!("throughput {:.0} packets/s delivered per node (offered {:.0}/s), {:.2} duplicate receptions per delivery",
             report.delivered_per_sec, report.offered_per_sec, report.duplicates_per_delivery);
         println!("drops {}  time {:.2} s", report.drops, report.seconds);
     }
-    Ok(if report.delivered == report.expected && report.duplicates_delivered == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if report.delivered == report.expected && report.duplicates_delivered == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
@@ -116,7 +131,11 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     let mut nodes: Vec<NodeHandle> = Vec::new();
     for i in 0..a.nodes {
         let dir = tmp.path().join(format!("node{i}"));
-        nodes.push(echomesh_node::start(node_config(&dir)).await.with_context(|| format!("starting node {i}"))?);
+        nodes.push(
+            echomesh_node::start(node_config(&dir))
+                .await
+                .with_context(|| format!("starting node {i}"))?,
+        );
     }
     let edges = topology(a.nodes);
     for &(i, j) in &edges {
@@ -136,22 +155,30 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     // Wait for every link to be up.
     let t0 = Instant::now();
     loop {
-        let up: usize = nodes.iter().map(|n| n.ctx.neighbors().all().iter().filter(|x| x.is_up()).count()).sum();
+        let up: usize = nodes
+            .iter()
+            .map(|n| n.ctx.neighbors().all().iter().filter(|x| x.is_up()).count())
+            .sum();
         if up == edges.len() * 2 {
             break;
         }
         if t0.elapsed() > Duration::from_secs(20) {
-            bail!("only {up} of {} link ends came up within 20 s", edges.len() * 2);
+            bail!(
+                "only {up} of {} link ends came up within 20 s",
+                edges.len() * 2
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let endpoint = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().expect("static addr"))?;
+    let endpoint =
+        echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().expect("static addr"))?;
     let agent = "echomeshctl-bench";
     let mut receivers = Vec::new();
     let start = Instant::now();
     for n in nodes.iter().skip(1) {
-        let mut s = echomesh_node::client::connect(&endpoint, n.quic_addr, Some(n.id()), agent).await?;
+        let mut s =
+            echomesh_node::client::connect(&endpoint, n.quic_addr, Some(n.id()), agent).await?;
         s.subscribe(SubscribeFilter::All).await?;
         receivers.push(s);
     }
@@ -159,15 +186,23 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     let mut tasks = Vec::new();
     for s in receivers {
         let idle = Duration::from_secs(a.idle_timeout);
-        tasks.push(tokio::spawn(async move { receive(s, m, start, idle).await }));
+        tasks.push(tokio::spawn(
+            async move { receive(s, m, start, idle).await },
+        ));
     }
 
-    let sender = echomesh_node::client::connect(&endpoint, nodes[0].quic_addr, Some(nodes[0].id()), agent).await?;
+    let sender =
+        echomesh_node::client::connect(&endpoint, nodes[0].quic_addr, Some(nodes[0].id()), agent)
+            .await?;
     let (_conn, mut w, mut r) = sender.split();
     let size = a.size;
     let rate = a.rate;
     let send_started = Instant::now();
-    let batch_size: u64 = if rate > 0 { (rate / 1000).clamp(1, 256) } else { 256 };
+    let batch_size: u64 = if rate > 0 {
+        (rate / 1000).clamp(1, 256)
+    } else {
+        256
+    };
     let acks = tokio::spawn(async move {
         while let Ok(Some(ev)) = r.next_event().await {
             if let ClientEvent::Error { message, .. } = ev {
@@ -228,7 +263,12 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     for n in &nodes {
         dup_dropped += n.ctx.metrics.duplicates_dropped.get();
         for reason in echomesh_node::metrics::drop_reason::ALL {
-            drops += n.ctx.metrics.packets_dropped.with_label_values(&[reason]).get();
+            drops += n
+                .ctx
+                .metrics
+                .packets_dropped
+                .with_label_values(&[reason])
+                .get();
         }
     }
     let report = BenchReport {
@@ -289,7 +329,9 @@ async fn receive(
                     }
                     let seq = u64::from_be_bytes(p.payload[..8].try_into().unwrap_or_default());
                     let ts = u64::from_be_bytes(p.payload[8..16].try_into().unwrap_or_default());
-                    let Some(slot) = seen.get_mut(seq as usize) else { continue };
+                    let Some(slot) = seen.get_mut(seq as usize) else {
+                        continue;
+                    };
                     if *slot {
                         out.duplicates += 1;
                         continue;
@@ -300,7 +342,9 @@ async fn receive(
                 }
                 out.last = Instant::now();
             }
-            Some(ClientEvent::Lagged { dropped }) => eprintln!("bench: a receiver lagged and lost {dropped} packets"),
+            Some(ClientEvent::Lagged { dropped }) => {
+                eprintln!("bench: a receiver lagged and lost {dropped} packets")
+            }
             Some(_) => {}
             None => break,
         }
@@ -317,4 +361,3 @@ mod tests {
         assert_eq!(super::topology(2), vec![(0, 1)]);
     }
 }
-

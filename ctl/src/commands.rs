@@ -27,8 +27,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("version      {} (protocol {})", s.version, s.protocol);
                 println!("cluster      {}", s.cluster);
                 println!("listen       {} (advertised as {})", s.listen, s.advertise);
-                println!("ready        {}{}", s.ready, if s.draining { " (draining)" } else { "" });
-                println!("neighbors    {} up of {}", s.neighbors_up, s.neighbors_total);
+                println!(
+                    "ready        {}{}",
+                    s.ready,
+                    if s.draining { " (draining)" } else { "" }
+                );
+                println!(
+                    "neighbors    {} up of {}",
+                    s.neighbors_up, s.neighbors_total
+                );
                 println!("clients      {}", s.client_sessions);
                 println!("uptime       {} s", s.uptime_secs);
             }
@@ -40,9 +47,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else if list.is_empty() {
                 println!("no neighbors yet: run `echomeshctl invite` here and `echomeshctl join TOKEN` on the other node");
             } else {
-                println!("{:<11} {:<11} {:<5} {:<7} {:>9}  {:<22} ERROR", "ID", "STATE", "MODE", "ORIGIN", "RTT", "ADDR");
+                println!(
+                    "{:<11} {:<11} {:<5} {:<7} {:>9}  {:<22} ERROR",
+                    "ID", "STATE", "MODE", "ORIGIN", "RTT", "ADDR"
+                );
                 for n in list {
-                    let rtt = n.rtt_ms.map(|r| format!("{r:.2} ms")).unwrap_or_else(|| "-".into());
+                    let rtt = n
+                        .rtt_ms
+                        .map(|r| format!("{r:.2} ms"))
+                        .unwrap_or_else(|| "-".into());
                     println!(
                         "{:<11} {:<11} {:<5} {:<7} {:>9}  {:<22} {}",
                         n.id,
@@ -66,16 +79,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(w) = &r.warning {
                     eprintln!("warning: {w}");
                 }
-                eprintln!("one-time invite for {} (run on the other node: echomeshctl join TOKEN):", r.addr);
+                eprintln!(
+                    "one-time invite for {} (run on the other node: echomeshctl join TOKEN):",
+                    r.addr
+                );
                 println!("{}", r.token);
             }
         }
         Command::Join { token } => {
-            let r: api::JoinResponse = admin()?.post(api::PATH_JOIN, &api::JoinRequest { token }).await?;
+            let r: api::JoinResponse = admin()?
+                .post(api::PATH_JOIN, &api::JoinRequest { token })
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!("joined {} ({}) at {}; it is now a pinned neighbor", r.neighbor.id, r.neighbor.fingerprint, r.neighbor.addr);
+                println!(
+                    "joined {} ({}) at {}; it is now a pinned neighbor",
+                    r.neighbor.id, r.neighbor.fingerprint, r.neighbor.addr
+                );
             }
         }
         Command::Version => {
@@ -90,17 +111,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("echomeshctl {ctl} (protocol {})", echomesh_node::wire::PROTOCOL_VERSION);
+                println!(
+                    "echomeshctl {ctl} (protocol {})",
+                    echomesh_node::wire::PROTOCOL_VERSION
+                );
                 match node {
-                    Ok(s) => println!("echomesh-node {} (protocol {}) at {}", s.version, s.protocol, cli.admin),
+                    Ok(s) => println!(
+                        "echomesh-node {} (protocol {}) at {}",
+                        s.version, s.protocol, cli.admin
+                    ),
                     Err(e) => println!("echomesh-node: unknown ({e})"),
                 }
             }
         }
-        Command::Inject { node, count, size, hops, payload } => {
+        Command::Inject {
+            node,
+            count,
+            size,
+            hops,
+            payload,
+        } => {
             return inject(&node, count, size, hops, payload, json).await;
         }
-        Command::Tail { node, count, timeout } => return tail(&node, count, timeout, json).await,
+        Command::Tail {
+            node,
+            count,
+            timeout,
+        } => return tail(&node, count, timeout, json).await,
         Command::Bench(args) => return crate::bench::run(args, json).await,
     }
     Ok(ExitCode::SUCCESS)
@@ -129,7 +166,11 @@ async fn inject(
     let reader = async {
         while acked_batches < batches {
             match r.next_event().await? {
-                Some(ClientEvent::Injected { accepted: a, duplicates: d, rejected: x }) => {
+                Some(ClientEvent::Injected {
+                    accepted: a,
+                    duplicates: d,
+                    rejected: x,
+                }) => {
                     accepted += u64::from(a);
                     duplicates += u64::from(d);
                     rejected += u64::from(x);
@@ -174,7 +215,11 @@ async fn inject(
     } else {
         println!("injected {sent} packets: {accepted} accepted, {duplicates} duplicates, {rejected} rejected");
     }
-    Ok(if rejected > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if rejected > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Payload as text when it is printable UTF-8, else hex.
@@ -194,7 +239,8 @@ async fn tail(
     let (_ep, mut session) = crate::target_node::connect(node).await?;
     session.subscribe(SubscribeFilter::All).await?;
     eprintln!("tail: subscribed to {} ({})", node.addr, session.node_id);
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+    let deadline =
+        timeout.map(|t| tokio::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
     let mut seen = 0u64;
     let stdout = std::io::stdout();
     loop {

@@ -16,13 +16,27 @@ use crate::target_node::NodeTarget;
 /// (inject, tail). Admin commands use the node's admin API; client commands dial the node's
 /// QUIC port given with --node.
 #[derive(Parser, Debug)]
-#[command(name = "echomeshctl", version, after_help = "Examples:\n  echomeshctl status\n  echomeshctl invite                      # on node A: prints a one-time token\n  echomeshctl join EM1-...                # on node B: B and A pin each other\n  echomeshctl neighbors --json\n  echomeshctl tail --node 127.0.0.1:4710#<fingerprint> --count 1\n  echomeshctl inject --node 127.0.0.1:4710#<fingerprint> hello\n  echomeshctl bench --nodes 5 --packets 100000 --size 128")]
+#[command(
+    name = "echomeshctl",
+    version,
+    after_help = "Examples:\n  echomeshctl status\n  echomeshctl invite                      # on node A: prints a one-time token\n  echomeshctl join EM1-...                # on node B: B and A pin each other\n  echomeshctl neighbors --json\n  echomeshctl tail --node 127.0.0.1:4710#<fingerprint> --count 1\n  echomeshctl inject --node 127.0.0.1:4710#<fingerprint> hello\n  echomeshctl bench --nodes 5 --packets 100000 --size 128"
+)]
 pub struct Cli {
     /// Admin API of the node to operate.
-    #[arg(long, global = true, env = "ECHOMESH_ADMIN_URL", default_value = "http://127.0.0.1:4711")]
+    #[arg(
+        long,
+        global = true,
+        env = "ECHOMESH_ADMIN_URL",
+        default_value = "http://127.0.0.1:4711"
+    )]
     admin: String,
     /// File holding the admin bearer token.
-    #[arg(long, global = true, env = "ECHOMESH_TOKEN_FILE", default_value = "./echomesh-data/admin.token")]
+    #[arg(
+        long,
+        global = true,
+        env = "ECHOMESH_TOKEN_FILE",
+        default_value = "./echomesh-data/admin.token"
+    )]
     token_file: PathBuf,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
@@ -85,7 +99,10 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .try_init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("echomeshctl: cannot start runtime: {e}");

@@ -21,10 +21,17 @@ impl std::str::FromStr for NodeTarget {
             Some((a, f)) => (a, Some(f.parse::<NodeId>().map_err(|e| e.to_string())?)),
             None => (s, None),
         };
-        if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        if addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
             return Err(format!("{addr:?} is not HOST:PORT"));
         }
-        Ok(NodeTarget { addr: addr.to_string(), fingerprint: fp })
+        Ok(NodeTarget {
+            addr: addr.to_string(),
+            fingerprint: fp,
+        })
     }
 }
 
@@ -81,7 +88,11 @@ pub async fn connect(target: &NodeTarget) -> anyhow::Result<(quinn::Endpoint, Cl
     let addr: SocketAddr = echomesh_node::transport::resolve(&target.addr)
         .await
         .with_context(|| format!("resolving {}", target.addr))?;
-    let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let bind: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
     let endpoint = echomesh_node::transport::client_endpoint(bind)?;
     let (expected, tofu) = match target.fingerprint {
         Some(fp) => (Some(fp), false),

@@ -181,7 +181,14 @@ impl Default for InviteSection {
 }
 
 /// Variables that share the `ECHOMESH_` prefix but are not node settings.
-const NON_CONFIG_ENV: &[&str] = &["config", "passphrase", "known_nodes", "admin_url", "token_file", "bin_dir"];
+const NON_CONFIG_ENV: &[&str] = &[
+    "config",
+    "passphrase",
+    "known_nodes",
+    "admin_url",
+    "token_file",
+    "bin_dir",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -218,7 +225,11 @@ impl Config {
             }
             fig = fig.merge(Toml::file_exact(f));
         }
-        fig = fig.merge(Env::prefixed("ECHOMESH_").split("__").ignore(NON_CONFIG_ENV));
+        fig = fig.merge(
+            Env::prefixed("ECHOMESH_")
+                .split("__")
+                .ignore(NON_CONFIG_ENV),
+        );
         let mut cfg: Config = fig
             .merge(Serialized::defaults(overrides))
             .extract()
@@ -245,14 +256,19 @@ impl Config {
         if self.cluster.is_empty() || self.cluster.len() > 64 {
             return bad("cluster: must be 1 to 64 characters".into());
         }
-        if self.limits.max_frame_bytes < 64 * 1024 || self.limits.max_frame_bytes > crate::wire::ABSOLUTE_MAX_FRAME {
+        if self.limits.max_frame_bytes < 64 * 1024
+            || self.limits.max_frame_bytes > crate::wire::ABSOLUTE_MAX_FRAME
+        {
             return bad(format!(
                 "limits.max_frame_bytes: must be between 65536 and {}",
                 crate::wire::ABSOLUTE_MAX_FRAME
             ));
         }
         if self.echo.max_payload_bytes + 1024 > self.limits.max_frame_bytes {
-            return bad("echo.max_payload_bytes: must be at least 1 KiB below limits.max_frame_bytes".into());
+            return bad(
+                "echo.max_payload_bytes: must be at least 1 KiB below limits.max_frame_bytes"
+                    .into(),
+            );
         }
         if self.echo.seen_capacity == 0 || self.echo.seen_ttl_secs == 0 {
             return bad("echo.seen_capacity and echo.seen_ttl_secs must be positive".into());
@@ -263,7 +279,10 @@ impl Config {
         if self.limits.neighbor_queue_bytes < self.echo.max_payload_bytes
             || self.limits.client_queue_bytes < self.echo.max_payload_bytes
         {
-            return bad("limits.*_queue_bytes: must hold at least one packet of echo.max_payload_bytes".into());
+            return bad(
+                "limits.*_queue_bytes: must hold at least one packet of echo.max_payload_bytes"
+                    .into(),
+            );
         }
         if self.peer.keepalive_ms == 0 || self.peer.idle_timeout_ms <= self.peer.keepalive_ms {
             return bad("peer.idle_timeout_ms must be larger than peer.keepalive_ms (> 0)".into());
@@ -271,13 +290,25 @@ impl Config {
         if self.peer.backoff_min_ms == 0 || self.peer.backoff_max_ms < self.peer.backoff_min_ms {
             return bad("peer.backoff_min_ms must be > 0 and <= peer.backoff_max_ms".into());
         }
-        for (name, r) in [("neighbor_rate", &self.limits.neighbor_rate), ("client_rate", &self.limits.client_rate)] {
-            if r.packets_per_sec == 0 || r.bytes_per_sec == 0 || !(r.burst_secs > 0.0) {
-                return bad(format!("limits.{name}: rates and burst_secs must be positive"));
+        for (name, r) in [
+            ("neighbor_rate", &self.limits.neighbor_rate),
+            ("client_rate", &self.limits.client_rate),
+        ] {
+            if r.packets_per_sec == 0
+                || r.bytes_per_sec == 0
+                || r.burst_secs.is_nan()
+                || r.burst_secs <= 0.0
+            {
+                return bad(format!(
+                    "limits.{name}: rates and burst_secs must be positive"
+                ));
             }
         }
         if !["human", "json"].contains(&self.log.format.as_str()) {
-            return bad(format!("log.format: {:?} is not human or json", self.log.format));
+            return bad(format!(
+                "log.format: {:?} is not human or json",
+                self.log.format
+            ));
         }
         if !self.advertise.is_empty() && self.advertise.rsplit_once(':').is_none() {
             return bad(format!("advertise: {:?} is not HOST:PORT", self.advertise));
@@ -310,9 +341,11 @@ pub struct NeighborSpec {
 impl FromStr for NeighborSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, rest) = s
-            .split_once('#')
-            .ok_or_else(|| format!("{s:?} is not HOST:PORT#FINGERPRINT (the fingerprint pins the neighbor's identity)"))?;
+        let (addr, rest) = s.split_once('#').ok_or_else(|| {
+            format!(
+                "{s:?} is not HOST:PORT#FINGERPRINT (the fingerprint pins the neighbor's identity)"
+            )
+        })?;
         let (fp, mode) = match rest.split_once('@') {
             Some((fp, m)) => (fp, m.parse::<EchoMode>()?),
             None => (rest, EchoMode::Full),
@@ -357,7 +390,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "cluster = \"town\"\n[echo]\nseen_ttl_secs = 5\n").unwrap();
-        let o = Overrides { cluster: Some("school".into()), ..Default::default() };
+        let o = Overrides {
+            cluster: Some("school".into()),
+            ..Default::default()
+        };
         let c = Config::load(Some(&f), &o).unwrap();
         assert_eq!(c.cluster, "school");
         assert_eq!(c.echo.seen_ttl_secs, 5);
@@ -368,7 +404,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "clustr = \"x\"\n").unwrap();
-        let e = Config::load(Some(&f), &Overrides::default()).unwrap_err().to_string();
+        let e = Config::load(Some(&f), &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("clustr"), "{e}");
         std::fs::write(&f, "listen = \"nonsense\"\n").unwrap();
         assert!(Config::load(Some(&f), &Overrides::default()).is_err());
@@ -389,7 +427,10 @@ mod tests {
         let n: NeighborSpec = format!("node-b.example:4710#{fp}@half").parse().unwrap();
         assert_eq!(n.mode, EchoMode::Half);
         assert_eq!(n.to_string(), format!("node-b.example:4710#{fp}@half"));
-        assert!("10.0.0.1:4710".parse::<NeighborSpec>().unwrap_err().contains("FINGERPRINT"));
+        assert!("10.0.0.1:4710"
+            .parse::<NeighborSpec>()
+            .unwrap_err()
+            .contains("FINGERPRINT"));
         assert!(format!("10.0.0.1#{fp}").parse::<NeighborSpec>().is_err());
         assert!("10.0.0.1:4710#abc".parse::<NeighborSpec>().is_err());
     }

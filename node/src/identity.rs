@@ -85,9 +85,8 @@ impl FromStr for NodeId {
             )));
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|e| {
-            IdentityError::BadFingerprint(format!("fingerprint is not hex ({e})"))
-        })?;
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|e| IdentityError::BadFingerprint(format!("fingerprint is not hex ({e})")))?;
         Ok(NodeId(out))
     }
 }
@@ -276,7 +275,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -303,8 +305,16 @@ mod tests {
 
     #[test]
     fn fingerprint_parse_errors_are_clear() {
-        assert!("abc".parse::<NodeId>().unwrap_err().to_string().contains("64 hex"));
+        assert!("abc"
+            .parse::<NodeId>()
+            .unwrap_err()
+            .to_string()
+            .contains("64 hex"));
         let bad = "z".repeat(64);
-        assert!(bad.parse::<NodeId>().unwrap_err().to_string().contains("not hex"));
+        assert!(bad
+            .parse::<NodeId>()
+            .unwrap_err()
+            .to_string()
+            .contains("not hex"));
     }
 }

@@ -38,7 +38,10 @@ pub enum TokenError {
 impl InviteToken {
     pub fn encode(&self) -> String {
         let bytes = wire::record_to_vec(self).unwrap_or_default();
-        format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+        format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        )
     }
 
     pub fn decode(s: &str, now_unix: u64) -> Result<InviteToken, TokenError> {
@@ -49,7 +52,8 @@ impl InviteToken {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|e| TokenError::Damaged(e.to_string()))?;
-        let t: InviteToken = wire::decode_body(&bytes).map_err(|e| TokenError::Damaged(e.to_string()))?;
+        let t: InviteToken =
+            wire::decode_body(&bytes).map_err(|e| TokenError::Damaged(e.to_string()))?;
         if t.expires_unix <= now_unix {
             return Err(TokenError::Expired(now_unix - t.expires_unix));
         }
@@ -90,7 +94,8 @@ impl InviteBook {
             return Err(TooManyInvites(self.max_outstanding));
         }
         let secret: [u8; 32] = rand::random();
-        self.pending.insert(*blake3::hash(&secret).as_bytes(), expires_unix);
+        self.pending
+            .insert(*blake3::hash(&secret).as_bytes(), expires_unix);
         Ok(secret)
     }
 
@@ -140,10 +145,22 @@ mod tests {
         let s = t.encode();
         assert!(s.starts_with("EM1-"));
         assert_eq!(InviteToken::decode(&s, 999).unwrap(), t);
-        assert_eq!(InviteToken::decode(&s, 1000).unwrap_err(), TokenError::Expired(0));
-        assert_eq!(InviteToken::decode("hello", 0).unwrap_err(), TokenError::Prefix);
-        assert!(matches!(InviteToken::decode("EM1-!!!", 0), Err(TokenError::Damaged(_))));
-        assert!(matches!(InviteToken::decode(&s[..s.len() - 5], 0), Err(TokenError::Damaged(_))));
+        assert_eq!(
+            InviteToken::decode(&s, 1000).unwrap_err(),
+            TokenError::Expired(0)
+        );
+        assert_eq!(
+            InviteToken::decode("hello", 0).unwrap_err(),
+            TokenError::Prefix
+        );
+        assert!(matches!(
+            InviteToken::decode("EM1-!!!", 0),
+            Err(TokenError::Damaged(_))
+        ));
+        assert!(matches!(
+            InviteToken::decode(&s[..s.len() - 5], 0),
+            Err(TokenError::Damaged(_))
+        ));
     }
 
     #[test]

@@ -15,7 +15,11 @@ use echomesh_node::config::{Config, Overrides};
 /// environment variables (nested keys with `__`, e.g. ECHOMESH_ECHO__SEEN_TTL_SECS=300),
 /// then flags.
 #[derive(Parser, Debug)]
-#[command(name = "echomesh-node", version, after_help = "Examples:\n  echomesh-node\n  echomesh-node --data-dir /var/lib/echomesh --listen 0.0.0.0:4710 --advertise node-a.example.org:4710\n  echomesh-node --neighbor 10.0.0.2:4710#<64-hex fingerprint>\n  echomesh-node --print-config > echomesh.toml")]
+#[command(
+    name = "echomesh-node",
+    version,
+    after_help = "Examples:\n  echomesh-node\n  echomesh-node --data-dir /var/lib/echomesh --listen 0.0.0.0:4710 --advertise node-a.example.org:4710\n  echomesh-node --neighbor 10.0.0.2:4710#<64-hex fingerprint>\n  echomesh-node --print-config > echomesh.toml"
+)]
 struct Args {
     /// TOML configuration file.
     #[arg(long, env = "ECHOMESH_CONFIG", value_name = "FILE")]
@@ -86,7 +90,10 @@ fn main() -> ExitCode {
         eprintln!("echomesh-node: {e:#}");
         return ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("echomesh-node: cannot start runtime: {e}");

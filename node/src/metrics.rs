@@ -3,7 +3,8 @@
 //! `limits.max_neighbors`.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -64,7 +65,17 @@ pub mod handshake_reason {
     pub const HELLO: &str = "hello";
     pub const VERSION: &str = "version";
     pub const UNREACHABLE: &str = "unreachable";
-    pub const ALL: &[&str] = &[UNPINNED, WRONG_FINGERPRINT, NO_CERTIFICATE, ALPN, TLS, TIMEOUT, HELLO, VERSION, UNREACHABLE];
+    pub const ALL: &[&str] = &[
+        UNPINNED,
+        WRONG_FINGERPRINT,
+        NO_CERTIFICATE,
+        ALPN,
+        TLS,
+        TIMEOUT,
+        HELLO,
+        VERSION,
+        UNREACHABLE,
+    ];
 }
 
 impl Metrics {
@@ -76,9 +87,13 @@ impl Metrics {
             let _ = r.register(Box::new(c.clone()));
             c
         }
-        let counter = |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("static metric"));
+        let counter =
+            |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("static metric"));
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("static metric"))
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("static metric"),
+            )
         };
         let m = Metrics {
             packets_received: counter_vec(
@@ -195,7 +210,9 @@ impl Metrics {
         };
         #[cfg(target_os = "linux")]
         {
-            let _ = r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+            let _ = r.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
         }
         // Pre-create every fixed label so dashboards see zeros instead of absent series.
         for reason in drop_reason::ALL {
@@ -220,7 +237,10 @@ impl Metrics {
             }
         }
         m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), &crate::wire::PROTOCOL_VERSION.to_string()])
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                &crate::wire::PROTOCOL_VERSION.to_string(),
+            ])
             .set(1);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -266,6 +286,10 @@ mod tests {
         assert!(text.contains("echomesh_packets_dropped_total{reason=\"neighbor_queue_full\"} 0"));
         assert!(text.contains("echomesh_build_info"));
         // every family in the struct registered (none silently failed)
-        assert!(m.registry.gather().len() >= 22, "{}", m.registry.gather().len());
+        assert!(
+            m.registry.gather().len() >= 22,
+            "{}",
+            m.registry.gather().len()
+        );
     }
 }

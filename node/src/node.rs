@@ -53,7 +53,10 @@ impl Ctx {
     }
 
     /// Pin a neighbor, persist it unless static, and start dialing it if it has an address.
-    pub async fn add_neighbor(self: &Arc<Self>, rec: NeighborRecord) -> anyhow::Result<Arc<peer::Neighbor>> {
+    pub async fn add_neighbor(
+        self: &Arc<Self>,
+        rec: NeighborRecord,
+    ) -> anyhow::Result<Arc<peer::Neighbor>> {
         let n = self.neighbors().upsert(&rec)?;
         if rec.origin != NeighborOrigin::Static {
             self.store
@@ -69,7 +72,8 @@ impl Ctx {
         if n.claim_dialer() {
             let ctx = self.clone();
             let n = n.clone();
-            self.tasks.spawn(async move { peer::dial_loop(ctx, n).await });
+            self.tasks
+                .spawn(async move { peer::dial_loop(ctx, n).await });
         }
     }
 }
@@ -125,10 +129,19 @@ impl NodeHandle {
             n.close_all(wire::close::SHUTDOWN, b"node stopping");
             n.queue.close();
         }
-        self.ctx.endpoint.close(quinn::VarInt::from_u32(wire::close::SHUTDOWN), b"node stopping");
+        self.ctx.endpoint.close(
+            quinn::VarInt::from_u32(wire::close::SHUTDOWN),
+            b"node stopping",
+        );
         self.ctx.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(5), self.ctx.tasks.wait()).await.is_err() {
-            tracing::warn!(remaining = self.ctx.tasks.len(), "tasks still running after 5 s; stopping anyway");
+        if tokio::time::timeout(Duration::from_secs(5), self.ctx.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.ctx.tasks.len(),
+                "tasks still running after 5 s; stopping anyway"
+            );
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.ctx.endpoint.wait_idle()).await;
         let _ = std::fs::remove_file(self.ctx.cfg.data_dir.join(RUNTIME_FILE));
@@ -137,7 +150,8 @@ impl NodeHandle {
 }
 
 fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -151,7 +165,8 @@ fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
 pub fn load_or_create_admin_token(dir: &Path) -> anyhow::Result<String> {
     let path = dir.join(ADMIN_TOKEN_FILE);
     if path.exists() {
-        let t = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let t = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let t = t.trim().to_string();
         anyhow::ensure!(
             t.len() >= 32,
@@ -183,7 +198,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     let metrics = Arc::new(Metrics::new());
 
     let endpoint = crate::transport::bind(&identity, cfg.listen, &cfg.peer)?;
-    let quic_addr = endpoint.local_addr().context("reading bound QUIC address")?;
+    let quic_addr = endpoint
+        .local_addr()
+        .context("reading bound QUIC address")?;
     let advertise = if !cfg.advertise.is_empty() {
         cfg.advertise.clone()
     } else if quic_addr.ip().is_unspecified() {
@@ -259,11 +276,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
 
     let admin_listener = tokio::net::TcpListener::bind(ctx.cfg.admin)
         .await
-        .with_context(|| format!("binding admin API on {} (set --admin to another address)", ctx.cfg.admin))?;
+        .with_context(|| {
+            format!(
+                "binding admin API on {} (set --admin to another address)",
+                ctx.cfg.admin
+            )
+        })?;
     let admin_addr = admin_listener.local_addr()?;
     {
         let c = ctx.clone();
-        ctx.tasks.spawn(crate::admin::serve(c, admin_listener, admin_token));
+        ctx.tasks
+            .spawn(crate::admin::serve(c, admin_listener, admin_token));
     }
     {
         let c = ctx.clone();
@@ -315,7 +338,10 @@ async fn accept_loop(ctx: Arc<Ctx>) {
         let permit = match ctx.handshakes.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                ctx.metrics.connections_rejected.with_label_values(&["handshakes_busy"]).inc();
+                ctx.metrics
+                    .connections_rejected
+                    .with_label_values(&["handshakes_busy"])
+                    .inc();
                 tracing::debug!(remote = %incoming.remote_address(), "refusing connection: too many handshakes in flight");
                 incoming.refuse();
                 continue;
@@ -325,7 +351,8 @@ async fn accept_loop(ctx: Arc<Ctx>) {
         ctx.tasks.spawn(async move {
             let remote = incoming.remote_address();
             let timeout = Duration::from_millis(c.cfg.peer.handshake_timeout_ms);
-            let conn = match tokio::time::timeout(timeout, async { incoming.accept()?.await }).await {
+            let conn = match tokio::time::timeout(timeout, async { incoming.accept()?.await }).await
+            {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(e)) => {
                     let reason = classify_accept_error(&e);
@@ -378,6 +405,8 @@ async fn housekeeping(ctx: Arc<Ctx>) {
         }
         ctx.router.tick();
         ctx.neighbors().update_gauges();
-        ctx.metrics.client_sessions.set(ctx.router.subscribers.sessions() as i64);
+        ctx.metrics
+            .client_sessions
+            .set(ctx.router.subscribers.sessions() as i64);
     }
 }

@@ -146,7 +146,11 @@ mod tests {
         assert_eq!(out.len(), 2);
         out.clear();
         q.pop_batch(1, &mut out).await.unwrap();
-        assert_eq!(out.len(), 1, "at least one packet even if larger than the batch size");
+        assert_eq!(
+            out.len(),
+            1,
+            "at least one packet even if larger than the batch size"
+        );
         assert_eq!(q.bytes(), 0);
         q.close();
         assert!(q.pop_batch(100, &mut out).await.is_none());

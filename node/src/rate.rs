@@ -44,8 +44,10 @@ impl TokenBucket {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         let l = &self.limit;
-        self.packets = (self.packets + dt * l.packets_per_sec as f64).min(l.packets_per_sec as f64 * l.burst_secs);
-        self.bytes = (self.bytes + dt * l.bytes_per_sec as f64).min(l.bytes_per_sec as f64 * l.burst_secs);
+        self.packets = (self.packets + dt * l.packets_per_sec as f64)
+            .min(l.packets_per_sec as f64 * l.burst_secs);
+        self.bytes =
+            (self.bytes + dt * l.bytes_per_sec as f64).min(l.bytes_per_sec as f64 * l.burst_secs);
     }
 
     /// Take one packet of `bytes` if the budget allows it.
@@ -66,8 +68,16 @@ impl TokenBucket {
         self.refill(now);
         self.packets -= packets as f64;
         self.bytes -= bytes as f64;
-        let wait_p = if self.packets < 0.0 { -self.packets / self.limit.packets_per_sec.max(1) as f64 } else { 0.0 };
-        let wait_b = if self.bytes < 0.0 { -self.bytes / self.limit.bytes_per_sec.max(1) as f64 } else { 0.0 };
+        let wait_p = if self.packets < 0.0 {
+            -self.packets / self.limit.packets_per_sec.max(1) as f64
+        } else {
+            0.0
+        };
+        let wait_b = if self.bytes < 0.0 {
+            -self.bytes / self.limit.bytes_per_sec.max(1) as f64
+        } else {
+            0.0
+        };
         Duration::from_secs_f64(wait_p.max(wait_b).min(60.0))
     }
 }
@@ -79,12 +89,26 @@ mod tests {
     #[test]
     fn enforces_packets_and_bytes() {
         let t0 = Instant::now();
-        let mut b = TokenBucket::new(RateLimit { packets_per_sec: 10, bytes_per_sec: 1000, burst_secs: 1.0 }, t0);
+        let mut b = TokenBucket::new(
+            RateLimit {
+                packets_per_sec: 10,
+                bytes_per_sec: 1000,
+                burst_secs: 1.0,
+            },
+            t0,
+        );
         let taken = (0..100).filter(|_| b.try_take(10, t0)).count();
         assert_eq!(taken, 10);
         assert!(b.try_take(10, t0 + Duration::from_millis(100)));
         assert!(!b.try_take(10, t0 + Duration::from_millis(100)));
-        let mut b = TokenBucket::new(RateLimit { packets_per_sec: 1000, bytes_per_sec: 100, burst_secs: 1.0 }, t0);
+        let mut b = TokenBucket::new(
+            RateLimit {
+                packets_per_sec: 1000,
+                bytes_per_sec: 100,
+                burst_secs: 1.0,
+            },
+            t0,
+        );
         assert!(b.try_take(100, t0));
         assert!(!b.try_take(1, t0));
     }
@@ -92,7 +116,14 @@ mod tests {
     #[test]
     fn delay_grows_with_debt() {
         let t0 = Instant::now();
-        let mut b = TokenBucket::new(RateLimit { packets_per_sec: 100, bytes_per_sec: 1 << 30, burst_secs: 1.0 }, t0);
+        let mut b = TokenBucket::new(
+            RateLimit {
+                packets_per_sec: 100,
+                bytes_per_sec: 1 << 30,
+                burst_secs: 1.0,
+            },
+            t0,
+        );
         assert_eq!(b.take_and_delay(100, 0, t0), Duration::ZERO);
         let d = b.take_and_delay(50, 0, t0);
         assert!((d.as_secs_f64() - 0.5).abs() < 1e-6, "{d:?}");

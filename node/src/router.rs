@@ -36,7 +36,13 @@ pub struct Accepted {
 }
 
 impl Router {
-    pub fn new(engine: EchoEngine, neighbors: NeighborTable, subscribers: Subscribers, metrics: Arc<Metrics>, max_payload: usize) -> Self {
+    pub fn new(
+        engine: EchoEngine,
+        neighbors: NeighborTable,
+        subscribers: Subscribers,
+        metrics: Arc<Metrics>,
+        max_payload: usize,
+    ) -> Self {
         Router {
             engine: Mutex::new(engine),
             neighbors,
@@ -58,7 +64,9 @@ impl Router {
             Origin::Client => "client",
         };
         let received = batch.len();
-        m.packets_received.with_label_values(&[label]).inc_by(received as u64);
+        m.packets_received
+            .with_label_values(&[label])
+            .inc_by(received as u64);
         // Integrity checks hash the payload: do them before taking the engine lock.
         let mut rejected = 0u32;
         batch.retain(|p| match echo::validate(p, self.max_payload) {
@@ -70,7 +78,11 @@ impl Router {
             }
         });
         if rejected > 0 {
-            tracing::debug!(?origin, rejected, "refused packets failing integrity checks");
+            tracing::debug!(
+                ?origin,
+                rejected,
+                "refused packets failing integrity checks"
+            );
         }
         let source = match origin {
             Origin::Neighbor(_, mode) => Source::Neighbor(mode),
@@ -84,7 +96,9 @@ impl Router {
             (out, e.seen_len())
         };
         m.seen_cache_entries.set(seen_len as i64);
-        m.packets_accepted.with_label_values(&[label]).inc_by(out.accepted);
+        m.packets_accepted
+            .with_label_values(&[label])
+            .inc_by(out.accepted);
         m.duplicates_dropped.inc_by(out.duplicates);
         self.count_evictions(out.expired_evictions, out.capacity_evictions);
         if !forward.is_empty() {
@@ -116,10 +130,16 @@ impl Router {
 
     fn count_evictions(&self, expired: u64, capacity: u64) {
         if expired > 0 {
-            self.metrics.seen_cache_evictions.with_label_values(&["expired"]).inc_by(expired);
+            self.metrics
+                .seen_cache_evictions
+                .with_label_values(&["expired"])
+                .inc_by(expired);
         }
         if capacity > 0 {
-            self.metrics.seen_cache_evictions.with_label_values(&["capacity"]).inc_by(capacity);
+            self.metrics
+                .seen_cache_evictions
+                .with_label_values(&["capacity"])
+                .inc_by(capacity);
         }
     }
 

@@ -16,7 +16,13 @@ pub const CF_TOMBSTONES: &str = "tombstones";
 pub const CF_KEY_BUNDLES: &str = "key_bundles";
 pub const CF_NEIGHBORS: &str = "neighbors";
 pub const CF_NODE_STATE: &str = "node_state";
-const ALL_CFS: &[&str] = &[CF_MESSAGES, CF_TOMBSTONES, CF_KEY_BUNDLES, CF_NEIGHBORS, CF_NODE_STATE];
+const ALL_CFS: &[&str] = &[
+    CF_MESSAGES,
+    CF_TOMBSTONES,
+    CF_KEY_BUNDLES,
+    CF_NEIGHBORS,
+    CF_NODE_STATE,
+];
 
 /// Bumped when the on-disk layout changes incompatibly.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -75,12 +81,17 @@ impl Store {
         opts.set_max_open_files(256);
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(64 << 20);
-        let cfs = ALL_CFS.iter().map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        let cfs = ALL_CFS
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| StoreError::Open {
             path: path.clone(),
             msg: e.to_string(),
         })?;
-        let store = Store { db: Arc::new(db), path };
+        let store = Store {
+            db: Arc::new(db),
+            path,
+        };
         store.check_schema()?;
         Ok(store)
     }
@@ -102,7 +113,8 @@ impl Store {
         let cf = self.cf(CF_NODE_STATE)?;
         match self.db.get_cf(cf, SCHEMA_KEY)? {
             None => {
-                self.db.put_cf_opt(cf, SCHEMA_KEY, SCHEMA_VERSION.to_be_bytes(), &synced())?;
+                self.db
+                    .put_cf_opt(cf, SCHEMA_KEY, SCHEMA_VERSION.to_be_bytes(), &synced())?;
                 Ok(())
             }
             Some(v) => {
@@ -152,7 +164,9 @@ impl Store {
         self.blocking(|s| {
             let mut ok = Vec::new();
             let mut bad = Vec::new();
-            for item in s.db.iterator_cf(s.cf(CF_NEIGHBORS)?, rocksdb::IteratorMode::Start) {
+            for item in
+                s.db.iterator_cf(s.cf(CF_NEIGHBORS)?, rocksdb::IteratorMode::Start)
+            {
                 let (k, v) = item?;
                 match wire::decode_body::<NeighborRecord>(&v) {
                     Ok(r) => ok.push(r),

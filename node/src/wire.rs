@@ -72,8 +72,16 @@ pub enum PeerFrameRef<'a> {
 /// Borrowed twin of the `Deliver` variant of [`ClientEvent`] (same variant index).
 #[derive(Debug, Serialize)]
 pub enum ClientEventRef<'a> {
-    Welcome { version: u16, node_id: NodeId, software: &'a str },
-    Injected { accepted: u32, duplicates: u32, rejected: u32 },
+    Welcome {
+        version: u16,
+        node_id: NodeId,
+        software: &'a str,
+    },
+    Injected {
+        accepted: u32,
+        duplicates: u32,
+        rejected: u32,
+    },
     Deliver(&'a [EchoPacket]),
 }
 
@@ -95,7 +103,10 @@ pub struct PeerHello {
 /// Client → node messages (ALPN `echomesh-client/1`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClientRequest {
-    Hello { version: u16, agent: String },
+    Hello {
+        version: u16,
+        agent: String,
+    },
     /// Inject echo packets into the mesh.
     Inject(Vec<EchoPacket>),
     /// Receive live packets matching the filter from now on.
@@ -129,7 +140,10 @@ pub enum ClientEvent {
     /// The node dropped `dropped` packets for this client because it did not read fast enough.
     Lagged { dropped: u64 },
     /// The request was refused; the session stays usable unless the node closes it.
-    Error { code: ClientErrorCode, message: String },
+    Error {
+        code: ClientErrorCode,
+        message: String,
+    },
     /// The subscription is active: every packet the node accepts from now on is delivered.
     Subscribed,
 }
@@ -249,7 +263,11 @@ pub fn record_to_vec<T: Serialize>(v: &T) -> Result<Vec<u8>, FrameError> {
 
 /// Read one frame from `r`. Returns `Ok(None)` on a clean end of stream between frames.
 /// A length above `max` is refused before any body byte is read or allocated.
-pub async fn read_frame<R, T>(r: &mut R, max: usize, buf: &mut Vec<u8>) -> Result<Option<T>, FrameError>
+pub async fn read_frame<R, T>(
+    r: &mut R,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> Result<Option<T>, FrameError>
 where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
@@ -259,7 +277,11 @@ where
     while got < 4 {
         let n = r.read(&mut len_bytes[got..]).await?;
         if n == 0 {
-            return if got == 0 { Ok(None) } else { Err(FrameError::Truncated) };
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
         }
         got += n;
     }
@@ -310,7 +332,9 @@ mod tests {
         data.extend_from_slice(&(u32::MAX).to_be_bytes());
         let mut rd = &data[..];
         let mut buf = Vec::new();
-        let err = read_frame::<_, PeerFrame>(&mut rd, 4 << 20, &mut buf).await.unwrap_err();
+        let err = read_frame::<_, PeerFrame>(&mut rd, 4 << 20, &mut buf)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), "oversized");
         assert!(buf.capacity() < 1024);
     }
@@ -320,13 +344,17 @@ mod tests {
         let bytes = encode(&PeerFrame::Echo(vec![pkt(b"hello")])).unwrap();
         let mut rd = &bytes[..bytes.len() - 2];
         let mut buf = Vec::new();
-        let err = read_frame::<_, PeerFrame>(&mut rd, 1024, &mut buf).await.unwrap_err();
+        let err = read_frame::<_, PeerFrame>(&mut rd, 1024, &mut buf)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), "truncated");
 
         let mut garbage = vec![0, 0, 0, 8];
         garbage.extend_from_slice(&[0xff; 8]);
         let mut rd = &garbage[..];
-        let err = read_frame::<_, PeerFrame>(&mut rd, 1024, &mut buf).await.unwrap_err();
+        let err = read_frame::<_, PeerFrame>(&mut rd, 1024, &mut buf)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), "undecodable");
     }
 
@@ -350,8 +378,18 @@ mod tests {
         let b = encode(&ClientRequestRef::Inject(&batch)).unwrap();
         assert_eq!(a, b);
         let id = NodeId([1; 32]);
-        let a = encode(&ClientEvent::Welcome { version: 1, node_id: id, software: "s".into() }).unwrap();
-        let b = encode(&ClientEventRef::Welcome { version: 1, node_id: id, software: "s" }).unwrap();
+        let a = encode(&ClientEvent::Welcome {
+            version: 1,
+            node_id: id,
+            software: "s".into(),
+        })
+        .unwrap();
+        let b = encode(&ClientEventRef::Welcome {
+            version: 1,
+            node_id: id,
+            software: "s",
+        })
+        .unwrap();
         assert_eq!(a, b);
     }
 

@@ -19,7 +19,10 @@ pub fn bin_dir() -> PathBuf {
     }
     // target/<profile>/deps/<test-binary>
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -69,7 +72,11 @@ impl TestNode {
             .arg(dir)
             .output()
             .expect("run echomesh-node --init");
-        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         text.lines()
             .find_map(|l| l.strip_prefix("fingerprint").map(|f| f.trim().to_string()))
@@ -109,7 +116,14 @@ impl TestNode {
         let child = Command::new(bin("echomesh-node"))
             .arg("--data-dir")
             .arg(&self.dir)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--admin", "127.0.0.1:0", "--cluster", "test"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin",
+                "127.0.0.1:0",
+                "--cluster",
+                "test",
+            ])
             .args(&self.extra)
             .env("RUST_LOG", "info,echomesh_node=debug")
             .env_remove("ECHOMESH_CONFIG")
@@ -191,9 +205,11 @@ impl TestNode {
 
     pub fn wait_neighbor_up(&self, other: &TestNode) {
         let fp = other.fingerprint().to_string();
-        wait_for(Duration::from_secs(20), &format!("{} to see {} up", self.name, other.name), || {
-            (self.neighbor_state(&fp).as_deref() == Some("up")).then_some(())
-        });
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{} to see {} up", self.name, other.name),
+            || (self.neighbor_state(&fp).as_deref() == Some("up")).then_some(()),
+        );
     }
 
     /// Issue an invite here and join it from `other`: both pin each other.
@@ -205,7 +221,8 @@ impl TestNode {
     }
 
     pub fn http_get(&self, path: &str) -> (u16, String) {
-        http_get(self.info.admin, path).unwrap_or_else(|e| panic!("GET {path} on {}: {e}", self.name))
+        http_get(self.info.admin, path)
+            .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", self.name))
     }
 
     /// Sum of a metric's samples whose line starts with `series` (name plus optional labels).
@@ -213,7 +230,10 @@ impl TestNode {
         let (_, body) = self.http_get("/metrics");
         body.lines()
             .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with([' ', '{', ','])))
+            .filter(|l| {
+                l.strip_prefix(series)
+                    .is_some_and(|rest| rest.starts_with([' ', '{', ',']))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
@@ -237,7 +257,10 @@ impl TestNode {
             assert!(Instant::now() < deadline, "tail did not subscribe");
             match stderr.read(&mut byte) {
                 Ok(1) => seen.push(byte[0]),
-                _ => panic!("tail exited before subscribing: {}", String::from_utf8_lossy(&seen)),
+                _ => panic!(
+                    "tail exited before subscribing: {}",
+                    String::from_utf8_lossy(&seen)
+                ),
             }
         }
         Tail { child, stderr }
@@ -253,7 +276,9 @@ impl TestNode {
     /// Send SIGTERM and wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(st)) = c.try_wait() {
@@ -270,7 +295,10 @@ impl TestNode {
     /// Freeze (SIGSTOP) or thaw (SIGCONT) the process: a neighbor that stalls.
     pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().expect("running").id();
-        let st = Command::new("kill").args([sig, &pid.to_string()]).status().expect("kill");
+        let st = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill");
         assert!(st.success());
     }
 
@@ -342,7 +370,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
-    let (head, body) = buf.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no header end"))?;
+    let (head, body) = buf
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no header end"))?;
     let status = head
         .split_whitespace()
         .nth(1)
@@ -366,7 +396,9 @@ pub async fn raw_connect(
         alpn,
         &echomesh_node::config::PeerSection::default(),
     )?;
-    let conn = ep.connect_with(cfg, node.quic, echomesh_node::transport::SERVER_NAME)?.await?;
+    let conn = ep
+        .connect_with(cfg, node.quic, echomesh_node::transport::SERVER_NAME)?
+        .await?;
     Ok(conn)
 }
 

@@ -33,13 +33,27 @@ async fn unpinned_peer_and_wrong_alpn_are_refused_and_counted() {
 
     // A well-formed certificate nobody pinned, on the peer ALPN.
     let stranger = Identity::generate().unwrap();
-    let conn = raw_connect(&n.info, wire::ALPN_PEER, Some(&stranger)).await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.unwrap();
-    assert_eq!(closed_code(&err), Some(u64::from(wire::close::UNPINNED)), "{err}");
+    let conn = raw_connect(&n.info, wire::ALPN_PEER, Some(&stranger))
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .unwrap();
+    assert_eq!(
+        closed_code(&err),
+        Some(u64::from(wire::close::UNPINNED)),
+        "{err}"
+    );
     // No certificate at all on the peer ALPN.
     let conn = raw_connect(&n.info, wire::ALPN_PEER, None).await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.unwrap();
-    assert_eq!(closed_code(&err), Some(u64::from(wire::close::UNPINNED)), "{err}");
+    let err = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .unwrap();
+    assert_eq!(
+        closed_code(&err),
+        Some(u64::from(wire::close::UNPINNED)),
+        "{err}"
+    );
     // An ALPN the node does not speak fails the TLS handshake.
     assert!(raw_connect(&n.info, b"bogus/1", None).await.is_err());
 
@@ -57,13 +71,29 @@ fn wrong_fingerprint_neighbor_fails_handshake() {
     let root = tempfile::tempdir().unwrap();
     let real = TestNode::start(root.path(), "real", 0, &[]);
     let wrong = NodeId([0x42; 32]).fingerprint();
-    let n = TestNode::start(root.path(), "dialer", 0, &["--neighbor".into(), format!("{}#{wrong}", real.info.quic)]);
-    wait_for(Duration::from_secs(10), "wrong_fingerprint to be counted", || {
-        (n.metric("echomesh_handshake_failures_total{reason=\"wrong_fingerprint\"}") >= 1.0).then_some(())
-    });
+    let n = TestNode::start(
+        root.path(),
+        "dialer",
+        0,
+        &["--neighbor".into(), format!("{}#{wrong}", real.info.quic)],
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "wrong_fingerprint to be counted",
+        || {
+            (n.metric("echomesh_handshake_failures_total{reason=\"wrong_fingerprint\"}") >= 1.0)
+                .then_some(())
+        },
+    );
     let nb = n.neighbors();
     assert_ne!(nb[0]["state"], "up");
-    assert!(nb[0]["last_error"].as_str().unwrap_or("").contains("wrong fingerprint"), "{nb:?}");
+    assert!(
+        nb[0]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("wrong fingerprint"),
+        "{nb:?}"
+    );
     // The real node never pinned the dialer: nothing got through.
     assert!(real.neighbors().is_empty());
 }
@@ -80,8 +110,14 @@ fn invite_tokens_work_once_and_expire() {
     assert_eq!(again.status.code(), Some(1));
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("already used"), "{err}");
-    assert_eq!(a.metric("echomesh_joins_total{result=\"token_reused\"}"), 1.0);
-    assert!(c.neighbors().is_empty(), "a refused join must not pin anything");
+    assert_eq!(
+        a.metric("echomesh_joins_total{result=\"token_reused\"}"),
+        1.0
+    );
+    assert!(
+        c.neighbors().is_empty(),
+        "a refused join must not pin anything"
+    );
 
     let short = a.ctl_ok(&["invite", "--ttl", "1"]).trim().to_string();
     std::thread::sleep(Duration::from_millis(1100));
@@ -98,17 +134,28 @@ fn invite_tokens_work_once_and_expire() {
     // Unauthenticated admin calls are refused.
     let (code, _) = a.http_get("/v1/status");
     assert_eq!(code, 401);
-    assert_eq!(a.metric("echomesh_admin_requests_total{result=\"unauthorized\"}"), 1.0);
+    assert_eq!(
+        a.metric("echomesh_admin_requests_total{result=\"unauthorized\"}"),
+        1.0
+    );
     assert_still_serving(&a, "still-here-2");
 }
 
 async fn client_stream(n: &TestNode) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
     let conn = raw_connect(&n.info, wire::ALPN_CLIENT, None).await.unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let hello = ClientRequest::Hello { version: wire::PROTOCOL_VERSION, agent: "hostile-test".into() };
-    send.write_all(&wire::encode(&hello).unwrap()).await.unwrap();
+    let hello = ClientRequest::Hello {
+        version: wire::PROTOCOL_VERSION,
+        agent: "hostile-test".into(),
+    };
+    send.write_all(&wire::encode(&hello).unwrap())
+        .await
+        .unwrap();
     let mut buf = Vec::new();
-    let ev: ClientEvent = wire::read_frame(&mut recv, 1 << 20, &mut buf).await.unwrap().unwrap();
+    let ev: ClientEvent = wire::read_frame(&mut recv, 1 << 20, &mut buf)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(ev, ClientEvent::Welcome { .. }));
     (conn, send, recv)
 }
@@ -121,28 +168,49 @@ async fn bad_frames_from_clients_are_refused_and_counted() {
     // Oversized length prefix: refused before reading the body.
     let (conn, mut send, _recv) = client_stream(&n).await;
     send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .unwrap();
     assert!(closed_code(&err).is_some(), "{err}");
     // A frame whose body is not a message.
     let (conn, mut send, _recv) = client_stream(&n).await;
     let mut junk = 16u32.to_be_bytes().to_vec();
     junk.extend_from_slice(&[0xff; 16]);
     send.write_all(&junk).await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .unwrap();
     // Random bytes instead of a hello.
     let conn = raw_connect(&n.info, wire::ALPN_CLIENT, None).await.unwrap();
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     let noise: Vec<u8> = (0..4096).map(|i| (i * 7919 % 251) as u8).collect();
     send.write_all(&noise).await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .unwrap();
     // A packet whose id is not the hash of its payload.
     let (_conn, mut send, mut recv) = client_stream(&n).await;
     let mut p = EchoPacket::new(Bytes::from_static(b"forged"), 4, None);
     p.id[0] ^= 0xff;
-    send.write_all(&wire::encode(&ClientRequest::Inject(vec![p])).unwrap()).await.unwrap();
+    send.write_all(&wire::encode(&ClientRequest::Inject(vec![p])).unwrap())
+        .await
+        .unwrap();
     let mut buf = Vec::new();
-    let ev: ClientEvent = wire::read_frame(&mut recv, 1 << 20, &mut buf).await.unwrap().unwrap();
-    assert!(matches!(ev, ClientEvent::Injected { accepted: 0, rejected: 1, .. }), "{ev:?}");
+    let ev: ClientEvent = wire::read_frame(&mut recv, 1 << 20, &mut buf)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            ev,
+            ClientEvent::Injected {
+                accepted: 0,
+                rejected: 1,
+                ..
+            }
+        ),
+        "{ev:?}"
+    );
 
     wait_for(Duration::from_secs(5), "frame error counters", || {
         // Two oversized: the explicit one, and the noise, whose first four bytes read as a
@@ -174,7 +242,9 @@ async fn bad_frames_from_a_pinned_peer_close_only_that_peer() {
     .into_iter()
     .enumerate()
     {
-        let conn = raw_connect(&n.info, wire::ALPN_PEER, Some(&fake)).await.unwrap();
+        let conn = raw_connect(&n.info, wire::ALPN_PEER, Some(&fake))
+            .await
+            .unwrap();
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         let hello = PeerFrame::Hello(PeerHello {
             version: wire::PROTOCOL_VERSION,
@@ -182,13 +252,23 @@ async fn bad_frames_from_a_pinned_peer_close_only_that_peer() {
             cluster: "test".into(),
             software: "hostile".into(),
         });
-        send.write_all(&wire::encode(&hello).unwrap()).await.unwrap();
+        send.write_all(&wire::encode(&hello).unwrap())
+            .await
+            .unwrap();
         let mut buf = Vec::new();
-        let back: PeerFrame = wire::read_frame(&mut recv, 1 << 20, &mut buf).await.unwrap().unwrap();
+        let back: PeerFrame = wire::read_frame(&mut recv, 1 << 20, &mut buf)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(matches!(back, PeerFrame::Hello(_)), "round {i}");
         send.write_all(&garbage).await.unwrap();
-        let err = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.unwrap();
-        assert!(matches!(err, quinn::ConnectionError::ApplicationClosed(_)), "{err}");
+        let err = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .unwrap();
+        assert!(
+            matches!(err, quinn::ConnectionError::ApplicationClosed(_)),
+            "{err}"
+        );
     }
     wait_for(Duration::from_secs(5), "peer frame error counters", || {
         (n.metric("echomesh_frame_errors_total{kind=\"oversized\",role=\"peer\"}") == 1.0

@@ -28,8 +28,14 @@ fn line_of_three_joined_by_invite() {
         assert!(n["id"].as_str().unwrap().len() == 10);
         assert!(n["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
     }
-    let fps: HashSet<_> = nb.iter().map(|n| n["fingerprint"].as_str().unwrap().to_string()).collect();
-    assert_eq!(fps, HashSet::from([a.fingerprint().to_string(), c.fingerprint().to_string()]));
+    let fps: HashSet<_> = nb
+        .iter()
+        .map(|n| n["fingerprint"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        fps,
+        HashSet::from([a.fingerprint().to_string(), c.fingerprint().to_string()])
+    );
 
     // Exactly once: the marker that follows proves no second copy came in between (a line
     // preserves order on every hop).
@@ -40,7 +46,10 @@ fn line_of_three_joined_by_invite() {
     let out = a.ctl_ok(&["--json", "inject", "--node", &a.spec(), "hello-mesh"]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["duplicates"], 1, "{v}");
-    assert_eq!(a.metric("echomesh_duplicates_dropped_total"), dups_before + 1.0);
+    assert_eq!(
+        a.metric("echomesh_duplicates_dropped_total"),
+        dups_before + 1.0
+    );
     a.ctl_ok(&["inject", "--node", &a.spec(), "marker-2"]);
     let (ok, lines) = tail.finish(Duration::from_secs(20));
     assert!(ok);
@@ -64,7 +73,10 @@ fn line_of_three_joined_by_invite() {
 fn five_node_mesh_with_cycles_delivers_everything_once() {
     let root = tempfile::tempdir().unwrap();
     let names = ["n0", "n1", "n2", "n3", "n4"];
-    let fps: Vec<String> = names.iter().map(|n| TestNode::init(&root.path().join(n))).collect();
+    let fps: Vec<String> = names
+        .iter()
+        .map(|n| TestNode::init(&root.path().join(n)))
+        .collect();
     let ports: Vec<u16> = names.iter().map(|_| free_udp_port()).collect();
     // ring plus one chord: 0-1-2-3-4-0 and 0-2, 1-3 (cycles of length 3 and 5)
     let edges = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 0), (0, 2), (1, 3)];
@@ -72,7 +84,13 @@ fn five_node_mesh_with_cycles_delivers_everything_once() {
     for (i, name) in names.iter().enumerate() {
         let mut flags = Vec::new();
         for &(x, y) in &edges {
-            let other = if x == i { y } else if y == i { x } else { continue };
+            let other = if x == i {
+                y
+            } else if y == i {
+                x
+            } else {
+                continue;
+            };
             flags.push("--neighbor".to_string());
             flags.push(format!("127.0.0.1:{}#{}", ports[other], fps[other]));
         }
@@ -85,7 +103,16 @@ fn five_node_mesh_with_cycles_delivers_everything_once() {
         .iter()
         .map(|n| n.tail(&["--count", "10000", "--timeout", "60", "--json"]))
         .collect();
-    let out = nodes[0].ctl_ok(&["--json", "inject", "--node", &nodes[0].spec(), "--count", "10000", "--size", "64"]);
+    let out = nodes[0].ctl_ok(&[
+        "--json",
+        "inject",
+        "--node",
+        &nodes[0].spec(),
+        "--count",
+        "10000",
+        "--size",
+        "64",
+    ]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["accepted"], 10000, "{v}");
     for (i, t) in tails.into_iter().enumerate() {
@@ -94,14 +121,30 @@ fn five_node_mesh_with_cycles_delivers_everything_once() {
         assert_eq!(lines.len(), 10000);
         let ids: HashSet<String> = lines
             .iter()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         assert_eq!(ids.len(), 10000, "n{} got a duplicate", i + 1);
     }
-    let dups: f64 = nodes.iter().map(|n| n.metric("echomesh_duplicates_dropped_total")).sum();
-    assert!(dups >= 10000.0, "cycles must make duplicates that the mesh drops, got {dups}");
+    let dups: f64 = nodes
+        .iter()
+        .map(|n| n.metric("echomesh_duplicates_dropped_total"))
+        .sum();
+    assert!(
+        dups >= 10000.0,
+        "cycles must make duplicates that the mesh drops, got {dups}"
+    );
     for n in &nodes {
-        assert_eq!(n.metric("echomesh_packets_dropped_total"), 0.0, "{} dropped packets", n.name);
+        assert_eq!(
+            n.metric("echomesh_packets_dropped_total"),
+            0.0,
+            "{} dropped packets",
+            n.name
+        );
     }
 }
 
@@ -146,7 +189,10 @@ fn killed_node_is_bypassed_and_rejoins_after_restart() {
 fn half_echo_neighbor_is_not_forwarded() {
     let root = tempfile::tempdir().unwrap();
     let names = ["h0", "h1", "h2"];
-    let fps: Vec<String> = names.iter().map(|n| TestNode::init(&root.path().join(n))).collect();
+    let fps: Vec<String> = names
+        .iter()
+        .map(|n| TestNode::init(&root.path().join(n)))
+        .collect();
     let ports: Vec<u16> = names.iter().map(|_| free_udp_port()).collect();
     let spec = |i: usize| format!("127.0.0.1:{}#{}", ports[i], fps[i]);
     // h1 treats h0 as half: h0's packets reach h1's clients but not h2.
@@ -155,7 +201,12 @@ fn half_echo_neighbor_is_not_forwarded() {
         root.path(),
         "h1",
         ports[1],
-        &["--neighbor".into(), format!("{}@half", spec(0)), "--neighbor".into(), spec(2)],
+        &[
+            "--neighbor".into(),
+            format!("{}@half", spec(0)),
+            "--neighbor".into(),
+            spec(2),
+        ],
     );
     let h2 = TestNode::start(root.path(), "h2", ports[2], &["--neighbor".into(), spec(1)]);
     h1.wait_neighbor_up(&h0);
@@ -166,8 +217,15 @@ fn half_echo_neighbor_is_not_forwarded() {
     h1.ctl_ok(&["inject", "--node", &h1.spec(), "from-h1"]);
     let (_, l1) = t1.finish(Duration::from_secs(20));
     let (_, l2) = t2.finish(Duration::from_secs(20));
-    assert_eq!(lines_set(&l1), HashSet::from(["from-half".to_string(), "from-h1".to_string()]));
-    assert_eq!(l2, vec!["from-h1"], "h2 must not get what h1 received from its half neighbor");
+    assert_eq!(
+        lines_set(&l1),
+        HashSet::from(["from-half".to_string(), "from-h1".to_string()])
+    );
+    assert_eq!(
+        l2,
+        vec!["from-h1"],
+        "h2 must not get what h1 received from its half neighbor"
+    );
 }
 
 /// A stalled neighbor (SIGSTOP) must not delay delivery to the others: its queue fills and
@@ -176,7 +234,10 @@ fn half_echo_neighbor_is_not_forwarded() {
 fn stalled_neighbor_does_not_stall_the_others() {
     let root = tempfile::tempdir().unwrap();
     let names = ["s0", "s1", "s2"];
-    let fps: Vec<String> = names.iter().map(|n| TestNode::init(&root.path().join(n))).collect();
+    let fps: Vec<String> = names
+        .iter()
+        .map(|n| TestNode::init(&root.path().join(n)))
+        .collect();
     let ports: Vec<u16> = names.iter().map(|_| free_udp_port()).collect();
     let spec = |i: usize| format!("127.0.0.1:{}#{}", ports[i], fps[i]);
     let config = |name: &str, toml: &str| {
@@ -192,7 +253,12 @@ fn stalled_neighbor_does_not_stall_the_others() {
         ports[0],
         &["--neighbor".into(), spec(1), "--neighbor".into(), spec(2)],
     );
-    let s1 = TestNode::start(root.path(), "s1", ports[1], &["--config".into(), c1, "--neighbor".into(), spec(0)]);
+    let s1 = TestNode::start(
+        root.path(),
+        "s1",
+        ports[1],
+        &["--config".into(), c1, "--neighbor".into(), spec(0)],
+    );
     let mut s2 = TestNode::start(root.path(), "s2", ports[2], &["--neighbor".into(), spec(0)]);
     s0.wait_neighbor_up(&s1);
     s0.wait_neighbor_up(&s2);
@@ -201,19 +267,40 @@ fn stalled_neighbor_does_not_stall_the_others() {
     let tail = s1.tail(&["--count", &N.to_string(), "--timeout", "60"]);
     s2.signal("-STOP");
     // 40 000 x 1 KiB: far more than s2's queue plus what QUIC buffers for it.
-    s0.ctl_ok(&["inject", "--node", &s0.spec(), "--count", &N.to_string(), "--size", "1024"]);
+    s0.ctl_ok(&[
+        "inject",
+        "--node",
+        &s0.spec(),
+        "--count",
+        &N.to_string(),
+        "--size",
+        "1024",
+    ]);
     let t = std::time::Instant::now();
     let (ok, lines) = tail.finish(Duration::from_secs(60));
     if !ok {
         for n in [&s0, &s1] {
             let (_, m) = n.http_get("/metrics");
-            eprintln!("--- {} metrics after {:?} ---\n{}", n.name, t.elapsed(), m.lines().filter(|l| (l.starts_with("echomesh_packets") || l.starts_with("echomesh_neighbor")) && !l.ends_with(" 0")).collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "--- {} metrics after {:?} ---\n{}",
+                n.name,
+                t.elapsed(),
+                m.lines()
+                    .filter(|l| (l.starts_with("echomesh_packets")
+                        || l.starts_with("echomesh_neighbor"))
+                        && !l.ends_with(" 0"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
         }
     }
     assert!(ok, "healthy neighbor got {} of {N}", lines.len());
     assert_eq!(lines_set(&lines).len(), N);
     let dropped = s0.metric("echomesh_packets_dropped_total{reason=\"neighbor_queue_full\"}");
-    assert!(dropped > 0.0, "the stalled neighbor's queue must overflow and be counted");
+    assert!(
+        dropped > 0.0,
+        "the stalled neighbor's queue must overflow and be counted"
+    );
     assert_eq!(s1.metric("echomesh_packets_dropped_total"), 0.0);
     assert!(s0.metric("echomesh_neighbor_queue_bytes") <= 16.0 * 1048576.0);
     s2.signal("-CONT");

@@ -65,7 +65,11 @@ async fn auth(State(s): St, req: Request, next: Next) -> Response {
         .map(|t| blake3::hash(t.trim().as_bytes()));
     // blake3::Hash compares in constant time.
     if presented != Some(s.token_hash) {
-        s.ctx.metrics.admin_requests.with_label_values(&["unauthorized"]).inc();
+        s.ctx
+            .metrics
+            .admin_requests
+            .with_label_values(&["unauthorized"])
+            .inc();
         tracing::info!(path = %req.uri().path(), "admin request without a valid token");
         return error(
             StatusCode::UNAUTHORIZED,
@@ -73,8 +77,16 @@ async fn auth(State(s): St, req: Request, next: Next) -> Response {
         );
     }
     let resp = next.run(req).await;
-    let result = if resp.status().is_success() { "ok" } else { "error" };
-    s.ctx.metrics.admin_requests.with_label_values(&[result]).inc();
+    let result = if resp.status().is_success() {
+        "ok"
+    } else {
+        "error"
+    };
+    s.ctx
+        .metrics
+        .admin_requests
+        .with_label_values(&[result])
+        .inc();
     resp
 }
 
@@ -83,7 +95,11 @@ async fn readyz(State(s): St) -> Response {
     if ctx.draining.load(Ordering::SeqCst) {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n").into_response()
     } else if !ctx.ready.load(Ordering::SeqCst) || ctx.shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or stopping\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting or stopping\n",
+        )
+            .into_response()
     } else {
         (StatusCode::OK, "ready\n").into_response()
     }
@@ -93,9 +109,15 @@ async fn metrics(State(s): St) -> Response {
     // Gauges that are cheap to compute are refreshed at scrape time, not only by the
     // once-a-second housekeeping, so a scrape never shows a stale state.
     s.ctx.neighbors().update_gauges();
-    s.ctx.metrics.client_sessions.set(s.ctx.router.subscribers.sessions() as i64);
+    s.ctx
+        .metrics
+        .client_sessions
+        .set(s.ctx.router.subscribers.sessions() as i64);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.ctx.metrics.render(),
     )
         .into_response()
@@ -112,7 +134,11 @@ async fn status(State(s): St) -> Json<api::Status> {
         ready: ctx.ready.load(Ordering::SeqCst) && !ctx.draining.load(Ordering::SeqCst),
         draining: ctx.draining.load(Ordering::SeqCst),
         cluster: ctx.cfg.cluster.clone(),
-        listen: ctx.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        listen: ctx
+            .endpoint
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         advertise: ctx.advertise.clone(),
         uptime_secs: ctx.started.elapsed().as_secs(),
         neighbors_up: all.iter().filter(|n| n.is_up()).count(),
@@ -144,7 +170,14 @@ pub fn neighbor_info(v: &NeighborView) -> api::NeighborInfo {
 }
 
 async fn neighbors(State(s): St) -> Json<Vec<api::NeighborInfo>> {
-    Json(s.ctx.neighbors().all().iter().map(|n| neighbor_info(&n.view())).collect())
+    Json(
+        s.ctx
+            .neighbors()
+            .all()
+            .iter()
+            .map(|n| neighbor_info(&n.view()))
+            .collect(),
+    )
 }
 
 async fn invite(State(s): St, body: Option<Json<api::InviteRequest>>) -> Response {
@@ -153,11 +186,19 @@ async fn invite(State(s): St, body: Option<Json<api::InviteRequest>>) -> Respons
         .and_then(|Json(b)| b.ttl_secs)
         .unwrap_or(ctx.cfg.invite.default_ttl_secs);
     if ttl == 0 || ttl > 7 * 24 * 3600 {
-        return error(StatusCode::BAD_REQUEST, "ttl_secs must be between 1 and 604800 (7 days)");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ttl_secs must be between 1 and 604800 (7 days)",
+        );
     }
     let now = now_unix();
     let expires = now + ttl;
-    let secret = match ctx.invites.lock().unwrap_or_else(|p| p.into_inner()).issue(now, expires) {
+    let secret = match ctx
+        .invites
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .issue(now, expires)
+    {
         Ok(s) => s,
         Err(e) => return error(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
     };
@@ -197,14 +238,22 @@ async fn join(State(s): St, Json(req): Json<api::JoinRequest>) -> Response {
         Ok(Ok(rec)) => {
             let view = ctx.neighbors().get(&rec.id).map(|n| n.view());
             match view {
-                Some(v) => Json(api::JoinResponse { neighbor: neighbor_info(&v) }).into_response(),
-                None => error(StatusCode::INTERNAL_SERVER_ERROR, "neighbor vanished right after joining"),
+                Some(v) => Json(api::JoinResponse {
+                    neighbor: neighbor_info(&v),
+                })
+                .into_response(),
+                None => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "neighbor vanished right after joining",
+                ),
             }
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "join failed");
             let code = match e {
-                crate::peer::join::JoinError::Token(_) | crate::peer::join::JoinError::OwnToken => StatusCode::BAD_REQUEST,
+                crate::peer::join::JoinError::Token(_) | crate::peer::join::JoinError::OwnToken => {
+                    StatusCode::BAD_REQUEST
+                }
                 crate::peer::join::JoinError::Refused(_) => StatusCode::CONFLICT,
                 _ => StatusCode::BAD_GATEWAY,
             };

@@ -11,7 +11,11 @@ use crate::wire::{self, ClientEvent, ClientRequest, ClientRequestRef, SubscribeF
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("node at {addr} presented fingerprint {got}, not the expected {expected}; check the address, or the node was re-installed")]
-    WrongNode { addr: SocketAddr, expected: String, got: String },
+    WrongNode {
+        addr: SocketAddr,
+        expected: String,
+        got: String,
+    },
     #[error("cannot connect to {addr}: {msg}")]
     Connect { addr: SocketAddr, msg: String },
     #[error("node refused the session: {0}")]
@@ -48,11 +52,18 @@ pub async fn connect(
     expected: Option<NodeId>,
     agent: &str,
 ) -> Result<ClientSession, ClientError> {
-    let (cfg, verifier) = transport::dial_config(None, expected, wire::ALPN_CLIENT, &PeerSection::default())
-        .map_err(|e| ClientError::Connect { addr, msg: e.to_string() })?;
+    let (cfg, verifier) =
+        transport::dial_config(None, expected, wire::ALPN_CLIENT, &PeerSection::default())
+            .map_err(|e| ClientError::Connect {
+                addr,
+                msg: e.to_string(),
+            })?;
     let connecting = endpoint
         .connect_with(cfg, addr, transport::SERVER_NAME)
-        .map_err(|e| ClientError::Connect { addr, msg: e.to_string() })?;
+        .map_err(|e| ClientError::Connect {
+            addr,
+            msg: e.to_string(),
+        })?;
     let conn = match connecting.await {
         Ok(c) => c,
         Err(e) => {
@@ -64,15 +75,24 @@ pub async fn connect(
                     got: got.map(|g| g.fingerprint()).unwrap_or_default(),
                 });
             }
-            return Err(ClientError::Connect { addr, msg: e.to_string() });
+            return Err(ClientError::Connect {
+                addr,
+                msg: e.to_string(),
+            });
         }
     };
     let node_id = verifier
         .observed()
         .0
         .ok_or_else(|| ClientError::Protocol("no server certificate seen".into()))?;
-    let (send, recv) = conn.open_bi().await.map_err(|e| ClientError::Io(e.to_string()))?;
-    let mut writer = ClientWriter { send, buf: Vec::new() };
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| ClientError::Io(e.to_string()))?;
+    let mut writer = ClientWriter {
+        send,
+        buf: Vec::new(),
+    };
     let mut reader = ClientReader {
         recv,
         buf: Vec::new(),
@@ -86,10 +106,19 @@ pub async fn connect(
         .await?;
     match reader.next_event().await? {
         Some(ClientEvent::Welcome { node_id: nid, .. }) if nid == node_id => {}
-        Some(ClientEvent::Welcome { .. }) => return Err(ClientError::Protocol("welcome names another node".into())),
-        Some(other) => return Err(ClientError::Protocol(format!("expected welcome, got {other:?}"))),
+        Some(ClientEvent::Welcome { .. }) => {
+            return Err(ClientError::Protocol("welcome names another node".into()))
+        }
+        Some(other) => {
+            return Err(ClientError::Protocol(format!(
+                "expected welcome, got {other:?}"
+            )))
+        }
         None => {
-            let reason = conn.close_reason().map(|r| r.to_string()).unwrap_or_else(|| "closed".into());
+            let reason = conn
+                .close_reason()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "closed".into());
             return Err(ClientError::Refused(reason));
         }
     }
@@ -105,7 +134,10 @@ impl ClientWriter {
     async fn write<T: serde::Serialize>(&mut self, msg: &T) -> Result<(), ClientError> {
         self.buf.clear();
         wire::encode_into(msg, &mut self.buf).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.send.write_all(&self.buf).await.map_err(|e| ClientError::Io(e.to_string()))
+        self.send
+            .write_all(&self.buf)
+            .await
+            .map_err(|e| ClientError::Io(e.to_string()))
     }
 
     /// Send one batch of packets (the node answers with `Injected`).
@@ -119,7 +151,10 @@ impl ClientWriter {
 
     /// Send raw bytes (tests of the node's input handling).
     pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.send.write_all(bytes).await.map_err(|e| ClientError::Io(e.to_string()))
+        self.send
+            .write_all(bytes)
+            .await
+            .map_err(|e| ClientError::Io(e.to_string()))
     }
 
     pub fn finish(&mut self) {
@@ -148,7 +183,9 @@ impl ClientSession {
         loop {
             match self.reader.next_event().await? {
                 Some(ClientEvent::Subscribed) => return Ok(()),
-                Some(ClientEvent::Error { message, .. }) => return Err(ClientError::Refused(message)),
+                Some(ClientEvent::Error { message, .. }) => {
+                    return Err(ClientError::Refused(message))
+                }
                 Some(_) => {}
                 None => return Err(ClientError::Io("node closed the session".into())),
             }

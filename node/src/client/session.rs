@@ -15,7 +15,9 @@ use crate::node::Ctx;
 use crate::outq::OutQueue;
 use crate::rate::TokenBucket;
 use crate::router::Origin;
-use crate::wire::{self, close, ClientErrorCode, ClientEvent, ClientEventRef, ClientRequest, SubscribeFilter};
+use crate::wire::{
+    self, close, ClientErrorCode, ClientEvent, ClientEventRef, ClientRequest, SubscribeFilter,
+};
 
 const MAX_TAGS: usize = 1024;
 const MAX_DELIVER_BATCH: usize = 256 * 1024;
@@ -80,7 +82,10 @@ impl Subscribers {
     }
 
     fn unregister(&self, id: u64) {
-        self.list.write().unwrap_or_else(|p| p.into_inner()).retain(|s| s.id != id);
+        self.list
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| s.id != id);
     }
 
     /// Queue accepted packets for every session whose filter matches.
@@ -98,7 +103,12 @@ impl Subscribers {
                 }
                 Filter::Tags(tags) => {
                     matched.clear();
-                    matched.extend(packets.iter().filter(|p| p.tag.is_some_and(|t| tags.contains(&t))).cloned());
+                    matched.extend(
+                        packets
+                            .iter()
+                            .filter(|p| p.tag.is_some_and(|t| tags.contains(&t)))
+                            .cloned(),
+                    );
                     if matched.is_empty() {
                         continue;
                     }
@@ -120,9 +130,15 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
     let remote = conn.remote_address();
     let subs = &ctx.router.subscribers;
     let Some(_slot) = subs.try_open() else {
-        ctx.metrics.connections_rejected.with_label_values(&["clients_full"]).inc();
+        ctx.metrics
+            .connections_rejected
+            .with_label_values(&["clients_full"])
+            .inc();
         tracing::warn!(%remote, max = subs.max_sessions, "refusing client: session limit reached (limits.max_clients)");
-        conn.close(quinn::VarInt::from_u32(close::BUSY), b"too many clients; try another node");
+        conn.close(
+            quinn::VarInt::from_u32(close::BUSY),
+            b"too many clients; try another node",
+        );
         return;
     };
     let timeout = Duration::from_millis(ctx.cfg.peer.handshake_timeout_ms);
@@ -135,13 +151,21 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
         }
     };
     let mut buf = Vec::new();
-    match tokio::time::timeout(timeout, wire::read_frame::<_, ClientRequest>(&mut recv, 4096, &mut buf)).await {
+    match tokio::time::timeout(
+        timeout,
+        wire::read_frame::<_, ClientRequest>(&mut recv, 4096, &mut buf),
+    )
+    .await
+    {
         Ok(Ok(Some(ClientRequest::Hello { version, agent }))) => {
             tracing::debug!(%remote, version, %agent, "client session");
         }
         other => {
             if let Ok(Err(e)) = &other {
-                ctx.metrics.frame_errors.with_label_values(&[e.kind(), "client"]).inc();
+                ctx.metrics
+                    .frame_errors
+                    .with_label_values(&[e.kind(), "client"])
+                    .inc();
             }
             ctx.metrics.handshake_failed(handshake_reason::HELLO);
             tracing::info!(%remote, "client did not start with a hello; closing");
@@ -182,7 +206,11 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
         tracing::debug!(%remote, pending, "client left with undelivered packets");
     }
     tracing::debug!(%remote, %reason, "client session ended");
-    let code = if ctx.shutdown.is_cancelled() { close::SHUTDOWN } else { close::NORMAL };
+    let code = if ctx.shutdown.is_cancelled() {
+        close::SHUTDOWN
+    } else {
+        close::NORMAL
+    };
     conn.close(quinn::VarInt::from_u32(code), b"");
 }
 
@@ -200,11 +228,17 @@ async fn read_requests(
             Ok(Some(r)) => r,
             Ok(None) => return "client finished".into(),
             Err(e) => {
-                ctx.metrics.frame_errors.with_label_values(&[e.kind(), "client"]).inc();
+                ctx.metrics
+                    .frame_errors
+                    .with_label_values(&[e.kind(), "client"])
+                    .inc();
                 if e.kind() != "io" {
                     tracing::info!(error = %e, "refusing bad frame from client; closing session");
                     let _ = ctrl
-                        .send(ClientEvent::Error { code: ClientErrorCode::BadRequest, message: e.to_string() })
+                        .send(ClientEvent::Error {
+                            code: ClientErrorCode::BadRequest,
+                            message: e.to_string(),
+                        })
                         .await;
                 }
                 return format!("frame error: {e}");
@@ -234,11 +268,16 @@ async fn read_requests(
             ClientRequest::Subscribe(filter) => {
                 let f = match filter {
                     SubscribeFilter::All => Filter::All,
-                    SubscribeFilter::Tags(tags) if tags.len() <= MAX_TAGS => Filter::Tags(tags.into_iter().collect()),
+                    SubscribeFilter::Tags(tags) if tags.len() <= MAX_TAGS => {
+                        Filter::Tags(tags.into_iter().collect())
+                    }
                     SubscribeFilter::Tags(tags) => {
                         let ev = ClientEvent::Error {
                             code: ClientErrorCode::TooLarge,
-                            message: format!("{} tags in one subscription; at most {MAX_TAGS}", tags.len()),
+                            message: format!(
+                                "{} tags in one subscription; at most {MAX_TAGS}",
+                                tags.len()
+                            ),
                         };
                         let _ = ctrl.send(ev).await;
                         continue;
@@ -251,15 +290,25 @@ async fn read_requests(
                 }
             }
             ClientRequest::Hello { .. } => {
-                ctx.metrics.frame_errors.with_label_values(&["unexpected", "client"]).inc();
-                let ev = ClientEvent::Error { code: ClientErrorCode::BadRequest, message: "hello sent twice".into() };
+                ctx.metrics
+                    .frame_errors
+                    .with_label_values(&["unexpected", "client"])
+                    .inc();
+                let ev = ClientEvent::Error {
+                    code: ClientErrorCode::BadRequest,
+                    message: "hello sent twice".into(),
+                };
                 let _ = ctrl.send(ev).await;
             }
         }
     }
 }
 
-async fn write_events(sub: &Subscriber, send: &mut quinn::SendStream, mut ctrl: mpsc::Receiver<ClientEvent>) -> String {
+async fn write_events(
+    sub: &Subscriber,
+    send: &mut quinn::SendStream,
+    mut ctrl: mpsc::Receiver<ClientEvent>,
+) -> String {
     let mut batch = Vec::new();
     let mut buf = Vec::with_capacity(MAX_DELIVER_BATCH + 1024);
     loop {

@@ -216,7 +216,12 @@ mod tests {
         EchoPacket::new(Bytes::from(n.to_be_bytes().to_vec()), hops, None)
     }
 
-    fn run(e: &mut EchoEngine, src: Source, p: Vec<EchoPacket>, now: Instant) -> (Vec<EchoPacket>, Vec<EchoPacket>, BatchOutcome) {
+    fn run(
+        e: &mut EchoEngine,
+        src: Source,
+        p: Vec<EchoPacket>,
+        now: Instant,
+    ) -> (Vec<EchoPacket>, Vec<EchoPacket>, BatchOutcome) {
         let (mut d, mut f) = (Vec::new(), Vec::new());
         let o = e.on_batch(src, p, now, &mut d, &mut f);
         (d, f, o)
@@ -225,7 +230,12 @@ mod tests {
     #[test]
     fn duplicates_are_dropped_and_hops_decrement() {
         let (mut e, t0) = engine(100, 60);
-        let (d, f, o) = run(&mut e, Source::Neighbor(EchoMode::Full), vec![pkt(1, 3), pkt(1, 3)], t0);
+        let (d, f, o) = run(
+            &mut e,
+            Source::Neighbor(EchoMode::Full),
+            vec![pkt(1, 3), pkt(1, 3)],
+            t0,
+        );
         assert_eq!((d.len(), f.len(), o.duplicates), (1, 1, 1));
         assert_eq!(f[0].hops_left, 2);
         let (d, _, o) = run(&mut e, Source::Client, vec![pkt(1, 3)], t0);
@@ -236,14 +246,24 @@ mod tests {
     #[test]
     fn zero_hops_is_delivered_not_forwarded() {
         let (mut e, t0) = engine(100, 60);
-        let (d, f, _) = run(&mut e, Source::Neighbor(EchoMode::Full), vec![pkt(1, 0)], t0);
+        let (d, f, _) = run(
+            &mut e,
+            Source::Neighbor(EchoMode::Full),
+            vec![pkt(1, 0)],
+            t0,
+        );
         assert_eq!((d.len(), f.len()), (1, 0));
     }
 
     #[test]
     fn half_echo_neighbors_are_not_forwarded() {
         let (mut e, t0) = engine(100, 60);
-        let (d, f, _) = run(&mut e, Source::Neighbor(EchoMode::Half), vec![pkt(1, 5)], t0);
+        let (d, f, _) = run(
+            &mut e,
+            Source::Neighbor(EchoMode::Half),
+            vec![pkt(1, 5)],
+            t0,
+        );
         assert_eq!((d.len(), f.len()), (1, 0));
     }
 

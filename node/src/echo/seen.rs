@@ -15,7 +15,9 @@ use super::PacketId;
 pub enum Insert {
     Duplicate,
     /// Inserted; `evicted` older entries were pushed out by the capacity bound.
-    New { evicted: u64 },
+    New {
+        evicted: u64,
+    },
 }
 
 pub struct SeenCache {
@@ -47,7 +49,9 @@ impl SeenCache {
     fn ms(&self, now: Instant) -> u32 {
         // Saturates after ~49 days of uptime; expiry then relies on the capacity bound and
         // insertion order, which stays correct because `order` is FIFO.
-        now.saturating_duration_since(self.start).as_millis().min(u128::from(u32::MAX)) as u32
+        now.saturating_duration_since(self.start)
+            .as_millis()
+            .min(u128::from(u32::MAX)) as u32
     }
 
     pub fn insert(&mut self, id: &PacketId, now: Instant) -> Insert {

@@ -37,10 +37,20 @@ pub async fn join(ctx: &Arc<Ctx>, token: &str) -> Result<NeighborRecord, JoinErr
     if t.id == ctx.identity.id {
         return Err(JoinError::OwnToken);
     }
-    let unreachable = |msg: String| JoinError::Unreachable { addr: t.addr.clone(), msg };
-    let remote = transport::resolve(&t.addr).await.map_err(|e| unreachable(e.to_string()))?;
-    let (cfg, verifier) = transport::dial_config(Some(&ctx.identity), Some(t.id), wire::ALPN_JOIN, &ctx.cfg.peer)
-        .map_err(|e| JoinError::Protocol(e.to_string()))?;
+    let unreachable = |msg: String| JoinError::Unreachable {
+        addr: t.addr.clone(),
+        msg,
+    };
+    let remote = transport::resolve(&t.addr)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let (cfg, verifier) = transport::dial_config(
+        Some(&ctx.identity),
+        Some(t.id),
+        wire::ALPN_JOIN,
+        &ctx.cfg.peer,
+    )
+    .map_err(|e| JoinError::Protocol(e.to_string()))?;
     let connecting = ctx
         .endpoint
         .connect_with(cfg, remote, transport::SERVER_NAME)
@@ -50,8 +60,11 @@ pub async fn join(ctx: &Arc<Ctx>, token: &str) -> Result<NeighborRecord, JoinErr
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             if verifier.observed().1 {
-                ctx.metrics.handshake_failed(handshake_reason::WRONG_FINGERPRINT);
-                return Err(JoinError::WrongNode { addr: t.addr.clone() });
+                ctx.metrics
+                    .handshake_failed(handshake_reason::WRONG_FINGERPRINT);
+                return Err(JoinError::WrongNode {
+                    addr: t.addr.clone(),
+                });
             }
             return Err(unreachable(e.to_string()));
         }
@@ -83,7 +96,9 @@ pub async fn join(ctx: &Arc<Ctx>, token: &str) -> Result<NeighborRecord, JoinErr
         JoinResponse::Refused { reason } => Err(JoinError::Refused(reason)),
         JoinResponse::Accepted { node_id, cluster } => {
             if node_id != t.id {
-                return Err(JoinError::Protocol("inviter answered with another node ID".into()));
+                return Err(JoinError::Protocol(
+                    "inviter answered with another node ID".into(),
+                ));
             }
             if cluster != ctx.cfg.cluster {
                 tracing::warn!(their_cluster = %cluster, our_cluster = %ctx.cfg.cluster,
@@ -96,7 +111,9 @@ pub async fn join(ctx: &Arc<Ctx>, token: &str) -> Result<NeighborRecord, JoinErr
                 origin: NeighborOrigin::Joined,
                 added_unix: now_unix(),
             };
-            ctx.add_neighbor(rec.clone()).await.map_err(|e| JoinError::Local(format!("{e:#}")))?;
+            ctx.add_neighbor(rec.clone())
+                .await
+                .map_err(|e| JoinError::Local(format!("{e:#}")))?;
             tracing::info!(neighbor = %t.id, addr = %t.addr, "joined; neighbor pinned");
             Ok(rec)
         }
@@ -107,9 +124,16 @@ pub async fn join(ctx: &Arc<Ctx>, token: &str) -> Result<NeighborRecord, JoinErr
 pub async fn serve_inbound(ctx: Arc<Ctx>, conn: quinn::Connection) {
     let remote = conn.remote_address();
     let Some(joiner) = tls::peer_id(&conn) else {
-        ctx.metrics.handshake_failed(handshake_reason::NO_CERTIFICATE);
-        ctx.metrics.joins.with_label_values(&["no_certificate"]).inc();
-        conn.close(quinn::VarInt::from_u32(close::UNPINNED), b"certificate required to join");
+        ctx.metrics
+            .handshake_failed(handshake_reason::NO_CERTIFICATE);
+        ctx.metrics
+            .joins
+            .with_label_values(&["no_certificate"])
+            .inc();
+        conn.close(
+            quinn::VarInt::from_u32(close::UNPINNED),
+            b"certificate required to join",
+        );
         return;
     };
     let timeout = Duration::from_millis(ctx.cfg.peer.handshake_timeout_ms);
@@ -120,7 +144,10 @@ pub async fn serve_inbound(ctx: Arc<Ctx>, conn: quinn::Connection) {
             Ok(Some(r)) => r,
             Ok(None) => return Err(("io", "closed before request".to_string())),
             Err(e) => {
-                ctx.metrics.frame_errors.with_label_values(&[e.kind(), "join"]).inc();
+                ctx.metrics
+                    .frame_errors
+                    .with_label_values(&[e.kind(), "join"])
+                    .inc();
                 return Err(("bad_frame", e.to_string()));
             }
         };
@@ -132,7 +159,9 @@ pub async fn serve_inbound(ctx: Arc<Ctx>, conn: quinn::Connection) {
             Err(reason) => JoinResponse::Refused { reason },
         };
         let bytes = wire::encode(&resp).map_err(|e| ("io", e.to_string()))?;
-        send.write_all(&bytes).await.map_err(|e| ("io", e.to_string()))?;
+        send.write_all(&bytes)
+            .await
+            .map_err(|e| ("io", e.to_string()))?;
         let _ = send.finish();
         // Let the answer reach the joiner before the connection goes away.
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
@@ -144,7 +173,10 @@ pub async fn serve_inbound(ctx: Arc<Ctx>, conn: quinn::Connection) {
             ctx.metrics.joins.with_label_values(&["accepted"]).inc();
         }
         Ok(Ok(JoinResponse::Refused { reason })) => {
-            ctx.metrics.joins.with_label_values(&[refusal_label(reason)]).inc();
+            ctx.metrics
+                .joins
+                .with_label_values(&[refusal_label(reason)])
+                .inc();
             tracing::warn!(%remote, joiner = %joiner, ?reason, "join refused");
         }
         Ok(Err((label, msg))) => {
@@ -179,7 +211,8 @@ async fn accept_join(
     if joiner == ctx.identity.id {
         return Err(JoinRefusal::Internal);
     }
-    if !ctx.neighbors().is_pinned(&joiner) && ctx.neighbors().len() >= ctx.cfg.limits.max_neighbors {
+    if !ctx.neighbors().is_pinned(&joiner) && ctx.neighbors().len() >= ctx.cfg.limits.max_neighbors
+    {
         return Err(JoinRefusal::TooManyNeighbors);
     }
     ctx.invites
@@ -209,5 +242,7 @@ async fn accept_join(
 }
 
 fn transport_addr_ok(a: &str) -> bool {
-    a.len() <= 256 && a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    a.len() <= 256
+        && a.rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
 }

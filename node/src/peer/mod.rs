@@ -1,9 +1,9 @@
 //! Neighbors: the pinned table, dialing with backoff, the peer session (hello, then echo
 //! batches both ways), and invite/join.
 
+pub mod join;
 mod session;
 mod table;
-pub mod join;
 
 pub use session::{dial_loop, serve_inbound};
 pub use table::{Neighbor, NeighborState, NeighborTable, NeighborView};

@@ -101,8 +101,13 @@ async fn dial(ctx: &Arc<Ctx>, n: &Arc<Neighbor>, addr: &str) -> Result<quinn::Co
         ctx.metrics.handshake_failed(handshake_reason::UNREACHABLE);
         format!("cannot resolve {addr}: {e}")
     })?;
-    let (cfg, verifier) = transport::dial_config(Some(&ctx.identity), Some(n.id), wire::ALPN_PEER, &ctx.cfg.peer)
-        .map_err(|e| e.to_string())?;
+    let (cfg, verifier) = transport::dial_config(
+        Some(&ctx.identity),
+        Some(n.id),
+        wire::ALPN_PEER,
+        &ctx.cfg.peer,
+    )
+    .map_err(|e| e.to_string())?;
     let connecting = ctx
         .endpoint
         .connect_with(cfg, remote, transport::SERVER_NAME)
@@ -113,7 +118,8 @@ async fn dial(ctx: &Arc<Ctx>, n: &Arc<Neighbor>, addr: &str) -> Result<quinn::Co
         Ok(Err(e)) => {
             let (seen, mismatch) = verifier.observed();
             if mismatch {
-                ctx.metrics.handshake_failed(handshake_reason::WRONG_FINGERPRINT);
+                ctx.metrics
+                    .handshake_failed(handshake_reason::WRONG_FINGERPRINT);
                 let got = seen.map(|s| s.fingerprint()).unwrap_or_default();
                 tracing::warn!(neighbor = %n.id, %remote, presented = %got,
                     "neighbor presented a different identity than pinned; refusing (was it re-installed? re-pin it)");
@@ -135,10 +141,14 @@ async fn dial(ctx: &Arc<Ctx>, n: &Arc<Neighbor>, addr: &str) -> Result<quinn::Co
 
 fn classify(e: &quinn::ConnectionError) -> &'static str {
     match e {
-        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(close::UNPINNED) => {
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == quinn::VarInt::from_u32(close::UNPINNED) =>
+        {
             handshake_reason::UNPINNED
         }
-        quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(close::VERSION) => {
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == quinn::VarInt::from_u32(close::VERSION) =>
+        {
             handshake_reason::VERSION
         }
         _ => handshake_reason::TLS,
@@ -149,9 +159,13 @@ fn classify(e: &quinn::ConnectionError) -> &'static str {
 pub async fn serve_inbound(ctx: Arc<Ctx>, conn: quinn::Connection) {
     let remote = conn.remote_address();
     let Some(peer) = tls::peer_id(&conn) else {
-        ctx.metrics.handshake_failed(handshake_reason::NO_CERTIFICATE);
+        ctx.metrics
+            .handshake_failed(handshake_reason::NO_CERTIFICATE);
         tracing::info!(%remote, "refusing peer without a certificate");
-        conn.close(quinn::VarInt::from_u32(close::UNPINNED), b"peer certificate required");
+        conn.close(
+            quinn::VarInt::from_u32(close::UNPINNED),
+            b"peer certificate required",
+        );
         return;
     };
     let Some(n) = ctx.neighbors().get(&peer) else {
@@ -170,33 +184,56 @@ async fn exchange_hello(
     conn: &quinn::Connection,
     dir: Direction,
 ) -> Result<(quinn::SendStream, quinn::RecvStream, PeerHello), (&'static str, String)> {
-    let own = wire::encode(&PeerFrameRef::Hello(&hello(ctx))).map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
+    let own = wire::encode(&PeerFrameRef::Hello(&hello(ctx)))
+        .map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
     let mut buf = Vec::new();
     let (mut send, mut recv) = match dir {
         Direction::Outbound => {
-            let (mut s, r) = conn.open_bi().await.map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
-            s.write_all(&own).await.map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
+            let (mut s, r) = conn
+                .open_bi()
+                .await
+                .map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
+            s.write_all(&own)
+                .await
+                .map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
             (s, r)
         }
-        Direction::Inbound => conn.accept_bi().await.map_err(|e| (handshake_reason::HELLO, e.to_string()))?,
+        Direction::Inbound => conn
+            .accept_bi()
+            .await
+            .map_err(|e| (handshake_reason::HELLO, e.to_string()))?,
     };
     let theirs = match wire::read_frame::<_, PeerFrame>(&mut recv, 64 * 1024, &mut buf).await {
         Ok(Some(PeerFrame::Hello(h))) => h,
-        Ok(Some(_)) => return Err((handshake_reason::HELLO, "first frame was not a hello".into())),
+        Ok(Some(_)) => {
+            return Err((
+                handshake_reason::HELLO,
+                "first frame was not a hello".into(),
+            ))
+        }
         Ok(None) => return Err((handshake_reason::HELLO, "stream closed before hello".into())),
         Err(e) => return Err((handshake_reason::HELLO, e.to_string())),
     };
     if theirs.node_id != n.id {
-        return Err((handshake_reason::HELLO, "hello names another node than the certificate".into()));
+        return Err((
+            handshake_reason::HELLO,
+            "hello names another node than the certificate".into(),
+        ));
     }
     if theirs.version < wire::MIN_PROTOCOL_VERSION {
         return Err((
             handshake_reason::VERSION,
-            format!("peer speaks protocol {} (< {}); upgrade it", theirs.version, wire::MIN_PROTOCOL_VERSION),
+            format!(
+                "peer speaks protocol {} (< {}); upgrade it",
+                theirs.version,
+                wire::MIN_PROTOCOL_VERSION
+            ),
         ));
     }
     if dir == Direction::Inbound {
-        send.write_all(&own).await.map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
+        send.write_all(&own)
+            .await
+            .map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
     }
     Ok((send, recv, theirs))
 }
@@ -205,13 +242,22 @@ async fn exchange_hello(
 async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Direction) {
     let remote = conn.remote_address();
     let timeout = Duration::from_millis(ctx.cfg.peer.handshake_timeout_ms);
-    let (send, recv, theirs) = match tokio::time::timeout(timeout, exchange_hello(&ctx, &n, &conn, dir)).await {
+    let (send, recv, theirs) = match tokio::time::timeout(
+        timeout,
+        exchange_hello(&ctx, &n, &conn, dir),
+    )
+    .await
+    {
         Ok(Ok(x)) => x,
         Ok(Err((reason, msg))) => {
             ctx.metrics.handshake_failed(reason);
             tracing::warn!(neighbor = %n.id, %remote, reason, error = %msg, "peer hello failed");
             n.set_error(msg);
-            let code = if reason == handshake_reason::VERSION { close::VERSION } else { close::PROTOCOL };
+            let code = if reason == handshake_reason::VERSION {
+                close::VERSION
+            } else {
+                close::PROTOCOL
+            };
             conn.close(quinn::VarInt::from_u32(code), b"hello failed");
             return;
         }
@@ -259,7 +305,8 @@ async fn read_loop(ctx: &Ctx, n: &Neighbor, mut recv: quinn::RecvStream) -> Stri
                 batch.retain(|p| n.admit(p.payload.len(), now));
                 let limited = (before - batch.len()) as u64;
                 if limited > 0 {
-                    ctx.metrics.count_drop(drop_reason::NEIGHBOR_RATE_LIMITED, limited);
+                    ctx.metrics
+                        .count_drop(drop_reason::NEIGHBOR_RATE_LIMITED, limited);
                     tracing::debug!(neighbor = %n.id, limited, "neighbor over its rate limit");
                 }
                 if !batch.is_empty() {
@@ -267,12 +314,18 @@ async fn read_loop(ctx: &Ctx, n: &Neighbor, mut recv: quinn::RecvStream) -> Stri
                 }
             }
             Ok(Some(PeerFrame::Hello(_))) => {
-                ctx.metrics.frame_errors.with_label_values(&["unexpected", "peer"]).inc();
+                ctx.metrics
+                    .frame_errors
+                    .with_label_values(&["unexpected", "peer"])
+                    .inc();
                 return "protocol error: second hello".into();
             }
             Ok(None) => return "peer closed the stream".into(),
             Err(e) => {
-                ctx.metrics.frame_errors.with_label_values(&[e.kind(), "peer"]).inc();
+                ctx.metrics
+                    .frame_errors
+                    .with_label_values(&[e.kind(), "peer"])
+                    .inc();
                 if e.kind() != "io" {
                     tracing::warn!(neighbor = %n.id, error = %e, "refusing bad frame from neighbor; closing connection");
                 }
@@ -293,12 +346,14 @@ async fn write_loop(ctx: &Ctx, n: &Neighbor, mut send: quinn::SendStream) -> Str
         }
         buf.clear();
         if let Err(e) = wire::encode_into(&PeerFrameRef::Echo(&batch), &mut buf) {
-            ctx.metrics.count_drop(drop_reason::SEND_FAILED, batch.len() as u64);
+            ctx.metrics
+                .count_drop(drop_reason::SEND_FAILED, batch.len() as u64);
             tracing::error!(error = %e, "cannot encode echo batch");
             continue;
         }
         if let Err(e) = send.write_all(&buf).await {
-            ctx.metrics.count_drop(drop_reason::SEND_FAILED, batch.len() as u64);
+            ctx.metrics
+                .count_drop(drop_reason::SEND_FAILED, batch.len() as u64);
             return format!("send failed: {e}");
         }
         n.bytes_out.inc_by(buf.len() as u64);

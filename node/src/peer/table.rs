@@ -164,11 +164,17 @@ impl Neighbor {
 
     /// Admit one incoming packet of `bytes` under the per-neighbor rate limit.
     pub fn admit(&self, bytes: usize, now: Instant) -> bool {
-        self.rate.lock().unwrap_or_else(|p| p.into_inner()).try_take(bytes, now)
+        self.rate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_take(bytes, now)
     }
 
     pub fn set_rate(&self, limit: RateLimit) {
-        self.rate.lock().unwrap_or_else(|p| p.into_inner()).set_limit(limit);
+        self.rate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_limit(limit);
     }
 
     pub fn view(&self) -> NeighborView {
@@ -285,8 +291,14 @@ impl NeighborTable {
             up: AtomicUsize::new(0),
             changed: Notify::new(),
             rate: Mutex::new(TokenBucket::new(self.rate, Instant::now())),
-            bytes_in: self.metrics.neighbor_bytes_received.with_label_values(&[&label]),
-            bytes_out: self.metrics.neighbor_bytes_sent.with_label_values(&[&label]),
+            bytes_in: self
+                .metrics
+                .neighbor_bytes_received
+                .with_label_values(&[&label]),
+            bytes_out: self
+                .metrics
+                .neighbor_bytes_sent
+                .with_label_values(&[&label]),
             label,
         });
         map.insert(rec.id, n.clone());
@@ -300,11 +312,17 @@ impl NeighborTable {
         n.close_all(crate::wire::close::REMOVED, b"neighbor removed");
         n.queue.close();
         n.changed.notify_waiters();
-        for m in [&self.metrics.neighbor_bytes_received, &self.metrics.neighbor_bytes_sent] {
+        for m in [
+            &self.metrics.neighbor_bytes_received,
+            &self.metrics.neighbor_bytes_sent,
+        ] {
             let _ = m.remove_label_values(&[&n.label]);
         }
         let _ = self.metrics.neighbor_rtt.remove_label_values(&[&n.label]);
-        let _ = self.metrics.neighbor_queue_bytes.remove_label_values(&[&n.label]);
+        let _ = self
+            .metrics
+            .neighbor_queue_bytes
+            .remove_label_values(&[&n.label]);
         Some(n)
     }
 
@@ -345,9 +363,15 @@ impl NeighborTable {
                 NeighborState::Down => down += 1,
             }
             if let Some(rtt) = v.rtt {
-                self.metrics.neighbor_rtt.with_label_values(&[&n.label]).set(rtt.as_secs_f64());
+                self.metrics
+                    .neighbor_rtt
+                    .with_label_values(&[&n.label])
+                    .set(rtt.as_secs_f64());
             }
-            self.metrics.neighbor_queue_bytes.with_label_values(&[&n.label]).set(v.queue_bytes as i64);
+            self.metrics
+                .neighbor_queue_bytes
+                .with_label_values(&[&n.label])
+                .set(v.queue_bytes as i64);
         }
         let g = &self.metrics.neighbors;
         g.with_label_values(&["up"]).set(up);

@@ -43,8 +43,15 @@ pub fn transport_config(p: &PeerSection) -> Result<quinn::TransportConfig, Trans
 /// Bind the node's endpoint. The stateless-reset key is derived from the node's private key,
 /// so after a restart the node can reset its neighbors' stale connections at once instead of
 /// letting them wait for the idle timeout.
-pub fn bind(identity: &Identity, listen: SocketAddr, p: &PeerSection) -> Result<quinn::Endpoint, TransportError> {
-    let socket = std::net::UdpSocket::bind(listen).map_err(|source| TransportError::Bind { addr: listen, source })?;
+pub fn bind(
+    identity: &Identity,
+    listen: SocketAddr,
+    p: &PeerSection,
+) -> Result<quinn::Endpoint, TransportError> {
+    let socket = std::net::UdpSocket::bind(listen).map_err(|source| TransportError::Bind {
+        addr: listen,
+        source,
+    })?;
     let reset_secret = identity.derived_secret("echomesh quic stateless reset v1");
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_secret);
     let endpoint_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
@@ -53,8 +60,16 @@ pub fn bind(identity: &Identity, listen: SocketAddr, p: &PeerSection) -> Result<
         .map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
     server_cfg.transport_config(Arc::new(transport_config(p)?));
-    quinn::Endpoint::new(endpoint_cfg, Some(server_cfg), socket, Arc::new(quinn::TokioRuntime))
-        .map_err(|source| TransportError::Bind { addr: listen, source })
+    quinn::Endpoint::new(
+        endpoint_cfg,
+        Some(server_cfg),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| TransportError::Bind {
+        addr: listen,
+        source,
+    })
 }
 
 /// A client-only endpoint (for `echomeshctl` and the bench).
@@ -81,8 +96,12 @@ pub fn dial_config(
 /// Resolve `HOST:PORT` (DNS names allowed) without blocking the runtime.
 pub async fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
     let mut it = tokio::net::lookup_host(addr).await?;
-    it.next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to no address")))
+    it.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{addr} resolves to no address"),
+        )
+    })
 }
 
 /// Server name used in TLS (certificates are pinned, so the name carries no trust).

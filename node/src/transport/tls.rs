@@ -65,8 +65,9 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let id = NodeId::from_cert_der(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+        let id = NodeId::from_cert_der(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
         let mut o = self.observed.lock().unwrap_or_else(|p| p.into_inner());
         o.id = Some(id);
         match self.expected {
@@ -129,8 +130,9 @@ impl ClientCertVerifier for AnyClientCertVerifier {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        NodeId::from_cert_der(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+        NodeId::from_cert_der(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -216,6 +218,8 @@ pub fn peer_id(conn: &quinn::Connection) -> Option<NodeId> {
 /// The negotiated ALPN of an established connection.
 pub fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     let any = conn.handshake_data()?;
-    let hd = any.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?;
+    let hd = any
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?;
     hd.protocol
 }

@@ -1,0 +1,163 @@
+//! Command-line contracts: configuration layering, clear errors and exit codes.
+
+use std::process::Command;
+
+use echomesh_tests::{bin, TestNode};
+
+#[test]
+fn print_config_layers_file_env_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "cluster = \"from-file\"\n[echo]\nseen_ttl_secs = 42\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("echomesh-node"))
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--print-config",
+            "--admin",
+            "127.0.0.1:9999",
+        ])
+        .env("ECHOMESH_LIMITS__MAX_CLIENTS", "77")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cluster = \"from-file\""), "{text}");
+    assert!(text.contains("seen_ttl_secs = 42"));
+    assert!(text.contains("max_clients = 77"));
+    assert!(text.contains("admin = \"127.0.0.1:9999\""));
+    assert!(
+        text.contains("listen = \"0.0.0.0:4710\""),
+        "default port is 4710"
+    );
+}
+
+#[test]
+fn broken_config_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    for (content, needle) in [
+        ("clustr = \"typo\"\n", "clustr"),
+        ("[limits]\nmax_frame_bytes = 10\n", "max_frame_bytes"),
+        ("neighbors = [\"10.0.0.1:4710\"]\n", "FINGERPRINT"),
+        ("this is not toml", "TOML"),
+    ] {
+        std::fs::write(&cfg, content).unwrap();
+        let out = Command::new(bin("echomesh-node"))
+            .args([
+                "--config",
+                cfg.to_str().unwrap(),
+                "--data-dir",
+                dir.path().join("d").to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{content}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.to_lowercase().contains(&needle.to_lowercase()),
+            "{content}: {err}"
+        );
+    }
+    let out = Command::new(bin("echomesh-node"))
+        .args(["--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn second_node_on_the_same_data_dir_fails_clearly() {
+    let root = tempfile::tempdir().unwrap();
+    let a = TestNode::start(root.path(), "a", 0, &[]);
+    let out = Command::new(bin("echomesh-node"))
+        .args([
+            "--data-dir",
+            a.dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another echomesh-node"));
+}
+
+#[test]
+fn ctl_exit_codes_and_messages() {
+    // Usage error: exit 2.
+    let out = Command::new(bin("echomeshctl"))
+        .args(["inject"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // No node listening: exit 1 and a hint.
+    let out = Command::new(bin("echomeshctl"))
+        .args(["--admin", "http://127.0.0.1:9", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Is echomesh-node running?"));
+    // Bad fingerprint in --node: usage error.
+    let out = Command::new(bin("echomeshctl"))
+        .args(["tail", "--node", "127.0.0.1:4710#abc"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn ctl_with_wrong_token_is_refused_and_client_pins_fingerprint() {
+    let root = tempfile::tempdir().unwrap();
+    let a = TestNode::start(root.path(), "a", 0, &[]);
+    let bad = root.path().join("bad.token");
+    std::fs::write(&bad, "0".repeat(64)).unwrap();
+    let out = Command::new(bin("echomeshctl"))
+        .args([
+            "--admin",
+            &format!("http://{}", a.info.admin),
+            "--token-file",
+            bad.to_str().unwrap(),
+            "status",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin token"));
+
+    // Wrong pinned fingerprint: refused before anything is sent.
+    let wrong = format!("{}#{}", a.info.quic, "ab".repeat(32));
+    let out = a.ctl(&["inject", "--node", &wrong, "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the expected"));
+
+    // Trust on first use: recorded, then a different node at that address is a hard error.
+    let addr = a.info.quic.to_string();
+    let out = a.ctl(&["inject", "--node", &addr, "tofu"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let known = std::fs::read_to_string(a.dir.join("known_nodes")).unwrap();
+    assert!(known.contains(a.fingerprint()));
+    std::fs::write(
+        a.dir.join("known_nodes"),
+        format!("{addr} {}\n", "cd".repeat(32)),
+    )
+    .unwrap();
+    let out = a.ctl(&["inject", "--node", &addr, "tofu"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("differs from the one recorded"));
+}

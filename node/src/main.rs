@@ -74,7 +74,8 @@ fn main() -> ExitCode {
     }
     if args.init {
         return match echomesh_node::node::init_data_dir(&cfg.data_dir) {
-            Ok(id) => {
+            Ok((identity, _)) => {
+                let id = identity.id;
                 println!("id           {}", id.short());
                 println!("fingerprint  {}", id.fingerprint());
                 println!("data dir     {}", cfg.data_dir.display());

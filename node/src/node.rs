@@ -180,20 +180,18 @@ pub fn load_or_create_admin_token(dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Create the data directory, identity and admin token when missing; return the node ID.
-pub fn init_data_dir(dir: &Path) -> anyhow::Result<NodeId> {
+/// Create the data directory, identity and admin token when missing, and load them.
+pub fn init_data_dir(dir: &Path) -> anyhow::Result<(Identity, String)> {
     create_data_dir(dir)?;
     let identity = Identity::load_or_create(dir)?;
-    load_or_create_admin_token(dir)?;
-    Ok(identity.id)
+    let token = load_or_create_admin_token(dir)?;
+    Ok((identity, token))
 }
 
 /// Start a node: everything is bound and serving when this returns.
 pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     cfg.validate()?;
-    init_data_dir(&cfg.data_dir)?;
-    let identity = Identity::load_or_create(&cfg.data_dir)?;
-    let admin_token = load_or_create_admin_token(&cfg.data_dir)?;
+    let (identity, admin_token) = init_data_dir(&cfg.data_dir)?;
     let store = Store::open(&cfg.data_dir).await?;
     let metrics = Arc::new(Metrics::new());
 

@@ -56,6 +56,64 @@ pub fn free_udp_port() -> u16 {
     s.local_addr().expect("addr").port()
 }
 
+/// Nodes whose identities and ports are fixed before any starts, so each can be given the
+/// others as static `--neighbor HOST:PORT#FINGERPRINT` flags.
+pub struct Plan {
+    pub root: PathBuf,
+    pub names: Vec<String>,
+    pub fingerprints: Vec<String>,
+    pub ports: Vec<u16>,
+}
+
+impl Plan {
+    pub fn new(root: &Path, names: &[&str]) -> Plan {
+        Plan {
+            root: root.to_path_buf(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            fingerprints: names
+                .iter()
+                .map(|n| TestNode::init(&root.join(n)))
+                .collect(),
+            ports: names.iter().map(|_| free_udp_port()).collect(),
+        }
+    }
+
+    /// `127.0.0.1:PORT#FINGERPRINT` of node `i`.
+    pub fn spec(&self, i: usize) -> String {
+        format!("127.0.0.1:{}#{}", self.ports[i], self.fingerprints[i])
+    }
+
+    /// `--neighbor` flags for each of `neighbors` (a spec may carry `@half`).
+    pub fn neighbor_flags(specs: &[String]) -> Vec<String> {
+        specs
+            .iter()
+            .flat_map(|s| ["--neighbor".to_string(), s.clone()])
+            .collect()
+    }
+
+    /// Start node `i` with `extra` flags.
+    pub fn start(&self, i: usize, extra: &[String]) -> TestNode {
+        TestNode::start(&self.root, &self.names[i], self.ports[i], extra)
+    }
+
+    /// Start every node with its neighbors from the undirected `edges`.
+    pub fn start_mesh(&self, edges: &[(usize, usize)]) -> Vec<TestNode> {
+        (0..self.names.len())
+            .map(|i| {
+                let specs: Vec<String> = edges
+                    .iter()
+                    .filter_map(|&(x, y)| match (x == i, y == i) {
+                        (true, _) => Some(self.spec(y)),
+                        (_, true) => Some(self.spec(x)),
+                        _ => None,
+                    })
+                    .collect();
+                self.start(i, &Plan::neighbor_flags(&specs))
+            })
+            .collect()
+    }
+}
+
 pub struct TestNode {
     pub name: String,
     pub dir: PathBuf,

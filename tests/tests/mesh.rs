@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use echomesh_tests::{free_udp_port, wait_for, TestNode};
+use echomesh_tests::{wait_for, Plan, TestNode};
 
 fn lines_set(lines: &[String]) -> HashSet<String> {
     lines.iter().cloned().collect()
@@ -72,30 +72,10 @@ fn line_of_three_joined_by_invite() {
 #[test]
 fn five_node_mesh_with_cycles_delivers_everything_once() {
     let root = tempfile::tempdir().unwrap();
-    let names = ["n0", "n1", "n2", "n3", "n4"];
-    let fps: Vec<String> = names
-        .iter()
-        .map(|n| TestNode::init(&root.path().join(n)))
-        .collect();
-    let ports: Vec<u16> = names.iter().map(|_| free_udp_port()).collect();
-    // ring plus one chord: 0-1-2-3-4-0 and 0-2, 1-3 (cycles of length 3 and 5)
+    let plan = Plan::new(root.path(), &["n0", "n1", "n2", "n3", "n4"]);
+    // ring 0-1-2-3-4-0 plus chords 0-2 and 1-3: cycles of length 3, 4 and 5
     let edges = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 0), (0, 2), (1, 3)];
-    let mut nodes = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let mut flags = Vec::new();
-        for &(x, y) in &edges {
-            let other = if x == i {
-                y
-            } else if y == i {
-                x
-            } else {
-                continue;
-            };
-            flags.push("--neighbor".to_string());
-            flags.push(format!("127.0.0.1:{}#{}", ports[other], fps[other]));
-        }
-        nodes.push(TestNode::start(root.path(), name, ports[i], &flags));
-    }
+    let nodes = plan.start_mesh(&edges);
     for &(x, y) in &edges {
         nodes[x].wait_neighbor_up(&nodes[y]);
     }
@@ -181,34 +161,20 @@ fn killed_node_is_bypassed_and_rejoins_after_restart() {
     b.ctl_ok(&["inject", "--node", &b.spec(), "b-is-back"]);
     let (ok, lines) = tail.finish(Duration::from_secs(20));
     assert!(ok && lines == ["b-is-back"], "{lines:?}");
-    let _ = lines_set(&lines);
 }
 
 /// Half-echo: packets from a half neighbor are delivered locally but not forwarded.
 #[test]
 fn half_echo_neighbor_is_not_forwarded() {
     let root = tempfile::tempdir().unwrap();
-    let names = ["h0", "h1", "h2"];
-    let fps: Vec<String> = names
-        .iter()
-        .map(|n| TestNode::init(&root.path().join(n)))
-        .collect();
-    let ports: Vec<u16> = names.iter().map(|_| free_udp_port()).collect();
-    let spec = |i: usize| format!("127.0.0.1:{}#{}", ports[i], fps[i]);
+    let plan = Plan::new(root.path(), &["h0", "h1", "h2"]);
     // h1 treats h0 as half: h0's packets reach h1's clients but not h2.
-    let h0 = TestNode::start(root.path(), "h0", ports[0], &["--neighbor".into(), spec(1)]);
-    let h1 = TestNode::start(
-        root.path(),
-        "h1",
-        ports[1],
-        &[
-            "--neighbor".into(),
-            format!("{}@half", spec(0)),
-            "--neighbor".into(),
-            spec(2),
-        ],
+    let h0 = plan.start(0, &Plan::neighbor_flags(&[plan.spec(1)]));
+    let h1 = plan.start(
+        1,
+        &Plan::neighbor_flags(&[format!("{}@half", plan.spec(0)), plan.spec(2)]),
     );
-    let h2 = TestNode::start(root.path(), "h2", ports[2], &["--neighbor".into(), spec(1)]);
+    let h2 = plan.start(2, &Plan::neighbor_flags(&[plan.spec(1)]));
     h1.wait_neighbor_up(&h0);
     h1.wait_neighbor_up(&h2);
     let t1 = h1.tail(&["--count", "2", "--timeout", "20"]);
@@ -233,33 +199,16 @@ fn half_echo_neighbor_is_not_forwarded() {
 #[test]
 fn stalled_neighbor_does_not_stall_the_others() {
     let root = tempfile::tempdir().unwrap();
-    let names = ["s0", "s1", "s2"];
-    let fps: Vec<String> = names
-        .iter()
-        .map(|n| TestNode::init(&root.path().join(n)))
-        .collect();
-    let ports: Vec<u16> = names.iter().map(|_| free_udp_port()).collect();
-    let spec = |i: usize| format!("127.0.0.1:{}#{}", ports[i], fps[i]);
-    let config = |name: &str, toml: &str| {
-        let p = root.path().join(format!("{name}.toml"));
-        std::fs::write(&p, toml).unwrap();
-        p.to_string_lossy().into_owned()
-    };
-    // s0 is the hub between s1 (healthy) and s2 (to be stalled), default 16 MiB queues.
-    let c1 = config("s1", "[limits]\nclient_queue_bytes = 67108864\n");
-    let s0 = TestNode::start(
-        root.path(),
-        "s0",
-        ports[0],
-        &["--neighbor".into(), spec(1), "--neighbor".into(), spec(2)],
-    );
-    let s1 = TestNode::start(
-        root.path(),
-        "s1",
-        ports[1],
-        &["--config".into(), c1, "--neighbor".into(), spec(0)],
-    );
-    let mut s2 = TestNode::start(root.path(), "s2", ports[2], &["--neighbor".into(), spec(0)]);
+    let plan = Plan::new(root.path(), &["s0", "s1", "s2"]);
+    // s0 is the hub between s1 (healthy) and s2 (to be stalled), default 16 MiB queues;
+    // s1's tail gets a large client queue so that the test's own reader never lags.
+    let c1 = root.path().join("s1.toml");
+    std::fs::write(&c1, "[limits]\nclient_queue_bytes = 67108864\n").unwrap();
+    let s0 = plan.start(0, &Plan::neighbor_flags(&[plan.spec(1), plan.spec(2)]));
+    let mut flags = vec!["--config".to_string(), c1.to_string_lossy().into_owned()];
+    flags.extend(Plan::neighbor_flags(&[plan.spec(0)]));
+    let s1 = plan.start(1, &flags);
+    let mut s2 = plan.start(2, &Plan::neighbor_flags(&[plan.spec(0)]));
     s0.wait_neighbor_up(&s1);
     s0.wait_neighbor_up(&s2);
 
@@ -276,24 +225,7 @@ fn stalled_neighbor_does_not_stall_the_others() {
         "--size",
         "1024",
     ]);
-    let t = std::time::Instant::now();
     let (ok, lines) = tail.finish(Duration::from_secs(60));
-    if !ok {
-        for n in [&s0, &s1] {
-            let (_, m) = n.http_get("/metrics");
-            eprintln!(
-                "--- {} metrics after {:?} ---\n{}",
-                n.name,
-                t.elapsed(),
-                m.lines()
-                    .filter(|l| (l.starts_with("echomesh_packets")
-                        || l.starts_with("echomesh_neighbor"))
-                        && !l.ends_with(" 0"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-    }
     assert!(ok, "healthy neighbor got {} of {N}", lines.len());
     assert_eq!(lines_set(&lines).len(), N);
     let dropped = s0.metric("echomesh_packets_dropped_total{reason=\"neighbor_queue_full\"}");

@@ -157,8 +157,25 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
     )
     .await
     {
-        Ok(Ok(Some(ClientRequest::Hello { version, agent }))) => {
+        Ok(Ok(Some(ClientRequest::Hello { version, agent })))
+            if version >= wire::MIN_PROTOCOL_VERSION =>
+        {
             tracing::debug!(%remote, version, %agent, "client session");
+        }
+        Ok(Ok(Some(ClientRequest::Hello { version, .. }))) => {
+            ctx.metrics.handshake_failed(handshake_reason::VERSION);
+            let ev = ClientEvent::Error {
+                code: ClientErrorCode::VersionUnsupported,
+                message: format!(
+                    "client protocol {version} is too old; this node needs {}",
+                    wire::MIN_PROTOCOL_VERSION
+                ),
+            };
+            if let Ok(b) = wire::encode(&ev) {
+                let _ = send.write_all(&b).await;
+            }
+            conn.close(quinn::VarInt::from_u32(close::VERSION), b"version");
+            return;
         }
         other => {
             if let Ok(Err(e)) = &other {

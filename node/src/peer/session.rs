@@ -276,13 +276,18 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
     tracing::info!(neighbor = %n.id, %remote, ?dir, version = theirs.version, cluster = %theirs.cluster,
         software = %theirs.software, "neighbor up");
 
+    // The batch being written lives here, so packets caught mid-write when the connection
+    // ends are counted, not silently lost.
+    let mut in_flight = Vec::new();
     let reason = tokio::select! {
         r = read_loop(&ctx, &n, recv) => r,
-        r = write_loop(&ctx, &n, send) => r,
+        r = write_loop(&ctx, &n, send, &mut in_flight) => r,
         e = conn.closed() => format!("connection closed: {e}"),
         _ = ctx.shutdown.cancelled() => "node stopping".to_string(),
     };
     conn.close(quinn::VarInt::from_u32(close::NORMAL), b"");
+    ctx.metrics
+        .count_drop(drop_reason::SEND_FAILED, in_flight.len() as u64);
     if n.detach(key) {
         let dropped = n.queue.clear();
         ctx.metrics.count_drop(drop_reason::NEIGHBOR_DOWN, dropped);
@@ -335,27 +340,31 @@ async fn read_loop(ctx: &Ctx, n: &Neighbor, mut recv: quinn::RecvStream) -> Stri
     }
 }
 
-async fn write_loop(ctx: &Ctx, n: &Neighbor, mut send: quinn::SendStream) -> String {
-    let mut batch = Vec::new();
+async fn write_loop(
+    ctx: &Ctx,
+    n: &Neighbor,
+    mut send: quinn::SendStream,
+    batch: &mut Vec<crate::echo::EchoPacket>,
+) -> String {
     let mut buf = Vec::with_capacity(MAX_BATCH_BYTES + 1024);
     let max_batch = MAX_BATCH_BYTES.min(ctx.cfg.limits.max_frame_bytes / 2);
     loop {
-        batch.clear();
-        if n.queue.pop_batch(max_batch, &mut batch).await.is_none() {
+        if n.queue.pop_batch(max_batch, batch).await.is_none() {
             return "queue closed".into();
         }
         buf.clear();
-        if let Err(e) = wire::encode_into(&PeerFrameRef::Echo(&batch), &mut buf) {
+        if let Err(e) = wire::encode_into(&PeerFrameRef::Echo(batch), &mut buf) {
             ctx.metrics
                 .count_drop(drop_reason::SEND_FAILED, batch.len() as u64);
+            batch.clear();
             tracing::error!(error = %e, "cannot encode echo batch");
             continue;
         }
         if let Err(e) = send.write_all(&buf).await {
-            ctx.metrics
-                .count_drop(drop_reason::SEND_FAILED, batch.len() as u64);
+            // `batch` still holds the packets: the caller counts them as dropped.
             return format!("send failed: {e}");
         }
+        batch.clear();
         n.bytes_out.inc_by(buf.len() as u64);
     }
 }

@@ -8,7 +8,11 @@ pub fn init_logging(level: &str, format: &str) -> anyhow::Result<()> {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v)?,
         _ => EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("log.level {level:?}: {e}"))?,
     };
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let res = if format == "json" {
         builder.json().flatten_event(true).try_init()
     } else {

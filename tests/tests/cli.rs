@@ -161,3 +161,15 @@ fn ctl_with_wrong_token_is_refused_and_client_pins_fingerprint() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("differs from the one recorded"));
 }
+
+#[test]
+fn sigterm_stops_the_node_cleanly() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = TestNode::start(root.path(), "a", 0, &[]);
+    let st = a.terminate();
+    assert_eq!(st.code(), Some(0));
+    assert!(!a.dir.join("runtime.json").exists(), "runtime.json is removed on a clean stop");
+    let log = std::fs::read_to_string(a.dir.join("node.log")).unwrap();
+    assert!(log.contains("node stopped"));
+    assert!(!log.contains('\u{1b}'), "no colour codes when logging to a file");
+}

@@ -168,8 +168,14 @@ fn sigterm_stops_the_node_cleanly() {
     let mut a = TestNode::start(root.path(), "a", 0, &[]);
     let st = a.terminate();
     assert_eq!(st.code(), Some(0));
-    assert!(!a.dir.join("runtime.json").exists(), "runtime.json is removed on a clean stop");
+    assert!(
+        !a.dir.join("runtime.json").exists(),
+        "runtime.json is removed on a clean stop"
+    );
     let log = std::fs::read_to_string(a.dir.join("node.log")).unwrap();
     assert!(log.contains("node stopped"));
-    assert!(!log.contains('\u{1b}'), "no colour codes when logging to a file");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no colour codes when logging to a file"
+    );
 }

@@ -305,10 +305,7 @@ async fn read_loop(ctx: &Ctx, n: &Neighbor, mut recv: quinn::RecvStream) -> Stri
         match wire::read_frame::<_, PeerFrame>(&mut recv, max, &mut buf).await {
             Ok(Some(PeerFrame::Echo(mut batch))) => {
                 n.bytes_in.inc_by(buf.len() as u64 + 4);
-                let now = Instant::now();
-                let before = batch.len();
-                batch.retain(|p| n.admit(p.payload.len(), now));
-                let limited = (before - batch.len()) as u64;
+                let limited = n.admit(&mut batch, Instant::now());
                 if limited > 0 {
                     ctx.metrics
                         .count_drop(drop_reason::NEIGHBOR_RATE_LIMITED, limited);

@@ -162,12 +162,13 @@ impl Neighbor {
         last
     }
 
-    /// Admit one incoming packet of `bytes` under the per-neighbor rate limit.
-    pub fn admit(&self, bytes: usize, now: Instant) -> bool {
-        self.rate
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .try_take(bytes, now)
+    /// Keep the packets of `batch` that fit the per-neighbor rate limit (one lock per
+    /// batch); returns how many were dropped.
+    pub fn admit(&self, batch: &mut Vec<crate::echo::EchoPacket>, now: Instant) -> u64 {
+        let before = batch.len();
+        let mut bucket = self.rate.lock().unwrap_or_else(|p| p.into_inner());
+        batch.retain(|p| bucket.try_take(p.payload.len(), now));
+        (before - batch.len()) as u64
     }
 
     pub fn set_rate(&self, limit: RateLimit) {

@@ -36,7 +36,7 @@ pub fn crockford_base32(bytes: &[u8]) -> String {
 
 /// A node's identity: blake3 of its certificate's SubjectPublicKeyInfo.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct NodeId(pub [u8; 32]);
+pub struct NodeId(#[serde(with = "crate::wire::bytes32")] pub [u8; 32]);
 
 impl NodeId {
     /// The node ID of a DER certificate (blake3 of its SPKI).

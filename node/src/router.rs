@@ -67,7 +67,9 @@ impl Router {
         m.packets_received
             .with_label_values(&[label])
             .inc_by(received as u64);
-        // Integrity checks hash the payload: do them before taking the engine lock.
+        // Duplicates are dropped first (a read of the seen-cache), so that only new packets
+        // pay for the integrity check, which hashes the payload outside the engine lock.
+        let early_dups = self.engine().drop_seen(&mut batch);
         let mut rejected = 0u32;
         batch.retain(|p| match echo::validate(p, self.max_payload) {
             Ok(()) => true,
@@ -99,7 +101,8 @@ impl Router {
         m.packets_accepted
             .with_label_values(&[label])
             .inc_by(out.accepted);
-        m.duplicates_dropped.inc_by(out.duplicates);
+        let duplicates = out.duplicates + early_dups;
+        m.duplicates_dropped.inc_by(duplicates);
         self.count_evictions(out.expired_evictions, out.capacity_evictions);
         if !forward.is_empty() {
             let from = match origin {
@@ -123,7 +126,7 @@ impl Router {
         }
         Accepted {
             accepted: out.accepted as u32,
-            duplicates: out.duplicates as u32,
+            duplicates: duplicates as u32,
             rejected,
         }
     }

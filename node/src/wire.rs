@@ -51,6 +51,61 @@ const CONFIG: Config = bincode::config::standard()
     .with_limit::<ABSOLUTE_MAX_FRAME>();
 
 // ---------------------------------------------------------------------------------------------
+// Fixed-size byte fields
+
+/// Serde for `[u8; 32]` as one byte string (serde's default encodes arrays element by
+/// element, which costs 32 calls per field when decoding).
+pub mod bytes32 {
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub struct B32Visitor;
+
+    impl<'de> Visitor<'de> for B32Visitor {
+        type Value = [u8; 32];
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("32 bytes")
+        }
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<[u8; 32], E> {
+            v.try_into().map_err(|_| E::invalid_length(v.len(), &self))
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 32], A::Error> {
+            let mut out = [0u8; 32];
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+            }
+            Ok(out)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        d.deserialize_bytes(B32Visitor)
+    }
+}
+
+/// Serde for `Option<[u8; 32]>` as an optional byte string.
+pub mod opt_bytes32 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct B32(#[serde(with = "super::bytes32")] [u8; 32]);
+
+    pub fn serialize<S: Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        v.map(B32).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        Ok(Option::<B32>::deserialize(d)?.map(|b| b.0))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Messages
 
 /// Node ↔ node messages (ALPN `echomesh-peer/1`).

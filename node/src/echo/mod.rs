@@ -19,9 +19,11 @@ pub type PacketId = [u8; 32];
 /// An echo packet as it travels the mesh. The payload is opaque ciphertext.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EchoPacket {
+    #[serde(with = "crate::wire::bytes32")]
     pub id: PacketId,
     pub hops_left: u8,
     /// Ozone tag (epoch-rotating, derived from the ozone address), if any.
+    #[serde(with = "crate::wire::opt_bytes32")]
     pub tag: Option<[u8; 32]>,
     pub payload: Bytes,
 }
@@ -185,6 +187,15 @@ impl EchoEngine {
         out
     }
 
+    /// Remove packets whose ID is already in the seen-cache, without recording anything;
+    /// returns how many. Lets the caller skip integrity checks of duplicates, which are the
+    /// majority of what a well-connected node receives.
+    pub fn drop_seen(&self, packets: &mut Vec<EchoPacket>) -> u64 {
+        let before = packets.len();
+        packets.retain(|p| !self.seen.contains(&p.id));
+        (before - packets.len()) as u64
+    }
+
     /// Expire old seen-cache entries; call periodically when idle.
     pub fn tick(&mut self, now: Instant) -> (u64, u64) {
         self.seen.expire(now)
@@ -241,6 +252,16 @@ mod tests {
         let (d, _, o) = run(&mut e, Source::Client, vec![pkt(1, 3)], t0);
         assert!(d.is_empty());
         assert_eq!(o.duplicates, 1);
+    }
+
+    #[test]
+    fn drop_seen_removes_only_known_ids_and_records_nothing() {
+        let (mut e, t0) = engine(100, 60);
+        run(&mut e, Source::Client, vec![pkt(1, 3)], t0);
+        let mut batch = vec![pkt(1, 3), pkt(2, 3)];
+        assert_eq!(e.drop_seen(&mut batch), 1);
+        assert_eq!(batch, vec![pkt(2, 3)]);
+        assert_eq!(e.seen_len(), 1);
     }
 
     #[test]

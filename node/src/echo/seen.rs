@@ -56,19 +56,19 @@ impl SeenCache {
 
     pub fn insert(&mut self, id: &PacketId, now: Instant) -> Insert {
         let key = short(id);
-        if self.set.contains(&key) {
+        // One hash lookup: insert and learn whether it was there.
+        if !self.set.insert(key) {
             return Insert::Duplicate;
         }
+        let t = self.ms(now);
+        self.order.push_back((key, t));
         let mut evicted = 0;
-        while self.order.len() >= self.capacity {
+        while self.order.len() > self.capacity {
             if let Some((old, _)) = self.order.pop_front() {
                 self.set.remove(&old);
                 evicted += 1;
             }
         }
-        self.set.insert(key);
-        let t = self.ms(now);
-        self.order.push_back((key, t));
         Insert::New { evicted }
     }
 

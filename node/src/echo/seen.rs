@@ -4,7 +4,7 @@
 //! when full). Entries are inserted in time order, so a FIFO of (id, time) gives O(1) expiry
 //! and eviction next to an O(1) hash set. IDs are stored truncated to 128 bits: they are
 //! verified blake3 hashes, so 128 bits keep collisions out of reach while halving memory
-//! (about 45 bytes per entry; 1 M entries ≈ 45 MB). The hash set uses a randomly seeded
+//! (about 50 bytes per entry; 1 M entries ≈ 50 MB). The hash set uses a randomly seeded
 //! hasher so that chosen payloads cannot degrade it.
 
 use std::collections::{HashSet, VecDeque};

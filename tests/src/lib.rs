@@ -460,6 +460,19 @@ pub async fn raw_connect(
     Ok(conn)
 }
 
+/// Write one frame on a raw stream and read the one frame that answers it.
+pub async fn request<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    msg: &Req,
+) -> anyhow::Result<Resp> {
+    send.write_all(&echomesh_node::wire::encode(msg)?).await?;
+    let mut buf = Vec::new();
+    echomesh_node::wire::read_frame(recv, 1 << 20, &mut buf)
+        .await?
+        .ok_or_else(|| anyhow!("stream closed before an answer"))
+}
+
 pub fn ensure(cond: bool, msg: &str) -> anyhow::Result<()> {
     if !cond {
         bail!("{msg}");

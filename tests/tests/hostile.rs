@@ -7,7 +7,7 @@ use bytes::Bytes;
 use echomesh_node::echo::EchoPacket;
 use echomesh_node::identity::{Identity, NodeId};
 use echomesh_node::wire::{self, ClientEvent, ClientRequest, PeerFrame, PeerHello};
-use echomesh_tests::{free_udp_port, raw_connect, wait_for, TestNode};
+use echomesh_tests::{free_udp_port, raw_connect, request, wait_for, TestNode};
 
 fn closed_code(e: &quinn::ConnectionError) -> Option<u64> {
     match e {
@@ -148,14 +148,7 @@ async fn client_stream(n: &TestNode) -> (quinn::Connection, quinn::SendStream, q
         version: wire::PROTOCOL_VERSION,
         agent: "hostile-test".into(),
     };
-    send.write_all(&wire::encode(&hello).unwrap())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let ev: ClientEvent = wire::read_frame(&mut recv, 1 << 20, &mut buf)
-        .await
-        .unwrap()
-        .unwrap();
+    let ev: ClientEvent = request(&mut send, &mut recv, &hello).await.unwrap();
     assert!(matches!(ev, ClientEvent::Welcome { .. }));
     (conn, send, recv)
 }
@@ -192,13 +185,8 @@ async fn bad_frames_from_clients_are_refused_and_counted() {
     let (_conn, mut send, mut recv) = client_stream(&n).await;
     let mut p = EchoPacket::new(Bytes::from_static(b"forged"), 4, None);
     p.id[0] ^= 0xff;
-    send.write_all(&wire::encode(&ClientRequest::Inject(vec![p])).unwrap())
+    let ev: ClientEvent = request(&mut send, &mut recv, &ClientRequest::Inject(vec![p]))
         .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let ev: ClientEvent = wire::read_frame(&mut recv, 1 << 20, &mut buf)
-        .await
-        .unwrap()
         .unwrap();
     assert!(
         matches!(
@@ -252,14 +240,7 @@ async fn bad_frames_from_a_pinned_peer_close_only_that_peer() {
             cluster: "test".into(),
             software: "hostile".into(),
         });
-        send.write_all(&wire::encode(&hello).unwrap())
-            .await
-            .unwrap();
-        let mut buf = Vec::new();
-        let back: PeerFrame = wire::read_frame(&mut recv, 1 << 20, &mut buf)
-            .await
-            .unwrap()
-            .unwrap();
+        let back: PeerFrame = request(&mut send, &mut recv, &hello).await.unwrap();
         assert!(matches!(back, PeerFrame::Hello(_)), "round {i}");
         send.write_all(&garbage).await.unwrap();
         let err = tokio::time::timeout(Duration::from_secs(10), conn.closed())

@@ -60,7 +60,7 @@ impl Ctx {
         let n = self.neighbors().upsert(&rec)?;
         if rec.origin != NeighborOrigin::Static {
             self.store
-                .put_neighbor(n.record_with_time(rec.added_unix))
+                .put_neighbor(n.record(rec.added_unix))
                 .await
                 .context("persisting neighbor")?;
         }
@@ -75,14 +75,6 @@ impl Ctx {
             self.tasks
                 .spawn(async move { peer::dial_loop(ctx, n).await });
         }
-    }
-}
-
-impl peer::Neighbor {
-    fn record_with_time(&self, added: u64) -> NeighborRecord {
-        let mut r = self.record();
-        r.added_unix = added;
-        r
     }
 }
 

@@ -205,14 +205,15 @@ impl Neighbor {
         }
     }
 
-    pub fn record(&self) -> NeighborRecord {
+    /// The persistent form of this neighbor, stamped with when it was added.
+    pub fn record(&self, added_unix: u64) -> NeighborRecord {
         let i = self.inner();
         NeighborRecord {
             id: self.id,
             addr: i.addr.clone(),
             mode: i.mode,
             origin: i.origin,
-            added_unix: 0,
+            added_unix,
         }
     }
 }

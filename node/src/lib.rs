@@ -8,6 +8,8 @@
 //! - `transport`: QUIC endpoint and pinned TLS.
 //! - `peer`: neighbor table, dialing, peer sessions, invite/join.
 //! - `client`: client sessions (node side) and the client library (client side).
+//! - `keydir`: the key directory (EPKS): participant IDs, signed key bundles.
+//! - `tags`: epoch-rotating packet tags (inboxes, key directory, later ozones).
 //! - `admin`: admin HTTP API and its JSON types.
 //! - `store`: RocksDB.  `metrics`: Prometheus.  `node`: assembly and lifecycle.
 
@@ -17,6 +19,7 @@ pub mod config;
 pub mod echo;
 pub mod identity;
 pub mod invite;
+pub mod keydir;
 pub mod metrics;
 pub mod node;
 pub mod outq;
@@ -24,6 +27,7 @@ pub mod peer;
 pub mod rate;
 pub mod router;
 pub mod store;
+pub mod tags;
 pub mod telemetry;
 pub mod transport;
 pub mod wire;

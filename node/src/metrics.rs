@@ -25,6 +25,13 @@ pub struct Metrics {
     pub neighbor_rtt: GaugeVec,
     pub neighbor_queue_bytes: IntGaugeVec,
     pub client_sessions: IntGauge,
+    pub client_requests: IntCounterVec,
+    pub client_events: IntCounterVec,
+    pub client_queue_bytes: IntGauge,
+    pub key_bundles: IntGauge,
+    pub key_bundles_offered: IntCounterVec,
+    pub key_bundles_rejected: IntCounterVec,
+    pub key_lookups: IntCounterVec,
     pub connections_rejected: IntCounterVec,
     pub joins: IntCounterVec,
     pub invites_issued: IntCounter,
@@ -174,6 +181,43 @@ impl Metrics {
                 &r,
                 IntGauge::new("echomesh_client_sessions", "Open client sessions.").expect("static metric"),
             ),
+            client_requests: counter_vec(
+                "echomesh_client_requests_total",
+                "Requests received from client sessions, by kind (hello, inject, subscribe, publish_key, lookup_key).",
+                &["kind"],
+            ),
+            client_events: counter_vec(
+                "echomesh_client_events_total",
+                "Events sent to client sessions, by kind (deliver, reply, error, lagged).",
+                &["kind"],
+            ),
+            client_queue_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "echomesh_client_queue_bytes",
+                    "Bytes waiting in all client sessions' outgoing queues (each bounded by limits.client_queue_bytes).",
+                )
+                .expect("static metric"),
+            ),
+            key_bundles: reg(
+                &r,
+                IntGauge::new("echomesh_key_bundles", "Key bundles in this node's key directory.").expect("static metric"),
+            ),
+            key_bundles_offered: counter_vec(
+                "echomesh_key_bundles_offered_total",
+                "Valid key bundles offered to the directory, by source (client, neighbor) and result (new, replaced, unchanged).",
+                &["source", "result"],
+            ),
+            key_bundles_rejected: counter_vec(
+                "echomesh_key_bundles_rejected_total",
+                "Key bundles refused, by reason.",
+                &["reason"],
+            ),
+            key_lookups: counter_vec(
+                "echomesh_key_lookups_total",
+                "Key directory lookups, by result (found, not_found, invalid).",
+                &["result"],
+            ),
             connections_rejected: counter_vec(
                 "echomesh_connections_rejected_total",
                 "Incoming connections refused before a session started, by reason.",
@@ -224,6 +268,23 @@ impl Metrics {
         for s in ["neighbor", "client"] {
             m.packets_received.with_label_values(&[s]);
             m.packets_accepted.with_label_values(&[s]);
+        }
+        for k in ["hello", "inject", "subscribe", "publish_key", "lookup_key"] {
+            m.client_requests.with_label_values(&[k]);
+        }
+        for k in ["deliver", "reply", "error", "lagged"] {
+            m.client_events.with_label_values(&[k]);
+        }
+        for r in crate::keydir::BundleError::LABELS {
+            m.key_bundles_rejected.with_label_values(&[r]);
+        }
+        for src in ["client", "neighbor"] {
+            for res in ["new", "replaced", "unchanged"] {
+                m.key_bundles_offered.with_label_values(&[src, res]);
+            }
+        }
+        for r in ["found", "not_found", "invalid"] {
+            m.key_lookups.with_label_values(&[r]);
         }
         for s in ["up", "connecting", "down"] {
             m.neighbors.with_label_values(&[s]);

@@ -178,6 +178,71 @@ impl Store {
         .await
     }
 
+    /// Blocking: the stored bundle for a fingerprint (raw record bytes).
+    pub fn get_bundle_blocking(&self, fp: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_KEY_BUNDLES)?, fp)?)
+    }
+
+    /// Blocking, synced: store a bundle record under its fingerprint.
+    pub fn put_bundle_blocking(&self, fp: &[u8; 32], record: &[u8]) -> Result<(), StoreError> {
+        self.db
+            .put_cf_opt(self.cf(CF_KEY_BUNDLES)?, fp, record, &synced())?;
+        Ok(())
+    }
+
+    /// Blocking: up to `limit` bundle records whose key starts with `prefix`, in key order,
+    /// starting after `after` (exclusive) when given.
+    pub fn scan_bundles_blocking(
+        &self,
+        prefix: &[u8],
+        after: Option<[u8; 32]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let cf = self.cf(CF_KEY_BUNDLES)?;
+        let start: Vec<u8> = match after {
+            Some(a) => a.to_vec(),
+            None => prefix.to_vec(),
+        };
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            cf,
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if after.is_some_and(|a| k.as_ref() == a.as_slice()) {
+                continue;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Blocking: number of stored bundles (a full key scan; used at start).
+    pub fn count_bundles_blocking(&self) -> Result<usize, StoreError> {
+        let cf = self.cf(CF_KEY_BUNDLES)?;
+        let mut n = 0;
+        for item in self.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Run a closure on the blocking pool with this store.
+    pub async fn run_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.blocking(f).await
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -1,0 +1,233 @@
+//! Key bundles: a participant's public key, display name and creation time, signed by that
+//! same key. Nodes verify bundles before they store or flood them; clients verify them again
+//! after a lookup (a node is never trusted to vouch for a key).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rsa::pkcs8::DecodePublicKey;
+use rsa::pss::{Signature, VerifyingKey};
+use rsa::signature::Verifier;
+use rsa::traits::PublicKeyParts;
+use rsa::{BigUint, RsaPublicKey};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use super::participant::Fingerprint;
+use crate::wire;
+
+/// The bundle format this build writes and understands.
+pub const BUNDLE_FORMAT: u8 = 1;
+/// RSA modulus size participants use.
+pub const RSA_BITS: usize = 3072;
+/// Largest encoded bundle a node accepts.
+pub const MAX_BUNDLE_BYTES: usize = 8 * 1024;
+/// Longest display name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+/// How far in the future a bundle's creation time may be (clock skew).
+pub const MAX_CLOCK_SKEW_SECS: u64 = 600;
+/// Domain separation for bundle signatures.
+const SIGNING_CONTEXT: &[u8] = b"echomesh key bundle v1\0";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BundleKind {
+    /// "This is my key."
+    Publish,
+    /// "Do not use this key any more." Final: nothing replaces a revocation.
+    Revoke,
+}
+
+impl BundleKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            BundleKind::Publish => "published",
+            BundleKind::Revoke => "revoked",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyBundle {
+    pub format: u8,
+    pub kind: BundleKind,
+    /// RSA public key, SubjectPublicKeyInfo DER.
+    pub public_key: Bytes,
+    pub display_name: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// RSA-PSS (SHA-256) over [`KeyBundle::signed_bytes`].
+    pub signature: Bytes,
+}
+
+/// Why a bundle is refused. `label()` is the `reason` label of
+/// `echomesh_key_bundles_rejected_total`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle cannot be decoded: {0}")]
+    Undecodable(String),
+    #[error("bundle format {0} is not known to this node (it understands {BUNDLE_FORMAT}); upgrade the node or the client")]
+    UnknownFormat(u8),
+    #[error("bundle of {0} bytes exceeds the limit of {MAX_BUNDLE_BYTES} bytes")]
+    Oversized(usize),
+    #[error("public key is not an RSA-{RSA_BITS} key with exponent 65537: {0}")]
+    BadKey(String),
+    #[error("display name must be 1 to {MAX_NAME_CHARS} characters without control characters")]
+    BadName,
+    #[error(
+        "signature does not verify with the bundle's own key (the bundle was altered or forged)"
+    )]
+    BadSignature,
+    #[error("bundle is dated {0} s in the future; check the publishing computer's clock")]
+    Future(u64),
+    #[error("a newer bundle for this key is already stored (created at {0}); nothing to do")]
+    Stale(u64),
+    #[error("this key was revoked; a revoked key cannot be published again — generate a new key")]
+    Revoked,
+    #[error(
+        "the key directory is full (limits.max_key_bundles); the operator must raise the limit"
+    )]
+    DirectoryFull,
+}
+
+impl BundleError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            BundleError::Undecodable(_) => "undecodable",
+            BundleError::UnknownFormat(_) => "unknown_version",
+            BundleError::Oversized(_) => "oversized",
+            BundleError::BadKey(_) => "bad_key",
+            BundleError::BadName => "bad_name",
+            BundleError::BadSignature => "bad_signature",
+            BundleError::Future(_) => "future",
+            BundleError::Stale(_) => "stale",
+            BundleError::Revoked => "revoked",
+            BundleError::DirectoryFull => "directory_full",
+        }
+    }
+
+    pub const LABELS: &'static [&'static str] = &[
+        "undecodable",
+        "unknown_version",
+        "oversized",
+        "bad_key",
+        "bad_name",
+        "bad_signature",
+        "future",
+        "stale",
+        "revoked",
+        "directory_full",
+    ];
+}
+
+#[derive(Serialize)]
+struct Signed<'a> {
+    format: u8,
+    kind: BundleKind,
+    public_key: &'a [u8],
+    display_name: &'a str,
+    created_at: u64,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl KeyBundle {
+    /// The bytes the signature covers: a context string and every field but the signature.
+    pub fn signed_bytes(
+        format: u8,
+        kind: BundleKind,
+        public_key: &[u8],
+        display_name: &str,
+        created_at: u64,
+    ) -> Vec<u8> {
+        let mut out = SIGNING_CONTEXT.to_vec();
+        let body = wire::record_to_vec(&Signed {
+            format,
+            kind,
+            public_key,
+            display_name,
+            created_at,
+        })
+        .unwrap_or_default();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of_public_key(&self.public_key)
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, wire::FrameError> {
+        wire::record_to_vec(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<KeyBundle, BundleError> {
+        if bytes.len() > MAX_BUNDLE_BYTES {
+            return Err(BundleError::Oversized(bytes.len()));
+        }
+        wire::decode_body(bytes).map_err(|e| BundleError::Undecodable(e.to_string()))
+    }
+
+    /// Digest used to break ties between two different bundles with the same creation time,
+    /// so that every node keeps the same one.
+    pub fn digest(&self) -> [u8; 32] {
+        *blake3::hash(&self.encode().unwrap_or_default()).as_bytes()
+    }
+
+    /// Check everything that can be checked without the directory: format, size, key, name,
+    /// clock and signature.
+    pub fn verify(&self, now_unix: u64) -> Result<(), BundleError> {
+        if self.format != BUNDLE_FORMAT {
+            return Err(BundleError::UnknownFormat(self.format));
+        }
+        let size = self.encode().map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > MAX_BUNDLE_BYTES {
+            return Err(BundleError::Oversized(size));
+        }
+        let name_chars = self.display_name.chars().count();
+        if name_chars == 0
+            || name_chars > MAX_NAME_CHARS
+            || self.display_name.chars().any(char::is_control)
+        {
+            return Err(BundleError::BadName);
+        }
+        if self.created_at > now_unix + MAX_CLOCK_SKEW_SECS {
+            return Err(BundleError::Future(self.created_at - now_unix));
+        }
+        let key = participant_key(&self.public_key)?;
+        let msg = Self::signed_bytes(
+            self.format,
+            self.kind,
+            &self.public_key,
+            &self.display_name,
+            self.created_at,
+        );
+        let sig =
+            Signature::try_from(self.signature.as_ref()).map_err(|_| BundleError::BadSignature)?;
+        VerifyingKey::<Sha256>::new(key)
+            .verify(&msg, &sig)
+            .map_err(|_| BundleError::BadSignature)
+    }
+}
+
+/// Parse a participant public key and check it is what participants use: RSA-3072, e = 65537.
+/// (A fixed exponent keeps grinding for a colliding short ID as expensive as generating RSA
+/// keys.)
+pub fn participant_key(spki_der: &[u8]) -> Result<RsaPublicKey, BundleError> {
+    let key = RsaPublicKey::from_public_key_der(spki_der)
+        .map_err(|e| BundleError::BadKey(e.to_string()))?;
+    if key.n().bits() != RSA_BITS {
+        return Err(BundleError::BadKey(format!(
+            "modulus has {} bits",
+            key.n().bits()
+        )));
+    }
+    if *key.e() != BigUint::from(65537u32) {
+        return Err(BundleError::BadKey("exponent is not 65537".into()));
+    }
+    Ok(key)
+}

@@ -1,0 +1,391 @@
+//! The key directory (EPKS): signed key bundles, verified, stored in RocksDB and flooded.
+//!
+//! Bundles travel the mesh as echo packets tagged with [`crate::tags::keydir_tag`], so they
+//! reuse flooding, duplicate suppression, queues and rate limits. Unlike other packets they
+//! are verified *before* they are forwarded: the router hands them here, and only a bundle
+//! that changed the directory (new, or newer than the stored one) is flooded on. That rule also
+//! ends every flood: a node forwards a given bundle at most once.
+//!
+//! Rules (see [`decide`]): a bundle is replaced only by a newer one for the same key (and so
+//! signed by the same key); ties between two different bundles of the same age go to the
+//! larger digest, so all nodes converge on one; a revocation is final.
+//!
+//! When a neighbor comes up, the whole directory is offered to it ([`KeyDirectory::page`]),
+//! paced by that neighbor's queue, so nodes that were down or partitioned catch up.
+
+mod bundle;
+mod participant;
+
+pub use bundle::{
+    participant_key, unix_now, BundleError, BundleKind, KeyBundle, BUNDLE_FORMAT, MAX_BUNDLE_BYTES,
+    RSA_BITS,
+};
+pub use participant::{Fingerprint, IdError, ParticipantRef, ShortId, SHORT_LEN};
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Most bundles returned for one short-ID lookup (more than one only on a 45-bit collision).
+pub const MAX_LOOKUP_RESULTS: usize = 8;
+
+/// What offering a valid bundle did to the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// First bundle for this key.
+    New,
+    /// Replaced an older bundle (or a publication by a revocation).
+    Replaced,
+    /// Already stored exactly; nothing to flood.
+    Unchanged,
+}
+
+impl Offered {
+    pub fn changed(self) -> bool {
+        !matches!(self, Offered::Unchanged)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OfferError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("cannot store the bundle: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The replacement rule, as a pure function of what is stored and what arrives.
+pub fn decide(existing: Option<&KeyBundle>, new: &KeyBundle) -> Result<Offered, BundleError> {
+    let Some(old) = existing else {
+        return Ok(Offered::New);
+    };
+    if old == new {
+        return Ok(Offered::Unchanged);
+    }
+    match (old.kind, new.kind) {
+        (BundleKind::Revoke, _) => Err(BundleError::Revoked),
+        (BundleKind::Publish, BundleKind::Revoke) => Ok(Offered::Replaced),
+        (BundleKind::Publish, BundleKind::Publish) => {
+            if new.created_at > old.created_at
+                || (new.created_at == old.created_at && new.digest() > old.digest())
+            {
+                Ok(Offered::Replaced)
+            } else {
+                Err(BundleError::Stale(old.created_at))
+            }
+        }
+    }
+}
+
+pub struct KeyDirectory {
+    store: Store,
+    metrics: Arc<Metrics>,
+    max_bundles: usize,
+    count: Arc<AtomicUsize>,
+    /// Serialises read-compare-write of bundles (held on the blocking pool only).
+    write: Arc<Mutex<()>>,
+}
+
+impl KeyDirectory {
+    pub async fn open(
+        store: Store,
+        metrics: Arc<Metrics>,
+        max_bundles: usize,
+    ) -> Result<Self, StoreError> {
+        let n = store.run_blocking(|s| s.count_bundles_blocking()).await?;
+        metrics.key_bundles.set(n as i64);
+        Ok(KeyDirectory {
+            store,
+            metrics,
+            max_bundles,
+            count: Arc::new(AtomicUsize::new(n)),
+            write: Arc::new(Mutex::new(())),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Verify a bundle and store it if it changes the directory. `source` is the metrics label
+    /// (`client` or `neighbor`). Every outcome is counted.
+    pub async fn offer(
+        &self,
+        bundle: KeyBundle,
+        source: &'static str,
+    ) -> Result<Offered, OfferError> {
+        let write = self.write.clone();
+        let count = self.count.clone();
+        let max = self.max_bundles;
+        let result = self
+            .store
+            .run_blocking(move |s| {
+                // RSA verification is CPU work: it belongs on the blocking pool too.
+                if let Err(e) = bundle.verify(unix_now()) {
+                    return Ok(Err(e));
+                }
+                let fp = bundle.fingerprint();
+                let _guard = write.lock().unwrap_or_else(|p| p.into_inner());
+                let existing = match s.get_bundle_blocking(&fp.0)? {
+                    Some(raw) => KeyBundle::decode(&raw).ok(),
+                    None => None,
+                };
+                let outcome = match decide(existing.as_ref(), &bundle) {
+                    Ok(o) => o,
+                    Err(e) => return Ok(Err(e)),
+                };
+                if outcome == Offered::New && count.load(Ordering::Relaxed) >= max {
+                    return Ok(Err(BundleError::DirectoryFull));
+                }
+                if outcome.changed() {
+                    let raw = bundle
+                        .encode()
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    s.put_bundle_blocking(&fp.0, &raw)?;
+                    if outcome == Offered::New {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(Ok(outcome))
+            })
+            .await;
+        let m = &self.metrics;
+        match result {
+            Ok(Ok(o)) => {
+                m.key_bundles.set(self.len() as i64);
+                let label = match o {
+                    Offered::New => "new",
+                    Offered::Replaced => "replaced",
+                    Offered::Unchanged => "unchanged",
+                };
+                m.key_bundles_offered
+                    .with_label_values(&[source, label])
+                    .inc();
+                Ok(o)
+            }
+            Ok(Err(e)) => {
+                m.key_bundles_rejected.with_label_values(&[e.label()]).inc();
+                // Stale bundles arrive normally when directories resynchronise.
+                if matches!(e, BundleError::Stale(_)) {
+                    tracing::debug!(source, reason = e.label(), "key bundle not stored: {e}");
+                } else {
+                    tracing::info!(source, reason = e.label(), "key bundle refused: {e}");
+                }
+                Err(e.into())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "key directory storage failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Count a bundle that could not even be decoded.
+    pub fn count_rejected(&self, e: &BundleError) {
+        self.metrics
+            .key_bundles_rejected
+            .with_label_values(&[e.label()])
+            .inc();
+    }
+
+    /// Bundles for a short ID or a fingerprint. Short IDs carry 45 bits, so more than one
+    /// bundle can match; callers must show the fingerprint and let people choose.
+    pub async fn lookup(&self, who: ParticipantRef) -> Result<Vec<KeyBundle>, StoreError> {
+        let (prefix, after, limit) = match who {
+            ParticipantRef::Full(fp) => (fp.0.to_vec(), None, 1),
+            ParticipantRef::Short(s) => {
+                let (bytes, _) = s.prefix();
+                (bytes.to_vec(), None, 4096)
+            }
+        };
+        let rows = self
+            .store
+            .run_blocking(move |s| s.scan_bundles_blocking(&prefix, after, limit))
+            .await?;
+        let mut out = Vec::new();
+        for (k, v) in rows {
+            let Ok(fp) = <[u8; 32]>::try_from(k.as_slice()) else {
+                continue;
+            };
+            if !who.matches(&Fingerprint(fp)) {
+                continue;
+            }
+            match KeyBundle::decode(&v) {
+                Ok(b) => out.push(b),
+                Err(e) => {
+                    tracing::warn!(fingerprint = %hex::encode(fp), error = %e, "corrupt key bundle record skipped")
+                }
+            }
+            if out.len() >= MAX_LOOKUP_RESULTS {
+                break;
+            }
+        }
+        let result = if out.is_empty() { "not_found" } else { "found" };
+        self.metrics.key_lookups.with_label_values(&[result]).inc();
+        Ok(out)
+    }
+
+    /// One page of the directory in fingerprint order, after `after`.
+    pub async fn page(
+        &self,
+        after: Option<Fingerprint>,
+        limit: usize,
+    ) -> Result<Vec<(Fingerprint, Vec<u8>)>, StoreError> {
+        let rows = self
+            .store
+            .run_blocking(move |s| s.scan_bundles_blocking(&[], after.map(|f| f.0), limit))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, v)| Some((Fingerprint(k.as_slice().try_into().ok()?), v)))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use rsa::pkcs8::EncodePublicKey;
+    use rsa::pss::BlindedSigningKey;
+    use rsa::signature::RandomizedSigner;
+    use sha2::Sha256;
+    use std::sync::OnceLock;
+
+    fn key() -> &'static rsa::RsaPrivateKey {
+        static KEY: OnceLock<rsa::RsaPrivateKey> = OnceLock::new();
+        KEY.get_or_init(|| {
+            rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, RSA_BITS).expect("keygen")
+        })
+    }
+
+    pub(crate) fn signed(kind: BundleKind, name: &str, created_at: u64) -> KeyBundle {
+        let k = key();
+        let spki = k
+            .to_public_key()
+            .to_public_key_der()
+            .expect("spki")
+            .as_bytes()
+            .to_vec();
+        let msg = KeyBundle::signed_bytes(BUNDLE_FORMAT, kind, &spki, name, created_at);
+        let sig: rsa::pss::Signature = BlindedSigningKey::<Sha256>::new(k.clone())
+            .sign_with_rng(&mut rsa::rand_core::OsRng, &msg);
+        KeyBundle {
+            format: BUNDLE_FORMAT,
+            kind,
+            public_key: Bytes::from(spki),
+            display_name: name.into(),
+            created_at,
+            signature: Bytes::from(Box::<[u8]>::from(sig)),
+        }
+    }
+
+    #[test]
+    fn verification_catches_every_alteration() {
+        let now = unix_now();
+        let b = signed(BundleKind::Publish, "Alice", now);
+        b.verify(now).unwrap();
+        let mut renamed = b.clone();
+        renamed.display_name = "Mallory".into();
+        assert_eq!(renamed.verify(now), Err(BundleError::BadSignature));
+        let mut redated = b.clone();
+        redated.created_at -= 1;
+        assert_eq!(redated.verify(now), Err(BundleError::BadSignature));
+        let mut future = b.clone();
+        future.created_at = now + 3600;
+        assert!(matches!(future.verify(now), Err(BundleError::Future(_))));
+        let mut fmt = b.clone();
+        fmt.format = 9;
+        assert_eq!(fmt.verify(now), Err(BundleError::UnknownFormat(9)));
+        let mut junk_key = b.clone();
+        junk_key.public_key = Bytes::from_static(b"not a key");
+        assert!(matches!(junk_key.verify(now), Err(BundleError::BadKey(_))));
+        let mut big = b.clone();
+        big.display_name = "x".repeat(9000);
+        assert!(matches!(big.verify(now), Err(BundleError::Oversized(_))));
+        let mut ctl = b.clone();
+        ctl.display_name = "a\nb".into();
+        assert_eq!(ctl.verify(now), Err(BundleError::BadName));
+    }
+
+    #[test]
+    fn replacement_rule() {
+        let old = signed(BundleKind::Publish, "A", 100);
+        let newer = signed(BundleKind::Publish, "A2", 200);
+        let revoke = signed(BundleKind::Revoke, "A", 50);
+        assert_eq!(decide(None, &old), Ok(Offered::New));
+        assert_eq!(decide(Some(&old), &old), Ok(Offered::Unchanged));
+        assert_eq!(decide(Some(&old), &newer), Ok(Offered::Replaced));
+        assert_eq!(decide(Some(&newer), &old), Err(BundleError::Stale(200)));
+        // A revocation wins whatever its date, and is final.
+        assert_eq!(decide(Some(&newer), &revoke), Ok(Offered::Replaced));
+        assert_eq!(decide(Some(&revoke), &newer), Err(BundleError::Revoked));
+        // Same age, different content: every node keeps the larger digest.
+        let twin = signed(BundleKind::Publish, "A-twin", 100);
+        let (lo, hi) = if old.digest() < twin.digest() {
+            (&old, &twin)
+        } else {
+            (&twin, &old)
+        };
+        assert_eq!(decide(Some(lo), hi), Ok(Offered::Replaced));
+        assert_eq!(decide(Some(hi), lo), Err(BundleError::Stale(100)));
+    }
+
+    #[tokio::test]
+    async fn directory_stores_looks_up_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let b = signed(BundleKind::Publish, "Alice", unix_now());
+        let fp = b.fingerprint();
+        {
+            let store = Store::open(dir.path()).await.unwrap();
+            let kd = KeyDirectory::open(store, metrics.clone(), 10)
+                .await
+                .unwrap();
+            assert_eq!(kd.offer(b.clone(), "client").await.unwrap(), Offered::New);
+            assert_eq!(
+                kd.offer(b.clone(), "neighbor").await.unwrap(),
+                Offered::Unchanged
+            );
+            let mut forged = b.clone();
+            forged.display_name = "Eve".into();
+            assert!(matches!(
+                kd.offer(forged, "neighbor").await,
+                Err(OfferError::Bundle(BundleError::BadSignature))
+            ));
+        }
+        let store = Store::open(dir.path()).await.unwrap();
+        let kd = KeyDirectory::open(store, metrics.clone(), 1).await.unwrap();
+        assert_eq!(kd.len(), 1);
+        let by_short = kd
+            .lookup(ParticipantRef::Short(fp.short_id()))
+            .await
+            .unwrap();
+        assert_eq!(by_short, vec![b.clone()]);
+        let by_full = kd.lookup(ParticipantRef::Full(fp)).await.unwrap();
+        assert_eq!(by_full, vec![b.clone()]);
+        let none = kd
+            .lookup(ParticipantRef::Full(Fingerprint([0; 32])))
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+        let page = kd.page(None, 10).await.unwrap();
+        assert_eq!(page.len(), 1);
+        assert!(kd.page(Some(fp), 10).await.unwrap().is_empty());
+        let text = metrics.render();
+        assert!(
+            text.contains("echomesh_key_bundles_rejected_total{reason=\"bad_signature\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("echomesh_key_lookups_total{result=\"found\"} 2"),
+            "{text}"
+        );
+    }
+}

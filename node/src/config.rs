@@ -67,6 +67,8 @@ pub struct Limits {
     pub max_clients: usize,
     /// Concurrent incoming handshakes.
     pub max_handshakes: usize,
+    /// Key bundles in the key directory; new keys beyond it are refused and counted.
+    pub max_key_bundles: usize,
     /// Incoming traffic per neighbor; excess is dropped and counted.
     pub neighbor_rate: RateLimit,
     /// Incoming traffic per client; excess is slowed down (backpressure), not dropped.
@@ -145,6 +147,7 @@ impl Default for Limits {
             max_neighbors: 64,
             max_clients: 1024,
             max_handshakes: 64,
+            max_key_bundles: 100_000,
             neighbor_rate: RateLimit {
                 packets_per_sec: 500_000,
                 bytes_per_sec: 256 << 20,

@@ -50,6 +50,8 @@ pub mod drop_reason {
     pub const SEND_FAILED: &str = "send_failed";
     pub const BAD_ID: &str = "bad_id";
     pub const TOO_LARGE: &str = "too_large";
+    /// Key-bundle packets arriving faster than the directory can verify them.
+    pub const KEYDIR_BUSY: &str = "keydir_busy";
     pub const ALL: &[&str] = &[
         NEIGHBOR_QUEUE_FULL,
         CLIENT_QUEUE_FULL,
@@ -58,6 +60,7 @@ pub mod drop_reason {
         SEND_FAILED,
         BAD_ID,
         TOO_LARGE,
+        KEYDIR_BUSY,
     ];
 }
 

@@ -17,6 +17,7 @@ use crate::config::{Config, NeighborSpec, ADMIN_TOKEN_FILE, RUNTIME_FILE};
 use crate::echo::{EchoConfig, EchoEngine};
 use crate::identity::{write_private, Identity, NodeId};
 use crate::invite::InviteBook;
+use crate::keydir::{self, KeyDirectory};
 use crate::metrics::{handshake_reason, Metrics};
 use crate::peer::{self, NeighborTable};
 use crate::router::Router;
@@ -30,6 +31,7 @@ pub struct Ctx {
     pub endpoint: quinn::Endpoint,
     pub router: Arc<Router>,
     pub store: Store,
+    pub keydir: KeyDirectory,
     pub metrics: Arc<Metrics>,
     pub invites: Mutex<InviteBook>,
     pub shutdown: CancellationToken,
@@ -213,12 +215,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         cfg.limits.neighbor_rate,
         metrics.clone(),
     );
+    let keydir = KeyDirectory::open(store.clone(), metrics.clone(), cfg.limits.max_key_bundles)
+        .await
+        .context("opening the key directory")?;
+    let (keydir_tx, keydir_rx) = tokio::sync::mpsc::channel(crate::router::KEYDIR_BACKLOG);
     let router = Arc::new(Router::new(
         engine,
         neighbors,
         Subscribers::new(cfg.limits.max_clients),
         metrics.clone(),
         cfg.echo.max_payload_bytes,
+        keydir_tx,
     ));
     let ctx = Arc::new(Ctx {
         invites: Mutex::new(InviteBook::new(cfg.invite.max_outstanding)),
@@ -227,6 +234,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         endpoint,
         router,
         store,
+        keydir,
         metrics,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -285,6 +293,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     {
         let c = ctx.clone();
         ctx.tasks.spawn(housekeeping(c));
+    }
+    {
+        let c = ctx.clone();
+        ctx.tasks.spawn(keydir::flood::run_verifier(c, keydir_rx));
     }
 
     let info = RuntimeInfo {
@@ -398,5 +410,8 @@ async fn housekeeping(ctx: Arc<Ctx>) {
         ctx.metrics
             .client_sessions
             .set(ctx.router.subscribers.sessions() as i64);
+        ctx.metrics
+            .client_queue_bytes
+            .set(ctx.router.subscribers.queued_bytes() as i64);
     }
 }

@@ -12,6 +12,10 @@ use crate::metrics::{drop_reason, Metrics};
 use crate::peer::NeighborTable;
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
+
+use crate::tags::{self, Tag};
+
 /// Where a batch entered this node.
 #[derive(Debug, Clone, Copy)]
 pub enum Origin {
@@ -25,7 +29,13 @@ pub struct Router {
     pub subscribers: Subscribers,
     pub metrics: Arc<Metrics>,
     max_payload: usize,
+    /// Key-bundle packets wait here for verification before they are forwarded.
+    keydir: mpsc::Sender<(Origin, Vec<EchoPacket>)>,
+    keydir_tag: Tag,
 }
+
+/// Batches of key-bundle packets that may wait for verification.
+pub const KEYDIR_BACKLOG: usize = 256;
 
 /// Counts returned to the injecting client.
 #[derive(Debug, Default, Clone, Copy)]
@@ -42,6 +52,7 @@ impl Router {
         subscribers: Subscribers,
         metrics: Arc<Metrics>,
         max_payload: usize,
+        keydir: mpsc::Sender<(Origin, Vec<EchoPacket>)>,
     ) -> Self {
         Router {
             engine: Mutex::new(engine),
@@ -49,6 +60,8 @@ impl Router {
             subscribers,
             metrics,
             max_payload,
+            keydir,
+            keydir_tag: tags::keydir_tag(),
         }
     }
 
@@ -70,6 +83,7 @@ impl Router {
         // Duplicates are dropped first (a read of the seen-cache), so that only new packets
         // pay for the integrity check, which hashes the payload outside the engine lock.
         let early_dups = self.engine().drop_seen(&mut batch);
+        m.duplicates_dropped.inc_by(early_dups);
         let mut rejected = 0u32;
         batch.retain(|p| match echo::validate(p, self.max_payload) {
             Ok(()) => true,
@@ -86,6 +100,31 @@ impl Router {
                 "refused packets failing integrity checks"
             );
         }
+        // Key bundles are verified before they go anywhere (see `keydir`).
+        if batch.iter().any(|p| p.tag == Some(self.keydir_tag)) {
+            let (bundles, rest): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .partition(|p| p.tag == Some(self.keydir_tag));
+            batch = rest;
+            let n = bundles.len() as u64;
+            if self.keydir.try_send((origin, bundles)).is_err() {
+                m.count_drop(drop_reason::KEYDIR_BUSY, n);
+                tracing::debug!(?origin, n, "key directory backlog full; dropping bundles");
+            }
+        }
+        let mut acc = self.forward_verified(origin, batch);
+        acc.duplicates += early_dups as u32;
+        acc.rejected += rejected;
+        acc
+    }
+
+    /// Deduplicate, deliver and forward packets that already passed every check.
+    pub fn forward_verified(&self, origin: Origin, batch: Vec<EchoPacket>) -> Accepted {
+        let m = &self.metrics;
+        let label = match origin {
+            Origin::Neighbor(..) => "neighbor",
+            Origin::Client => "client",
+        };
         let source = match origin {
             Origin::Neighbor(_, mode) => Source::Neighbor(mode),
             Origin::Client => Source::Client,
@@ -101,7 +140,7 @@ impl Router {
         m.packets_accepted
             .with_label_values(&[label])
             .inc_by(out.accepted);
-        let duplicates = out.duplicates + early_dups;
+        let duplicates = out.duplicates;
         m.duplicates_dropped.inc_by(duplicates);
         self.count_evictions(out.expired_evictions, out.capacity_evictions);
         if !forward.is_empty() {
@@ -127,7 +166,7 @@ impl Router {
         Accepted {
             accepted: out.accepted as u32,
             duplicates: duplicates as u32,
-            rejected,
+            rejected: 0,
         }
     }
 

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::echo::EchoPacket;
 use crate::identity::NodeId;
+use crate::keydir::{KeyBundle, ParticipantRef};
 
 /// The protocol version this build speaks. Peers with a different major version are refused.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -131,6 +132,7 @@ pub enum ClientEventRef<'a> {
         version: u16,
         node_id: NodeId,
         software: &'a str,
+        max_payload: u32,
     },
     Injected {
         accepted: u32,
@@ -164,8 +166,12 @@ pub enum ClientRequest {
     },
     /// Inject echo packets into the mesh.
     Inject(Vec<EchoPacket>),
-    /// Receive live packets matching the filter from now on.
+    /// Receive live packets matching the filter from now on (replaces any earlier filter).
     Subscribe(SubscribeFilter),
+    /// Publish (or revoke) a key bundle. Answered by `KeyPublished` or `Error`.
+    PublishKey(KeyBundle),
+    /// Look up key bundles by short ID or fingerprint. Answered by `KeyLookup`.
+    LookupKey(ParticipantRef),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -183,6 +189,8 @@ pub enum ClientEvent {
         version: u16,
         node_id: NodeId,
         software: String,
+        /// Largest echo payload this node accepts (clients chunk larger content).
+        max_payload: u32,
     },
     /// Acknowledges one `Inject` batch.
     Injected {
@@ -201,6 +209,11 @@ pub enum ClientEvent {
     },
     /// The subscription is active: every packet the node accepts from now on is delivered.
     Subscribed,
+    /// A `PublishKey` was verified and stored; `changed` is false when the node already had
+    /// exactly this bundle.
+    KeyPublished { changed: bool },
+    /// Answer to `LookupKey`: every matching bundle (several only on a short-ID collision).
+    KeyLookup(Vec<KeyBundle>),
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -209,6 +222,10 @@ pub enum ClientErrorCode {
     VersionUnsupported,
     TooLarge,
     Busy,
+    /// A key bundle was refused (the message says why).
+    Rejected,
+    /// The node could not complete the request (storage); retry or use another node.
+    Unavailable,
 }
 
 /// Joiner → inviter on ALPN `echomesh-join/1`.
@@ -437,12 +454,14 @@ mod tests {
             version: 1,
             node_id: id,
             software: "s".into(),
+            max_payload: 7,
         })
         .unwrap();
         let b = encode(&ClientEventRef::Welcome {
             version: 1,
             node_id: id,
             software: "s",
+            max_payload: 7,
         })
         .unwrap();
         assert_eq!(a, b);

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use crate::config::PeerSection;
 use crate::echo::EchoPacket;
 use crate::identity::NodeId;
+use crate::keydir::{KeyBundle, ParticipantRef};
 use crate::transport;
 use crate::wire::{self, ClientEvent, ClientRequest, ClientRequestRef, SubscribeFilter};
 
@@ -28,6 +29,8 @@ pub enum ClientError {
 
 pub struct ClientSession {
     pub node_id: NodeId,
+    /// Largest echo payload the node accepts.
+    pub max_payload: usize,
     pub conn: quinn::Connection,
     writer: ClientWriter,
     reader: ClientReader,
@@ -104,8 +107,12 @@ pub async fn connect(
             agent,
         })
         .await?;
-    match reader.next_event().await? {
-        Some(ClientEvent::Welcome { node_id: nid, .. }) if nid == node_id => {}
+    let max_payload = match reader.next_event().await? {
+        Some(ClientEvent::Welcome {
+            node_id: nid,
+            max_payload,
+            ..
+        }) if nid == node_id => max_payload as usize,
         Some(ClientEvent::Welcome { .. }) => {
             return Err(ClientError::Protocol("welcome names another node".into()))
         }
@@ -121,9 +128,10 @@ pub async fn connect(
                 .unwrap_or_else(|| "closed".into());
             return Err(ClientError::Refused(reason));
         }
-    }
+    };
     Ok(ClientSession {
         node_id,
+        max_payload,
         conn,
         writer,
         reader,
@@ -194,6 +202,44 @@ impl ClientSession {
 
     pub async fn next_event(&mut self) -> Result<Option<ClientEvent>, ClientError> {
         self.reader.next_event().await
+    }
+
+    /// Wait for the reply to a request: the first event that is not a delivery or a lag
+    /// notice. Use request/reply calls before subscribing, or deliveries are skipped.
+    async fn reply(&mut self) -> Result<ClientEvent, ClientError> {
+        loop {
+            match self.reader.next_event().await? {
+                Some(ClientEvent::Deliver(_) | ClientEvent::Lagged { .. }) => {}
+                Some(ev) => return Ok(ev),
+                None => return Err(ClientError::Io("node closed the session".into())),
+            }
+        }
+    }
+
+    /// Publish (or revoke) a key bundle; `Ok(changed)` once the node stored it.
+    pub async fn publish_key(&mut self, bundle: KeyBundle) -> Result<bool, ClientError> {
+        self.writer
+            .write(&ClientRequest::PublishKey(bundle))
+            .await?;
+        match self.reply().await? {
+            ClientEvent::KeyPublished { changed } => Ok(changed),
+            ClientEvent::Error { message, .. } => Err(ClientError::Refused(message)),
+            other => Err(ClientError::Protocol(format!(
+                "expected a publish reply, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Every bundle the node has for a short ID or fingerprint (unverified: check them).
+    pub async fn lookup_key(&mut self, who: ParticipantRef) -> Result<Vec<KeyBundle>, ClientError> {
+        self.writer.write(&ClientRequest::LookupKey(who)).await?;
+        match self.reply().await? {
+            ClientEvent::KeyLookup(found) => Ok(found),
+            ClientEvent::Error { message, .. } => Err(ClientError::Refused(message)),
+            other => Err(ClientError::Protocol(format!(
+                "expected a lookup reply, got {other:?}"
+            ))),
+        }
     }
 
     /// Split for concurrent sending and receiving. Keep `conn` alive alongside.

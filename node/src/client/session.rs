@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::echo::EchoPacket;
+use crate::keydir::{self, OfferError};
 use crate::metrics::{drop_reason, handshake_reason, Metrics};
 use crate::node::Ctx;
 use crate::outq::OutQueue;
@@ -88,6 +89,12 @@ impl Subscribers {
             .retain(|s| s.id != id);
     }
 
+    /// Bytes waiting in all sessions' queues.
+    pub fn queued_bytes(&self) -> usize {
+        let list = self.list.read().unwrap_or_else(|p| p.into_inner());
+        list.iter().map(|s| s.queue.bytes()).sum()
+    }
+
     /// Queue accepted packets for every session whose filter matches.
     pub fn deliver(&self, packets: &[EchoPacket], m: &Metrics) {
         let list = self.list.read().unwrap_or_else(|p| p.into_inner());
@@ -160,6 +167,10 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
         Ok(Ok(Some(ClientRequest::Hello { version, agent })))
             if version >= wire::MIN_PROTOCOL_VERSION =>
         {
+            ctx.metrics
+                .client_requests
+                .with_label_values(&["hello"])
+                .inc();
             tracing::debug!(%remote, version, %agent, "client session");
         }
         Ok(Ok(Some(ClientRequest::Hello { version, .. }))) => {
@@ -194,6 +205,7 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
         version: wire::PROTOCOL_VERSION,
         node_id: ctx.identity.id,
         software: concat!("echomesh-node/", env!("CARGO_PKG_VERSION")),
+        max_payload: u32::try_from(ctx.cfg.echo.max_payload_bytes).unwrap_or(u32::MAX),
     };
     match wire::encode(&welcome) {
         Ok(b) => {
@@ -213,7 +225,7 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
     let (ctrl_tx, ctrl_rx) = mpsc::channel::<ClientEvent>(32);
     let reason = tokio::select! {
         r = read_requests(&ctx, &sub, &mut recv, ctrl_tx) => r,
-        r = write_events(&sub, &mut send, ctrl_rx) => r,
+        r = write_events(&ctx.metrics, &sub, &mut send, ctrl_rx) => r,
         e = conn.closed() => format!("closed: {e}"),
         _ = ctx.shutdown.cancelled() => "node stopping".into(),
     };
@@ -261,7 +273,49 @@ async fn read_requests(
                 return format!("frame error: {e}");
             }
         };
+        let kind = match &req {
+            ClientRequest::Hello { .. } => "hello",
+            ClientRequest::Inject(_) => "inject",
+            ClientRequest::Subscribe(_) => "subscribe",
+            ClientRequest::PublishKey(_) => "publish_key",
+            ClientRequest::LookupKey(_) => "lookup_key",
+        };
+        ctx.metrics.client_requests.with_label_values(&[kind]).inc();
         match req {
+            ClientRequest::PublishKey(bundle) => {
+                let fp = bundle.fingerprint();
+                let ev = match keydir::flood::publish(ctx, bundle).await {
+                    Ok(o) => {
+                        tracing::info!(participant = %fp.short_id(), outcome = ?o, "key bundle published by client");
+                        ClientEvent::KeyPublished {
+                            changed: o.changed(),
+                        }
+                    }
+                    Err(OfferError::Bundle(e)) => ClientEvent::Error {
+                        code: ClientErrorCode::Rejected,
+                        message: e.to_string(),
+                    },
+                    Err(e @ OfferError::Store(_)) => ClientEvent::Error {
+                        code: ClientErrorCode::Unavailable,
+                        message: format!("{e}; try again or use another node"),
+                    },
+                };
+                if ctrl.send(ev).await.is_err() {
+                    return "writer ended".into();
+                }
+            }
+            ClientRequest::LookupKey(who) => {
+                let ev = match ctx.keydir.lookup(who).await {
+                    Ok(found) => ClientEvent::KeyLookup(found),
+                    Err(e) => ClientEvent::Error {
+                        code: ClientErrorCode::Unavailable,
+                        message: format!("key directory unavailable: {e}"),
+                    },
+                };
+                if ctrl.send(ev).await.is_err() {
+                    return "writer ended".into();
+                }
+            }
             ClientRequest::Inject(batch) => {
                 let bytes: usize = batch.iter().map(|p| p.payload.len()).sum();
                 // Backpressure, not loss: a fast client is slowed down by not being read.
@@ -322,6 +376,7 @@ async fn read_requests(
 }
 
 async fn write_events(
+    m: &Metrics,
     sub: &Subscriber,
     send: &mut quinn::SendStream,
     mut ctrl: mpsc::Receiver<ClientEvent>,
@@ -333,6 +388,8 @@ async fn write_events(
         tokio::select! {
             ev = ctrl.recv() => {
                 let Some(ev) = ev else { return "reader ended".into() };
+                let kind = if matches!(ev, ClientEvent::Error { .. }) { "error" } else { "reply" };
+                m.client_events.with_label_values(&[kind]).inc();
                 if wire::encode_into(&ev, &mut buf).is_err() {
                     continue;
                 }
@@ -341,6 +398,7 @@ async fn write_events(
                 if r.is_none() {
                     return "queue closed".into();
                 }
+                m.client_events.with_label_values(&["deliver"]).inc();
                 let res = wire::encode_into(&ClientEventRef::Deliver(&batch), &mut buf);
                 batch.clear();
                 if res.is_err() {
@@ -348,6 +406,7 @@ async fn write_events(
                 }
                 let lagged = sub.lagged.swap(0, Ordering::Relaxed);
                 if lagged > 0 {
+                    m.client_events.with_label_values(&["lagged"]).inc();
                     let _ = wire::encode_into(&ClientEvent::Lagged { dropped: lagged }, &mut buf);
                 }
             }

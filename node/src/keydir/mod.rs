@@ -14,6 +14,7 @@
 //! paced by that neighbor's queue, so nodes that were down or partitioned catch up.
 
 mod bundle;
+pub mod flood;
 mod participant;
 
 pub use bundle::{

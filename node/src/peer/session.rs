@@ -275,6 +275,8 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
     }
     tracing::info!(neighbor = %n.id, %remote, ?dir, version = theirs.version, cluster = %theirs.cluster,
         software = %theirs.software, "neighbor up");
+    ctx.tasks
+        .spawn(crate::keydir::flood::sync_neighbor(ctx.clone(), n.clone()));
 
     // The batch being written lives here, so packets caught mid-write when the connection
     // ends are counted, not silently lost.

@@ -1,0 +1,118 @@
+//! The I/O side of the key directory: verifying bundles that arrive as echo packets before
+//! they are flooded on, publishing bundles from clients, and offering the directory to a
+//! neighbor that just came up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{Fingerprint, KeyBundle, OfferError, Offered};
+use crate::echo::EchoPacket;
+use crate::metrics::drop_reason;
+use crate::node::Ctx;
+use crate::peer::Neighbor;
+use crate::router::Origin;
+use crate::tags;
+
+/// Bundles per page when offering the directory to a neighbor.
+const SYNC_PAGE: usize = 64;
+
+/// Verify key-bundle packets handed over by the router; flood those that changed the
+/// directory. Runs until the node stops.
+pub async fn run_verifier(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<(Origin, Vec<EchoPacket>)>) {
+    loop {
+        let (origin, packets) = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            next = rx.recv() => match next {
+                Some(x) => x,
+                None => return,
+            },
+        };
+        let source = match origin {
+            Origin::Neighbor(..) => "neighbor",
+            Origin::Client => "client",
+        };
+        for pkt in packets {
+            let bundle = match KeyBundle::decode(&pkt.payload) {
+                Ok(b) => b,
+                Err(e) => {
+                    ctx.keydir.count_rejected(&e);
+                    tracing::info!(?origin, error = %e, "undecodable key bundle packet dropped");
+                    continue;
+                }
+            };
+            if let Ok(o) = ctx.keydir.offer(bundle, source).await {
+                if o.changed() {
+                    ctx.router.forward_verified(origin, vec![pkt]);
+                }
+            }
+        }
+    }
+}
+
+/// The echo packet that carries a bundle through the mesh.
+pub fn bundle_packet(ctx: &Ctx, encoded: Vec<u8>) -> EchoPacket {
+    EchoPacket::new(
+        Bytes::from(encoded),
+        ctx.cfg.echo.default_hops,
+        Some(tags::keydir_tag()),
+    )
+}
+
+/// Publish a bundle from a client: verify, store, flood. Errors are for the client.
+pub async fn publish(ctx: &Ctx, bundle: KeyBundle) -> Result<Offered, OfferError> {
+    let encoded = bundle
+        .encode()
+        .map_err(|e| OfferError::Bundle(super::BundleError::Undecodable(e.to_string())))?;
+    let outcome = ctx.keydir.offer(bundle, "client").await?;
+    if outcome.changed() {
+        ctx.router
+            .forward_verified(Origin::Client, vec![bundle_packet(ctx, encoded)]);
+    }
+    Ok(outcome)
+}
+
+/// Offer the whole directory to a neighbor that just came up, a page at a time, never filling
+/// more than half its queue. The neighbor keeps what is new to it and floods that on; nodes
+/// that were down or on the other side of a partition catch up this way.
+pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
+    let half = ctx.cfg.limits.neighbor_queue_bytes / 2;
+    let mut after: Option<Fingerprint> = None;
+    let mut sent = 0usize;
+    loop {
+        let page = match ctx.keydir.page(after, SYNC_PAGE).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(neighbor = %n.id, error = %e, "key directory sync stopped: storage error");
+                return;
+            }
+        };
+        let Some(last) = page.last().map(|(fp, _)| *fp) else {
+            break;
+        };
+        after = Some(last);
+        let packets: Vec<EchoPacket> = page
+            .into_iter()
+            .map(|(_, raw)| bundle_packet(&ctx, raw))
+            .collect();
+        // Pace on the neighbor's queue: echo traffic keeps the other half.
+        while n.queue.bytes() > half {
+            if !n.is_up() || ctx.shutdown.is_cancelled() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !n.is_up() || ctx.shutdown.is_cancelled() {
+            return;
+        }
+        let dropped = n.queue.push_all(&packets);
+        ctx.metrics
+            .count_drop(drop_reason::NEIGHBOR_QUEUE_FULL, dropped);
+        sent += packets.len() - dropped as usize;
+    }
+    if sent > 0 {
+        tracing::debug!(neighbor = %n.id, bundles = sent, "offered key directory to neighbor");
+    }
+}

@@ -139,6 +139,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
         } => return tail(&node, count, timeout, json).await,
         Command::Bench(args) => return crate::bench::run(args, json).await,
+        Command::Keys(cmd) => return crate::messaging::keys(cmd, json).await,
+        Command::Send(args) => return crate::messaging::send(args, json).await,
+        Command::Recv(args) => return crate::messaging::recv(args, json).await,
     }
     Ok(ExitCode::SUCCESS)
 }

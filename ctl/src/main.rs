@@ -3,6 +3,7 @@
 mod admin_client;
 mod bench;
 mod commands;
+mod messaging;
 mod target_node;
 
 use std::path::PathBuf;
@@ -13,13 +14,13 @@ use clap::{Parser, Subcommand};
 use crate::target_node::NodeTarget;
 
 /// Operate echomesh nodes (status, neighbors, invite/join) and talk to them as a client
-/// (inject, tail). Admin commands use the node's admin API; client commands dial the node's
-/// QUIC port given with --node.
+/// (keys, send, recv; inject and tail for testing). Admin commands use the node's admin API;
+/// client commands dial the node's QUIC port given with --node.
 #[derive(Parser, Debug)]
 #[command(
     name = "echomeshctl",
     version,
-    after_help = "Examples:\n  echomeshctl status\n  echomeshctl invite                      # on node A: prints a one-time token\n  echomeshctl join EM1-...                # on node B: B and A pin each other\n  echomeshctl neighbors --json\n  echomeshctl tail --node 127.0.0.1:4710#<fingerprint> --count 1\n  echomeshctl inject --node 127.0.0.1:4710#<fingerprint> hello\n  echomeshctl bench --nodes 5 --packets 100000 --size 128"
+    after_help = "Examples:\n  echomeshctl status\n  echomeshctl invite                      # on node A: prints a one-time token\n  echomeshctl join EM1-...                # on node B: B and A pin each other\n  echomeshctl neighbors --json\n  echomeshctl tail --node 127.0.0.1:4710#<fingerprint> --count 1\n  echomeshctl inject --node 127.0.0.1:4710#<fingerprint> hello\n  echomeshctl keys gen --out alice.key\n  echomeshctl keys publish --node 127.0.0.1:4710 --key alice.key --name Alice\n  echomeshctl send --node 127.0.0.1:4710 --key alice.key --to M8N22HT6QK \"hello\"\n  echomeshctl recv --node 127.0.0.1:4710 --key bob.key --follow\n  echomeshctl bench --nodes 5 --packets 100000 --size 128"
 )]
 pub struct Cli {
     /// Admin API of the node to operate.
@@ -88,6 +89,13 @@ pub enum Command {
         #[arg(long)]
         timeout: Option<f64>,
     },
+    /// Participant keys: generate, publish, look up, revoke.
+    #[command(subcommand)]
+    Keys(messaging::KeysCmd),
+    /// Send an end-to-end encrypted message or file to one or more participants.
+    Send(messaging::SendArgs),
+    /// Receive, decrypt and verify messages sent to your key.
+    Recv(messaging::RecvArgs),
     /// Local mesh flood benchmark: N in-process nodes over real QUIC on 127.0.0.1.
     Bench(bench::BenchArgs),
 }

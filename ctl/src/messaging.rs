@@ -1,0 +1,565 @@
+//! The person-to-person commands: `keys gen|publish|lookup|revoke|show`, `send`, `recv`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use echomesh_ctl::e2e::{self, Content, Participant, Recipient};
+use echomesh_ctl::files::{self, Reassembler};
+use echomesh_ctl::keyfile;
+use echomesh_node::client::ClientSession;
+use echomesh_node::echo::EchoPacket;
+use echomesh_node::keydir::{unix_now, BundleKind, Fingerprint, KeyBundle, ParticipantRef};
+use echomesh_node::tags;
+use echomesh_node::wire::{ClientEvent, SubscribeFilter};
+
+use crate::target_node::{self, NodeTarget};
+
+/// Passphrase environment variable (also read by every command that opens a key file).
+const PASSPHRASE_ENV: &str = "ECHOMESH_PASSPHRASE";
+/// Largest file chunk; smaller when the node's payload limit requires.
+const MAX_CHUNK: usize = 192 * 1024;
+/// Room for the envelope around a chunk (wrapped key, sender key, signature, framing).
+const ENVELOPE_OVERHEAD: usize = 4 * 1024;
+/// Bytes of packets per inject request.
+const INJECT_BATCH_BYTES: usize = 1 << 20;
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Generate an RSA-3072 participant key into a new file (mode 0600). The passphrase comes
+    /// from ECHOMESH_PASSPHRASE or a prompt; --no-passphrase stores the key unprotected.
+    Gen {
+        #[arg(long)]
+        out: PathBuf,
+        /// Store the key without a passphrase (anyone who can read the file can read your mail).
+        #[arg(long)]
+        no_passphrase: bool,
+    },
+    /// Publish your signed key bundle so others can find you by your ID.
+    Publish {
+        #[arg(long)]
+        node: NodeTarget,
+        #[arg(long)]
+        key: PathBuf,
+        /// Display name shown to people who look you up (default: $USER).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Look up a participant by short ID (e.g. M8N22HT6QK) or full fingerprint.
+    Lookup {
+        #[arg(long)]
+        node: NodeTarget,
+        id: String,
+    },
+    /// Revoke your key: a signed, final notice that it must not be used any more.
+    Revoke {
+        #[arg(long)]
+        node: NodeTarget,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Show the ID and fingerprint of a key file.
+    Show {
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    #[arg(long)]
+    node: NodeTarget,
+    /// Your key file.
+    #[arg(long)]
+    key: PathBuf,
+    /// Recipients: short IDs or fingerprints, comma-separated (one encrypted copy each).
+    #[arg(long, value_delimiter = ',', required = true)]
+    to: Vec<String>,
+    /// Send a file (a picture, a document) instead of a text message.
+    #[arg(long, conflicts_with = "message")]
+    file: Option<PathBuf>,
+    /// The text to send.
+    #[arg(required_unless_present = "file")]
+    message: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RecvArgs {
+    #[arg(long)]
+    node: NodeTarget,
+    /// Your key file.
+    #[arg(long)]
+    key: PathBuf,
+    /// Keep listening until interrupted (or --timeout).
+    #[arg(long)]
+    follow: bool,
+    /// Stop after SECS seconds (default without --follow: 30).
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Exit after N messages (exit 1 if the timeout comes first).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Where received files are written.
+    #[arg(long, default_value = ".")]
+    out_dir: PathBuf,
+    /// Largest file accepted.
+    #[arg(long, default_value_t = files::DEFAULT_MAX_FILE_BYTES)]
+    max_file_bytes: u64,
+}
+
+fn passphrase_for(path: &Path) -> anyhow::Result<Option<String>> {
+    if !keyfile::is_protected(path)? {
+        return Ok(None);
+    }
+    if let Ok(p) = std::env::var(PASSPHRASE_ENV) {
+        return Ok(Some(p));
+    }
+    if std::io::stdin().is_terminal() {
+        let p = rpassword::prompt_password(format!("passphrase for {}: ", path.display()))
+            .context("reading passphrase")?;
+        return Ok(Some(p));
+    }
+    Ok(None)
+}
+
+fn load_key(path: &Path) -> anyhow::Result<Participant> {
+    let pass = passphrase_for(path)?;
+    Ok(keyfile::load(path, pass.as_deref())?)
+}
+
+pub async fn keys(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
+    match cmd {
+        KeysCmd::Gen { out, no_passphrase } => {
+            if out.exists() {
+                bail!(keyfile::KeyFileError::Exists(out.display().to_string()));
+            }
+            let pass = if no_passphrase {
+                None
+            } else if let Ok(p) = std::env::var(PASSPHRASE_ENV) {
+                Some(p)
+            } else if std::io::stdin().is_terminal() {
+                let a = rpassword::prompt_password("new passphrase: ")?;
+                let b = rpassword::prompt_password("again: ")?;
+                if a != b {
+                    bail!("the two passphrases differ; nothing written");
+                }
+                Some(a)
+            } else {
+                bail!("no passphrase: set {PASSPHRASE_ENV}, run in a terminal, or pass --no-passphrase to store the key unprotected");
+            };
+            if pass.as_deref() == Some("") {
+                bail!("empty passphrase: use --no-passphrase if you mean an unprotected key");
+            }
+            let who = tokio::task::spawn_blocking(Participant::generate).await??;
+            keyfile::save(&out, &who, pass.as_deref())?;
+            let fp = who.fingerprint();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": fp.short_id().to_string(), "fingerprint": fp.hex(),
+                        "file": out.display().to_string(), "protected": pass.is_some()})
+                );
+            } else {
+                println!("id           {}", fp.short_id());
+                println!("fingerprint  {}", fp.hex());
+                println!(
+                    "key written to {} ({})",
+                    out.display(),
+                    if pass.is_some() {
+                        "protected by your passphrase"
+                    } else {
+                        "NOT protected: keep the file private"
+                    }
+                );
+                println!(
+                    "next: echomeshctl keys publish --node HOST:PORT --key {}",
+                    out.display()
+                );
+            }
+        }
+        KeysCmd::Show { key } => {
+            let who = load_key(&key)?;
+            print_id(&who.fingerprint(), json, serde_json::json!({}));
+        }
+        KeysCmd::Publish { node, key, name } => {
+            let who = load_key(&key)?;
+            let name = name
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "anonymous".into());
+            publish(&node, &who, BundleKind::Publish, &name, json).await?;
+        }
+        KeysCmd::Revoke { node, key } => {
+            let who = load_key(&key)?;
+            publish(&node, &who, BundleKind::Revoke, "revoked", json).await?;
+        }
+        KeysCmd::Lookup { node, id } => {
+            let who: ParticipantRef = id.parse()?;
+            let (_ep, mut s) = target_node::connect(&node).await?;
+            let found = verified_bundles(&mut s, who).await?;
+            if found.is_empty() {
+                bail!("no key published for {who} is known to {}; ask them to run `echomeshctl keys publish`", node.addr);
+            }
+            if json {
+                let v: Vec<_> = found.iter().map(bundle_json).collect();
+                if v.len() == 1 {
+                    println!("{}", v[0]);
+                } else {
+                    println!("{}", serde_json::Value::Array(v));
+                }
+            } else {
+                if found.len() > 1 {
+                    eprintln!("warning: {} keys share the short ID {who}; compare fingerprints with the person", found.len());
+                }
+                for b in &found {
+                    let fp = b.fingerprint();
+                    println!("id           {}", fp.short_id());
+                    println!("fingerprint  {}", fp.hex());
+                    println!("name         {}", sanitize(&b.display_name));
+                    println!("created      {} (unix time)", b.created_at);
+                    println!("status       {} (signature verified)", b.kind.label());
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_id(fp: &Fingerprint, json: bool, mut extra: serde_json::Value) {
+    if json {
+        extra["id"] = fp.short_id().to_string().into();
+        extra["fingerprint"] = fp.hex().into();
+        println!("{extra}");
+    } else {
+        println!("id           {}", fp.short_id());
+        println!("fingerprint  {}", fp.hex());
+    }
+}
+
+fn bundle_json(b: &KeyBundle) -> serde_json::Value {
+    let fp = b.fingerprint();
+    serde_json::json!({"id": fp.short_id().to_string(), "fingerprint": fp.hex(),
+        "name": b.display_name, "created_at": b.created_at, "status": b.kind.label()})
+}
+
+async fn publish(
+    node: &NodeTarget,
+    who: &Participant,
+    kind: BundleKind,
+    name: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let bundle = who.bundle(kind, name, unix_now());
+    let (_ep, mut s) = target_node::connect(node).await?;
+    let changed = s
+        .publish_key(bundle)
+        .await
+        .with_context(|| format!("publishing to {}", node.addr))?;
+    let fp = who.fingerprint();
+    if json {
+        print_id(
+            &fp,
+            true,
+            serde_json::json!({"changed": changed, "status": kind.label()}),
+        );
+    } else {
+        print_id(&fp, false, serde_json::json!({}));
+        println!(
+            "{} at {}{}",
+            kind.label(),
+            node.addr,
+            if changed { "" } else { " (already there)" }
+        );
+    }
+    Ok(())
+}
+
+/// Look up bundles and keep only those that verify here and match what was asked for.
+async fn verified_bundles(
+    s: &mut ClientSession,
+    who: ParticipantRef,
+) -> anyhow::Result<Vec<KeyBundle>> {
+    let found = s.lookup_key(who).await?;
+    let now = unix_now();
+    Ok(found
+        .into_iter()
+        .filter(|b| who.matches(&b.fingerprint()) && b.verify(now).is_ok())
+        .collect())
+}
+
+async fn resolve_recipient(s: &mut ClientSession, text: &str) -> anyhow::Result<Recipient> {
+    let who: ParticipantRef = text.parse()?;
+    let found = verified_bundles(s, who).await?;
+    match found.as_slice() {
+        [] => bail!("no key published for {who}; ask them to run `echomeshctl keys publish`, or check the ID"),
+        [b] => Ok(Recipient::from_bundle(b, unix_now())?),
+        many => bail!(
+            "{} keys share the short ID {who}; use the full fingerprint instead: {}",
+            many.len(),
+            many.iter().map(|b| b.fingerprint().hex()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+pub async fn send(a: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let me = load_key(&a.key)?;
+    let contents = match (&a.file, &a.message) {
+        (Some(path), _) => {
+            let data = tokio::fs::read(path)
+                .await
+                .with_context(|| format!("reading {}", path.display()))?;
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("file")
+                .to_string();
+            Some((name, data))
+        }
+        _ => None,
+    };
+    let (_ep, mut s) = target_node::connect(&a.node).await?;
+    let mut recipients = Vec::new();
+    for t in &a.to {
+        recipients.push(resolve_recipient(&mut s, t).await?);
+    }
+    let chunk = MAX_CHUNK
+        .min(s.max_payload.saturating_sub(ENVELOPE_OVERHEAD))
+        .max(1024);
+    let content: Vec<Content> = match (&contents, &a.message) {
+        (Some((name, data)), _) => files::chunks(name, data, chunk),
+        (None, Some(text)) => vec![Content::Text(text.clone())],
+        (None, None) => bail!("nothing to send: give a MESSAGE or --file"),
+    };
+    let epoch = tags::epoch_of(unix_now());
+    let mut packets = Vec::new();
+    for r in &recipients {
+        let tag = tags::tag(&tags::inbox_address(&r.fingerprint), epoch);
+        for c in &content {
+            let me_ref = &me;
+            let (r2, c2) = (r.clone(), c.clone());
+            let payload = tokio::task::block_in_place(|| e2e::seal(me_ref, &r2, c2))?;
+            if payload.len() > s.max_payload {
+                bail!(
+                    "message of {} bytes exceeds the node's limit of {} bytes; send it as --file",
+                    payload.len(),
+                    s.max_payload
+                );
+            }
+            packets.push(EchoPacket::new(Bytes::from(payload), 16, Some(tag)));
+        }
+    }
+    let total = packets.len();
+    let (conn, mut w, mut rd) = s.split();
+    let mut batches: Vec<Vec<EchoPacket>> = Vec::new();
+    let mut cur = Vec::new();
+    let mut cur_bytes = 0;
+    for p in packets {
+        if cur_bytes + p.payload.len() > INJECT_BATCH_BYTES && !cur.is_empty() {
+            batches.push(std::mem::take(&mut cur));
+            cur_bytes = 0;
+        }
+        cur_bytes += p.payload.len();
+        cur.push(p);
+    }
+    if !cur.is_empty() {
+        batches.push(cur);
+    }
+    let (mut accepted, mut rejected) = (0u64, 0u64);
+    for b in &batches {
+        w.inject(b).await?;
+        loop {
+            match rd.next_event().await? {
+                Some(ClientEvent::Injected {
+                    accepted: x,
+                    duplicates,
+                    rejected: y,
+                }) => {
+                    accepted += u64::from(x) + u64::from(duplicates);
+                    rejected += u64::from(y);
+                    break;
+                }
+                Some(ClientEvent::Error { message, .. }) => {
+                    bail!("node refused the message: {message}")
+                }
+                Some(_) => {}
+                None => bail!("node closed the session before confirming"),
+            }
+        }
+    }
+    w.finish();
+    conn.close(0u32.into(), b"done");
+    if rejected > 0 {
+        bail!("the node rejected {rejected} of {total} packets (too large for it?); nothing more was sent");
+    }
+    if json {
+        let to: Vec<_> = recipients
+            .iter()
+            .map(|r| serde_json::json!({"id": r.fingerprint.short_id().to_string(), "fingerprint": r.fingerprint.hex()}))
+            .collect();
+        println!("{}", serde_json::json!({"to": to, "packets": accepted}));
+    } else {
+        for r in &recipients {
+            println!(
+                "sent to {} ({}){}",
+                r.fingerprint.short_id(),
+                sanitize(&r.display_name),
+                if content.len() > 1 {
+                    format!(" in {} encrypted pieces", content.len())
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Text for a terminal: control characters (escape sequences, newlines) are shown escaped.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let me = load_key(&a.key)?;
+    let fp = me.fingerprint();
+    let inbox = tags::inbox_address(&fp);
+    std::fs::create_dir_all(&a.out_dir)
+        .with_context(|| format!("creating {}", a.out_dir.display()))?;
+    let (_ep, mut s) = target_node::connect(&a.node).await?;
+    s.subscribe(SubscribeFilter::Tags(tags::tags_around(&inbox, unix_now())))
+        .await?;
+    eprintln!("recv: listening as {} on {}", fp.short_id(), a.node.addr);
+    let timeout = a.timeout.or(if a.follow { None } else { Some(30.0) });
+    let deadline =
+        timeout.map(|t| tokio::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+    let mut files = Reassembler::new(a.max_file_bytes);
+    let mut shown = 0u64;
+    let (conn, mut w, mut rd) = s.split();
+    let mut epoch = tags::epoch_of(unix_now());
+    let mut resubscribe = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        if a.count.is_some_and(|c| shown >= c) {
+            break;
+        }
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        let ev = tokio::select! {
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {
+                if let Some(c) = a.count {
+                    eprintln!("echomeshctl: timeout after {shown} of {c} messages");
+                    conn.close(0u32.into(), b"done");
+                    return Ok(ExitCode::FAILURE);
+                }
+                break;
+            }
+            _ = resubscribe.tick() => {
+                // Follow the tag epoch (the node confirms with `Subscribed`, skipped below).
+                let now = tags::epoch_of(unix_now());
+                if now != epoch {
+                    epoch = now;
+                    w.subscribe(SubscribeFilter::Tags(tags::tags_around(&inbox, unix_now()))).await?;
+                }
+                continue;
+            }
+            ev = rd.next_event() => ev?,
+        };
+        match ev {
+            Some(ClientEvent::Deliver(batch)) => {
+                for p in batch {
+                    let opened = tokio::task::block_in_place(|| e2e::open(&me, &p.payload));
+                    shown += show(opened, &mut files, &a.out_dir, json)?;
+                }
+            }
+            Some(ClientEvent::Lagged { dropped }) => {
+                eprintln!("echomeshctl: warning: the node dropped {dropped} packets because this client read too slowly");
+            }
+            Some(ClientEvent::Error { message, .. }) => bail!("node refused: {message}"),
+            Some(_) => {}
+            None => bail!("node closed the session"),
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Print one received packet; returns how many messages it completed (0 for a file chunk
+/// that is not the last one).
+fn show(
+    opened: Result<e2e::Opened, e2e::OpenError>,
+    files: &mut Reassembler,
+    out_dir: &Path,
+    json: bool,
+) -> anyhow::Result<u64> {
+    let mut out = std::io::stdout().lock();
+    let line = match opened {
+        Err(e) => {
+            let from = e.claimed_sender();
+            let id = from
+                .map(|f| f.short_id().to_string())
+                .unwrap_or_else(|| "?".into());
+            if json {
+                serde_json::json!({"from": id, "fingerprint": from.map(|f| f.hex()),
+                    "status": "rejected", "reason": e.to_string()})
+                .to_string()
+            } else {
+                format!("{id} REJECTED {e}")
+            }
+        }
+        Ok(m) => {
+            let id = m.sender.short_id().to_string();
+            match m.content {
+                Content::Text(text) => {
+                    if json {
+                        serde_json::json!({"from": id, "fingerprint": m.sender.hex(), "status": "verified",
+                            "sent_at_ms": m.sent_at_ms, "text": text})
+                        .to_string()
+                    } else {
+                        format!("{id} verified {}", sanitize(&text))
+                    }
+                }
+                Content::FileChunk(c) => match files.add(m.sender.0, c) {
+                    Ok(None) => return Ok(0),
+                    Ok(Some(f)) => {
+                        let path = files::safe_destination(out_dir, &f.name);
+                        std::fs::write(&path, &f.data)
+                            .with_context(|| format!("writing {}", path.display()))?;
+                        if json {
+                            serde_json::json!({"from": id, "fingerprint": m.sender.hex(), "status": "verified",
+                                "sent_at_ms": m.sent_at_ms, "file": f.name, "bytes": f.data.len(),
+                                "path": path.display().to_string()})
+                            .to_string()
+                        } else {
+                            format!(
+                                "{id} verified file {} ({} bytes) saved to {}",
+                                sanitize(&f.name),
+                                f.data.len(),
+                                path.display()
+                            )
+                        }
+                    }
+                    Err(e) => {
+                        if json {
+                            serde_json::json!({"from": id, "fingerprint": m.sender.hex(), "status": "rejected", "reason": e.to_string()})
+                                .to_string()
+                        } else {
+                            format!("{id} REJECTED {e}")
+                        }
+                    }
+                },
+            }
+        }
+    };
+    writeln!(out, "{line}").map_err(|e| anyhow!("writing to stdout: {e}"))?;
+    out.flush().ok();
+    Ok(1)
+}

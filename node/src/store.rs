@@ -64,6 +64,9 @@ pub struct NeighborRecord {
     pub added_unix: u64,
 }
 
+/// A key and its value, as stored.
+pub type RawRecord = (Vec<u8>, Vec<u8>);
+
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
@@ -197,7 +200,7 @@ impl Store {
         prefix: &[u8],
         after: Option<[u8; 32]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<RawRecord>, StoreError> {
         let cf = self.cf(CF_KEY_BUNDLES)?;
         let start: Vec<u8> = match after {
             Some(a) => a.to_vec(),

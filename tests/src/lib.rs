@@ -298,30 +298,61 @@ impl TestNode {
 
     /// Start `echomeshctl tail` against this node and wait until it is subscribed.
     pub fn tail(&self, args: &[&str]) -> Tail {
-        let mut child = self
-            .ctl_cmd()
-            .args(["tail", "--node", &self.spec()])
-            .args(args)
+        let mut full = vec!["tail", "--node"];
+        let spec = self.spec();
+        full.push(&spec);
+        full.extend_from_slice(args);
+        self.ctl_background(&full, &[], "subscribed")
+    }
+
+    /// Start `echomeshctl ARGS` in the background (with extra environment) and wait until its
+    /// stderr contains `ready` (e.g. tail's "subscribed", recv's "listening").
+    pub fn ctl_background(&self, args: &[&str], env: &[(&str, &str)], ready: &str) -> Tail {
+        let mut cmd = self.ctl_cmd();
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn tail");
+            .expect("spawn echomeshctl");
         let mut stderr = child.stderr.take().expect("stderr");
-        // Read stderr until the subscription is confirmed.
         let mut seen = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut byte = [0u8; 1];
-        while !String::from_utf8_lossy(&seen).contains("subscribed") {
-            assert!(Instant::now() < deadline, "tail did not subscribe");
+        while !String::from_utf8_lossy(&seen).contains(ready) {
+            assert!(
+                Instant::now() < deadline,
+                "echomeshctl {args:?} did not get ready"
+            );
             match stderr.read(&mut byte) {
                 Ok(1) => seen.push(byte[0]),
                 _ => panic!(
-                    "tail exited before subscribing: {}",
+                    "echomeshctl {args:?} exited before it was ready: {}",
                     String::from_utf8_lossy(&seen)
                 ),
             }
         }
         Tail { child, stderr }
+    }
+
+    /// Run `echomeshctl` with extra environment; require success, return stdout.
+    pub fn ctl_env_ok(&self, env: &[(&str, &str)], args: &[&str]) -> String {
+        let mut cmd = self.ctl_cmd();
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run echomeshctl");
+        assert!(
+            out.status.success(),
+            "echomeshctl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn kill9(&mut self) {
@@ -387,7 +418,8 @@ pub struct Tail {
 }
 
 impl Tail {
-    /// Wait for tail to exit (it must have --count or --timeout) and return its stdout lines.
+    /// Wait for the command to exit (it must have --count or --timeout) and return its stdout
+    /// lines.
     pub fn finish(mut self, timeout: Duration) -> (bool, Vec<String>) {
         let deadline = Instant::now() + timeout;
         let mut stdout = self.child.stdout.take().expect("stdout");
@@ -405,7 +437,7 @@ impl Tail {
                 let _ = self.child.wait();
                 let mut err = String::new();
                 let _ = self.stderr.read_to_string(&mut err);
-                panic!("tail did not finish within {timeout:?}: {err}");
+                panic!("background echomeshctl did not finish within {timeout:?}: {err}");
             }
             std::thread::sleep(Duration::from_millis(20));
         };

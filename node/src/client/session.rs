@@ -21,6 +21,8 @@ use crate::wire::{
 };
 
 const MAX_TAGS: usize = 1024;
+const READER_ENDED_BY_WRITER: &str = "writer ended";
+const FRAME_ERROR: &str = "frame error";
 const MAX_DELIVER_BATCH: usize = 256 * 1024;
 
 enum Filter {
@@ -135,6 +137,12 @@ impl Subscribers {
 /// Serve one client connection until it ends.
 pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
     let remote = conn.remote_address();
+    // Peers get large windows; a client gets small ones, so that a slow or hostile client
+    // costs the node a bounded amount of memory.
+    conn.set_send_window(crate::transport::CLIENT_SEND_WINDOW);
+    conn.set_receive_window(quinn::VarInt::from_u32(
+        crate::transport::CLIENT_RECEIVE_WINDOW,
+    ));
     let subs = &ctx.router.subscribers;
     let Some(_slot) = subs.try_open() else {
         ctx.metrics
@@ -223,12 +231,29 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
         lagged: AtomicU64::new(0),
     });
     let (ctrl_tx, ctrl_rx) = mpsc::channel::<ClientEvent>(32);
+    // The writer ends after the reader, once it has sent the reader's last words (an error
+    // explaining why the session ends), so a refused client learns why.
+    let session = async {
+        let (r, w) = tokio::join!(
+            read_requests(&ctx, &sub, &mut recv, ctrl_tx),
+            write_events(&ctx.metrics, &sub, &mut send, ctrl_rx)
+        );
+        if r == READER_ENDED_BY_WRITER {
+            w
+        } else {
+            r
+        }
+    };
     let reason = tokio::select! {
-        r = read_requests(&ctx, &sub, &mut recv, ctrl_tx) => r,
-        r = write_events(&ctx.metrics, &sub, &mut send, ctrl_rx) => r,
+        r = session => r,
         e = conn.closed() => format!("closed: {e}"),
         _ = ctx.shutdown.cancelled() => "node stopping".into(),
     };
+    if reason.starts_with(FRAME_ERROR) {
+        // Let the explanation reach the client before the connection goes (bounded).
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    }
     subs.unregister(sub.id);
     let pending = sub.queue.clear();
     if pending > 0 {
@@ -270,7 +295,7 @@ async fn read_requests(
                         })
                         .await;
                 }
-                return format!("frame error: {e}");
+                return format!("{FRAME_ERROR}: {e}");
             }
         };
         let kind = match &req {
@@ -301,7 +326,7 @@ async fn read_requests(
                     },
                 };
                 if ctrl.send(ev).await.is_err() {
-                    return "writer ended".into();
+                    return READER_ENDED_BY_WRITER.into();
                 }
             }
             ClientRequest::LookupKey(who) => {
@@ -313,7 +338,7 @@ async fn read_requests(
                     },
                 };
                 if ctrl.send(ev).await.is_err() {
-                    return "writer ended".into();
+                    return READER_ENDED_BY_WRITER.into();
                 }
             }
             ClientRequest::Inject(batch) => {
@@ -333,7 +358,7 @@ async fn read_requests(
                     rejected: acc.rejected,
                 };
                 if ctrl.send(ev).await.is_err() {
-                    return "writer ended".into();
+                    return READER_ENDED_BY_WRITER.into();
                 }
             }
             ClientRequest::Subscribe(filter) => {
@@ -357,7 +382,7 @@ async fn read_requests(
                 *sub.filter.write().unwrap_or_else(|p| p.into_inner()) = f;
                 ctx.router.subscribers.register(sub.clone());
                 if ctrl.send(ClientEvent::Subscribed).await.is_err() {
-                    return "writer ended".into();
+                    return READER_ENDED_BY_WRITER.into();
                 }
             }
             ClientRequest::Hello { .. } => {

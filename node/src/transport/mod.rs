@@ -25,13 +25,21 @@ pub enum TransportError {
 
 /// Transport parameters shared by all connections: keep-alives, idle timeout, and windows
 /// large enough for batched echo frames.
+/// Flow-control window of one stream (what a receiver lets a sender have unread).
+pub const STREAM_RECEIVE_WINDOW: u32 = 8 << 20;
+/// Unacknowledged bytes the node keeps for one client connection; with
+/// `limits.client_queue_bytes` this bounds the node's memory per slow client.
+pub const CLIENT_SEND_WINDOW: u64 = 1 << 20;
+/// Unread bytes a client may push at the node.
+pub const CLIENT_RECEIVE_WINDOW: u32 = 2 << 20;
+
 pub fn transport_config(p: &PeerSection) -> Result<quinn::TransportConfig, TransportError> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_millis(p.keepalive_ms)));
     let idle = quinn::IdleTimeout::try_from(Duration::from_millis(p.idle_timeout_ms))
         .map_err(|e| TransportError::Quic(format!("idle timeout: {e}")))?;
     t.max_idle_timeout(Some(idle));
-    t.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
+    t.stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW));
     t.receive_window(quinn::VarInt::from_u32(16 << 20));
     t.send_window(16 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(8));

@@ -1,0 +1,504 @@
+//! End-to-end encrypted messaging between people on different nodes, with real node
+//! processes, real QUIC and the real `echomeshctl`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use echomesh_ctl::e2e::{self, Body, Content, Participant, Recipient};
+use echomesh_ctl::keyfile;
+use echomesh_node::client::{self, ClientError};
+use echomesh_node::echo::EchoPacket;
+use echomesh_node::keydir::{unix_now, BundleKind, ParticipantRef};
+use echomesh_node::tags;
+use echomesh_node::wire::{ClientEvent, SubscribeFilter};
+use echomesh_tests::{wait_for, TestNode};
+
+const PASS: (&str, &str) = ("ECHOMESH_PASSPHRASE", "correct horse battery");
+
+fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+/// `keys gen` through the CLI; returns (file, short ID).
+fn gen_key(
+    n: &TestNode,
+    dir: &Path,
+    name: &str,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> (PathBuf, String) {
+    let file = dir.join(format!("{name}.key"));
+    let mut args = vec!["--json", "keys", "gen", "--out", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let v: serde_json::Value = serde_json::from_str(&n.ctl_env_ok(env, &args)).unwrap();
+    (file, v["id"].as_str().unwrap().to_string())
+}
+
+fn publish(n: &TestNode, key: &Path, name: &str, env: &[(&str, &str)]) -> String {
+    let out = n.ctl_env_ok(
+        env,
+        &[
+            "--json",
+            "keys",
+            "publish",
+            "--node",
+            &n.spec(),
+            "--key",
+            key.to_str().unwrap(),
+            "--name",
+            name,
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// Wait until `n` answers a lookup for `id` (bundles flood through the mesh).
+fn wait_known(n: &TestNode, id: &str) {
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{id} to reach the directory of {}", n.info.id),
+        || {
+            let out = n.ctl(&["--json", "keys", "lookup", "--node", &n.spec(), id]);
+            out.status.success().then_some(())
+        },
+    );
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Done-when 1 and 2: Alice on A, Bob on C, Carol on B; text, a 1 MiB picture and a group
+/// message arrive verified; no node's data directory or log holds any of the plaintext.
+#[test]
+fn two_people_and_a_group_across_three_nodes_and_no_node_sees_plaintext() {
+    let root = tempfile::tempdir().unwrap();
+    let people = tempfile::tempdir().unwrap();
+    let a = TestNode::start(root.path(), "a", 0, &[]);
+    let b = TestNode::start(root.path(), "b", 0, &[]);
+    let c = TestNode::start(root.path(), "c", 0, &[]);
+    a.link(&b);
+    b.link(&c);
+
+    let (alice_key, alice_id) = gen_key(&a, people.path(), "alice", &[PASS], &[]);
+    let (bob_key, bob_id) = gen_key(&c, people.path(), "bob", &[], &["--no-passphrase"]);
+    let (carol_key, carol_id) = gen_key(&b, people.path(), "carol", &[], &["--no-passphrase"]);
+    assert_eq!(publish(&a, &alice_key, "Alice", &[PASS]), alice_id);
+    assert_eq!(publish(&c, &bob_key, "Bob", &[]), bob_id);
+    assert_eq!(publish(&b, &carol_key, "Carol", &[]), carol_id);
+
+    // Alice looks Bob up at A (his bundle was published at C).
+    wait_known(&a, &bob_id);
+    wait_known(&a, &carol_id);
+    let v: serde_json::Value = serde_json::from_str(&a.ctl_ok(&[
+        "--json",
+        "keys",
+        "lookup",
+        "--node",
+        &a.spec(),
+        &bob_id,
+    ]))
+    .unwrap();
+    assert_eq!(v["id"], bob_id.as_str());
+    assert_eq!(v["name"], "Bob");
+    assert_eq!(v["fingerprint"].as_str().unwrap().len(), 64);
+
+    let bob_dir = people.path().join("bob-files");
+    let bob_recv = c.ctl_background(
+        &[
+            "--json",
+            "recv",
+            "--node",
+            &c.spec(),
+            "--key",
+            bob_key.to_str().unwrap(),
+            "--count",
+            "3",
+            "--timeout",
+            "90",
+            "--out-dir",
+            bob_dir.to_str().unwrap(),
+        ],
+        &[],
+        "listening",
+    );
+    let carol_recv = b.ctl_background(
+        &[
+            "recv",
+            "--node",
+            &b.spec(),
+            "--key",
+            carol_key.to_str().unwrap(),
+            "--count",
+            "1",
+            "--timeout",
+            "90",
+        ],
+        &[],
+        "listening",
+    );
+
+    let hello = "hello Bob, this is Alice 7f3a9c";
+    let group = "group note 51d2e0 for Bob and Carol";
+    let mut picture = b"\x89PNG\r\n\x1a\n".to_vec();
+    picture.extend((0..(1 << 20) - 8).map(|_| rand::random::<u8>()));
+    let pic_path = people.path().join("holiday.png");
+    std::fs::write(&pic_path, &picture).unwrap();
+    let alice = alice_key.to_str().unwrap();
+    a.ctl_env_ok(
+        &[PASS],
+        &[
+            "send",
+            "--node",
+            &a.spec(),
+            "--key",
+            alice,
+            "--to",
+            &bob_id,
+            hello,
+        ],
+    );
+    a.ctl_env_ok(
+        &[PASS],
+        &[
+            "send",
+            "--node",
+            &a.spec(),
+            "--key",
+            alice,
+            "--to",
+            &bob_id,
+            "--file",
+            pic_path.to_str().unwrap(),
+        ],
+    );
+    let out = a.ctl_env_ok(
+        &[PASS],
+        &[
+            "--json",
+            "send",
+            "--node",
+            &a.spec(),
+            "--key",
+            alice,
+            "--to",
+            &format!("{bob_id},{carol_id}"),
+            group,
+        ],
+    );
+    let sent: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(sent["to"].as_array().unwrap().len(), 2, "{sent}");
+
+    let (ok, lines) = bob_recv.finish(Duration::from_secs(90));
+    assert!(ok, "{lines:?}");
+    let msgs = json_lines(&lines);
+    assert_eq!(msgs.len(), 3, "{lines:?}");
+    for m in &msgs {
+        assert_eq!(m["from"], alice_id.as_str(), "{m}");
+        assert_eq!(m["status"], "verified", "{m}");
+    }
+    assert_eq!(msgs[0]["text"], hello);
+    assert_eq!(msgs[1]["file"], "holiday.png");
+    assert_eq!(msgs[1]["bytes"], picture.len());
+    assert_eq!(
+        std::fs::read(bob_dir.join("holiday.png")).unwrap(),
+        picture,
+        "picture differs"
+    );
+    assert_eq!(msgs[2]["text"], group);
+
+    let (ok, lines) = carol_recv.finish(Duration::from_secs(90));
+    assert!(ok, "{lines:?}");
+    assert_eq!(lines, vec![format!("{alice_id} verified {group}")]);
+
+    // No node ever held the plaintext: not in RocksDB, not in its logs, nowhere in its data
+    // directory. A 64-byte run from the middle of the picture stands for the picture.
+    let pic_sample = &picture[500_000..500_064];
+    for node in [&a, &b, &c] {
+        for f in files_under(&node.dir) {
+            let data = std::fs::read(&f).unwrap();
+            for (what, needle) in [
+                ("text", hello.as_bytes()),
+                ("group text", group.as_bytes()),
+                ("picture", pic_sample),
+            ] {
+                assert!(!contains(&data, needle), "{what} found in {}", f.display());
+            }
+        }
+    }
+    // The test would see plaintext if it were there: the receiver's own copy has it.
+    assert!(contains(
+        &std::fs::read(bob_dir.join("holiday.png")).unwrap(),
+        pic_sample
+    ));
+
+    // The directory flooded: every node holds all three bundles.
+    for node in [&a, &b, &c] {
+        wait_for(Duration::from_secs(10), "three bundles everywhere", || {
+            (node.metric("echomesh_key_bundles") == 3.0).then_some(())
+        });
+    }
+    assert!(a.metric("echomesh_client_requests_total{kind=\"lookup_key\"}") >= 3.0);
+}
+
+async fn session(n: &TestNode) -> client::ClientSession {
+    let ep = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let s = client::connect(
+        &ep,
+        n.info.quic,
+        Some(n.fingerprint().parse().unwrap()),
+        "test",
+    )
+    .await
+    .unwrap();
+    // The endpoint must outlive the session.
+    std::mem::forget(ep);
+    s
+}
+
+async fn inject_one(s: &mut client::ClientSession, p: EchoPacket) {
+    s.inject(&[p]).await.unwrap();
+    loop {
+        match s.next_event().await.unwrap() {
+            Some(ClientEvent::Injected { .. }) => return,
+            Some(_) => {}
+            None => panic!("session closed"),
+        }
+    }
+}
+
+/// Done-when 3: a tampered ciphertext, a message signed by the wrong key, a bundle with a bad
+/// signature and a malformed client frame are each refused with a clear error and counted, and
+/// node and clients keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgeries_and_junk_are_refused_and_counted() {
+    let root = tempfile::tempdir().unwrap();
+    let a = TestNode::start(root.path(), "a", 0, &[]);
+
+    let (alice, bob, eve) = tokio::task::spawn_blocking(|| {
+        (
+            Participant::generate().unwrap(),
+            Participant::generate().unwrap(),
+            Participant::generate().unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    let bob_file = root.path().join("bob.key");
+    keyfile::save(&bob_file, &bob, None).unwrap();
+    let mut s = session(&a).await;
+    assert!(s
+        .publish_key(bob.bundle(BundleKind::Publish, "Bob", unix_now()))
+        .await
+        .unwrap());
+
+    // A bundle whose signature does not cover its content.
+    let mut bad = alice.bundle(BundleKind::Publish, "Alice", unix_now());
+    bad.display_name = "Bob".into();
+    match s.publish_key(bad).await {
+        Err(ClientError::Refused(msg)) => assert!(msg.contains("signature"), "{msg}"),
+        other => panic!("bad bundle accepted: {other:?}"),
+    }
+    assert_eq!(
+        a.metric("echomesh_key_bundles_rejected_total{reason=\"bad_signature\"}"),
+        1.0
+    );
+    // The session still works: lookups answer.
+    assert!(s
+        .lookup_key(ParticipantRef::Full(alice.fingerprint()))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.lookup_key(ParticipantRef::Short(bob.fingerprint().short_id()))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A malformed frame closes only that session, with an explanation, and is counted.
+    let frames_before =
+        a.metric("echomesh_frame_errors_total{kind=\"undecodable\",role=\"client\"}");
+    let (conn, mut w, mut r) = session(&a).await.split();
+    w.write_raw(&[0, 0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    match r.next_event().await {
+        Ok(Some(ClientEvent::Error { message, .. })) => {
+            assert!(message.contains("decoded"), "{message}")
+        }
+        other => panic!("expected an error event, got {other:?}"),
+    }
+    conn.closed().await;
+    assert_eq!(
+        a.metric("echomesh_frame_errors_total{kind=\"undecodable\",role=\"client\"}"),
+        frames_before + 1.0
+    );
+
+    // Bob listens; three packets arrive on his inbox tag: tampered, forged, genuine.
+    let recv = a.ctl_background(
+        &[
+            "--json",
+            "recv",
+            "--node",
+            &a.spec(),
+            "--key",
+            bob_file.to_str().unwrap(),
+            "--count",
+            "3",
+            "--timeout",
+            "60",
+        ],
+        &[],
+        "listening",
+    );
+    let to_bob = Recipient::from_bundle(
+        &bob.bundle(BundleKind::Publish, "Bob", unix_now()),
+        unix_now(),
+    )
+    .unwrap();
+    let tag = tags::tag(
+        &tags::inbox_address(&bob.fingerprint()),
+        tags::epoch_of(unix_now()),
+    );
+    let mut tampered = e2e::seal(&alice, &to_bob, Content::Text("tampered".into())).unwrap();
+    let at = tampered.len() - 10;
+    tampered[at] ^= 0x40;
+    let body = Body {
+        recipient: bob.fingerprint(),
+        sent_at_ms: e2e::now_ms(),
+        nonce: rand::random(),
+        content: Content::Text("send money to Eve".into()),
+    };
+    let forged = e2e::seal_parts(alice.public_der(), &eve, &to_bob, &body).unwrap();
+    let genuine = e2e::seal(&alice, &to_bob, Content::Text("genuine".into())).unwrap();
+    for payload in [tampered, forged, genuine] {
+        inject_one(&mut s, EchoPacket::new(Bytes::from(payload), 16, Some(tag))).await;
+    }
+    let (ok, lines) = tokio::task::spawn_blocking(move || recv.finish(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(ok, "{lines:?}");
+    let msgs = json_lines(&lines);
+    assert_eq!(msgs[0]["status"], "rejected");
+    assert!(
+        msgs[0]["reason"].as_str().unwrap().contains("altered"),
+        "{}",
+        msgs[0]
+    );
+    assert_eq!(msgs[1]["status"], "rejected");
+    assert_eq!(msgs[1]["from"], alice.fingerprint().short_id().to_string());
+    assert!(
+        msgs[1]["reason"].as_str().unwrap().contains("signature"),
+        "{}",
+        msgs[1]
+    );
+    assert_eq!(msgs[2]["status"], "verified");
+    assert_eq!(msgs[2]["text"], "genuine");
+    assert!(a.http_get("/readyz").0 == 200);
+}
+
+/// Done-when 4: a client that subscribes and never reads holds at most its queue bound in
+/// the node while 10 000 packets flow, loses packets (counted) instead, and is told it lagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_stays_within_its_bound() {
+    const BOUND: usize = 1 << 20;
+    let root = tempfile::tempdir().unwrap();
+    let cfg = root.path().join("small.toml");
+    std::fs::write(
+        &cfg,
+        format!("[limits]\nclient_queue_bytes = {BOUND}\n[echo]\nmax_payload_bytes = 65536\n"),
+    )
+    .unwrap();
+    let a = TestNode::start(
+        root.path(),
+        "a",
+        0,
+        &["--config".into(), cfg.display().to_string()],
+    );
+    let rss_before = a.metric("process_resident_memory_bytes");
+
+    let mut slow = session(&a).await;
+    slow.subscribe(SubscribeFilter::All).await.unwrap();
+    // From here on `slow` is never read while the traffic flows.
+    let spec = a.spec();
+    let node = std::sync::Arc::new(a);
+    let n2 = node.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        n2.ctl_ok(&[
+            "--json", "inject", "--node", &spec, "--count", "10000", "--size", "8192",
+        ])
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["accepted"], 10000, "{v}");
+
+    // The gauge is sampled every second: wait for a sample taken after the flood.
+    let dropped = node.metric("echomesh_packets_dropped_total{reason=\"client_queue_full\"}");
+    let n3 = node.clone();
+    let queued = tokio::task::spawn_blocking(move || {
+        wait_for(Duration::from_secs(10), "client queue gauge", || {
+            let q = n3.metric("echomesh_client_queue_bytes");
+            (q > 0.0).then_some(q)
+        })
+    })
+    .await
+    .unwrap();
+    assert!(
+        queued <= BOUND as f64,
+        "client queue holds {queued} bytes, bound {BOUND}"
+    );
+    // 80 MB flowed. What escaped the drop is bounded: the client's queue, one frame being
+    // written, and the client's QUIC stream window (data its stack accepted but it never read).
+    let escaped =
+        (BOUND + (256 << 10) + echomesh_node::transport::STREAM_RECEIVE_WINDOW as usize) / 8192;
+    assert!(
+        dropped >= (10_000 - escaped) as f64,
+        "only {dropped} packets dropped for the slow client (at most {escaped} could escape)"
+    );
+    let rss_after = node.metric("process_resident_memory_bytes");
+    assert!(
+        rss_after - rss_before < 48.0 * 1024.0 * 1024.0,
+        "node RSS grew by {} MiB",
+        (rss_after - rss_before) / 1048576.0
+    );
+
+    // When it finally reads, the client is told how much it missed.
+    let lagged = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match slow.next_event().await.unwrap() {
+                Some(ClientEvent::Lagged { dropped }) => return dropped,
+                Some(_) => {}
+                None => panic!("node closed the slow session"),
+            }
+        }
+    })
+    .await
+    .expect("a Lagged notice");
+    assert!(lagged > 0);
+    assert!(node.http_get("/readyz").0 == 200);
+}

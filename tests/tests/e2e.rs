@@ -502,3 +502,99 @@ async fn a_client_that_never_reads_stays_within_its_bound() {
     assert!(lagged > 0);
     assert!(node.http_get("/readyz").0 == 200);
 }
+
+/// A node that joins after keys were published catches up (the directory is offered to new
+/// neighbors); a revocation floods too, and nobody can send to a revoked key. Typos in IDs
+/// are caught by the client before any lookup.
+#[test]
+fn late_joiner_learns_the_directory_and_revocations_are_final() {
+    let root = tempfile::tempdir().unwrap();
+    let a = TestNode::start(root.path(), "a", 0, &[]);
+    let (bob_key, bob_id) = gen_key(&a, root.path(), "bob", &[], &["--no-passphrase"]);
+    let (alice_key, _) = gen_key(&a, root.path(), "alice", &[], &["--no-passphrase"]);
+    publish(&a, &bob_key, "Bob", &[]);
+
+    let b = TestNode::start(root.path(), "b", 0, &[]);
+    a.link(&b);
+    wait_known(&b, &bob_id);
+
+    let out = a.ctl_ok(&[
+        "--json",
+        "keys",
+        "revoke",
+        "--node",
+        &a.spec(),
+        "--key",
+        bob_key.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], "revoked");
+    wait_for(Duration::from_secs(20), "the revocation to reach b", || {
+        let out = b.ctl_ok(&["--json", "keys", "lookup", "--node", &b.spec(), &bob_id]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (v["status"] == "revoked").then_some(())
+    });
+    let send = b.ctl(&[
+        "send",
+        "--node",
+        &b.spec(),
+        "--key",
+        alice_key.to_str().unwrap(),
+        "--to",
+        &bob_id,
+        "hi",
+    ]);
+    assert_eq!(send.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&send.stderr).contains("revoked"),
+        "{send:?}"
+    );
+    // Publishing the revoked key again is refused with the reason.
+    let again = a.ctl(&[
+        "keys",
+        "publish",
+        "--node",
+        &a.spec(),
+        "--key",
+        bob_key.to_str().unwrap(),
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("revoked"),
+        "{again:?}"
+    );
+    assert_eq!(
+        a.metric("echomesh_key_bundles_rejected_total{reason=\"revoked\"}"),
+        1.0
+    );
+
+    // One wrong character: detected locally, not routed to a stranger.
+    let mut typo: Vec<char> = bob_id.chars().collect();
+    typo[3] = if typo[3] == 'X' { 'Y' } else { 'X' };
+    let typo: String = typo.into_iter().collect();
+    let out = b.ctl(&["keys", "lookup", "--node", &b.spec(), &typo]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("typo"),
+        "{out:?}"
+    );
+
+    // A protected key needs its passphrase, and a wrong one is a clear error.
+    let (locked, _) = gen_key(&a, root.path(), "locked", &[PASS], &[]);
+    let wrong = a
+        .ctl_cmd()
+        .env("ECHOMESH_PASSPHRASE", "nope")
+        .args(["keys", "show", "--key", locked.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("wrong passphrase"),
+        "{wrong:?}"
+    );
+    let none = a.ctl(&["keys", "show", "--key", locked.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("ECHOMESH_PASSPHRASE"),
+        "{none:?}"
+    );
+}

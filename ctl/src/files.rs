@@ -13,10 +13,12 @@ use crate::e2e::{Content, FileChunk};
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
 /// Files reassembled at once; the oldest incomplete one is evicted beyond this.
 pub const MAX_FILES_IN_PROGRESS: usize = 16;
+/// Smallest chunk a sender makes (except the last): bounds how many chunks a file may claim.
+pub const MIN_CHUNK: u64 = 1024;
 
 /// Split a file into chunk contents of at most `chunk` bytes of data each.
 pub fn chunks(name: &str, data: &[u8], chunk: usize) -> Vec<Content> {
-    let chunk = chunk.max(1);
+    let chunk = chunk.max(MIN_CHUNK as usize);
     let file_id = *blake3::hash(data).as_bytes();
     let count = data.len().div_ceil(chunk).max(1) as u32;
     (0..count)
@@ -65,6 +67,7 @@ struct Partial {
     count: u32,
     parts: Vec<Option<Bytes>>,
     have: u32,
+    bytes: u64,
     order: u64,
 }
 
@@ -100,7 +103,7 @@ impl Reassembler {
                 max: self.max_file,
             });
         }
-        let max_chunks = c.total_len.max(1);
+        let max_chunks = c.total_len.div_ceil(MIN_CHUNK).max(1);
         let inconsistent = |c: &FileChunk| ChunkError::Inconsistent {
             name: c.name.clone(),
             index: c.index,
@@ -130,6 +133,7 @@ impl Reassembler {
             count: c.count,
             parts: vec![None; c.count as usize],
             have: 0,
+            bytes: 0,
             order,
         });
         if p.count != c.count
@@ -141,6 +145,16 @@ impl Reassembler {
         }
         let slot = &mut p.parts[c.index as usize];
         if slot.is_none() {
+            p.bytes += c.data.len() as u64;
+            if p.bytes > p.total_len {
+                let name = p.name.clone();
+                self.partial.remove(&key);
+                return Err(ChunkError::Inconsistent {
+                    name,
+                    index: c.index,
+                    count: c.count,
+                });
+            }
             *slot = Some(c.data);
             p.have += 1;
         }
@@ -232,13 +246,21 @@ mod tests {
     fn bounds_hold() {
         let mut r = Reassembler::new(10);
         let big = chunk_of(chunks("big", &[0u8; 11], 4).remove(0));
+        // A chunk claiming more pieces than the size allows is refused before allocating.
+        let mut greedy = chunk_of(chunks("g", &[0u8; 10], 5).remove(0));
+        greedy.count = u32::MAX;
+        let mut r2 = Reassembler::new(1 << 20);
+        assert!(matches!(
+            r2.add([0; 32], greedy),
+            Err(ChunkError::Inconsistent { .. })
+        ));
         assert!(matches!(
             r.add([0; 32], big),
             Err(ChunkError::TooLarge { .. })
         ));
         let mut r = Reassembler::new(1 << 20);
         for i in 0..(MAX_FILES_IN_PROGRESS as u8 + 3) {
-            let c = chunk_of(chunks("f", &[i; 10], 5).remove(0));
+            let c = chunk_of(chunks("f", &[i; 3000], 1024).remove(0));
             assert!(r.add([0; 32], c).unwrap().is_none());
         }
         assert_eq!(r.evicted, 3);

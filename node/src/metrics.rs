@@ -218,7 +218,7 @@ impl Metrics {
             ),
             key_lookups: counter_vec(
                 "echomesh_key_lookups_total",
-                "Key directory lookups, by result (found, not_found, invalid).",
+                "Key directory lookups, by result (found, not_found).",
                 &["result"],
             ),
             connections_rejected: counter_vec(
@@ -286,7 +286,7 @@ impl Metrics {
                 m.key_bundles_offered.with_label_values(&[src, res]);
             }
         }
-        for r in ["found", "not_found", "invalid"] {
+        for r in ["found", "not_found"] {
             m.key_lookups.with_label_values(&[r]);
         }
         for s in ["up", "connecting", "down"] {

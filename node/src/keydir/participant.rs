@@ -59,9 +59,22 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
-/// A short participant ID, check character verified.
+/// A short participant ID, check character verified (also when it arrives off the wire).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "[u8; SHORT_LEN]")]
 pub struct ShortId([u8; SHORT_LEN]);
+
+impl TryFrom<[u8; SHORT_LEN]> for ShortId {
+    type Error = String;
+    fn try_from(digits: [u8; SHORT_LEN]) -> Result<Self, String> {
+        if digits.iter().any(|d| *d >= 32)
+            || check_digit(&digits[..SHORT_LEN - 1]) != digits[SHORT_LEN - 1]
+        {
+            return Err("invalid short participant ID".into());
+        }
+        Ok(ShortId(digits))
+    }
+}
 
 impl ShortId {
     /// The 45 fingerprint bits as (first five bytes, top five bits of the sixth byte).
@@ -261,6 +274,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn decoding_checks_digits_and_check_character() {
+        let id = fp(3).short_id();
+        let bytes = crate::wire::record_to_vec(&id).unwrap();
+        let back: ShortId = crate::wire::decode_body(&bytes).unwrap();
+        assert_eq!(back, id);
+        let mut bad = id.0;
+        bad[0] = 200;
+        let bytes = crate::wire::record_to_vec(&bad).unwrap();
+        assert!(crate::wire::decode_body::<ShortId>(&bytes).is_err());
+        bad = id.0;
+        bad[9] ^= 1;
+        let bytes = crate::wire::record_to_vec(&bad).unwrap();
+        assert!(crate::wire::decode_body::<ShortId>(&bytes).is_err());
     }
 
     #[test]

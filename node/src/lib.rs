@@ -9,7 +9,8 @@
 //! - `peer`: neighbor table, dialing, peer sessions, invite/join.
 //! - `client`: client sessions (node side) and the client library (client side).
 //! - `keydir`: the key directory (EPKS): participant IDs, signed key bundles.
-//! - `tags`: epoch-rotating packet tags (inboxes, key directory, later ozones).
+//! - `tags`: epoch-rotating packet tags (inboxes, key directory, ozones).
+//! - `ozone`: ozone addressing, durable storage and placement (replication in progress).
 //! - `admin`: admin HTTP API and its JSON types.
 //! - `store`: RocksDB.  `metrics`: Prometheus.  `node`: assembly and lifecycle.
 
@@ -23,6 +24,7 @@ pub mod keydir;
 pub mod metrics;
 pub mod node;
 pub mod outq;
+pub mod ozone;
 pub mod peer;
 pub mod rate;
 pub mod router;

@@ -106,7 +106,12 @@ impl Store {
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
-    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+    /// The database, for modules that own their column families' layout (`ozone::store`).
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
         self.db
             .cf_handle(name)
             .ok_or_else(|| StoreError::Corrupt(format!("column family {name} missing")))
@@ -252,7 +257,7 @@ impl Store {
 }
 
 /// Write options for acknowledged, durable writes: the WAL is synced before returning.
-fn synced() -> WriteOptions {
+pub(crate) fn synced() -> WriteOptions {
     let mut w = WriteOptions::default();
     w.set_sync(true);
     w

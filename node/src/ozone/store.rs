@@ -1,0 +1,617 @@
+//! Durable ozone storage in RocksDB. Blocking: call from the blocking pool.
+//!
+//! Layout (one key space per column family, prefixed so indexes never collide):
+//! - `messages`:   `m ‖ A ‖ seq ‖ id` → message;  `i ‖ A ‖ id` → seq;  `e ‖ expires ‖ A ‖ seq ‖ id`
+//!   → (retention index)
+//! - `tombstones`: `t ‖ A ‖ id` → expiry;  `e ‖ expires ‖ A ‖ id` → (expiry index)
+//! - `node_state`: `ozs/ ‖ A` → per-ozone counts (messages, bytes)
+//!
+//! `seq` orders an ozone's messages (oldest first); it is assigned once, by the node that
+//! accepted the deposit, and travels with the message to the other replicas, so every replica
+//! returns the same order. Acknowledging deletes the message and leaves a tombstone, so that a
+//! replica that missed the acknowledgement cannot bring the message back. Every change is one
+//! synced write batch: an acknowledged deposit or acknowledgement survives a crash.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use rocksdb::WriteBatch;
+use serde::{Deserialize, Serialize};
+
+use super::OzoneAddr;
+use crate::store::{synced, Store, StoreError, CF_MESSAGES, CF_NODE_STATE, CF_TOMBSTONES};
+use crate::wire;
+
+/// Storage limits for ozones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OzoneLimits {
+    pub max_messages_per_ozone: u64,
+    pub max_bytes_per_ozone: u64,
+    pub max_message_bytes: u64,
+    /// Messages older than this are evicted (counted); tombstones live as long.
+    pub retention_ms: u64,
+    /// All ozones together; deposits beyond it are refused.
+    pub max_total_bytes: u64,
+}
+
+impl Default for OzoneLimits {
+    fn default() -> Self {
+        OzoneLimits {
+            max_messages_per_ozone: 10_000,
+            max_bytes_per_ozone: 64 << 20,
+            max_message_bytes: 256 << 10,
+            retention_ms: 14 * 24 * 3600 * 1000,
+            max_total_bytes: 1 << 30,
+        }
+    }
+}
+
+/// One stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub addr: OzoneAddr,
+    /// Order within the ozone (assigned by the accepting node).
+    pub seq: u64,
+    /// blake3 of the payload.
+    #[serde(with = "crate::wire::bytes32")]
+    pub id: [u8; 32],
+    pub expires_ms: u64,
+    pub payload: Bytes,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Value {
+    expires_ms: u64,
+    payload: Bytes,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OzoneStats {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepositOutcome {
+    Stored,
+    /// Already stored: nothing changed (deposits are idempotent).
+    Duplicate,
+    /// Already acknowledged by the owner: not stored again.
+    Acknowledged,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OzoneError {
+    #[error("ozone holds {have} messages, its quota is {max}; the owner must fetch and acknowledge first")]
+    QuotaMessages { have: u64, max: u64 },
+    #[error(
+        "ozone holds {have} bytes, its quota is {max}; the owner must fetch and acknowledge first"
+    )]
+    QuotaBytes { have: u64, max: u64 },
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: u64, max: u64 },
+    #[error("the node's ozone storage budget is full ({max} bytes); try another node, operators: raise ozone.max_total_bytes or add disk")]
+    DiskBudget { max: u64 },
+    #[error("message id does not match its content")]
+    BadId,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl OzoneError {
+    /// `reason` label of `echomesh_ozone_deposits_rejected_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            OzoneError::QuotaMessages { .. } | OzoneError::QuotaBytes { .. } => "quota",
+            OzoneError::TooLarge { .. } => "too_large",
+            OzoneError::DiskBudget { .. } => "disk_budget",
+            OzoneError::BadId => "bad_id",
+            OzoneError::Store(_) => "storage",
+        }
+    }
+}
+
+/// What a retention sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub messages: u64,
+    pub bytes: u64,
+    pub tombstones: u64,
+}
+
+pub struct OzoneStore {
+    store: Store,
+    limits: OzoneLimits,
+    total_bytes: AtomicU64,
+    /// Serialises read-modify-write of per-ozone counts; also the sequence clock.
+    write: Mutex<u64>,
+}
+
+const STATS_PREFIX: &[u8] = b"ozs/";
+
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("ozone {what}"))
+}
+
+impl OzoneStore {
+    pub fn open_blocking(store: Store, limits: OzoneLimits) -> Result<Self, StoreError> {
+        let mut total = 0u64;
+        {
+            let db = store.db();
+            let cf = store.cf(CF_NODE_STATE)?;
+            let iter = db.iterator_cf(
+                cf,
+                rocksdb::IteratorMode::From(STATS_PREFIX, rocksdb::Direction::Forward),
+            );
+            for item in iter {
+                let (k, v) = item?;
+                if !k.starts_with(STATS_PREFIX) {
+                    break;
+                }
+                let s: OzoneStats = wire::decode_body(&v).map_err(|_| corrupt("stats"))?;
+                total += s.bytes;
+            }
+        }
+        Ok(OzoneStore {
+            store,
+            limits,
+            total_bytes: AtomicU64::new(total),
+            write: Mutex::new(0),
+        })
+    }
+
+    pub fn limits(&self) -> &OzoneLimits {
+        &self.limits
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new sequence number: strictly increasing on this node, close to wall-clock
+    /// microseconds so that deposits accepted by different nodes interleave sensibly.
+    pub fn next_seq(&self, now_ms: u64) -> u64 {
+        let mut last = self.lock();
+        let next = (now_ms.saturating_mul(1000)).max(*last + 1);
+        *last = next;
+        next
+    }
+
+    pub fn stats_blocking(&self, addr: &OzoneAddr) -> Result<OzoneStats, StoreError> {
+        let db = self.store.db();
+        match db.get_cf(self.store.cf(CF_NODE_STATE)?, key(&[STATS_PREFIX, &addr.0]))? {
+            Some(v) => wire::decode_body(&v).map_err(|_| corrupt("stats")),
+            None => Ok(OzoneStats::default()),
+        }
+    }
+
+    fn put_stats(
+        &self,
+        batch: &mut WriteBatch,
+        addr: &OzoneAddr,
+        s: OzoneStats,
+    ) -> Result<(), StoreError> {
+        let cf = self.store.cf(CF_NODE_STATE)?;
+        let k = key(&[STATS_PREFIX, &addr.0]);
+        if s.messages == 0 {
+            batch.delete_cf(cf, k);
+        } else {
+            let v = wire::record_to_vec(&s).map_err(|_| corrupt("stats"))?;
+            batch.put_cf(cf, k, v);
+        }
+        Ok(())
+    }
+
+    fn is_tombstoned(&self, addr: &OzoneAddr, id: &[u8; 32]) -> Result<bool, StoreError> {
+        let db = self.store.db();
+        Ok(db
+            .get_pinned_cf(self.store.cf(CF_TOMBSTONES)?, key(&[b"t", &addr.0, id]))?
+            .is_some())
+    }
+
+    /// Store a message durably (synced). Idempotent; refuses what quotas forbid.
+    pub fn deposit_blocking(&self, m: &StoredMessage) -> Result<DepositOutcome, OzoneError> {
+        let len = m.payload.len() as u64;
+        if len > self.limits.max_message_bytes {
+            return Err(OzoneError::TooLarge {
+                len,
+                max: self.limits.max_message_bytes,
+            });
+        }
+        if *blake3::hash(&m.payload).as_bytes() != m.id {
+            return Err(OzoneError::BadId);
+        }
+        let _guard = self.lock();
+        let db = self.store.db();
+        let msgs = self.store.cf(CF_MESSAGES)?;
+        if self.is_tombstoned(&m.addr, &m.id)? {
+            return Ok(DepositOutcome::Acknowledged);
+        }
+        if db
+            .get_pinned_cf(msgs, key(&[b"i", &m.addr.0, &m.id]))
+            .map_err(StoreError::from)?
+            .is_some()
+        {
+            return Ok(DepositOutcome::Duplicate);
+        }
+        let mut stats = self.stats_blocking(&m.addr)?;
+        if stats.messages + 1 > self.limits.max_messages_per_ozone {
+            return Err(OzoneError::QuotaMessages {
+                have: stats.messages,
+                max: self.limits.max_messages_per_ozone,
+            });
+        }
+        if stats.bytes + len > self.limits.max_bytes_per_ozone {
+            return Err(OzoneError::QuotaBytes {
+                have: stats.bytes,
+                max: self.limits.max_bytes_per_ozone,
+            });
+        }
+        if self.total_bytes() + len > self.limits.max_total_bytes {
+            return Err(OzoneError::DiskBudget {
+                max: self.limits.max_total_bytes,
+            });
+        }
+        let seq = m.seq.to_be_bytes();
+        let exp = m.expires_ms.to_be_bytes();
+        let value = wire::record_to_vec(&Value {
+            expires_ms: m.expires_ms,
+            payload: m.payload.clone(),
+        })
+        .map_err(|_| corrupt("message"))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(msgs, key(&[b"m", &m.addr.0, &seq, &m.id]), value);
+        batch.put_cf(msgs, key(&[b"i", &m.addr.0, &m.id]), seq);
+        batch.put_cf(msgs, key(&[b"e", &exp, &m.addr.0, &seq, &m.id]), []);
+        stats.messages += 1;
+        stats.bytes += len;
+        self.put_stats(&mut batch, &m.addr, stats)?;
+        db.write_opt(batch, &synced()).map_err(StoreError::from)?;
+        self.total_bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(DepositOutcome::Stored)
+    }
+
+    /// Up to `limit` messages (and about `max_bytes`, at least one) of an ozone, oldest first,
+    /// after the position `(seq, id)` when given.
+    pub fn fetch_blocking(
+        &self,
+        addr: &OzoneAddr,
+        after: Option<(u64, [u8; 32])>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let db = self.store.db();
+        let prefix = key(&[b"m", &addr.0]);
+        let start = match after {
+            Some((seq, id)) => key(&[&prefix, &seq.to_be_bytes(), &id]),
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let iter = db.iterator_cf(
+            self.store.cf(CF_MESSAGES)?,
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix)
+                || out.len() >= limit
+                || (bytes >= max_bytes && !out.is_empty())
+            {
+                break;
+            }
+            if after.is_some() && *k == *start {
+                continue;
+            }
+            let rest = &k[prefix.len()..];
+            if rest.len() != 40 {
+                return Err(corrupt("message key"));
+            }
+            let seq = u64::from_be_bytes(rest[..8].try_into().map_err(|_| corrupt("seq"))?);
+            let id: [u8; 32] = rest[8..].try_into().map_err(|_| corrupt("id"))?;
+            let val: Value = wire::decode_body(&v).map_err(|_| corrupt("message"))?;
+            bytes += val.payload.len();
+            out.push(StoredMessage {
+                addr: *addr,
+                seq,
+                id,
+                expires_ms: val.expires_ms,
+                payload: val.payload,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Acknowledge (delete) messages; each leaves a tombstone, also for messages this node
+    /// does not hold (a replica may receive them later). Returns how many were deleted here.
+    pub fn ack_blocking(
+        &self,
+        addr: &OzoneAddr,
+        ids: &[[u8; 32]],
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let _guard = self.lock();
+        let db = self.store.db();
+        let msgs = self.store.cf(CF_MESSAGES)?;
+        let tombs = self.store.cf(CF_TOMBSTONES)?;
+        let mut stats = self.stats_blocking(addr)?;
+        let mut batch = WriteBatch::default();
+        let mut deleted = 0u64;
+        let mut freed = 0u64;
+        let tomb_exp = now_ms.saturating_add(self.limits.retention_ms);
+        for id in ids {
+            let ikey = key(&[b"i", &addr.0, id]);
+            if let Some(seq) = db.get_cf(msgs, &ikey)? {
+                let mkey = key(&[b"m", &addr.0, &seq, id]);
+                if let Some(v) = db.get_cf(msgs, &mkey)? {
+                    let val: Value = wire::decode_body(&v).map_err(|_| corrupt("message"))?;
+                    batch.delete_cf(msgs, &mkey);
+                    batch.delete_cf(
+                        msgs,
+                        key(&[b"e", &val.expires_ms.to_be_bytes(), &addr.0, &seq, id]),
+                    );
+                    stats.messages = stats.messages.saturating_sub(1);
+                    stats.bytes = stats.bytes.saturating_sub(val.payload.len() as u64);
+                    freed += val.payload.len() as u64;
+                    deleted += 1;
+                }
+                batch.delete_cf(msgs, &ikey);
+            }
+            if !self.is_tombstoned(addr, id)? {
+                batch.put_cf(tombs, key(&[b"t", &addr.0, id]), tomb_exp.to_be_bytes());
+                batch.put_cf(
+                    tombs,
+                    key(&[b"e", &tomb_exp.to_be_bytes(), &addr.0, id]),
+                    [],
+                );
+            }
+        }
+        self.put_stats(&mut batch, addr, stats)?;
+        db.write_opt(batch, &synced())?;
+        self.total_bytes
+            .fetch_sub(freed.min(self.total_bytes()), Ordering::Relaxed);
+        Ok(deleted)
+    }
+
+    /// Evict messages and tombstones whose retention ended (at most `limit` of each).
+    pub fn sweep_expired_blocking(&self, now_ms: u64, limit: usize) -> Result<Swept, StoreError> {
+        let _guard = self.lock();
+        let db = self.store.db();
+        let msgs = self.store.cf(CF_MESSAGES)?;
+        let tombs = self.store.cf(CF_TOMBSTONES)?;
+        let mut swept = Swept::default();
+        let mut batch = WriteBatch::default();
+        let mut stats_cache: std::collections::HashMap<OzoneAddr, OzoneStats> = Default::default();
+        for item in db.iterator_cf(
+            msgs,
+            rocksdb::IteratorMode::From(b"e", rocksdb::Direction::Forward),
+        ) {
+            let (k, _) = item?;
+            if k.first() != Some(&b'e') || swept.messages as usize >= limit {
+                break;
+            }
+            if k.len() != 1 + 8 + 32 + 8 + 32 {
+                return Err(corrupt("expiry key"));
+            }
+            let exp = u64::from_be_bytes(k[1..9].try_into().map_err(|_| corrupt("expiry"))?);
+            if exp > now_ms {
+                break;
+            }
+            let addr = OzoneAddr(k[9..41].try_into().map_err(|_| corrupt("addr"))?);
+            let (seq, id) = (&k[41..49], &k[49..81]);
+            let mkey = key(&[b"m", &addr.0, seq, id]);
+            if let Some(v) = db.get_cf(msgs, &mkey)? {
+                let val: Value = wire::decode_body(&v).map_err(|_| corrupt("message"))?;
+                let s = match stats_cache.get(&addr) {
+                    Some(s) => *s,
+                    None => self.stats_blocking(&addr)?,
+                };
+                let len = val.payload.len() as u64;
+                stats_cache.insert(
+                    addr,
+                    OzoneStats {
+                        messages: s.messages.saturating_sub(1),
+                        bytes: s.bytes.saturating_sub(len),
+                    },
+                );
+                swept.bytes += len;
+            }
+            batch.delete_cf(msgs, &mkey);
+            batch.delete_cf(msgs, key(&[b"i", &addr.0, id]));
+            batch.delete_cf(msgs, &k);
+            swept.messages += 1;
+        }
+        for item in db.iterator_cf(
+            tombs,
+            rocksdb::IteratorMode::From(b"e", rocksdb::Direction::Forward),
+        ) {
+            let (k, _) = item?;
+            if k.first() != Some(&b'e') || swept.tombstones as usize >= limit {
+                break;
+            }
+            if k.len() != 1 + 8 + 32 + 32 {
+                return Err(corrupt("tombstone expiry key"));
+            }
+            let exp = u64::from_be_bytes(k[1..9].try_into().map_err(|_| corrupt("expiry"))?);
+            if exp > now_ms {
+                break;
+            }
+            batch.delete_cf(tombs, key(&[b"t", &k[9..73]]));
+            batch.delete_cf(tombs, &k);
+            swept.tombstones += 1;
+        }
+        for (addr, s) in stats_cache {
+            self.put_stats(&mut batch, &addr, s)?;
+        }
+        db.write_opt(batch, &synced())?;
+        self.total_bytes
+            .fetch_sub(swept.bytes.min(self.total_bytes()), Ordering::Relaxed);
+        Ok(swept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ozone::OzoneProof;
+
+    fn msg(store: &OzoneStore, addr: OzoneAddr, text: &str, now: u64, ttl: u64) -> StoredMessage {
+        let payload = Bytes::from(text.as_bytes().to_vec());
+        StoredMessage {
+            addr,
+            seq: store.next_seq(now),
+            id: *blake3::hash(&payload).as_bytes(),
+            expires_ms: now + ttl,
+            payload,
+        }
+    }
+
+    fn open(dir: &std::path::Path, limits: OzoneLimits) -> OzoneStore {
+        OzoneStore::open_blocking(Store::open_blocking(dir).unwrap(), limits).unwrap()
+    }
+
+    #[test]
+    fn deposit_fetch_ack_in_order_and_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = OzoneProof::from_secret(b"bob").address();
+        let other = OzoneProof::from_secret(b"carol").address();
+        let sent: Vec<StoredMessage>;
+        {
+            let s = open(dir.path(), OzoneLimits::default());
+            sent = (0..50)
+                .map(|i| msg(&s, a, &format!("m{i}"), 1000, 10_000))
+                .collect();
+            for m in &sent {
+                assert_eq!(s.deposit_blocking(m).unwrap(), DepositOutcome::Stored);
+            }
+            assert_eq!(
+                s.deposit_blocking(&sent[3]).unwrap(),
+                DepositOutcome::Duplicate
+            );
+            s.deposit_blocking(&msg(&s, other, "not bob's", 1000, 10_000))
+                .unwrap();
+        }
+        // Reopen: everything is there, oldest first, in pages.
+        let s = open(dir.path(), OzoneLimits::default());
+        assert_eq!(
+            s.stats_blocking(&a).unwrap(),
+            OzoneStats {
+                messages: 50,
+                bytes: sent.iter().map(|m| m.payload.len() as u64).sum()
+            }
+        );
+        let mut got = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s.fetch_blocking(&a, after, 7, 1 << 20).unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some((last.seq, last.id));
+            got.extend(page);
+        }
+        assert_eq!(got, sent);
+        // Acknowledge the first 20: gone, tombstoned, not re-deposited.
+        let ids: Vec<[u8; 32]> = sent[..20].iter().map(|m| m.id).collect();
+        assert_eq!(s.ack_blocking(&a, &ids, 2000).unwrap(), 20);
+        assert_eq!(s.ack_blocking(&a, &ids, 2000).unwrap(), 0);
+        assert_eq!(
+            s.deposit_blocking(&sent[0]).unwrap(),
+            DepositOutcome::Acknowledged
+        );
+        let rest = s.fetch_blocking(&a, None, 100, 1 << 20).unwrap();
+        assert_eq!(rest, sent[20..].to_vec());
+        assert_eq!(s.stats_blocking(&a).unwrap().messages, 30);
+        // An acknowledgement for a message this replica never had still leaves a tombstone.
+        let late = msg(&s, a, "late", 1000, 10_000);
+        s.ack_blocking(&a, &[late.id], 2000).unwrap();
+        assert_eq!(
+            s.deposit_blocking(&late).unwrap(),
+            DepositOutcome::Acknowledged
+        );
+        assert_eq!(
+            s.fetch_blocking(&other, None, 10, 1 << 20).unwrap().len(),
+            1
+        );
+    }
+
+    #[test]
+    fn quotas_budget_and_bad_input_refuse_without_losing_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = OzoneLimits {
+            max_messages_per_ozone: 3,
+            max_bytes_per_ozone: 1000,
+            max_message_bytes: 600,
+            retention_ms: 10_000,
+            max_total_bytes: 1500,
+        };
+        let s = open(dir.path(), limits);
+        let a = OzoneProof::from_secret(b"a").address();
+        let b = OzoneProof::from_secret(b"b").address();
+        for i in 0..3 {
+            s.deposit_blocking(&msg(&s, a, &format!("{i}"), 0, 10))
+                .unwrap();
+        }
+        let e = s.deposit_blocking(&msg(&s, a, "4", 0, 10)).unwrap_err();
+        assert_eq!(e.label(), "quota");
+        let big = msg(&s, b, &"x".repeat(601), 0, 10);
+        assert_eq!(s.deposit_blocking(&big).unwrap_err().label(), "too_large");
+        let half = msg(&s, b, &"y".repeat(600), 0, 10);
+        s.deposit_blocking(&half).unwrap();
+        let e = s
+            .deposit_blocking(&msg(&s, b, &"z".repeat(600), 0, 10))
+            .unwrap_err();
+        assert_eq!(e.label(), "quota"); // 1200 > 1000 per ozone
+        let c = OzoneProof::from_secret(b"c").address();
+        s.deposit_blocking(&msg(&s, c, &"w".repeat(500), 0, 10))
+            .unwrap();
+        let e = s
+            .deposit_blocking(&msg(&s, c, &"v".repeat(500), 0, 10))
+            .unwrap_err();
+        assert_eq!(e.label(), "disk_budget");
+        let mut forged = msg(&s, c, "real", 0, 10);
+        forged.payload = Bytes::from_static(b"fake");
+        assert_eq!(s.deposit_blocking(&forged).unwrap_err().label(), "bad_id");
+        assert_eq!(s.fetch_blocking(&a, None, 10, 1 << 20).unwrap().len(), 3);
+        assert_eq!(s.fetch_blocking(&b, None, 10, 1 << 20).unwrap(), vec![half]);
+    }
+
+    #[test]
+    fn retention_evicts_messages_and_tombstones_and_frees_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), OzoneLimits::default());
+        let a = OzoneProof::from_secret(b"a").address();
+        let old = msg(&s, a, "old", 0, 100);
+        let new = msg(&s, a, "new", 0, 10_000);
+        s.deposit_blocking(&old).unwrap();
+        s.deposit_blocking(&new).unwrap();
+        s.ack_blocking(&a, &[[9; 32]], 0).unwrap();
+        let before = s.total_bytes();
+        let swept = s.sweep_expired_blocking(5_000, 100).unwrap();
+        assert_eq!(
+            swept,
+            Swept {
+                messages: 1,
+                bytes: 3,
+                tombstones: 0
+            }
+        );
+        assert_eq!(s.total_bytes(), before - 3);
+        assert_eq!(s.fetch_blocking(&a, None, 10, 1 << 20).unwrap(), vec![new]);
+        let swept = s
+            .sweep_expired_blocking(OzoneLimits::default().retention_ms + 1, 100)
+            .unwrap();
+        assert_eq!(swept.tombstones, 1);
+    }
+}

@@ -11,11 +11,13 @@ use clap::{Args, Subcommand};
 use echomesh_ctl::e2e::{self, Content, Participant, Recipient};
 use echomesh_ctl::files::{self, Reassembler};
 use echomesh_ctl::keyfile;
-use echomesh_node::client::ClientSession;
+use echomesh_node::client::{ClientReader, ClientSession};
 use echomesh_node::echo::EchoPacket;
 use echomesh_node::keydir::{unix_now, BundleKind, Fingerprint, KeyBundle, ParticipantRef};
+use echomesh_node::ozone::OzoneProof;
 use echomesh_node::tags;
-use echomesh_node::wire::{ClientEvent, SubscribeFilter};
+use echomesh_node::wire::{ClientEvent, ClientRequest, MsgId, Position, SubscribeFilter};
+use std::collections::HashSet;
 
 use crate::target_node::{self, NodeTarget};
 
@@ -79,6 +81,15 @@ pub struct SendArgs {
     /// Recipients: short IDs or fingerprints, comma-separated (one encrypted copy each).
     #[arg(long, value_delimiter = ',', required = true)]
     to: Vec<String>,
+    /// Deposit into the ozone (offline mailbox) derived from SECRET instead of sending live;
+    /// exits 0 only once every piece is durable on the cluster's write quorum.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "ECHOMESH_OZONE_SECRET",
+        hide_env_values = true
+    )]
+    ozone: Option<String>,
     /// Send a file (a picture, a document) instead of a text message.
     #[arg(long, conflicts_with = "message")]
     file: Option<PathBuf>,
@@ -91,13 +102,23 @@ pub struct SendArgs {
 pub struct RecvArgs {
     #[arg(long)]
     node: NodeTarget,
+    /// Read the ozone (offline mailbox) derived from SECRET: stored messages first, oldest
+    /// first, each acknowledged (deleted) once shown; then live with --follow.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "ECHOMESH_OZONE_SECRET",
+        hide_env_values = true
+    )]
+    ozone: Option<String>,
     /// Your key file.
     #[arg(long)]
     key: PathBuf,
     /// Keep listening until interrupted (or --timeout).
     #[arg(long)]
     follow: bool,
-    /// Stop after SECS seconds (default without --follow: 30).
+    /// Stop listening after SECS seconds (default without --follow: 30; not used by
+    /// `--ozone` without --follow, which ends when the ozone is read).
     #[arg(long)]
     timeout: Option<f64>,
     /// Exit after N messages (exit 1 if the timeout comes first).
@@ -352,6 +373,58 @@ pub async fn send(a: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     let total = packets.len();
+    let mut accepted = 0u64;
+    if let Some(secret) = &a.ozone {
+        // One deposit per piece, each acknowledged only once durable (W copies).
+        let addr = OzoneProof::from_secret(secret.as_bytes()).address();
+        for p in packets {
+            let (_, copies) = s
+                .deposit(addr, p.payload)
+                .await
+                .with_context(|| format!("depositing into the ozone at {}", a.node.addr))?;
+            tracing::debug!(copies, "deposit durable");
+            accepted += 1;
+        }
+        s.conn.close(0u32.into(), b"done");
+    } else {
+        accepted = inject_all(s, packets).await?;
+        if accepted < total as u64 {
+            bail!(
+                "the node rejected {} of {total} packets (too large for it?)",
+                total as u64 - accepted
+            );
+        }
+    }
+    if json {
+        let to: Vec<_> = recipients
+            .iter()
+            .map(|r| serde_json::json!({"id": r.fingerprint.short_id().to_string(), "fingerprint": r.fingerprint.hex()}))
+            .collect();
+        println!("{}", serde_json::json!({"to": to, "packets": accepted}));
+    } else {
+        let verb = if a.ozone.is_some() {
+            "deposited (durable) for"
+        } else {
+            "sent to"
+        };
+        for r in &recipients {
+            println!(
+                "{verb} {} ({}){}",
+                r.fingerprint.short_id(),
+                sanitize(&r.display_name),
+                if content.len() > 1 {
+                    format!(" in {} encrypted pieces", content.len())
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Inject packets in batches of about 1 MiB; returns how many the node took (new or known).
+async fn inject_all(s: ClientSession, packets: Vec<EchoPacket>) -> anyhow::Result<u64> {
     let (conn, mut w, mut rd) = s.split();
     let mut batches: Vec<Vec<EchoPacket>> = Vec::new();
     let mut cur = Vec::new();
@@ -367,7 +440,7 @@ pub async fn send(a: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
     if !cur.is_empty() {
         batches.push(cur);
     }
-    let (mut accepted, mut rejected) = (0u64, 0u64);
+    let mut accepted = 0u64;
     for b in &batches {
         w.inject(b).await?;
         loop {
@@ -375,10 +448,9 @@ pub async fn send(a: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
                 Some(ClientEvent::Injected {
                     accepted: x,
                     duplicates,
-                    rejected: y,
+                    ..
                 }) => {
                     accepted += u64::from(x) + u64::from(duplicates);
-                    rejected += u64::from(y);
                     break;
                 }
                 Some(ClientEvent::Error { message, .. }) => {
@@ -391,30 +463,7 @@ pub async fn send(a: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
     }
     w.finish();
     conn.close(0u32.into(), b"done");
-    if rejected > 0 {
-        bail!("the node rejected {rejected} of {total} packets (too large for it?); nothing more was sent");
-    }
-    if json {
-        let to: Vec<_> = recipients
-            .iter()
-            .map(|r| serde_json::json!({"id": r.fingerprint.short_id().to_string(), "fingerprint": r.fingerprint.hex()}))
-            .collect();
-        println!("{}", serde_json::json!({"to": to, "packets": accepted}));
-    } else {
-        for r in &recipients {
-            println!(
-                "sent to {} ({}){}",
-                r.fingerprint.short_id(),
-                sanitize(&r.display_name),
-                if content.len() > 1 {
-                    format!(" in {} encrypted pieces", content.len())
-                } else {
-                    String::new()
-                }
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(accepted)
 }
 
 /// Text for a terminal: control characters (escape sequences, newlines) are shown escaped.
@@ -433,22 +482,127 @@ fn sanitize(s: &str) -> String {
 pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
     let me = load_key(&a.key)?;
     let fp = me.fingerprint();
-    let inbox = tags::inbox_address(&fp);
+    let proof = a
+        .ozone
+        .as_deref()
+        .map(|s| OzoneProof::from_secret(s.as_bytes()));
+    let address = match &proof {
+        Some(p) => p.address().0,
+        None => tags::inbox_address(&fp),
+    };
     std::fs::create_dir_all(&a.out_dir)
         .with_context(|| format!("creating {}", a.out_dir.display()))?;
-    let (_ep, mut s) = target_node::connect(&a.node).await?;
-    s.subscribe(SubscribeFilter::Tags(tags::tags_around(&inbox, unix_now())))
+    let (_ep, s) = target_node::connect(&a.node).await?;
+    let (conn, mut w, mut rd) = s.split();
+    let mut files = Reassembler::new(a.max_file_bytes);
+    let mut shown = 0u64;
+    let mut seen: HashSet<[u8; 32]> = HashSet::new();
+    let live = proof.is_none() || a.follow;
+    // Deliveries that arrive while stored messages are fetched wait here.
+    let mut buffered: Vec<EchoPacket> = Vec::new();
+    if live {
+        w.subscribe(SubscribeFilter::Tags(tags::tags_around(
+            &address,
+            unix_now(),
+        )))
         .await?;
+        wait_for(&mut rd, &mut buffered, |ev| {
+            matches!(ev, ClientEvent::Subscribed)
+        })
+        .await?;
+    }
+    if let Some(proof) = proof {
+        // Stored messages first, oldest first; each page acknowledged once shown.
+        let mut after = None;
+        loop {
+            w.send_request(&ClientRequest::Fetch {
+                addr: proof.address(),
+                proof,
+                after,
+                limit: 128,
+            })
+            .await?;
+            let (messages, more) = match wait_for(&mut rd, &mut buffered, |ev| {
+                matches!(ev, ClientEvent::Fetched { .. })
+            })
+            .await?
+            {
+                ClientEvent::Fetched { messages, more } => (messages, more),
+                _ => unreachable!("wait_for returns the awaited event"),
+            };
+            let mut acks = Vec::new();
+            for m in &messages {
+                if a.count.is_some_and(|c| shown >= c) {
+                    break;
+                }
+                after = Some(Position {
+                    seq: m.seq,
+                    id: MsgId(m.id),
+                });
+                if !seen.insert(m.id) {
+                    continue;
+                }
+                let opened = tokio::task::block_in_place(|| e2e::open(&me, &m.payload));
+                let r = show(opened, &mut files, &a.out_dir, json)?;
+                shown += r.lines;
+                if r.mine {
+                    acks.push(MsgId(m.id));
+                }
+            }
+            if !acks.is_empty() {
+                w.send_request(&ClientRequest::Ack {
+                    addr: proof.address(),
+                    proof,
+                    ids: acks,
+                })
+                .await?;
+                wait_for(&mut rd, &mut buffered, |ev| {
+                    matches!(ev, ClientEvent::Acked { .. })
+                })
+                .await?;
+            }
+            if !more || a.count.is_some_and(|c| shown >= c) {
+                break;
+            }
+        }
+        if !a.follow {
+            conn.close(0u32.into(), b"done");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     eprintln!("recv: listening as {} on {}", fp.short_id(), a.node.addr);
     let timeout = a.timeout.or(if a.follow { None } else { Some(30.0) });
     let deadline =
         timeout.map(|t| tokio::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
-    let mut files = Reassembler::new(a.max_file_bytes);
-    let mut shown = 0u64;
-    let (conn, mut w, mut rd) = s.split();
     let mut epoch = tags::epoch_of(unix_now());
     let mut resubscribe = tokio::time::interval(Duration::from_secs(30));
+    // Live acknowledgements sent and not yet confirmed by the node.
+    let mut pending_acks = 0usize;
     loop {
+        for p in std::mem::take(&mut buffered) {
+            if a.count.is_some_and(|c| shown >= c) {
+                break;
+            }
+            if seen.len() > 100_000 {
+                seen.clear();
+            }
+            if !seen.insert(p.id) {
+                continue;
+            }
+            let opened = tokio::task::block_in_place(|| e2e::open(&me, &p.payload));
+            let r = show(opened, &mut files, &a.out_dir, json)?;
+            shown += r.lines;
+            if let (Some(proof), true) = (proof, r.mine) {
+                // Live messages of an ozone are stored too: acknowledge them (answer ignored).
+                w.send_request(&ClientRequest::Ack {
+                    addr: proof.address(),
+                    proof,
+                    ids: vec![MsgId(p.id)],
+                })
+                .await?;
+                pending_acks += 1;
+            }
+        }
         if a.count.is_some_and(|c| shown >= c) {
             break;
         }
@@ -467,19 +621,15 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
                 let now = tags::epoch_of(unix_now());
                 if now != epoch {
                     epoch = now;
-                    w.subscribe(SubscribeFilter::Tags(tags::tags_around(&inbox, unix_now()))).await?;
+                    w.subscribe(SubscribeFilter::Tags(tags::tags_around(&address, unix_now()))).await?;
                 }
                 continue;
             }
             ev = rd.next_event() => ev?,
         };
         match ev {
-            Some(ClientEvent::Deliver(batch)) => {
-                for p in batch {
-                    let opened = tokio::task::block_in_place(|| e2e::open(&me, &p.payload));
-                    shown += show(opened, &mut files, &a.out_dir, json)?;
-                }
-            }
+            Some(ClientEvent::Deliver(batch)) => buffered.extend(batch),
+            Some(ClientEvent::Acked { .. }) => pending_acks = pending_acks.saturating_sub(1),
             Some(ClientEvent::Lagged { dropped }) => {
                 eprintln!("echomeshctl: warning: the node dropped {dropped} packets because this client read too slowly");
             }
@@ -488,20 +638,70 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
             None => bail!("node closed the session"),
         }
     }
+    // Shown messages must not come back: wait for the node to confirm their deletion.
+    let confirm = async {
+        while pending_acks > 0 {
+            wait_for(&mut rd, &mut buffered, |ev| {
+                matches!(ev, ClientEvent::Acked { .. })
+            })
+            .await?;
+            pending_acks -= 1;
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), confirm)
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "the node did not confirm acknowledgements; those messages will be fetched again"
+            )
+        })??;
     conn.close(0u32.into(), b"done");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Print one received packet; returns how many messages it completed (0 for a file chunk
-/// that is not the last one).
+/// Read events until one matches `want` (returned); deliveries meanwhile are kept in
+/// `buffered`, errors end the command.
+async fn wait_for(
+    rd: &mut ClientReader,
+    buffered: &mut Vec<EchoPacket>,
+    want: impl Fn(&ClientEvent) -> bool,
+) -> anyhow::Result<ClientEvent> {
+    loop {
+        match rd.next_event().await? {
+            Some(ev) if want(&ev) => return Ok(ev),
+            Some(ClientEvent::Deliver(batch)) => buffered.extend(batch),
+            Some(ClientEvent::Error { message, .. }) => bail!("node refused: {message}"),
+            Some(_) => {}
+            None => bail!("node closed the session"),
+        }
+    }
+}
+
+/// What printing one packet did.
+struct Shown {
+    /// Lines printed (0 for a file chunk that is not the last, or a message for someone else).
+    lines: u64,
+    /// Whether the packet was addressed to this key (and so may be acknowledged).
+    mine: bool,
+}
+
+/// Print one received packet. Messages encrypted to another key (other members of a shared
+/// ozone) are skipped silently and never acknowledged.
 fn show(
     opened: Result<e2e::Opened, e2e::OpenError>,
     files: &mut Reassembler,
     out_dir: &Path,
     json: bool,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Shown> {
     let mut out = std::io::stdout().lock();
     let line = match opened {
+        Err(e2e::OpenError::NotForMe) => {
+            return Ok(Shown {
+                lines: 0,
+                mine: false,
+            })
+        }
         Err(e) => {
             let from = e.claimed_sender();
             let id = from
@@ -528,7 +728,12 @@ fn show(
                     }
                 }
                 Content::FileChunk(c) => match files.add(m.sender.0, c) {
-                    Ok(None) => return Ok(0),
+                    Ok(None) => {
+                        return Ok(Shown {
+                            lines: 0,
+                            mine: true,
+                        })
+                    }
                     Ok(Some(f)) => {
                         let path = files::safe_destination(out_dir, &f.name);
                         std::fs::write(&path, &f.data)
@@ -561,5 +766,8 @@ fn show(
     };
     writeln!(out, "{line}").map_err(|e| anyhow!("writing to stdout: {e}"))?;
     out.flush().ok();
-    Ok(1)
+    Ok(Shown {
+        lines: 1,
+        mine: true,
+    })
 }

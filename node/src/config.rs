@@ -33,7 +33,50 @@ pub struct Config {
     pub limits: Limits,
     pub peer: PeerSection,
     pub invite: InviteSection,
+    pub ozone: OzoneSection,
     pub telemetry: Telemetry,
+}
+
+/// Ozones: replication and storage limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OzoneSection {
+    /// Copies of each ozone in the cluster (R); all members when the cluster is smaller.
+    pub replicas: usize,
+    /// Durable copies before a deposit is acknowledged (W), at most R.
+    pub write_quorum: usize,
+    pub max_messages_per_ozone: u64,
+    pub max_bytes_per_ozone: u64,
+    /// Messages older than this are evicted (counted).
+    pub retention_secs: u64,
+    /// All ozones on this node together.
+    pub max_total_bytes: u64,
+}
+
+impl Default for OzoneSection {
+    fn default() -> Self {
+        let l = crate::ozone::store::OzoneLimits::default();
+        OzoneSection {
+            replicas: 2,
+            write_quorum: 2,
+            max_messages_per_ozone: l.max_messages_per_ozone,
+            max_bytes_per_ozone: l.max_bytes_per_ozone,
+            retention_secs: l.retention_ms / 1000,
+            max_total_bytes: l.max_total_bytes,
+        }
+    }
+}
+
+impl OzoneSection {
+    pub fn limits(&self, max_message_bytes: usize) -> crate::ozone::store::OzoneLimits {
+        crate::ozone::store::OzoneLimits {
+            max_messages_per_ozone: self.max_messages_per_ozone,
+            max_bytes_per_ozone: self.max_bytes_per_ozone,
+            max_message_bytes: max_message_bytes as u64,
+            retention_ms: self.retention_secs.saturating_mul(1000),
+            max_total_bytes: self.max_total_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -113,6 +156,7 @@ impl Default for Config {
             limits: Limits::default(),
             peer: PeerSection::default(),
             invite: InviteSection::default(),
+            ozone: OzoneSection::default(),
             telemetry: Telemetry::default(),
         }
     }
@@ -187,6 +231,7 @@ impl Default for InviteSection {
 const NON_CONFIG_ENV: &[&str] = &[
     "config",
     "passphrase",
+    "ozone_secret",
     "known_nodes",
     "admin_url",
     "token_file",
@@ -275,6 +320,17 @@ impl Config {
         }
         if self.echo.seen_capacity == 0 || self.echo.seen_ttl_secs == 0 {
             return bad("echo.seen_capacity and echo.seen_ttl_secs must be positive".into());
+        }
+        if self.ozone.replicas == 0
+            || self.ozone.write_quorum == 0
+            || self.ozone.write_quorum > self.ozone.replicas
+        {
+            return bad("ozone: need 1 <= write_quorum <= replicas".into());
+        }
+        if self.ozone.retention_secs == 0 || self.ozone.max_messages_per_ozone == 0 {
+            return bad(
+                "ozone.retention_secs and ozone.max_messages_per_ozone must be positive".into(),
+            );
         }
         if self.echo.default_hops == 0 {
             return bad("echo.default_hops: must be at least 1".into());

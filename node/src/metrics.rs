@@ -32,6 +32,12 @@ pub struct Metrics {
     pub key_bundles_offered: IntCounterVec,
     pub key_bundles_rejected: IntCounterVec,
     pub key_lookups: IntCounterVec,
+    pub ozone_deposits: IntCounterVec,
+    pub ozone_fetches: IntCounter,
+    pub ozone_acks: IntCounter,
+    pub ozone_proof_failures: IntCounter,
+    pub ozone_bytes: IntGauge,
+    pub ozone_evictions: IntCounterVec,
     pub connections_rejected: IntCounterVec,
     pub joins: IntCounterVec,
     pub invites_issued: IntCounter,
@@ -221,6 +227,29 @@ impl Metrics {
                 "Key directory lookups, by result (found, not_found).",
                 &["result"],
             ),
+            ozone_deposits: counter_vec(
+                "echomesh_ozone_deposits_total",
+                "Ozone deposits handled by this node, by result (stored, duplicate, acknowledged, quota, too_large, disk_budget, bad_id, not_durable, wrong_proof, storage).",
+                &["result"],
+            ),
+            ozone_fetches: counter("echomesh_ozone_fetches_total", "Ozone fetch requests served."),
+            ozone_acks: counter(
+                "echomesh_ozone_acked_messages_total",
+                "Ozone messages deleted by their owner's acknowledgement.",
+            ),
+            ozone_proof_failures: counter(
+                "echomesh_ozone_proof_failures_total",
+                "Ozone fetches or acknowledgements refused for a wrong proof.",
+            ),
+            ozone_bytes: reg(
+                &r,
+                IntGauge::new("echomesh_ozone_stored_bytes", "Payload bytes stored in ozones on this node.").expect("static metric"),
+            ),
+            ozone_evictions: counter_vec(
+                "echomesh_ozone_evictions_total",
+                "Ozone messages evicted, by reason (retention).",
+                &["reason"],
+            ),
             connections_rejected: counter_vec(
                 "echomesh_connections_rejected_total",
                 "Incoming connections refused before a session started, by reason.",
@@ -272,7 +301,16 @@ impl Metrics {
             m.packets_received.with_label_values(&[s]);
             m.packets_accepted.with_label_values(&[s]);
         }
-        for k in ["hello", "inject", "subscribe", "publish_key", "lookup_key"] {
+        for k in [
+            "hello",
+            "inject",
+            "subscribe",
+            "publish_key",
+            "lookup_key",
+            "deposit",
+            "fetch",
+            "ack",
+        ] {
             m.client_requests.with_label_values(&[k]);
         }
         for k in ["deliver", "reply", "error", "lagged"] {
@@ -286,6 +324,20 @@ impl Metrics {
                 m.key_bundles_offered.with_label_values(&[src, res]);
             }
         }
+        for r in [
+            "stored",
+            "duplicate",
+            "acknowledged",
+            "quota",
+            "too_large",
+            "disk_budget",
+            "bad_id",
+            "not_durable",
+            "storage",
+        ] {
+            m.ozone_deposits.with_label_values(&[r]);
+        }
+        m.ozone_evictions.with_label_values(&["retention"]);
         for r in ["found", "not_found"] {
             m.key_lookups.with_label_values(&[r]);
         }

@@ -32,6 +32,7 @@ pub struct Ctx {
     pub router: Arc<Router>,
     pub store: Store,
     pub keydir: KeyDirectory,
+    pub ozones: crate::ozone::store::OzoneStore,
     pub metrics: Arc<Metrics>,
     pub invites: Mutex<InviteBook>,
     pub shutdown: CancellationToken,
@@ -218,6 +219,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     let keydir = KeyDirectory::open(store.clone(), metrics.clone(), cfg.limits.max_key_bundles)
         .await
         .context("opening the key directory")?;
+    let ozones = {
+        let (st, limits) = (store.clone(), cfg.ozone.limits(cfg.echo.max_payload_bytes));
+        tokio::task::spawn_blocking(move || {
+            crate::ozone::store::OzoneStore::open_blocking(st, limits)
+        })
+        .await
+        .context("opening ozone storage")?
+        .context("opening ozone storage")?
+    };
+    metrics.ozone_bytes.set(ozones.total_bytes() as i64);
     let (keydir_tx, keydir_rx) = tokio::sync::mpsc::channel(crate::router::KEYDIR_BACKLOG);
     let router = Arc::new(Router::new(
         engine,
@@ -235,6 +246,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         router,
         store,
         keydir,
+        ozones,
         metrics,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -400,10 +412,15 @@ fn classify_accept_error(e: &quinn::ConnectionError) -> &'static str {
 async fn housekeeping(ctx: Arc<Ctx>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        ticks += 1;
+        if ticks % 60 == 0 {
+            crate::ozone::service::sweep(&ctx).await;
         }
         ctx.router.tick();
         ctx.neighbors().update_gauges();

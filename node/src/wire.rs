@@ -14,6 +14,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::echo::EchoPacket;
 use crate::identity::NodeId;
 use crate::keydir::{KeyBundle, ParticipantRef};
+use crate::ozone::store::StoredMessage;
+use crate::ozone::{OzoneAddr, OzoneProof};
 
 /// The protocol version this build speaks. Peers with a different major version are refused.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -172,6 +174,36 @@ pub enum ClientRequest {
     PublishKey(KeyBundle),
     /// Look up key bundles by short ID or fingerprint. Answered by `KeyLookup`.
     LookupKey(ParticipantRef),
+    /// Store a message in an ozone. Answered by `Deposited` once durable on W replicas, or
+    /// `Error` (nothing acknowledged).
+    Deposit {
+        addr: OzoneAddr,
+        payload: Bytes,
+    },
+    /// Read an ozone, oldest first, after a position. Answered by `Fetched`.
+    Fetch {
+        addr: OzoneAddr,
+        proof: OzoneProof,
+        after: Option<Position>,
+        limit: u32,
+    },
+    /// Delete messages from an ozone (they become tombstones). Answered by `Acked`.
+    Ack {
+        addr: OzoneAddr,
+        proof: OzoneProof,
+        ids: Vec<MsgId>,
+    },
+}
+
+/// A message ID (blake3 of its payload) as one byte string on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MsgId(#[serde(with = "bytes32")] pub [u8; 32]);
+
+/// A position in an ozone: after the message `(seq, id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub seq: u64,
+    pub id: MsgId,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -214,6 +246,15 @@ pub enum ClientEvent {
     KeyPublished { changed: bool },
     /// Answer to `LookupKey`: every matching bundle (several only on a short-ID collision).
     KeyLookup(Vec<KeyBundle>),
+    /// A deposit is durable on `copies` replicas (at least the write quorum).
+    Deposited { id: MsgId, copies: u8 },
+    /// Messages of an ozone, oldest first; `more` when another page follows.
+    Fetched {
+        messages: Vec<StoredMessage>,
+        more: bool,
+    },
+    /// `removed` messages were deleted (acknowledging an absent message is not an error).
+    Acked { removed: u32 },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -226,6 +267,12 @@ pub enum ClientErrorCode {
     Rejected,
     /// The node could not complete the request (storage); retry or use another node.
     Unavailable,
+    /// The ozone proof does not open the ozone address.
+    WrongProof,
+    /// An ozone quota or the node's storage budget is exhausted.
+    Quota,
+    /// Fewer than the write quorum of replicas could store the deposit: not acknowledged.
+    NotDurable,
 }
 
 /// Joiner → inviter on ALPN `echomesh-join/1`.

@@ -6,8 +6,12 @@ use crate::config::PeerSection;
 use crate::echo::EchoPacket;
 use crate::identity::NodeId;
 use crate::keydir::{KeyBundle, ParticipantRef};
+use crate::ozone::store::StoredMessage;
+use crate::ozone::{OzoneAddr, OzoneProof};
 use crate::transport;
 use crate::wire::{self, ClientEvent, ClientRequest, ClientRequestRef, SubscribeFilter};
+use crate::wire::{MsgId, Position};
+use bytes::Bytes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -165,6 +169,11 @@ impl ClientWriter {
             .map_err(|e| ClientError::Io(e.to_string()))
     }
 
+    /// Send any request without waiting for its answer (it arrives as an event).
+    pub async fn send_request(&mut self, req: &ClientRequest) -> Result<(), ClientError> {
+        self.write(req).await
+    }
+
     pub fn finish(&mut self) {
         let _ = self.send.finish();
     }
@@ -226,6 +235,64 @@ impl ClientSession {
             ClientEvent::Error { message, .. } => Err(ClientError::Refused(message)),
             other => Err(ClientError::Protocol(format!(
                 "expected a publish reply, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Deposit into an ozone; `Ok((id, copies))` once durable on the cluster's write quorum.
+    pub async fn deposit(
+        &mut self,
+        addr: OzoneAddr,
+        payload: Bytes,
+    ) -> Result<(MsgId, u8), ClientError> {
+        self.writer
+            .write(&ClientRequest::Deposit { addr, payload })
+            .await?;
+        match self.reply().await? {
+            ClientEvent::Deposited { id, copies } => Ok((id, copies)),
+            ClientEvent::Error { message, .. } => Err(ClientError::Refused(message)),
+            other => Err(ClientError::Protocol(format!(
+                "expected a deposit reply, got {other:?}"
+            ))),
+        }
+    }
+
+    /// One page of an ozone, oldest first, and whether more follow.
+    pub async fn fetch(
+        &mut self,
+        proof: OzoneProof,
+        after: Option<Position>,
+        limit: u32,
+    ) -> Result<(Vec<StoredMessage>, bool), ClientError> {
+        let req = ClientRequest::Fetch {
+            addr: proof.address(),
+            proof,
+            after,
+            limit,
+        };
+        self.writer.write(&req).await?;
+        match self.reply().await? {
+            ClientEvent::Fetched { messages, more } => Ok((messages, more)),
+            ClientEvent::Error { message, .. } => Err(ClientError::Refused(message)),
+            other => Err(ClientError::Protocol(format!(
+                "expected a fetch reply, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Acknowledge (delete) messages of an ozone.
+    pub async fn ack(&mut self, proof: OzoneProof, ids: Vec<MsgId>) -> Result<u32, ClientError> {
+        let req = ClientRequest::Ack {
+            addr: proof.address(),
+            proof,
+            ids,
+        };
+        self.writer.write(&req).await?;
+        match self.reply().await? {
+            ClientEvent::Acked { removed } => Ok(removed),
+            ClientEvent::Error { message, .. } => Err(ClientError::Refused(message)),
+            other => Err(ClientError::Protocol(format!(
+                "expected an ack reply, got {other:?}"
             ))),
         }
     }

@@ -14,13 +14,17 @@ use crate::keydir::{self, OfferError};
 use crate::metrics::{drop_reason, handshake_reason, Metrics};
 use crate::node::Ctx;
 use crate::outq::OutQueue;
+use crate::ozone::{self, service::ServiceError};
 use crate::rate::TokenBucket;
 use crate::router::Origin;
 use crate::wire::{
-    self, close, ClientErrorCode, ClientEvent, ClientEventRef, ClientRequest, SubscribeFilter,
+    self, close, ClientErrorCode, ClientEvent, ClientEventRef, ClientRequest, MsgId,
+    SubscribeFilter,
 };
 
 const MAX_TAGS: usize = 1024;
+/// Most message IDs acknowledged in one request (the rest are ignored; clients page).
+const MAX_ACK_IDS: usize = 4096;
 const READER_ENDED_BY_WRITER: &str = "writer ended";
 const FRAME_ERROR: &str = "frame error";
 const MAX_DELIVER_BATCH: usize = 256 * 1024;
@@ -269,7 +273,7 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
 }
 
 async fn read_requests(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     sub: &Arc<Subscriber>,
     recv: &mut quinn::RecvStream,
     ctrl: mpsc::Sender<ClientEvent>,
@@ -304,9 +308,50 @@ async fn read_requests(
             ClientRequest::Subscribe(_) => "subscribe",
             ClientRequest::PublishKey(_) => "publish_key",
             ClientRequest::LookupKey(_) => "lookup_key",
+            ClientRequest::Deposit { .. } => "deposit",
+            ClientRequest::Fetch { .. } => "fetch",
+            ClientRequest::Ack { .. } => "ack",
         };
         ctx.metrics.client_requests.with_label_values(&[kind]).inc();
         match req {
+            ClientRequest::Deposit { addr, payload } => {
+                let ev = match ozone::service::deposit(ctx, addr, payload).await {
+                    Ok((msg, copies)) => ClientEvent::Deposited {
+                        id: MsgId(msg.id),
+                        copies: copies.min(255) as u8,
+                    },
+                    Err(e) => service_error(e),
+                };
+                if ctrl.send(ev).await.is_err() {
+                    return READER_ENDED_BY_WRITER.into();
+                }
+            }
+            ClientRequest::Fetch {
+                addr,
+                proof,
+                after,
+                limit,
+            } => {
+                let ev = match ozone::service::fetch(ctx, addr, proof, after, limit).await {
+                    Ok((messages, more)) => ClientEvent::Fetched { messages, more },
+                    Err(e) => service_error(e),
+                };
+                if ctrl.send(ev).await.is_err() {
+                    return READER_ENDED_BY_WRITER.into();
+                }
+            }
+            ClientRequest::Ack { addr, proof, ids } => {
+                let ids = ids.into_iter().take(MAX_ACK_IDS).map(|i| i.0).collect();
+                let ev = match ozone::service::ack(ctx, addr, proof, ids).await {
+                    Ok(n) => ClientEvent::Acked {
+                        removed: n.min(u64::from(u32::MAX)) as u32,
+                    },
+                    Err(e) => service_error(e),
+                };
+                if ctrl.send(ev).await.is_err() {
+                    return READER_ENDED_BY_WRITER.into();
+                }
+            }
             ClientRequest::PublishKey(bundle) => {
                 let fp = bundle.fingerprint();
                 let ev = match keydir::flood::publish(ctx, bundle).await {
@@ -439,5 +484,23 @@ async fn write_events(
         if let Err(e) = send.write_all(&buf).await {
             return format!("send failed: {e}");
         }
+    }
+}
+
+fn service_error(e: ServiceError) -> ClientEvent {
+    let code = match &e {
+        ServiceError::WrongProof => ClientErrorCode::WrongProof,
+        ServiceError::NotDurable { .. } => ClientErrorCode::NotDurable,
+        ServiceError::Ozone(o) => match o.label() {
+            "quota" | "disk_budget" => ClientErrorCode::Quota,
+            "too_large" => ClientErrorCode::TooLarge,
+            "bad_id" => ClientErrorCode::BadRequest,
+            _ => ClientErrorCode::Unavailable,
+        },
+        ServiceError::Store(_) => ClientErrorCode::Unavailable,
+    };
+    ClientEvent::Error {
+        code,
+        message: e.to_string(),
     }
 }

@@ -11,6 +11,7 @@
 //! - `placement`: rendezvous hashing of addresses over cluster members (sans-IO).
 
 pub mod placement;
+pub mod service;
 pub mod store;
 
 use serde::{Deserialize, Serialize};

@@ -268,6 +268,7 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
             return;
         }
     };
+    n.set_cluster(theirs.cluster.clone());
     let key = ctx.next_conn_key();
     if !n.attach(key, conn.clone()) {
         conn.close(quinn::VarInt::from_u32(close::REMOVED), b"neighbor removed");

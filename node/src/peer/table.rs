@@ -56,6 +56,8 @@ struct Inner {
     dialer_running: bool,
     removed: bool,
     last_error: Option<String>,
+    /// Cluster the neighbor announced in its last hello.
+    cluster: Option<String>,
     since: Instant,
 }
 
@@ -109,6 +111,15 @@ impl Neighbor {
 
     pub fn set_dialing(&self, dialing: bool) {
         self.inner().dialing = dialing;
+    }
+
+    pub fn set_cluster(&self, c: String) {
+        self.inner().cluster = Some(c);
+    }
+
+    /// The cluster named in the neighbor's last hello (None before the first connection).
+    pub fn cluster(&self) -> Option<String> {
+        self.inner().cluster.clone()
     }
 
     pub fn set_error(&self, e: String) {
@@ -288,6 +299,7 @@ impl NeighborTable {
                 dialer_running: false,
                 removed: false,
                 last_error: None,
+                cluster: None,
                 since: Instant::now(),
             }),
             up: AtomicUsize::new(0),

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub ozone_proof_failures: IntCounter,
     pub ozone_bytes: IntGauge,
     pub ozone_evictions: IntCounterVec,
+    pub ozone_repair_items: IntCounter,
     pub connections_rejected: IntCounterVec,
     pub joins: IntCounterVec,
     pub invites_issued: IntCounter,
@@ -244,6 +245,10 @@ impl Metrics {
             ozone_bytes: reg(
                 &r,
                 IntGauge::new("echomesh_ozone_stored_bytes", "Payload bytes stored in ozones on this node.").expect("static metric"),
+            ),
+            ozone_repair_items: counter(
+                "echomesh_ozone_repair_items_total",
+                "Ozone messages and tombstones pushed to a reconnected replica (anti-entropy).",
             ),
             ozone_evictions: counter_vec(
                 "echomesh_ozone_evictions_total",

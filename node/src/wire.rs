@@ -119,6 +119,40 @@ pub enum PeerFrame {
     Echo(Vec<EchoPacket>),
 }
 
+/// Node → node requests, one per QUIC stream of a peer connection (after the hello).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Store these ozone messages durably (replication of a deposit, or repair).
+    OzoneStore(Vec<StoredMessage>),
+    /// Acknowledge (delete, tombstone) messages of an ozone.
+    OzoneAck { addr: OzoneAddr, ids: Vec<MsgId> },
+    /// A page of an ozone's messages after a position.
+    OzoneFetch {
+        addr: OzoneAddr,
+        after: Option<Position>,
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerReply {
+    /// How many of the messages are durable here now (stored, already there, or already
+    /// acknowledged).
+    Stored {
+        durable: u32,
+    },
+    Acked {
+        removed: u32,
+    },
+    Messages {
+        messages: Vec<StoredMessage>,
+        more: bool,
+    },
+    Error {
+        message: String,
+    },
+}
+
 /// Borrowed twin of [`PeerFrame`] for encoding without cloning a batch. It must keep the same
 /// variant order as `PeerFrame` (checked by a test).
 #[derive(Debug, Serialize)]

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use echomesh_node::client::{self, ClientError};
+use echomesh_node::client;
 use echomesh_node::ozone::OzoneProof;
 use echomesh_tests::TestNode;
 
@@ -257,14 +257,35 @@ async fn quota_wrong_proof_and_missing_quorum_are_refused() {
     assert_eq!((page.len(), more), (3, false), "stored messages lost");
     drop(s);
 
-    // A second member joins the cluster: W = 2 cannot be met by this build, so deposits are
-    // refused as not durable instead of being acknowledged with one copy.
+    // A second member joins the cluster (W = 2) and dies: deposits are refused as not
+    // durable instead of being acknowledged with one copy.
     let b = TestNode::start(root.path(), "b", 0, &[]);
     let a2 = std::sync::Arc::new(a);
-    let (a3, b2) = (a2.clone(), std::sync::Arc::new(b));
+    let b2 = std::sync::Arc::new(std::sync::Mutex::new(b));
+    let (a3, b3) = (a2.clone(), b2.clone());
     let (alice2, bob_id2) = (alice.clone(), bob_id.clone());
     let out = tokio::task::spawn_blocking(move || {
-        a3.link(&b2);
+        let b_fp = {
+            let b = b3.lock().unwrap();
+            a3.link(&b);
+            b.fingerprint().to_string()
+        };
+        a3.ctl_ok(&[
+            "send",
+            "--node",
+            &a3.spec(),
+            "--key",
+            &alice2,
+            "--to",
+            &bob_id2,
+            "--ozone",
+            "two",
+            "two copies",
+        ]);
+        b3.lock().unwrap().kill9();
+        echomesh_tests::wait_for(Duration::from_secs(20), "a to see b down", || {
+            (a3.neighbor_state(&b_fp).as_deref() != Some("up")).then_some(())
+        });
         a3.ctl(&[
             "send",
             "--node",
@@ -287,20 +308,220 @@ async fn quota_wrong_proof_and_missing_quorum_are_refused() {
         a2.metric("echomesh_ozone_deposits_total{result=\"not_durable\"}"),
         1.0
     );
-    let mut s = client::connect(
-        &ep,
-        a2.info.quic,
-        Some(a2.fingerprint().parse().unwrap()),
-        "test",
-    )
+    let _ = bob;
+}
+
+/// Done-when 1 and 2 of the ozone work: a cluster of three (R = 2, W = 2). Bob is offline;
+/// Alice deposits 1 000 messages through node a; right after the last acknowledgement one node
+/// is killed with -9 (each of the three in turn, a included). Bob reads from a survivor and
+/// gets all 1 000, once, in order. The killed node restarts with its data dir and converges
+/// without operator action: it drops what was acknowledged while it was down (tombstones) and
+/// receives what was deposited for it meanwhile — within 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_deposits_survive_the_loss_of_any_node_and_replicas_converge() {
+    use echomesh_ctl::e2e::{self, Content, Participant, Recipient};
+    use echomesh_node::keydir::{unix_now, BundleKind};
+    use echomesh_node::ozone::placement;
+    use std::sync::{Arc, Mutex};
+
+    let root = tempfile::tempdir().unwrap();
+    let nodes: Vec<Arc<Mutex<TestNode>>> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Arc::new(Mutex::new(TestNode::start(root.path(), n, 0, &[]))))
+        .collect();
+    {
+        let (a, b, c) = (
+            nodes[0].lock().unwrap(),
+            nodes[1].lock().unwrap(),
+            nodes[2].lock().unwrap(),
+        );
+        a.link(&b);
+        b.link(&c);
+        a.link(&c);
+    }
+    let ids: Vec<echomesh_node::identity::NodeId> = nodes
+        .iter()
+        .map(|n| n.lock().unwrap().fingerprint().parse().unwrap())
+        .collect();
+
+    // Alice and Bob; Bob's key file for `recv`.
+    let (alice, bob) = tokio::task::spawn_blocking(|| {
+        (
+            Participant::generate().unwrap(),
+            Participant::generate().unwrap(),
+        )
+    })
     .await
     .unwrap();
-    let (page, _) = s
-        .fetch(OzoneProof::from_secret(b"other"), None, 10)
+    let bob_file = root.path().join("bob.key");
+    echomesh_ctl::keyfile::save(&bob_file, &bob, None).unwrap();
+    let to_bob = Recipient::from_bundle(
+        &bob.bundle(BundleKind::Publish, "Bob", unix_now()),
+        unix_now(),
+    )
+    .unwrap();
+    let alice = Arc::new(alice);
+    let (al, tb) = (alice.clone(), to_bob.clone());
+    let sealed: Vec<bytes::Bytes> = tokio::task::spawn_blocking(move || {
+        (0..1000)
+            .map(|i| {
+                bytes::Bytes::from(
+                    e2e::seal(&al, &tb, Content::Text(format!("message {i:04}"))).unwrap(),
+                )
+            })
+            .collect()
+    })
+    .await
+    .unwrap();
+    let late: Vec<bytes::Bytes> = (0..10)
+        .map(|i| {
+            bytes::Bytes::from(
+                e2e::seal(&alice, &to_bob, Content::Text(format!("late {i}"))).unwrap(),
+            )
+        })
+        .collect();
+    let late_bytes: usize = late.iter().map(|p| p.len()).sum();
+    let ep = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+
+    for victim in 0..3 {
+        let secret = format!("bob-round-{victim}");
+        let via = nodes[0].lock().unwrap().info.clone();
+        let mut s = client::connect(
+            &ep,
+            via.quic,
+            Some(via.fingerprint.parse().unwrap()),
+            "alice",
+        )
         .await
         .unwrap();
-    assert!(page.is_empty(), "a refused deposit was stored");
-    let _ = bob;
-    let e: Result<_, ClientError> = s.deposit(addr, bytes::Bytes::from_static(b"x")).await;
-    assert!(matches!(e, Err(ClientError::Refused(_))));
+        let addr = OzoneProof::from_secret(secret.as_bytes()).address();
+        for p in &sealed {
+            let (_, copies) = s.deposit(addr, p.clone()).await.unwrap();
+            assert!(copies >= 2, "acknowledged with {copies} copies");
+        }
+        drop(s);
+        nodes[victim].lock().unwrap().kill9();
+        let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+        let victim_fp = ids[victim].fingerprint();
+        for &i in &survivors {
+            let n = nodes[i].clone();
+            let fp = victim_fp.clone();
+            tokio::task::spawn_blocking(move || {
+                let n = n.lock().unwrap();
+                echomesh_tests::wait_for(
+                    Duration::from_secs(20),
+                    "the victim to be seen down",
+                    || (n.neighbor_state(&fp).as_deref() != Some("up")).then_some(()),
+                );
+            })
+            .await
+            .unwrap();
+        }
+        // While it is down: deposits into an ozone the victim owns when all three are up.
+        let late_secret = (0..)
+            .map(|k| format!("late-{victim}-{k}"))
+            .find(|sec| {
+                placement::owners(&OzoneProof::from_secret(sec.as_bytes()).address(), &ids, 2)
+                    .contains(&ids[victim])
+            })
+            .unwrap();
+        let late_addr = OzoneProof::from_secret(late_secret.as_bytes()).address();
+        let via = nodes[survivors[0]].lock().unwrap().info.clone();
+        let mut s = client::connect(
+            &ep,
+            via.quic,
+            Some(via.fingerprint.parse().unwrap()),
+            "alice",
+        )
+        .await
+        .unwrap();
+        for p in &late {
+            s.deposit(late_addr, p.clone()).await.unwrap();
+        }
+        drop(s);
+
+        // Bob reads everything from the other survivor: all 1 000, once, in order.
+        let reader = nodes[survivors[1]].clone();
+        let (bf, sec) = (bob_file.clone(), secret.clone());
+        let lines = tokio::task::spawn_blocking(move || {
+            let r = reader.lock().unwrap();
+            r.ctl_ok(&[
+                "--json",
+                "recv",
+                "--node",
+                &r.spec(),
+                "--key",
+                bf.to_str().unwrap(),
+                "--ozone",
+                &sec,
+            ])
+        })
+        .await
+        .unwrap();
+        let texts: Vec<String> = lines
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert_eq!(v["status"], "verified", "{v}");
+                v["text"].as_str().unwrap().to_string()
+            })
+            .collect();
+        let want: Vec<String> = (0..1000).map(|i| format!("message {i:04}")).collect();
+        assert!(
+            texts == want,
+            "victim {victim}: got {} messages, first differences: {:?}",
+            texts.len(),
+            texts
+                .iter()
+                .zip(&want)
+                .filter(|(a, b)| a != b)
+                .take(3)
+                .collect::<Vec<_>>()
+        );
+
+        // The victim comes back and converges: the 1 000 acknowledged while it was down leave
+        // it (tombstones), the late ones arrive — and nothing else is stored there.
+        let n = nodes[victim].clone();
+        tokio::task::spawn_blocking(move || {
+            let mut n = n.lock().unwrap();
+            n.restart();
+            echomesh_tests::wait_for(
+                Duration::from_secs(30),
+                "the restarted replica to converge",
+                || (n.metric("echomesh_ozone_stored_bytes") == late_bytes as f64).then_some(()),
+            );
+        })
+        .await
+        .unwrap();
+        // Clean up for the next round: Bob reads the late ozone (acknowledged everywhere).
+        let reader = nodes[victim].clone();
+        let (bf, sec) = (bob_file.clone(), late_secret.clone());
+        let lines = tokio::task::spawn_blocking(move || {
+            let r = reader.lock().unwrap();
+            r.ctl_ok(&[
+                "--json",
+                "recv",
+                "--node",
+                &r.spec(),
+                "--key",
+                bf.to_str().unwrap(),
+                "--ozone",
+                &sec,
+            ])
+        })
+        .await
+        .unwrap();
+        assert_eq!(lines.lines().count(), 10, "{lines}");
+        for n in &nodes {
+            let n = n.clone();
+            tokio::task::spawn_blocking(move || {
+                let n = n.lock().unwrap();
+                echomesh_tests::wait_for(Duration::from_secs(10), "every replica empty", || {
+                    (n.metric("echomesh_ozone_stored_bytes") == 0.0).then_some(())
+                });
+            })
+            .await
+            .unwrap();
+        }
+    }
 }

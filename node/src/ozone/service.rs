@@ -1,24 +1,35 @@
-//! The node's ozone service: what a client's deposit, fetch and acknowledgement do.
+//! The node's ozone service: what a client's deposit, fetch and acknowledgement do, and how
+//! replicas serve each other.
 //!
-//! Quorum: R = min(`ozone.replicas`, cluster size) and W = min(`ozone.write_quorum`, R), the
-//! cluster being this node and the neighbors that announced the same cluster name. A deposit is
-//! acknowledged only when W replicas hold it durably. Replication between members is the next
-//! step (see docs/OZONES.md): until it lands, this node is the only copy it can vouch for, so a
-//! deposit that needs W > 1 is refused with `NotDurable` instead of being acknowledged weaker
-//! than promised. A single-node cluster, or `write_quorum = 1`, works today.
+//! Cluster: this node plus the neighbors that announced the same cluster name; live members
+//! are those connected now (QUIC keep-alives detect a dead member within the idle timeout).
+//! R = min(`ozone.replicas`, cluster size), W = min(`ozone.write_quorum`, R).
+//! - Deposit: the accepting node assigns the sequence number and stores the message on the R
+//!   owners among live members (rendezvous placement), itself included when it is one; the
+//!   client hears "durable" only after W of them synced it. Fewer: `NotDurable`, an error.
+//! - Fetch: pages from every live member, merged by (seq, id): whichever replicas survive,
+//!   the reader sees every acknowledged deposit, once, in order.
+//! - Ack: sent to every live member; each keeps a tombstone.
+//! - Repair: when a member (re)connects, each side pushes to the other the tombstones and
+//!   messages of every ozone the other owns (`sync_neighbor`), so a restarted or partitioned
+//!   replica converges without an operator.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::placement;
 use super::store::{DepositOutcome, OzoneError, StoredMessage};
 use super::{OzoneAddr, OzoneProof};
 use crate::echo::EchoPacket;
+use crate::identity::NodeId;
 use crate::node::Ctx;
+use crate::peer::{rpc, Neighbor};
 use crate::router::Origin;
 use crate::store::StoreError;
 use crate::tags;
 use crate::wire::Position;
+use crate::wire::{MsgId, PeerReply, PeerRequest};
 
 /// Largest page of a fetch, in bytes of payload.
 pub const MAX_FETCH_BYTES: usize = 1 << 20;
@@ -31,8 +42,13 @@ pub enum ServiceError {
     Ozone(#[from] OzoneError),
     #[error("the proof does not open this ozone (wrong secret?)")]
     WrongProof,
-    #[error("only {copies} of the {needed} durable copies this cluster requires can be made here (ozone.write_quorum; replication between cluster members is not in this build yet): not acknowledged, nothing stored")]
-    NotDurable { copies: usize, needed: usize },
+    #[error("only {copies} of the {needed} durable copies this cluster requires could be made ({live} of {known} cluster members reachable): not acknowledged; retry later or on another node")]
+    NotDurable {
+        copies: usize,
+        needed: usize,
+        live: usize,
+        known: usize,
+    },
     #[error("storage failed: {0}")]
     Store(#[from] StoreError),
 }
@@ -55,16 +71,45 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// (R, W) for the cluster as this node knows it now.
-pub fn quorum(ctx: &Ctx) -> (usize, usize) {
-    let peers = ctx
-        .neighbors()
-        .all()
-        .iter()
-        .filter(|n| n.cluster().as_deref() == Some(ctx.cfg.cluster.as_str()))
-        .count();
-    let r = ctx.cfg.ozone.replicas.min(peers + 1);
-    (r, ctx.cfg.ozone.write_quorum.min(r))
+/// The cluster as this node sees it now.
+pub struct Members {
+    /// Cluster size: this node and every neighbor that announced our cluster.
+    pub known: usize,
+    /// Live members other than this node.
+    pub peers: Vec<Arc<Neighbor>>,
+    pub r: usize,
+    pub w: usize,
+}
+
+impl Members {
+    pub fn now(ctx: &Ctx) -> Members {
+        let all: Vec<Arc<Neighbor>> = ctx
+            .neighbors()
+            .all()
+            .into_iter()
+            .filter(|n| n.cluster().as_deref() == Some(ctx.cfg.cluster.as_str()))
+            .collect();
+        let known = all.len() + 1;
+        let peers: Vec<_> = all.into_iter().filter(|n| n.is_up()).collect();
+        let r = ctx.cfg.ozone.replicas.min(known);
+        Members {
+            known,
+            peers,
+            r,
+            w: ctx.cfg.ozone.write_quorum.min(r),
+        }
+    }
+
+    /// Live member IDs, this node included.
+    pub fn live_ids(&self, me: NodeId) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.peers.iter().map(|n| n.id).collect();
+        v.push(me);
+        v
+    }
+
+    fn peer(&self, id: &NodeId) -> Option<&Arc<Neighbor>> {
+        self.peers.iter().find(|n| n.id == *id)
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -77,14 +122,14 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ServiceError::Store(StoreError::Task(e.to_string())))?
 }
 
-/// Deposit a payload; on success, also flood it tagged for the ozone so live readers get it.
+/// Deposit a payload on the owners; on success, also flood it tagged for the ozone so live
+/// readers get it.
 pub async fn deposit(
     ctx: &Arc<Ctx>,
     addr: OzoneAddr,
     payload: Bytes,
 ) -> Result<(StoredMessage, usize), ServiceError> {
     let m = &ctx.metrics;
-    let (_, w) = quorum(ctx);
     let now = now_ms();
     let msg = StoredMessage {
         addr,
@@ -93,14 +138,56 @@ pub async fn deposit(
         expires_ms: now.saturating_add(ctx.ozones.limits().retention_ms),
         payload,
     };
-    let result = if w > 1 {
-        Err(ServiceError::NotDurable {
-            copies: 1,
-            needed: w,
-        })
-    } else {
+    let members = Members::now(ctx);
+    let me = ctx.identity.id;
+    let owners = placement::owners(&addr, &members.live_ids(me), members.r);
+    let mut copies = 0usize;
+    let mut outcome = None;
+    let mut last_err: Option<ServiceError> = None;
+    let mut remote = tokio::task::JoinSet::new();
+    for owner in &owners {
+        if let Some(n) = members.peer(owner) {
+            let (ctx, n, req) = (
+                ctx.clone(),
+                n.clone(),
+                PeerRequest::OzoneStore(vec![msg.clone()]),
+            );
+            remote.spawn(async move { rpc::call(&ctx, &n, &req).await });
+        }
+    }
+    if owners.contains(&me) {
         let m2 = msg.clone();
-        blocking(ctx, move |s| Ok(s.deposit_blocking(&m2)?)).await
+        match blocking(ctx, move |s| Ok(s.deposit_blocking(&m2)?)).await {
+            Ok(o) => {
+                copies += 1;
+                outcome = Some(o);
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    while let Some(r) = remote.join_next().await {
+        match r {
+            Ok(Ok(PeerReply::Stored { durable })) if durable >= 1 => copies += 1,
+            Ok(Ok(other)) => {
+                tracing::warn!(ozone = %addr.short(), reply = ?other, "replica did not store")
+            }
+            Ok(Err(e)) => {
+                tracing::info!(ozone = %addr.short(), error = %e, "replica unreachable for a deposit")
+            }
+            Err(e) => tracing::error!(error = %e, "deposit task failed"),
+        }
+    }
+    let result = if copies >= members.w {
+        Ok(outcome.unwrap_or(DepositOutcome::Stored))
+    } else if let (0, Some(e)) = (copies, last_err) {
+        Err(e)
+    } else {
+        Err(ServiceError::NotDurable {
+            copies,
+            needed: members.w,
+            live: members.peers.len() + 1,
+            known: members.known,
+        })
     };
     match result {
         Ok(outcome) => {
@@ -110,15 +197,15 @@ pub async fn deposit(
                 DepositOutcome::Acknowledged => "acknowledged",
             };
             m.ozone_deposits.with_label_values(&[label]).inc();
-            tracing::debug!(ozone = %addr.short(), id = %hex::encode(&msg.id[..4]), seq = msg.seq, outcome = label, "ozone deposit");
             m.ozone_bytes.set(ctx.ozones.total_bytes() as i64);
+            tracing::debug!(ozone = %addr.short(), id = %hex::encode(&msg.id[..4]), seq = msg.seq, copies, "ozone deposit durable");
             if outcome == DepositOutcome::Stored {
                 let tag = addr.tag(tags::epoch_of(now / 1000));
                 let pkt =
                     EchoPacket::new(msg.payload.clone(), ctx.cfg.echo.default_hops, Some(tag));
                 ctx.router.dispatch(Origin::Client, vec![pkt]);
             }
-            Ok((msg, 1))
+            Ok((msg, copies))
         }
         Err(e) => {
             m.ozone_deposits.with_label_values(&[e.label()]).inc();
@@ -137,7 +224,8 @@ fn check_proof(ctx: &Ctx, addr: &OzoneAddr, proof: &OzoneProof) -> Result<(), Se
     Err(ServiceError::WrongProof)
 }
 
-/// One page of an ozone, oldest first; `true` when more follow.
+/// One page of an ozone, oldest first, merged from every live member; `true` when more
+/// follow.
 pub async fn fetch(
     ctx: &Arc<Ctx>,
     addr: OzoneAddr,
@@ -146,7 +234,45 @@ pub async fn fetch(
     limit: u32,
 ) -> Result<(Vec<StoredMessage>, bool), ServiceError> {
     check_proof(ctx, &addr, &proof)?;
-    let limit = limit.clamp(1, MAX_FETCH_MESSAGES) as usize;
+    let limit = limit.clamp(1, MAX_FETCH_MESSAGES);
+    let members = Members::now(ctx);
+    let mut remote = tokio::task::JoinSet::new();
+    for n in &members.peers {
+        let (ctx, n) = (ctx.clone(), n.clone());
+        let req = PeerRequest::OzoneFetch { addr, after, limit };
+        remote.spawn(async move { rpc::call(&ctx, &n, &req).await });
+    }
+    let (mut merged, mut more) = local_page(ctx, addr, after, limit).await?;
+    while let Some(r) = remote.join_next().await {
+        match r {
+            Ok(Ok(PeerReply::Messages { messages, more: m })) => {
+                merged.extend(messages.into_iter().filter(|x| x.addr == addr));
+                more |= m;
+            }
+            Ok(Ok(other)) => tracing::warn!(reply = ?other, "unexpected fetch reply"),
+            Ok(Err(e)) => {
+                tracing::info!(ozone = %addr.short(), error = %e, "replica unreachable for a fetch")
+            }
+            Err(e) => tracing::error!(error = %e, "fetch task failed"),
+        }
+    }
+    merged.sort_by(|a, b| (a.seq, a.id).cmp(&(b.seq, b.id)));
+    merged.dedup_by(|a, b| a.id == b.id);
+    if merged.len() > limit as usize {
+        merged.truncate(limit as usize);
+        more = true;
+    }
+    ctx.metrics.ozone_fetches.inc();
+    Ok((merged, more))
+}
+
+async fn local_page(
+    ctx: &Arc<Ctx>,
+    addr: OzoneAddr,
+    after: Option<Position>,
+    limit: u32,
+) -> Result<(Vec<StoredMessage>, bool), ServiceError> {
+    let limit = limit as usize;
     let after = after.map(|p| (p.seq, p.id.0));
     let mut page = blocking(ctx, move |s| {
         Ok(s.fetch_blocking(&addr, after, limit + 1, MAX_FETCH_BYTES)?)
@@ -154,11 +280,11 @@ pub async fn fetch(
     .await?;
     let more = page.len() > limit;
     page.truncate(limit);
-    ctx.metrics.ozone_fetches.inc();
     Ok((page, more))
 }
 
-/// Acknowledge (delete) messages; returns how many were removed.
+/// Acknowledge (delete) messages here and on every live member; returns how many this node
+/// and its peers removed (the largest count any one of them reported).
 pub async fn ack(
     ctx: &Arc<Ctx>,
     addr: OzoneAddr,
@@ -166,12 +292,132 @@ pub async fn ack(
     ids: Vec<[u8; 32]>,
 ) -> Result<u64, ServiceError> {
     check_proof(ctx, &addr, &proof)?;
+    let members = Members::now(ctx);
+    let mut remote = tokio::task::JoinSet::new();
+    for n in &members.peers {
+        let (ctx, n) = (ctx.clone(), n.clone());
+        let req = PeerRequest::OzoneAck {
+            addr,
+            ids: ids.iter().map(|i| MsgId(*i)).collect(),
+        };
+        remote.spawn(async move { rpc::call(&ctx, &n, &req).await });
+    }
     let asked = ids.len();
-    let removed = blocking(ctx, move |s| Ok(s.ack_blocking(&addr, &ids, now_ms())?)).await?;
+    let mut removed = blocking(ctx, move |s| Ok(s.ack_blocking(&addr, &ids, now_ms())?)).await?;
+    while let Some(r) = remote.join_next().await {
+        match r {
+            Ok(Ok(PeerReply::Acked { removed: n })) => removed = removed.max(u64::from(n)),
+            Ok(Ok(other)) => tracing::warn!(reply = ?other, "unexpected ack reply"),
+            // A member that misses it gets the tombstones when it reconnects.
+            Ok(Err(e)) => {
+                tracing::info!(ozone = %addr.short(), error = %e, "replica unreachable for an acknowledgement")
+            }
+            Err(e) => tracing::error!(error = %e, "ack task failed"),
+        }
+    }
     tracing::debug!(ozone = %addr.short(), asked, removed, "ozone acknowledgement");
     ctx.metrics.ozone_acks.inc_by(removed);
     ctx.metrics.ozone_bytes.set(ctx.ozones.total_bytes() as i64);
     Ok(removed)
+}
+
+/// Answer a neighbor's ozone request.
+pub async fn serve_peer(ctx: &Arc<Ctx>, req: PeerRequest) -> PeerReply {
+    let r = match req {
+        PeerRequest::OzoneStore(messages) => {
+            blocking(ctx, move |s| {
+                let mut durable = 0u32;
+                for m in &messages {
+                    s.deposit_blocking(m)?;
+                    durable += 1;
+                }
+                Ok(PeerReply::Stored { durable })
+            })
+            .await
+        }
+        PeerRequest::OzoneAck { addr, ids } => {
+            let ids: Vec<[u8; 32]> = ids.into_iter().map(|i| i.0).collect();
+            blocking(ctx, move |s| {
+                let n = s.ack_blocking(&addr, &ids, now_ms())?;
+                Ok(PeerReply::Acked {
+                    removed: n.min(u64::from(u32::MAX)) as u32,
+                })
+            })
+            .await
+        }
+        PeerRequest::OzoneFetch { addr, after, limit } => {
+            local_page(ctx, addr, after, limit.clamp(1, MAX_FETCH_MESSAGES))
+                .await
+                .map(|(messages, more)| PeerReply::Messages { messages, more })
+        }
+    };
+    ctx.metrics.ozone_bytes.set(ctx.ozones.total_bytes() as i64);
+    r.unwrap_or_else(|e| PeerReply::Error {
+        message: e.to_string(),
+    })
+}
+
+/// Repair after a (re)connection: push to the neighbor the tombstones, then the messages, of
+/// every ozone it owns among the live members. The neighbor does the same towards us, so
+/// both converge. Paged; stops when the connection goes.
+pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
+    let addrs = match blocking(&ctx, |s| Ok(s.ozones_blocking()?)).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "ozone repair skipped: storage error");
+            return;
+        }
+    };
+    let (mut tombs_sent, mut msgs_sent) = (0usize, 0usize);
+    for addr in addrs {
+        let members = Members::now(&ctx);
+        if !n.is_up() || ctx.shutdown.is_cancelled() {
+            return;
+        }
+        if !placement::owners(&addr, &members.live_ids(ctx.identity.id), members.r).contains(&n.id)
+        {
+            continue;
+        }
+        if let Ok(tombs) = blocking(&ctx, move |s| Ok(s.tombstones_blocking(&addr)?)).await {
+            for chunk in tombs.chunks(1024) {
+                let req = PeerRequest::OzoneAck {
+                    addr,
+                    ids: chunk.iter().map(|i| MsgId(*i)).collect(),
+                };
+                if rpc::call(&ctx, &n, &req).await.is_err() {
+                    return;
+                }
+                tombs_sent += chunk.len();
+            }
+        }
+        let mut after = None;
+        loop {
+            let Ok((page, more)) = local_page(&ctx, addr, after, 256).await else {
+                break;
+            };
+            let Some(last) = page.last() else { break };
+            after = Some(Position {
+                seq: last.seq,
+                id: MsgId(last.id),
+            });
+            msgs_sent += page.len();
+            if rpc::call(&ctx, &n, &PeerRequest::OzoneStore(page))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            if !more {
+                break;
+            }
+        }
+    }
+    ctx.metrics
+        .ozone_repair_items
+        .inc_by((tombs_sent + msgs_sent) as u64);
+    if tombs_sent + msgs_sent > 0 {
+        tracing::info!(neighbor = %n.id, tombstones = tombs_sent, messages = msgs_sent, "ozone repair pushed to neighbor");
+    }
 }
 
 /// Evict what outlived its retention (housekeeping).

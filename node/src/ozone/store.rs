@@ -386,6 +386,60 @@ impl OzoneStore {
         Ok(deleted)
     }
 
+    /// Every ozone this node holds messages or tombstones of.
+    pub fn ozones_blocking(&self) -> Result<Vec<OzoneAddr>, StoreError> {
+        let db = self.store.db();
+        let mut out = std::collections::BTreeSet::new();
+        let stats = db.iterator_cf(
+            self.store.cf(CF_NODE_STATE)?,
+            rocksdb::IteratorMode::From(STATS_PREFIX, rocksdb::Direction::Forward),
+        );
+        for item in stats {
+            let (k, _) = item?;
+            if !k.starts_with(STATS_PREFIX) {
+                break;
+            }
+            if let Ok(a) = <[u8; 32]>::try_from(&k[STATS_PREFIX.len()..]) {
+                out.insert(OzoneAddr(a));
+            }
+        }
+        let tombs = db.iterator_cf(
+            self.store.cf(CF_TOMBSTONES)?,
+            rocksdb::IteratorMode::From(b"t", rocksdb::Direction::Forward),
+        );
+        for item in tombs {
+            let (k, _) = item?;
+            if k.first() != Some(&b't') {
+                break;
+            }
+            if let Ok(a) = <[u8; 32]>::try_from(&k[1..33.min(k.len())]) {
+                out.insert(OzoneAddr(a));
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// The acknowledged (tombstoned) message IDs of an ozone.
+    pub fn tombstones_blocking(&self, addr: &OzoneAddr) -> Result<Vec<[u8; 32]>, StoreError> {
+        let db = self.store.db();
+        let prefix = key(&[b"t", &addr.0]);
+        let mut out = Vec::new();
+        let iter = db.iterator_cf(
+            self.store.cf(CF_TOMBSTONES)?,
+            rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if let Ok(id) = <[u8; 32]>::try_from(&k[prefix.len()..]) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// Evict messages and tombstones whose retention ended (at most `limit` of each).
     pub fn sweep_expired_blocking(&self, now_ms: u64, limit: usize) -> Result<Swept, StoreError> {
         let _guard = self.lock();

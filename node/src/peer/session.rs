@@ -278,6 +278,15 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
         software = %theirs.software, "neighbor up");
     ctx.tasks
         .spawn(crate::keydir::flood::sync_neighbor(ctx.clone(), n.clone()));
+    ctx.tasks.spawn(crate::peer::rpc::serve(
+        ctx.clone(),
+        n.clone(),
+        conn.clone(),
+    ));
+    if theirs.cluster == ctx.cfg.cluster {
+        ctx.tasks
+            .spawn(crate::ozone::service::sync_neighbor(ctx.clone(), n.clone()));
+    }
 
     // The batch being written lives here, so packets caught mid-write when the connection
     // ends are counted, not silently lost.

@@ -113,6 +113,11 @@ impl Neighbor {
         self.inner().dialing = dialing;
     }
 
+    /// A live connection to this neighbor, for request/response streams.
+    pub fn connection(&self) -> Option<quinn::Connection> {
+        self.inner().conns.first().map(|(_, c)| c.clone())
+    }
+
     pub fn set_cluster(&self, c: String) {
         self.inner().cluster = Some(c);
     }

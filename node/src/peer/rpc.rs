@@ -1,0 +1,93 @@
+//! Request/response between neighbors: one QUIC bidirectional stream per request, opened on
+//! the existing peer connection after the hello. The echo stream is never blocked by them, the
+//! number in flight is bounded by QUIC's stream limit, and each has a deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::node::Ctx;
+use crate::peer::Neighbor;
+use crate::wire::{self, PeerReply, PeerRequest};
+
+/// Deadline of one request, answer included.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("neighbor {0} is not connected")]
+    NotConnected(String),
+    #[error("neighbor did not answer within {RPC_TIMEOUT:?}")]
+    Timeout,
+    #[error("request failed: {0}")]
+    Io(String),
+    #[error("neighbor refused: {0}")]
+    Refused(String),
+}
+
+/// Send one request to a neighbor and wait for its answer.
+pub async fn call(ctx: &Ctx, n: &Neighbor, req: &PeerRequest) -> Result<PeerReply, RpcError> {
+    let conn = n
+        .connection()
+        .ok_or_else(|| RpcError::NotConnected(n.id.short()))?;
+    let max = ctx.cfg.limits.max_frame_bytes;
+    let fut = async {
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| RpcError::Io(e.to_string()))?;
+        let frame = wire::encode(req).map_err(|e| RpcError::Io(e.to_string()))?;
+        send.write_all(&frame)
+            .await
+            .map_err(|e| RpcError::Io(e.to_string()))?;
+        let _ = send.finish();
+        let mut buf = Vec::new();
+        match wire::read_frame::<_, PeerReply>(&mut recv, max, &mut buf).await {
+            Ok(Some(PeerReply::Error { message })) => Err(RpcError::Refused(message)),
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(RpcError::Io("stream closed without an answer".into())),
+            Err(e) => Err(RpcError::Io(e.to_string())),
+        }
+    };
+    tokio::time::timeout(RPC_TIMEOUT, fut)
+        .await
+        .map_err(|_| RpcError::Timeout)?
+}
+
+/// Answer the neighbor's requests on this connection until it ends.
+pub async fn serve(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection) {
+    let max = ctx.cfg.limits.max_frame_bytes;
+    loop {
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let ctx = ctx.clone();
+        let n = n.clone();
+        // QUIC's stream limit (peer.max_concurrent_bidi_streams) bounds these tasks.
+        ctx.tasks.clone().spawn(async move {
+            let mut buf = Vec::new();
+            let req = match tokio::time::timeout(
+                RPC_TIMEOUT,
+                wire::read_frame::<_, PeerRequest>(&mut recv, max, &mut buf),
+            )
+            .await
+            {
+                Ok(Ok(Some(r))) => r,
+                Ok(Err(e)) => {
+                    ctx.metrics
+                        .frame_errors
+                        .with_label_values(&[e.kind(), "peer"])
+                        .inc();
+                    tracing::warn!(neighbor = %n.id, error = %e, "bad request frame from neighbor");
+                    return;
+                }
+                _ => return,
+            };
+            let reply = crate::ozone::service::serve_peer(&ctx, req).await;
+            if let Ok(b) = wire::encode(&reply) {
+                let _ = send.write_all(&b).await;
+                let _ = send.finish();
+            }
+        });
+    }
+}

@@ -256,7 +256,7 @@ pub async fn fetch(
             Err(e) => tracing::error!(error = %e, "fetch task failed"),
         }
     }
-    merged.sort_by(|a, b| (a.seq, a.id).cmp(&(b.seq, b.id)));
+    merged.sort_by_key(|m| (m.seq, m.id));
     merged.dedup_by(|a, b| a.id == b.id);
     if merged.len() > limit as usize {
         merged.truncate(limit as usize);

@@ -16,6 +16,9 @@ use serde::Serialize;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
+    /// `ozone`: the offline-mailbox benchmark instead of the flood benchmark.
+    #[command(subcommand)]
+    what: Option<BenchWhat>,
     /// Number of nodes.
     #[arg(long, default_value_t = 5)]
     nodes: usize,
@@ -31,6 +34,12 @@ pub struct BenchArgs {
     /// Give up waiting for deliveries after this many seconds without progress.
     #[arg(long, default_value_t = 10)]
     idle_timeout: u64,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchWhat {
+    /// Replicated ozone deposits (acknowledged after W durable copies) and fetches.
+    Ozone(crate::bench_ozone::OzoneBenchArgs),
 }
 
 #[derive(Debug, Serialize)]
@@ -75,7 +84,7 @@ pub fn topology(n: usize) -> Vec<(usize, usize)> {
     edges.into_iter().collect()
 }
 
-fn node_config(dir: &std::path::Path) -> Config {
+pub(crate) fn node_config(dir: &std::path::Path) -> Config {
     let mut c = Config {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().expect("static addr"),
@@ -93,6 +102,9 @@ fn node_config(dir: &std::path::Path) -> Config {
 }
 
 pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<ExitCode> {
+    if let Some(BenchWhat::Ozone(o)) = a.what {
+        return crate::bench_ozone::run(o, json).await;
+    }
     if a.nodes < 2 || a.nodes > 64 {
         bail!("--nodes must be between 2 and 64");
     }
@@ -131,19 +143,23 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<ExitCode> {
     )
 }
 
-async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
-    let tmp = tempfile::tempdir().context("creating temporary directory")?;
+/// Start `n` in-process nodes in `dir`, link them as `edges` (static neighbors, both ways)
+/// and wait until every link is up.
+pub(crate) async fn start_mesh(
+    dir: &std::path::Path,
+    n: usize,
+    edges: &[(usize, usize)],
+) -> anyhow::Result<Vec<NodeHandle>> {
     let mut nodes: Vec<NodeHandle> = Vec::new();
-    for i in 0..a.nodes {
-        let dir = tmp.path().join(format!("node{i}"));
+    for i in 0..n {
+        let d = dir.join(format!("node{i}"));
         nodes.push(
-            echomesh_node::start(node_config(&dir))
+            echomesh_node::start(node_config(&d))
                 .await
                 .with_context(|| format!("starting node {i}"))?,
         );
     }
-    let edges = topology(a.nodes);
-    for &(i, j) in &edges {
+    for &(i, j) in edges {
         for (x, y) in [(i, j), (j, i)] {
             nodes[x]
                 .ctx
@@ -157,7 +173,6 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
                 .await?;
         }
     }
-    // Wait for every link to be up.
     let t0 = Instant::now();
     loop {
         let up: usize = nodes
@@ -165,7 +180,7 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
             .map(|n| n.ctx.neighbors().all().iter().filter(|x| x.is_up()).count())
             .sum();
         if up == edges.len() * 2 {
-            break;
+            return Ok(nodes);
         }
         if t0.elapsed() > Duration::from_secs(20) {
             bail!(
@@ -175,7 +190,12 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
 
+async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
+    let tmp = tempfile::tempdir().context("creating temporary directory")?;
+    let edges = topology(a.nodes);
+    let nodes = start_mesh(tmp.path(), a.nodes, &edges).await?;
     let endpoint =
         echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().expect("static addr"))?;
     let agent = "echomeshctl-bench";

@@ -2,6 +2,7 @@
 
 mod admin_client;
 mod bench;
+mod bench_ozone;
 mod commands;
 mod messaging;
 mod target_node;

@@ -142,6 +142,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(cmd) => return crate::messaging::keys(cmd, json).await,
         Command::Send(args) => return crate::messaging::send(args, json).await,
         Command::Recv(args) => return crate::messaging::recv(args, json).await,
+        Command::Ozone(cmd) => return crate::messaging::ozone(cmd, json).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -97,6 +97,9 @@ pub enum Command {
     Send(messaging::SendArgs),
     /// Receive, decrypt and verify messages sent to your key.
     Recv(messaging::RecvArgs),
+    /// Ozones (offline mailboxes): info and quotas.
+    #[command(subcommand)]
+    Ozone(messaging::OzoneCmd),
     /// Local mesh flood benchmark: N in-process nodes over real QUIC on 127.0.0.1.
     Bench(bench::BenchArgs),
 }

@@ -71,6 +71,44 @@ pub enum KeysCmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum OzoneCmd {
+    /// Messages and bytes held, quotas, retention and which members hold the ozone.
+    Info {
+        #[arg(long)]
+        node: NodeTarget,
+        /// The ozone's secret.
+        #[arg(long, env = "ECHOMESH_OZONE_SECRET", hide_env_values = true)]
+        secret: String,
+    },
+}
+
+pub async fn ozone(cmd: OzoneCmd, json: bool) -> anyhow::Result<ExitCode> {
+    match cmd {
+        OzoneCmd::Info { node, secret } => {
+            let (_ep, mut s) = target_node::connect(&node).await?;
+            let i = s
+                .ozone_info(OzoneProof::from_secret(secret.as_bytes()))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+            } else {
+                println!(
+                    "messages     {} of {} ({} of {} bytes) on {}",
+                    i.messages, i.max_messages, i.bytes, i.max_bytes, node.addr
+                );
+                println!("retention    {} s", i.retention_secs);
+                println!(
+                    "replicas     R={} W={} (cluster: {} of {} members alive)",
+                    i.replicas, i.write_quorum, i.members_alive, i.members_known
+                );
+                println!("owners       {}", i.owners.join(", "));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(Args, Debug)]
 pub struct SendArgs {
     #[arg(long)]

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub ozone_bytes: IntGauge,
     pub ozone_evictions: IntCounterVec,
     pub ozone_repair_items: IntCounter,
+    pub ozone_repair_rounds: IntCounter,
+    pub cluster_members: IntGaugeVec,
     pub connections_rejected: IntCounterVec,
     pub joins: IntCounterVec,
     pub invites_issued: IntCounter,
@@ -250,6 +252,18 @@ impl Metrics {
                 "echomesh_ozone_repair_items_total",
                 "Ozone messages and tombstones pushed to a reconnected replica (anti-entropy).",
             ),
+            ozone_repair_rounds: counter(
+                "echomesh_ozone_repair_rounds_total",
+                "Anti-entropy rounds run towards a (re)connected cluster member.",
+            ),
+            cluster_members: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("echomesh_cluster_members", "Members of this node's cluster by state (alive, failed), this node included."),
+                    &["state"],
+                )
+                .expect("static metric"),
+            ),
             ozone_evictions: counter_vec(
                 "echomesh_ozone_evictions_total",
                 "Ozone messages evicted, by reason (retention).",
@@ -343,6 +357,9 @@ impl Metrics {
             m.ozone_deposits.with_label_values(&[r]);
         }
         m.ozone_evictions.with_label_values(&["retention"]);
+        for st in ["alive", "failed"] {
+            m.cluster_members.with_label_values(&[st]);
+        }
         for r in ["found", "not_found"] {
             m.key_lookups.with_label_values(&[r]);
         }

@@ -430,5 +430,15 @@ async fn housekeeping(ctx: Arc<Ctx>) {
         ctx.metrics
             .client_queue_bytes
             .set(ctx.router.subscribers.queued_bytes() as i64);
+        let members = crate::ozone::service::Members::now(&ctx);
+        let alive = members.peers.len() + 1;
+        ctx.metrics
+            .cluster_members
+            .with_label_values(&["alive"])
+            .set(alive as i64);
+        ctx.metrics
+            .cluster_members
+            .with_label_values(&["failed"])
+            .set((members.known - alive) as i64);
     }
 }

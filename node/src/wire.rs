@@ -227,6 +227,28 @@ pub enum ClientRequest {
         proof: OzoneProof,
         ids: Vec<MsgId>,
     },
+    /// Counts, quotas and placement of an ozone. Answered by `OzoneInfo`.
+    OzoneInfo {
+        addr: OzoneAddr,
+        proof: OzoneProof,
+    },
+}
+
+/// What `OzoneInfo` reports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OzoneInfo {
+    /// Messages and bytes held on the answering node.
+    pub messages: u64,
+    pub bytes: u64,
+    pub max_messages: u64,
+    pub max_bytes: u64,
+    pub retention_secs: u64,
+    pub replicas: u32,
+    pub write_quorum: u32,
+    /// Short IDs of the owners among the live members, in preference order.
+    pub owners: Vec<String>,
+    pub members_alive: u32,
+    pub members_known: u32,
 }
 
 /// A message ID (blake3 of its payload) as one byte string on the wire.
@@ -267,7 +289,9 @@ pub enum ClientEvent {
     /// Packets for a subscription.
     Deliver(Vec<EchoPacket>),
     /// The node dropped `dropped` packets for this client because it did not read fast enough.
-    Lagged { dropped: u64 },
+    Lagged {
+        dropped: u64,
+    },
     /// The request was refused; the session stays usable unless the node closes it.
     Error {
         code: ClientErrorCode,
@@ -277,18 +301,26 @@ pub enum ClientEvent {
     Subscribed,
     /// A `PublishKey` was verified and stored; `changed` is false when the node already had
     /// exactly this bundle.
-    KeyPublished { changed: bool },
+    KeyPublished {
+        changed: bool,
+    },
     /// Answer to `LookupKey`: every matching bundle (several only on a short-ID collision).
     KeyLookup(Vec<KeyBundle>),
     /// A deposit is durable on `copies` replicas (at least the write quorum).
-    Deposited { id: MsgId, copies: u8 },
+    Deposited {
+        id: MsgId,
+        copies: u8,
+    },
     /// Messages of an ozone, oldest first; `more` when another page follows.
     Fetched {
         messages: Vec<StoredMessage>,
         more: bool,
     },
     /// `removed` messages were deleted (acknowledging an absent message is not an error).
-    Acked { removed: u32 },
+    Acked {
+        removed: u32,
+    },
+    OzoneInfo(OzoneInfo),
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use echomesh_node::client;
+use echomesh_node::client::{self, ClientError};
 use echomesh_node::ozone::OzoneProof;
 use echomesh_tests::TestNode;
 
@@ -170,7 +170,11 @@ fn follow_reads_the_ozone_then_goes_live() {
 async fn quota_wrong_proof_and_missing_quorum_are_refused() {
     let root = tempfile::tempdir().unwrap();
     let cfg = root.path().join("small.toml");
-    std::fs::write(&cfg, "[ozone]\nmax_messages_per_ozone = 3\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[ozone]\nmax_messages_per_ozone = 3\nmax_total_bytes = 200000\n",
+    )
+    .unwrap();
     let a = TestNode::start(
         root.path(),
         "a",
@@ -255,7 +259,58 @@ async fn quota_wrong_proof_and_missing_quorum_are_refused() {
         .await
         .unwrap();
     assert_eq!((page.len(), more), (3, false), "stored messages lost");
+    // Oversized deposit and a full storage budget: refused with the reason, counted.
+    let huge = bytes::Bytes::from(vec![7u8; 300 * 1024]);
+    match s
+        .deposit(OzoneProof::from_secret(b"big").address(), huge)
+        .await
+    {
+        Err(ClientError::Refused(m)) => assert!(m.contains("exceeds"), "{m}"),
+        other => panic!("oversized deposit accepted: {other:?}"),
+    }
+    s.deposit(
+        OzoneProof::from_secret(b"big").address(),
+        bytes::Bytes::from(vec![1u8; 150_000]),
+    )
+    .await
+    .unwrap();
+    match s
+        .deposit(
+            OzoneProof::from_secret(b"big2").address(),
+            bytes::Bytes::from(vec![2u8; 150_000]),
+        )
+        .await
+    {
+        Err(ClientError::Refused(m)) => assert!(m.contains("budget"), "{m}"),
+        other => panic!("deposit over the budget accepted: {other:?}"),
+    }
+    assert_eq!(
+        a.metric("echomesh_ozone_deposits_total{result=\"too_large\"}"),
+        1.0
+    );
+    assert_eq!(
+        a.metric("echomesh_ozone_deposits_total{result=\"disk_budget\"}"),
+        1.0
+    );
+    let (page, _) = s
+        .fetch(OzoneProof::from_secret(b"big"), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
     drop(s);
+    let info: serde_json::Value = serde_json::from_str(&a.ctl_ok(&[
+        "--json",
+        "ozone",
+        "info",
+        "--node",
+        &a.spec(),
+        "--secret",
+        "q",
+    ]))
+    .unwrap();
+    assert_eq!(info["messages"], 3);
+    assert_eq!(info["max_messages"], 3);
+    assert_eq!(info["owners"].as_array().unwrap().len(), 1);
 
     // A second member joins the cluster (W = 2) and dies: deposits are refused as not
     // durable instead of being acknowledged with one copy.

@@ -280,6 +280,25 @@ impl ClientSession {
         }
     }
 
+    /// Counts, quotas and placement of an ozone.
+    pub async fn ozone_info(
+        &mut self,
+        proof: OzoneProof,
+    ) -> Result<crate::wire::OzoneInfo, ClientError> {
+        let req = ClientRequest::OzoneInfo {
+            addr: proof.address(),
+            proof,
+        };
+        self.writer.write(&req).await?;
+        match self.reply().await? {
+            ClientEvent::OzoneInfo(i) => Ok(i),
+            ClientEvent::Error { message, .. } => Err(ClientError::Refused(message)),
+            other => Err(ClientError::Protocol(format!(
+                "expected ozone info, got {other:?}"
+            ))),
+        }
+    }
+
     /// Acknowledge (delete) messages of an ozone.
     pub async fn ack(&mut self, proof: OzoneProof, ids: Vec<MsgId>) -> Result<u32, ClientError> {
         let req = ClientRequest::Ack {

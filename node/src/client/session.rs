@@ -311,6 +311,7 @@ async fn read_requests(
             ClientRequest::Deposit { .. } => "deposit",
             ClientRequest::Fetch { .. } => "fetch",
             ClientRequest::Ack { .. } => "ack",
+            ClientRequest::OzoneInfo { .. } => "ozone_info",
         };
         ctx.metrics.client_requests.with_label_values(&[kind]).inc();
         match req {
@@ -346,6 +347,15 @@ async fn read_requests(
                     Ok(n) => ClientEvent::Acked {
                         removed: n.min(u64::from(u32::MAX)) as u32,
                     },
+                    Err(e) => service_error(e),
+                };
+                if ctrl.send(ev).await.is_err() {
+                    return READER_ENDED_BY_WRITER.into();
+                }
+            }
+            ClientRequest::OzoneInfo { addr, proof } => {
+                let ev = match ozone::service::info(ctx, addr, proof).await {
+                    Ok(i) => ClientEvent::OzoneInfo(i),
                     Err(e) => service_error(e),
                 };
                 if ctrl.send(ev).await.is_err() {

@@ -29,7 +29,7 @@ use crate::router::Origin;
 use crate::store::StoreError;
 use crate::tags;
 use crate::wire::Position;
-use crate::wire::{MsgId, PeerReply, PeerRequest};
+use crate::wire::{MsgId, OzoneInfo, PeerReply, PeerRequest};
 
 /// Largest page of a fetch, in bytes of payload.
 pub const MAX_FETCH_BYTES: usize = 1 << 20;
@@ -321,6 +321,31 @@ pub async fn ack(
     Ok(removed)
 }
 
+/// Counts (on this node), quotas and placement of an ozone.
+pub async fn info(
+    ctx: &Arc<Ctx>,
+    addr: OzoneAddr,
+    proof: OzoneProof,
+) -> Result<OzoneInfo, ServiceError> {
+    check_proof(ctx, &addr, &proof)?;
+    let stats = blocking(ctx, move |s| Ok(s.stats_blocking(&addr)?)).await?;
+    let members = Members::now(ctx);
+    let owners = placement::owners(&addr, &members.live_ids(ctx.identity.id), members.r);
+    let cfg = &ctx.cfg.ozone;
+    Ok(OzoneInfo {
+        messages: stats.messages,
+        bytes: stats.bytes,
+        max_messages: cfg.max_messages_per_ozone,
+        max_bytes: cfg.max_bytes_per_ozone,
+        retention_secs: cfg.retention_secs,
+        replicas: members.r as u32,
+        write_quorum: members.w as u32,
+        owners: owners.iter().map(|o| o.short()).collect(),
+        members_alive: (members.peers.len() + 1) as u32,
+        members_known: members.known as u32,
+    })
+}
+
 /// Answer a neighbor's ozone request.
 pub async fn serve_peer(ctx: &Arc<Ctx>, req: PeerRequest) -> PeerReply {
     let r = match req {
@@ -368,6 +393,7 @@ pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
             return;
         }
     };
+    ctx.metrics.ozone_repair_rounds.inc();
     let (mut tombs_sent, mut msgs_sent) = (0usize, 0usize);
     for addr in addrs {
         let members = Members::now(&ctx);

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub ozone_evictions: IntCounterVec,
     pub ozone_repair_items: IntCounter,
     pub ozone_repair_rounds: IntCounter,
+    pub ozone_repair_differing: IntGauge,
+    pub ozones_hosted: IntGauge,
+    pub ozone_messages: IntGauge,
     pub cluster_members: IntGaugeVec,
     pub connections_rejected: IntCounterVec,
     pub joins: IntCounterVec,
@@ -255,6 +258,22 @@ impl Metrics {
             ozone_repair_rounds: counter(
                 "echomesh_ozone_repair_rounds_total",
                 "Anti-entropy rounds run towards a (re)connected cluster member.",
+            ),
+            ozone_repair_differing: reg(
+                &r,
+                IntGauge::new(
+                    "echomesh_ozone_repair_differing_ozones",
+                    "Ozones found out of sync with a member in the last repair round (replication lag indicator).",
+                )
+                .expect("static metric"),
+            ),
+            ozones_hosted: reg(
+                &r,
+                IntGauge::new("echomesh_ozones_hosted", "Ozones holding messages on this node.").expect("static metric"),
+            ),
+            ozone_messages: reg(
+                &r,
+                IntGauge::new("echomesh_ozone_messages", "Messages stored in ozones on this node.").expect("static metric"),
             ),
             cluster_members: reg(
                 &r,

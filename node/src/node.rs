@@ -422,6 +422,9 @@ async fn housekeeping(ctx: Arc<Ctx>) {
         if ticks % 60 == 0 {
             crate::ozone::service::sweep(&ctx).await;
         }
+        if ticks % 5 == 1 {
+            crate::ozone::service::update_gauges(&ctx).await;
+        }
         ctx.router.tick();
         ctx.neighbors().update_gauges();
         ctx.metrics

@@ -132,6 +132,8 @@ pub enum PeerRequest {
         after: Option<Position>,
         limit: u32,
     },
+    /// The replica's digest of an ozone (anti-entropy).
+    OzoneDigest { addr: OzoneAddr },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,6 +153,7 @@ pub enum PeerReply {
     Error {
         message: String,
     },
+    Digest(crate::ozone::store::OzoneDigest),
 }
 
 /// Borrowed twin of [`PeerFrame`] for encoding without cloning a batch. It must keep the same

@@ -370,6 +370,12 @@ pub async fn serve_peer(ctx: &Arc<Ctx>, req: PeerRequest) -> PeerReply {
             })
             .await
         }
+        PeerRequest::OzoneDigest { addr } => {
+            blocking(ctx, move |s| {
+                Ok(PeerReply::Digest(s.digest_blocking(&addr)?))
+            })
+            .await
+        }
         PeerRequest::OzoneFetch { addr, after, limit } => {
             local_page(ctx, addr, after, limit.clamp(1, MAX_FETCH_MESSAGES))
                 .await
@@ -443,6 +449,17 @@ pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
         .inc_by((tombs_sent + msgs_sent) as u64);
     if tombs_sent + msgs_sent > 0 {
         tracing::info!(neighbor = %n.id, tombstones = tombs_sent, messages = msgs_sent, "ozone repair pushed to neighbor");
+    }
+}
+
+/// Ozones hosted and messages stored (housekeeping, every few seconds).
+pub async fn update_gauges(ctx: &Arc<Ctx>) {
+    match blocking(ctx, |s| Ok(s.hosted_blocking()?)).await {
+        Ok((ozones, messages)) => {
+            ctx.metrics.ozones_hosted.set(ozones as i64);
+            ctx.metrics.ozone_messages.set(messages as i64);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read ozone counts"),
     }
 }
 

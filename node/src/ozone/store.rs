@@ -72,6 +72,17 @@ pub struct OzoneStats {
     pub bytes: u64,
 }
 
+/// Summary of one replica's view of an ozone (see [`OzoneStore::digest_blocking`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OzoneDigest {
+    pub messages: u64,
+    pub tombstones: u64,
+    #[serde(with = "crate::wire::bytes32")]
+    pub message_xor: [u8; 32],
+    #[serde(with = "crate::wire::bytes32")]
+    pub tombstone_xor: [u8; 32],
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DepositOutcome {
     Stored,
@@ -384,6 +395,58 @@ impl OzoneStore {
         self.total_bytes
             .fetch_sub(freed.min(self.total_bytes()), Ordering::Relaxed);
         Ok(deleted)
+    }
+
+    /// (ozones holding messages, messages) on this node.
+    pub fn hosted_blocking(&self) -> Result<(u64, u64), StoreError> {
+        let db = self.store.db();
+        let (mut ozones, mut messages) = (0u64, 0u64);
+        let iter = db.iterator_cf(
+            self.store.cf(CF_NODE_STATE)?,
+            rocksdb::IteratorMode::From(STATS_PREFIX, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(STATS_PREFIX) {
+                break;
+            }
+            let s: OzoneStats = wire::decode_body(&v).map_err(|_| corrupt("stats"))?;
+            ozones += 1;
+            messages += s.messages;
+        }
+        Ok((ozones, messages))
+    }
+
+    /// A digest of what this node holds of an ozone: counts of messages and tombstones and
+    /// the XOR of their IDs. Equal digests on two replicas mean nothing to repair.
+    pub fn digest_blocking(&self, addr: &OzoneAddr) -> Result<OzoneDigest, StoreError> {
+        let db = self.store.db();
+        let mut d = OzoneDigest::default();
+        for (cf, tag) in [(CF_MESSAGES, b"i"), (CF_TOMBSTONES, b"t")] {
+            let prefix = key(&[tag, &addr.0]);
+            let iter = db.iterator_cf(
+                self.store.cf(cf)?,
+                rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+            );
+            for item in iter {
+                let (k, _) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let id = &k[prefix.len()..];
+                let target = if tag == b"i" {
+                    d.messages += 1;
+                    &mut d.message_xor
+                } else {
+                    d.tombstones += 1;
+                    &mut d.tombstone_xor
+                };
+                for (t, b) in target.iter_mut().zip(id) {
+                    *t ^= b;
+                }
+            }
+        }
+        Ok(d)
     }
 
     /// Every ozone this node holds messages or tombstones of.

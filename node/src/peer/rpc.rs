@@ -83,7 +83,16 @@ pub async fn serve(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection) {
                 }
                 _ => return,
             };
-            let reply = crate::ozone::service::serve_peer(&ctx, req).await;
+            // Replication is for members of our cluster only: a federated neighbor from another
+            // cluster relays echo packets but may not read, write or delete our ozones.
+            let reply = if n.cluster().as_deref() == Some(ctx.cfg.cluster.as_str()) {
+                crate::ozone::service::serve_peer(&ctx, req).await
+            } else {
+                tracing::warn!(neighbor = %n.id, cluster = ?n.cluster(), "refusing an ozone request from a neighbor outside our cluster");
+                PeerReply::Error {
+                    message: format!("not a member of cluster {:?}", ctx.cfg.cluster),
+                }
+            };
             if let Ok(b) = wire::encode(&reply) {
                 let _ = send.write_all(&b).await;
                 let _ = send.finish();

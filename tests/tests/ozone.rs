@@ -45,18 +45,23 @@ fn keys(n: &TestNode, dir: &Path) -> (String, String, String) {
     )
 }
 
-fn recv_ozone(n: &TestNode, bob: &str, secret: &str) -> Vec<serde_json::Value> {
-    let out = n.ctl_ok(&[
+/// `recv --json --ozone SECRET` on `n`: its raw output.
+fn recv_ozone_text(n: &TestNode, key: &Path, secret: &str) -> String {
+    n.ctl_ok(&[
         "--json",
         "recv",
         "--node",
         &n.spec(),
         "--key",
-        bob,
+        key.to_str().unwrap(),
         "--ozone",
         secret,
-    ]);
-    out.lines()
+    ])
+}
+
+fn recv_ozone(n: &TestNode, bob: &str, secret: &str) -> Vec<serde_json::Value> {
+    recv_ozone_text(n, Path::new(bob), secret)
+        .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
@@ -499,17 +504,7 @@ async fn replicated_deposits_survive_the_loss_of_any_node_and_replicas_converge(
         let reader = nodes[survivors[1]].clone();
         let (bf, sec) = (bob_file.clone(), secret.clone());
         let lines = tokio::task::spawn_blocking(move || {
-            let r = reader.lock().unwrap();
-            r.ctl_ok(&[
-                "--json",
-                "recv",
-                "--node",
-                &r.spec(),
-                "--key",
-                bf.to_str().unwrap(),
-                "--ozone",
-                &sec,
-            ])
+            recv_ozone_text(&reader.lock().unwrap(), &bf, &sec)
         })
         .await
         .unwrap();
@@ -552,17 +547,7 @@ async fn replicated_deposits_survive_the_loss_of_any_node_and_replicas_converge(
         let reader = nodes[victim].clone();
         let (bf, sec) = (bob_file.clone(), late_secret.clone());
         let lines = tokio::task::spawn_blocking(move || {
-            let r = reader.lock().unwrap();
-            r.ctl_ok(&[
-                "--json",
-                "recv",
-                "--node",
-                &r.spec(),
-                "--key",
-                bf.to_str().unwrap(),
-                "--ozone",
-                &sec,
-            ])
+            recv_ozone_text(&reader.lock().unwrap(), &bf, &sec)
         })
         .await
         .unwrap();

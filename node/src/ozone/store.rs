@@ -149,29 +149,33 @@ fn key(parts: &[&[u8]]) -> Vec<u8> {
     k
 }
 
+/// Every ozone's counts, from the `node_state` rows.
+fn all_stats(store: &Store) -> Result<Vec<(OzoneAddr, OzoneStats)>, StoreError> {
+    let mut out = Vec::new();
+    let iter = store.db().iterator_cf(
+        store.cf(CF_NODE_STATE)?,
+        rocksdb::IteratorMode::From(STATS_PREFIX, rocksdb::Direction::Forward),
+    );
+    for item in iter {
+        let (k, v) = item?;
+        if !k.starts_with(STATS_PREFIX) {
+            break;
+        }
+        let addr =
+            <[u8; 32]>::try_from(&k[STATS_PREFIX.len()..]).map_err(|_| corrupt("stats key"))?;
+        let st: OzoneStats = wire::decode_body(&v).map_err(|_| corrupt("stats"))?;
+        out.push((OzoneAddr(addr), st));
+    }
+    Ok(out)
+}
+
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("ozone {what}"))
 }
 
 impl OzoneStore {
     pub fn open_blocking(store: Store, limits: OzoneLimits) -> Result<Self, StoreError> {
-        let mut total = 0u64;
-        {
-            let db = store.db();
-            let cf = store.cf(CF_NODE_STATE)?;
-            let iter = db.iterator_cf(
-                cf,
-                rocksdb::IteratorMode::From(STATS_PREFIX, rocksdb::Direction::Forward),
-            );
-            for item in iter {
-                let (k, v) = item?;
-                if !k.starts_with(STATS_PREFIX) {
-                    break;
-                }
-                let s: OzoneStats = wire::decode_body(&v).map_err(|_| corrupt("stats"))?;
-                total += s.bytes;
-            }
-        }
+        let total = all_stats(&store)?.iter().map(|(_, st)| st.bytes).sum();
         Ok(OzoneStore {
             store,
             limits,
@@ -399,22 +403,11 @@ impl OzoneStore {
 
     /// (ozones holding messages, messages) on this node.
     pub fn hosted_blocking(&self) -> Result<(u64, u64), StoreError> {
-        let db = self.store.db();
-        let (mut ozones, mut messages) = (0u64, 0u64);
-        let iter = db.iterator_cf(
-            self.store.cf(CF_NODE_STATE)?,
-            rocksdb::IteratorMode::From(STATS_PREFIX, rocksdb::Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item?;
-            if !k.starts_with(STATS_PREFIX) {
-                break;
-            }
-            let s: OzoneStats = wire::decode_body(&v).map_err(|_| corrupt("stats"))?;
-            ozones += 1;
-            messages += s.messages;
-        }
-        Ok((ozones, messages))
+        let all = all_stats(&self.store)?;
+        Ok((
+            all.len() as u64,
+            all.iter().map(|(_, st)| st.messages).sum(),
+        ))
     }
 
     /// A digest of what this node holds of an ozone: counts of messages and tombstones and
@@ -452,20 +445,10 @@ impl OzoneStore {
     /// Every ozone this node holds messages or tombstones of.
     pub fn ozones_blocking(&self) -> Result<Vec<OzoneAddr>, StoreError> {
         let db = self.store.db();
-        let mut out = std::collections::BTreeSet::new();
-        let stats = db.iterator_cf(
-            self.store.cf(CF_NODE_STATE)?,
-            rocksdb::IteratorMode::From(STATS_PREFIX, rocksdb::Direction::Forward),
-        );
-        for item in stats {
-            let (k, _) = item?;
-            if !k.starts_with(STATS_PREFIX) {
-                break;
-            }
-            if let Ok(a) = <[u8; 32]>::try_from(&k[STATS_PREFIX.len()..]) {
-                out.insert(OzoneAddr(a));
-            }
-        }
+        let mut out: std::collections::BTreeSet<OzoneAddr> = all_stats(&self.store)?
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
         let tombs = db.iterator_cf(
             self.store.cf(CF_TOMBSTONES)?,
             rocksdb::IteratorMode::From(b"t", rocksdb::Direction::Forward),

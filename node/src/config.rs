@@ -51,6 +51,8 @@ pub struct OzoneSection {
     pub retention_secs: u64,
     /// All ozones on this node together.
     pub max_total_bytes: u64,
+    /// How often replicas compare digests with every live member and repair differences.
+    pub repair_interval_secs: u64,
 }
 
 impl Default for OzoneSection {
@@ -63,6 +65,7 @@ impl Default for OzoneSection {
             max_bytes_per_ozone: l.max_bytes_per_ozone,
             retention_secs: l.retention_ms / 1000,
             max_total_bytes: l.max_total_bytes,
+            repair_interval_secs: 60,
         }
     }
 }
@@ -327,9 +330,12 @@ impl Config {
         {
             return bad("ozone: need 1 <= write_quorum <= replicas".into());
         }
-        if self.ozone.retention_secs == 0 || self.ozone.max_messages_per_ozone == 0 {
+        if self.ozone.retention_secs == 0
+            || self.ozone.max_messages_per_ozone == 0
+            || self.ozone.repair_interval_secs == 0
+        {
             return bad(
-                "ozone.retention_secs and ozone.max_messages_per_ozone must be positive".into(),
+                "ozone.retention_secs, max_messages_per_ozone and repair_interval_secs must be positive".into(),
             );
         }
         if self.echo.default_hops == 0 {

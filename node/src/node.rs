@@ -422,6 +422,9 @@ async fn housekeeping(ctx: Arc<Ctx>) {
         if ticks % 60 == 0 {
             crate::ozone::service::sweep(&ctx).await;
         }
+        if ticks % ctx.cfg.ozone.repair_interval_secs == 0 {
+            crate::ozone::service::spawn_periodic_repair(&ctx);
+        }
         if ticks % 5 == 1 {
             crate::ozone::service::update_gauges(&ctx).await;
         }

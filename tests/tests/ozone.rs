@@ -565,3 +565,77 @@ async fn replicated_deposits_survive_the_loss_of_any_node_and_replicas_converge(
         }
     }
 }
+
+/// While an owner is down, the periodic repair puts a second copy on the next owner: losing
+/// one node and then another still loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_repair_restores_r_copies_while_an_owner_is_down() {
+    use echomesh_node::ozone::placement;
+    use std::sync::{Arc, Mutex};
+
+    let root = tempfile::tempdir().unwrap();
+    let cfg = root.path().join("repair.toml");
+    std::fs::write(&cfg, "[ozone]\nrepair_interval_secs = 2\n").unwrap();
+    let flags = ["--config".to_string(), cfg.display().to_string()];
+    let nodes: Vec<Arc<Mutex<TestNode>>> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Arc::new(Mutex::new(TestNode::start(root.path(), n, 0, &flags))))
+        .collect();
+    {
+        let (a, b, c) = (
+            nodes[0].lock().unwrap(),
+            nodes[1].lock().unwrap(),
+            nodes[2].lock().unwrap(),
+        );
+        a.link(&b);
+        b.link(&c);
+        a.link(&c);
+    }
+    let ids: Vec<echomesh_node::identity::NodeId> = nodes
+        .iter()
+        .map(|n| n.lock().unwrap().fingerprint().parse().unwrap())
+        .collect();
+    // An ozone owned by a and b while all are up; c is next in line.
+    let secret = (0..)
+        .map(|k| format!("repair-{k}"))
+        .find(|s| {
+            let addr = OzoneProof::from_secret(s.as_bytes()).address();
+            placement::ranked(&addr, &ids) == vec![ids[0], ids[1], ids[2]]
+        })
+        .unwrap();
+    let proof = OzoneProof::from_secret(secret.as_bytes());
+    let ep = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let via = nodes[1].lock().unwrap().info.clone();
+    let mut s = client::connect(&ep, via.quic, Some(via.fingerprint.parse().unwrap()), "t")
+        .await
+        .unwrap();
+    for i in 0..20u32 {
+        s.deposit(proof.address(), bytes::Bytes::from(format!("payload {i}")))
+            .await
+            .unwrap();
+    }
+    drop(s);
+    nodes[0].lock().unwrap().kill9();
+    let c = nodes[2].clone();
+    tokio::task::spawn_blocking(move || {
+        let c = c.lock().unwrap();
+        echomesh_tests::wait_for(Duration::from_secs(30), "c to receive a copy", || {
+            (c.metric("echomesh_ozone_messages") == 20.0).then_some(())
+        });
+    })
+    .await
+    .unwrap();
+    nodes[1].lock().unwrap().kill9();
+    let via = nodes[2].lock().unwrap().info.clone();
+    let mut s = client::connect(&ep, via.quic, Some(via.fingerprint.parse().unwrap()), "t")
+        .await
+        .unwrap();
+    let (page, more) = s.fetch(proof, None, 100).await.unwrap();
+    assert!(!more);
+    let got: Vec<String> = page
+        .iter()
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect();
+    let want: Vec<String> = (0..20).map(|i| format!("payload {i}")).collect();
+    assert_eq!(got, want);
+}

@@ -452,6 +452,28 @@ pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
     }
 }
 
+/// Periodic repair towards every live member (housekeeping, every minute): restores R copies
+/// on the next owner while an owner is down, and catches anything a connect-time round
+/// missed. Digests keep it cheap when replicas agree; one round at a time.
+pub fn spawn_periodic_repair(ctx: &Arc<Ctx>) {
+    if ctx
+        .ozones
+        .repair_busy
+        .swap(true, std::sync::atomic::Ordering::AcqRel)
+    {
+        return;
+    }
+    let c = ctx.clone();
+    ctx.tasks.spawn(async move {
+        for n in Members::now(&c).peers {
+            sync_neighbor(c.clone(), n).await;
+        }
+        c.ozones
+            .repair_busy
+            .store(false, std::sync::atomic::Ordering::Release);
+    });
+}
+
 /// Ozones hosted and messages stored (housekeeping, every few seconds).
 pub async fn update_gauges(ctx: &Arc<Ctx>) {
     match blocking(ctx, |s| Ok(s.hosted_blocking()?)).await {

@@ -137,6 +137,8 @@ pub struct OzoneStore {
     total_bytes: AtomicU64,
     /// Serialises read-modify-write of per-ozone counts; also the sequence clock.
     write: Mutex<u64>,
+    /// Set while a periodic repair round runs (one at a time).
+    pub repair_busy: std::sync::atomic::AtomicBool,
 }
 
 const STATS_PREFIX: &[u8] = b"ozs/";
@@ -181,6 +183,7 @@ impl OzoneStore {
             limits,
             total_bytes: AtomicU64::new(total),
             write: Mutex::new(0),
+            repair_busy: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -481,6 +481,10 @@ async fn a_client_that_never_reads_stays_within_its_bound() {
         "only {dropped} packets dropped for the slow client (at most {escaped} could escape)"
     );
     let rss_after = node.metric("process_resident_memory_bytes");
+    eprintln!(
+        "slow client: {dropped} dropped, queue {queued} B, node RSS +{:.1} MiB",
+        (rss_after - rss_before) / 1048576.0
+    );
     assert!(
         rss_after - rss_before < 48.0 * 1024.0 * 1024.0,
         "node RSS grew by {} MiB",

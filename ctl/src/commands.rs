@@ -40,7 +40,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("uptime       {} s", s.uptime_secs);
             }
         }
-        Command::Neighbors => {
+        Command::Neighbors {
+            action: Some(action),
+        } => {
+            let a = admin()?;
+            let info: api::NeighborInfo = match action {
+                crate::NeighborsCmd::Add { spec } => {
+                    a.post(api::PATH_NEIGHBORS, &api::NeighborAddRequest { spec })
+                        .await?
+                }
+                crate::NeighborsCmd::Remove { id } => {
+                    let fp = resolve_neighbor(&a, &id).await?;
+                    a.delete(&api::PATH_NEIGHBOR.replace("{fingerprint}", &fp))
+                        .await?
+                }
+                crate::NeighborsCmd::SetMode { id, mode } => {
+                    let fp = resolve_neighbor(&a, &id).await?;
+                    a.put(
+                        &api::PATH_NEIGHBOR_MODE.replace("{fingerprint}", &fp),
+                        &api::NeighborModeRequest { mode },
+                    )
+                    .await?
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!(
+                    "{} ({}) {} mode {} state {}",
+                    info.id, info.fingerprint, info.addr, info.mode, info.state
+                );
+            }
+        }
+        Command::Neighbors { action: None } => {
             let list: Vec<api::NeighborInfo> = admin()?.get(api::PATH_NEIGHBORS).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
@@ -145,6 +177,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ozone(cmd) => return crate::messaging::ozone(cmd, json).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A neighbor named by fingerprint or by the short ID `neighbors` shows.
+async fn resolve_neighbor(a: &AdminClient, id: &str) -> anyhow::Result<String> {
+    let list: Vec<api::NeighborInfo> = a.get(api::PATH_NEIGHBORS).await?;
+    let found: Vec<&api::NeighborInfo> = list
+        .iter()
+        .filter(|n| n.fingerprint.eq_ignore_ascii_case(id) || n.id.eq_ignore_ascii_case(id))
+        .collect();
+    match found.as_slice() {
+        [n] => Ok(n.fingerprint.clone()),
+        [] => bail!("{id} is not a neighbor of this node (see `echomeshctl neighbors`)"),
+        _ => bail!("{id} matches several neighbors; use the full fingerprint"),
+    }
 }
 
 async fn inject(

@@ -51,8 +51,11 @@ pub struct Cli {
 pub enum Command {
     /// Node identity, version, readiness and counts.
     Status,
-    /// The node's neighbors with state, mode and RTT.
-    Neighbors,
+    /// The node's neighbors with state, mode and RTT; `add`, `remove`, `set-mode` change them.
+    Neighbors {
+        #[command(subcommand)]
+        action: Option<NeighborsCmd>,
+    },
     /// Print a one-time invite token for another node to `join` (default validity 15 min).
     Invite {
         /// Validity in seconds.
@@ -102,6 +105,24 @@ pub enum Command {
     Ozone(messaging::OzoneCmd),
     /// Local mesh flood benchmark: N in-process nodes over real QUIC on 127.0.0.1.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NeighborsCmd {
+    /// Pin a neighbor and dial it (kept across restarts). The other node must pin this one
+    /// too (its own `neighbors add`, or use invite/join which does both).
+    Add {
+        /// `HOST:PORT#FINGERPRINT`, optionally ending in `@half`.
+        spec: String,
+    },
+    /// Unpin a neighbor (joined or added here) and close its connections.
+    Remove {
+        /// Fingerprint or short ID, as `neighbors` lists them.
+        id: String,
+    },
+    /// Change how packets from a neighbor are treated: `full` (forward) or `half` (deliver
+    /// locally only). Applies at once, without reconnecting.
+    SetMode { id: String, mode: String },
 }
 
 fn main() -> ExitCode {

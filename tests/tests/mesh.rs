@@ -238,3 +238,52 @@ fn stalled_neighbor_does_not_stall_the_others() {
     s2.signal("-CONT");
     s2.kill9();
 }
+
+/// `neighbors add` pins and dials (persisted), `set-mode` applies at once, `remove` unpins,
+/// closes the link and is remembered across a restart; static neighbors cannot be removed at
+/// run time.
+#[test]
+fn neighbors_added_changed_and_removed_at_run_time() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = TestNode::start(root.path(), "a", 0, &[]);
+    let b = TestNode::start(root.path(), "b", 0, &[]);
+    let c = TestNode::start(root.path(), "c", 0, &[]);
+    let out = a.ctl_ok(&["--json", "neighbors", "add", &b.spec()]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["origin"], "admin");
+    b.ctl_ok(&["neighbors", "add", &a.spec()]);
+    a.wait_neighbor_up(&b);
+    b.link(&c);
+
+    // Set-mode by short ID; the forwarding rule itself is covered by half_echo_neighbor_is_not_forwarded.
+    let b_short = b.info.id.clone();
+    let v: serde_json::Value =
+        serde_json::from_str(&a.ctl_ok(&["--json", "neighbors", "set-mode", &b_short, "half"]))
+            .unwrap();
+    assert_eq!(v["mode"], "half");
+    assert_eq!(a.neighbors()[0]["mode"], "half");
+
+    // Remove: gone from the list and from the store (a restart does not bring it back).
+    let bad = a.ctl(&["neighbors", "remove", "NOTANEIGHB"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a neighbor"));
+    a.ctl_ok(&["neighbors", "remove", b.fingerprint()]);
+    assert!(a.neighbors().is_empty());
+    wait_for(Duration::from_secs(20), "b to see a down", || {
+        (b.neighbor_state(a.fingerprint()).as_deref() != Some("up")).then_some(())
+    });
+    a.restart();
+    assert!(
+        a.neighbors().is_empty(),
+        "removed neighbor came back after restart"
+    );
+
+    // A static neighbor (from flags) is refused with the reason.
+    let d = TestNode::start(root.path(), "d", 0, &["--neighbor".into(), c.spec()]);
+    let out = d.ctl(&["neighbors", "remove", c.fingerprint()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("configuration"),
+        "{out:?}"
+    );
+}

@@ -7,6 +7,23 @@ pub const PATH_STATUS: &str = "/v1/status";
 pub const PATH_NEIGHBORS: &str = "/v1/neighbors";
 pub const PATH_INVITES: &str = "/v1/invites";
 pub const PATH_JOIN: &str = "/v1/join";
+/// `DELETE` unpins, `PUT …/mode` changes the echo mode; `{fingerprint}` is the 64-hex ID.
+pub const PATH_NEIGHBOR: &str = "/v1/neighbors/{fingerprint}";
+pub const PATH_NEIGHBOR_MODE: &str = "/v1/neighbors/{fingerprint}/mode";
+
+/// `POST /v1/neighbors`: pin a neighbor and start dialing it (persisted, origin `admin`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NeighborAddRequest {
+    /// `HOST:PORT#FINGERPRINT`, optionally `@half`.
+    pub spec: String,
+}
+
+/// `PUT /v1/neighbors/{fingerprint}/mode`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NeighborModeRequest {
+    /// `full` or `half`.
+    pub mode: String,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {

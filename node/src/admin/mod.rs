@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -36,7 +36,9 @@ pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, token: Stri
     });
     let v1 = Router::new()
         .route(api::PATH_STATUS, get(status))
-        .route(api::PATH_NEIGHBORS, get(neighbors))
+        .route(api::PATH_NEIGHBORS, get(neighbors).post(neighbor_add))
+        .route(api::PATH_NEIGHBOR, axum::routing::delete(neighbor_remove))
+        .route(api::PATH_NEIGHBOR_MODE, axum::routing::put(neighbor_mode))
         .route(api::PATH_INVITES, post(invite))
         .route(api::PATH_JOIN, post(join))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
@@ -261,4 +263,111 @@ async fn join(State(s): St, Json(req): Json<api::JoinRequest>) -> Response {
         }
         Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "join did not finish in time"),
     }
+}
+
+fn parse_fingerprint(fp: &str) -> Result<crate::identity::NodeId, Response> {
+    fp.parse().map_err(|e: crate::identity::IdentityError| {
+        error(StatusCode::BAD_REQUEST, format!("{fp:?}: {e}"))
+    })
+}
+
+async fn neighbor_add(State(s): St, Json(req): Json<api::NeighborAddRequest>) -> Response {
+    let ctx = &s.ctx;
+    let spec: crate::config::NeighborSpec = match req.spec.parse() {
+        Ok(x) => x,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if spec.id == ctx.identity.id {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "that fingerprint is this node itself",
+        );
+    }
+    let rec = crate::store::NeighborRecord {
+        id: spec.id,
+        addr: Some(spec.addr.clone()),
+        mode: spec.mode,
+        origin: crate::store::NeighborOrigin::Admin,
+        added_unix: now_unix(),
+    };
+    match ctx.add_neighbor(rec).await {
+        Ok(n) => {
+            tracing::info!(neighbor = %n.id, addr = %spec.addr, mode = %spec.mode, "neighbor added through the admin API");
+            Json(neighbor_info(&n.view())).into_response()
+        }
+        Err(e) => error(StatusCode::CONFLICT, format!("{e:#}")),
+    }
+}
+
+async fn neighbor_remove(State(s): St, Path(fp): Path<String>) -> Response {
+    let ctx = &s.ctx;
+    let id = match parse_fingerprint(&fp) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let Some(n) = ctx.neighbors().get(&id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{fp} is not a neighbor of this node"),
+        );
+    };
+    if n.view().origin == crate::store::NeighborOrigin::Static {
+        return error(
+            StatusCode::CONFLICT,
+            "this neighbor comes from the configuration (neighbors = [...] or --neighbor); remove it there and restart",
+        );
+    }
+    if let Err(e) = ctx.store.delete_neighbor(id).await {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot forget the neighbor: {e}"),
+        );
+    }
+    let view = n.view();
+    ctx.neighbors().remove(&id);
+    tracing::info!(neighbor = %id, "neighbor removed through the admin API");
+    Json(neighbor_info(&view)).into_response()
+}
+
+async fn neighbor_mode(
+    State(s): St,
+    Path(fp): Path<String>,
+    Json(req): Json<api::NeighborModeRequest>,
+) -> Response {
+    let ctx = &s.ctx;
+    let id = match parse_fingerprint(&fp) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let mode: crate::echo::EchoMode = match req.mode.parse() {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(n) = ctx.neighbors().get(&id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{fp} is not a neighbor of this node"),
+        );
+    };
+    let v = n.view();
+    let rec = crate::store::NeighborRecord {
+        id,
+        addr: v.addr.clone(),
+        mode,
+        origin: v.origin,
+        added_unix: now_unix(),
+    };
+    if let Err(e) = ctx.neighbors().upsert(&rec) {
+        return error(StatusCode::CONFLICT, e.to_string());
+    }
+    if v.origin != crate::store::NeighborOrigin::Static {
+        if let Err(e) = ctx.store.put_neighbor(n.record(rec.added_unix)).await {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("mode changed but not saved: {e}"),
+            );
+        }
+    }
+    tracing::info!(neighbor = %id, %mode, "neighbor echo mode changed through the admin API");
+    Json(neighbor_info(&n.view())).into_response()
 }

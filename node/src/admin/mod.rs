@@ -265,9 +265,16 @@ async fn join(State(s): St, Json(req): Json<api::JoinRequest>) -> Response {
     }
 }
 
-fn parse_fingerprint(fp: &str) -> Result<crate::identity::NodeId, Response> {
-    fp.parse().map_err(|e: crate::identity::IdentityError| {
-        error(StatusCode::BAD_REQUEST, format!("{fp:?}: {e}"))
+/// The pinned neighbor with fingerprint `fp`, or the HTTP error to answer.
+fn neighbor_of(ctx: &Ctx, fp: &str) -> Result<Arc<crate::peer::Neighbor>, (StatusCode, String)> {
+    let id: crate::identity::NodeId = fp.parse().map_err(|e: crate::identity::IdentityError| {
+        (StatusCode::BAD_REQUEST, format!("{fp:?}: {e}"))
+    })?;
+    ctx.neighbors().get(&id).ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            format!("{fp} is not a neighbor of this node"),
+        )
     })
 }
 
@@ -301,16 +308,11 @@ async fn neighbor_add(State(s): St, Json(req): Json<api::NeighborAddRequest>) ->
 
 async fn neighbor_remove(State(s): St, Path(fp): Path<String>) -> Response {
     let ctx = &s.ctx;
-    let id = match parse_fingerprint(&fp) {
-        Ok(i) => i,
-        Err(r) => return r,
+    let n = match neighbor_of(ctx, &fp) {
+        Ok(n) => n,
+        Err((code, msg)) => return error(code, msg),
     };
-    let Some(n) = ctx.neighbors().get(&id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("{fp} is not a neighbor of this node"),
-        );
-    };
+    let id = n.id;
     if n.view().origin == crate::store::NeighborOrigin::Static {
         return error(
             StatusCode::CONFLICT,
@@ -335,20 +337,15 @@ async fn neighbor_mode(
     Json(req): Json<api::NeighborModeRequest>,
 ) -> Response {
     let ctx = &s.ctx;
-    let id = match parse_fingerprint(&fp) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
     let mode: crate::echo::EchoMode = match req.mode.parse() {
         Ok(m) => m,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let Some(n) = ctx.neighbors().get(&id) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("{fp} is not a neighbor of this node"),
-        );
+    let n = match neighbor_of(ctx, &fp) {
+        Ok(n) => n,
+        Err((code, msg)) => return error(code, msg),
     };
+    let id = n.id;
     let v = n.view();
     let rec = crate::store::NeighborRecord {
         id,

@@ -131,6 +131,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        Command::Reload => {
+            let r: echomesh_node::reload::ReloadReport = admin()?
+                .post(api::PATH_RELOAD, &serde_json::json!({}))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                if r.applied.is_empty() && r.restart_needed.is_empty() {
+                    println!("configuration re-read: nothing changed");
+                }
+                for a in &r.applied {
+                    println!("applied: {a}");
+                }
+                for n in &r.restart_needed {
+                    println!("needs a restart: {n}");
+                }
+            }
+        }
         Command::Version => {
             let ctl = env!("CARGO_PKG_VERSION");
             let node = admin()?.get::<api::Status>(api::PATH_STATUS).await;

@@ -69,6 +69,10 @@ pub enum Command {
     },
     /// Show this tool's version and the node's.
     Version,
+    /// Re-read the node's configuration (same as SIGHUP): static neighbors, neighbor rate
+    /// limit and log level apply at once; what needs a restart is listed. An invalid file is
+    /// refused and the running configuration stays.
+    Reload,
     /// Inject raw echo packets (testing). Without PAYLOAD, random payloads of --size bytes;
     /// with PAYLOAD, exactly that payload, --count times (repeats are duplicates).
     Inject {

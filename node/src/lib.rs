@@ -27,6 +27,7 @@ pub mod outq;
 pub mod ozone;
 pub mod peer;
 pub mod rate;
+pub mod reload;
 pub mod router;
 pub mod store;
 pub mod tags;

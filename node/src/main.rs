@@ -101,7 +101,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cfg)) {
+    let source = echomesh_node::reload::ReloadSource {
+        file: args.config.clone(),
+        overrides: overrides.clone(),
+    };
+    match rt.block_on(run(cfg, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -111,8 +115,31 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(cfg: Config, source: echomesh_node::reload::ReloadSource) -> anyhow::Result<()> {
     let node = echomesh_node::start(cfg).await?;
+    *node
+        .ctx
+        .live
+        .source
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(source);
+    #[cfg(unix)]
+    {
+        // SIGHUP: reload the configuration (same file and flags).
+        let ctx = node.ctx.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                tracing::warn!("cannot install SIGHUP handler; use `echomeshctl reload`");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                if let Err(e) = echomesh_node::reload::reload(&ctx).await {
+                    tracing::error!("SIGHUP: {e}");
+                }
+            }
+        });
+    }
     let shutdown = node.ctx.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -33,6 +33,8 @@ pub struct Ctx {
     pub store: Store,
     pub keydir: KeyDirectory,
     pub ozones: crate::ozone::store::OzoneStore,
+    /// The applied configuration and how to re-read it (reload).
+    pub live: crate::reload::LiveConfig,
     pub metrics: Arc<Metrics>,
     pub invites: Mutex<InviteBook>,
     pub shutdown: CancellationToken,
@@ -247,6 +249,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         store,
         keydir,
         ozones,
+        live: crate::reload::LiveConfig {
+            source: Mutex::new(None),
+            current: Mutex::new(cfg.clone()),
+        },
         metrics,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),

@@ -179,3 +179,73 @@ fn sigterm_stops_the_node_cleanly() {
         "no colour codes when logging to a file"
     );
 }
+
+/// `reload` and SIGHUP re-read the configuration: static neighbors follow the file, what
+/// needs a restart is listed, and an invalid file is refused while the running one stays.
+#[test]
+fn reload_applies_neighbors_and_refuses_a_broken_file() {
+    let root = tempfile::tempdir().unwrap();
+    let b = TestNode::start(root.path(), "b", 0, &[]);
+    let c = TestNode::start(root.path(), "c", 0, &[]);
+    let cfg = root.path().join("a.toml");
+    let write = |neighbors: &[String], extra: &str| {
+        let list: Vec<String> = neighbors.iter().map(|n| format!("{n:?}")).collect();
+        std::fs::write(&cfg, format!("neighbors = [{}]\n{extra}", list.join(", "))).unwrap();
+    };
+    write(&[b.spec()], "");
+    let a = TestNode::start(
+        root.path(),
+        "a",
+        0,
+        &["--config".into(), cfg.display().to_string()],
+    );
+    let fps = |n: &TestNode| -> Vec<String> {
+        n.neighbors()
+            .iter()
+            .map(|x| x["fingerprint"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(fps(&a), vec![b.fingerprint().to_string()]);
+
+    write(
+        &[c.spec()],
+        "[log]\nlevel = \"debug\"\n[ozone]\nreplicas = 3\nwrite_quorum = 2\n",
+    );
+    let r: serde_json::Value = serde_json::from_str(&a.ctl_ok(&["--json", "reload"])).unwrap();
+    let applied = r["applied"].to_string();
+    assert!(
+        applied.contains("removed") && applied.contains("added"),
+        "{r}"
+    );
+    // The harness sets RUST_LOG, which wins over log.level: reported, not applied.
+    let restart: Vec<&str> = r["restart_needed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(restart.contains(&"ozone"), "{r}");
+    assert!(restart.iter().any(|x| x.starts_with("log.level")), "{r}");
+    assert_eq!(fps(&a), vec![c.fingerprint().to_string()]);
+
+    std::fs::write(&cfg, "neighbors = [\"not a neighbor\"]\n").unwrap();
+    let out = a.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{out:?}"
+    );
+    assert_eq!(
+        fps(&a),
+        vec![c.fingerprint().to_string()],
+        "a refused reload changed something"
+    );
+
+    write(&[], "");
+    a.signal("-HUP");
+    echomesh_tests::wait_for(
+        std::time::Duration::from_secs(10),
+        "SIGHUP to apply",
+        || fps(&a).is_empty().then_some(()),
+    );
+}

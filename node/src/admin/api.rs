@@ -7,6 +7,8 @@ pub const PATH_STATUS: &str = "/v1/status";
 pub const PATH_NEIGHBORS: &str = "/v1/neighbors";
 pub const PATH_INVITES: &str = "/v1/invites";
 pub const PATH_JOIN: &str = "/v1/join";
+/// `POST`: re-read the configuration; answers `crate::reload::ReloadReport`.
+pub const PATH_RELOAD: &str = "/v1/reload";
 /// `DELETE` unpins, `PUT …/mode` changes the echo mode; `{fingerprint}` is the 64-hex ID.
 pub const PATH_NEIGHBOR: &str = "/v1/neighbors/{fingerprint}";
 pub const PATH_NEIGHBOR_MODE: &str = "/v1/neighbors/{fingerprint}/mode";

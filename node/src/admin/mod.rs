@@ -41,6 +41,7 @@ pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, token: Stri
         .route(api::PATH_NEIGHBOR_MODE, axum::routing::put(neighbor_mode))
         .route(api::PATH_INVITES, post(invite))
         .route(api::PATH_JOIN, post(join))
+        .route(api::PATH_RELOAD, post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -367,4 +368,11 @@ async fn neighbor_mode(
     }
     tracing::info!(neighbor = %id, %mode, "neighbor echo mode changed through the admin API");
     Json(neighbor_info(&n.view())).into_response()
+}
+
+async fn reload(State(s): St) -> Response {
+    match crate::reload::reload(&s.ctx).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
 }

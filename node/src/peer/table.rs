@@ -244,7 +244,7 @@ pub struct NeighborTable {
     map: RwLock<HashMap<NodeId, Arc<Neighbor>>>,
     max: usize,
     queue_bytes: usize,
-    rate: RateLimit,
+    rate: Mutex<RateLimit>,
     metrics: Arc<Metrics>,
 }
 
@@ -254,7 +254,7 @@ impl NeighborTable {
             map: RwLock::new(HashMap::new()),
             max,
             queue_bytes,
-            rate,
+            rate: Mutex::new(rate),
             metrics,
         }
     }
@@ -309,7 +309,10 @@ impl NeighborTable {
             }),
             up: AtomicUsize::new(0),
             changed: Notify::new(),
-            rate: Mutex::new(TokenBucket::new(self.rate, Instant::now())),
+            rate: Mutex::new(TokenBucket::new(
+                *self.rate.lock().unwrap_or_else(|p| p.into_inner()),
+                Instant::now(),
+            )),
             bytes_in: self
                 .metrics
                 .neighbor_bytes_received
@@ -343,6 +346,14 @@ impl NeighborTable {
             .neighbor_queue_bytes
             .remove_label_values(&[&n.label]);
         Some(n)
+    }
+
+    /// A new per-neighbor rate limit, for current and future neighbors (config reload).
+    pub fn set_rate_all(&self, limit: RateLimit) {
+        *self.rate.lock().unwrap_or_else(|p| p.into_inner()) = limit;
+        for n in self.all() {
+            n.set_rate(limit);
+        }
     }
 
     pub fn is_pinned(&self, id: &NodeId) -> bool {

@@ -400,7 +400,7 @@ pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
         }
     };
     ctx.metrics.ozone_repair_rounds.inc();
-    let (mut tombs_sent, mut msgs_sent) = (0usize, 0usize);
+    let mut total = Pushed::default();
     for addr in addrs {
         let members = Members::now(&ctx);
         if !n.is_up() || ctx.shutdown.is_cancelled() {
@@ -410,46 +410,87 @@ pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
         {
             continue;
         }
-        if let Ok(tombs) = blocking(&ctx, move |s| Ok(s.tombstones_blocking(&addr)?)).await {
-            for chunk in tombs.chunks(1024) {
-                let req = PeerRequest::OzoneAck {
-                    addr,
-                    ids: chunk.iter().map(|i| MsgId(*i)).collect(),
-                };
-                if rpc::call(&ctx, &n, &req).await.is_err() {
-                    return;
-                }
-                tombs_sent += chunk.len();
-            }
-        }
-        let mut after = None;
-        loop {
-            let Ok((page, more)) = local_page(&ctx, addr, after, 256).await else {
-                break;
-            };
-            let Some(last) = page.last() else { break };
-            after = Some(Position {
-                seq: last.seq,
-                id: MsgId(last.id),
-            });
-            msgs_sent += page.len();
-            if rpc::call(&ctx, &n, &PeerRequest::OzoneStore(page))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            if !more {
-                break;
-            }
+        match sync_ozone(&ctx, &n, addr).await {
+            Ok(p) => total.add(p),
+            Err(()) => return,
         }
     }
+    report_repair(&ctx, &n, total);
+}
+
+/// What one repair or hand-off pushed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pushed {
+    pub ozones_differing: usize,
+    pub tombstones: usize,
+    pub messages: usize,
+}
+
+impl Pushed {
+    fn add(&mut self, o: Pushed) {
+        self.ozones_differing += o.ozones_differing;
+        self.tombstones += o.tombstones;
+        self.messages += o.messages;
+    }
+}
+
+fn report_repair(ctx: &Ctx, n: &Neighbor, p: Pushed) {
     ctx.metrics
         .ozone_repair_items
-        .inc_by((tombs_sent + msgs_sent) as u64);
-    if tombs_sent + msgs_sent > 0 {
-        tracing::info!(neighbor = %n.id, tombstones = tombs_sent, messages = msgs_sent, "ozone repair pushed to neighbor");
+        .inc_by((p.tombstones + p.messages) as u64);
+    ctx.metrics
+        .ozone_repair_differing
+        .set(p.ozones_differing as i64);
+    if p.tombstones + p.messages > 0 {
+        tracing::info!(neighbor = %n.id, ozones = p.ozones_differing, tombstones = p.tombstones,
+            messages = p.messages, "ozone repair pushed to neighbor");
     }
+}
+
+/// Bring one neighbor up to date on one ozone: compare digests (counts and ID hashes of
+/// messages and tombstones); where they differ push our tombstones, then our messages, in
+/// pages. `Err` when the neighbor stopped answering.
+pub async fn sync_ozone(ctx: &Arc<Ctx>, n: &Neighbor, addr: OzoneAddr) -> Result<Pushed, ()> {
+    let mut pushed = Pushed::default();
+    let ours = blocking(ctx, move |s| Ok(s.digest_blocking(&addr)?)).await;
+    match (
+        ours,
+        rpc::call(ctx, n, &PeerRequest::OzoneDigest { addr }).await,
+    ) {
+        (Ok(a), Ok(PeerReply::Digest(b))) if a == b => return Ok(pushed),
+        (_, Err(_)) if !n.is_up() => return Err(()),
+        _ => pushed.ozones_differing = 1,
+    }
+    if let Ok(tombs) = blocking(ctx, move |s| Ok(s.tombstones_blocking(&addr)?)).await {
+        for chunk in tombs.chunks(1024) {
+            let req = PeerRequest::OzoneAck {
+                addr,
+                ids: chunk.iter().map(|i| MsgId(*i)).collect(),
+            };
+            rpc::call(ctx, n, &req).await.map_err(|_| ())?;
+            pushed.tombstones += chunk.len();
+        }
+    }
+    let mut after = None;
+    loop {
+        let Ok((page, more)) = local_page(ctx, addr, after, 256).await else {
+            break;
+        };
+        let Some(last) = page.last() else { break };
+        after = Some(Position {
+            seq: last.seq,
+            id: MsgId(last.id),
+        });
+        pushed.messages += page.len();
+        match rpc::call(ctx, n, &PeerRequest::OzoneStore(page)).await {
+            Ok(PeerReply::Stored { .. }) => {}
+            _ => return Err(()),
+        }
+        if !more {
+            break;
+        }
+    }
+    Ok(pushed)
 }
 
 /// Periodic repair towards every live member (housekeeping, every minute): restores R copies

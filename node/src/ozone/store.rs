@@ -691,6 +691,40 @@ mod tests {
     }
 
     #[test]
+    fn digests_match_exactly_when_replicas_agree() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (s1, s2) = (
+            open(d1.path(), OzoneLimits::default()),
+            open(d2.path(), OzoneLimits::default()),
+        );
+        let a = OzoneProof::from_secret(b"a").address();
+        let msgs: Vec<StoredMessage> = (0..10)
+            .map(|i| msg(&s1, a, &format!("m{i}"), 0, 10_000))
+            .collect();
+        // Different arrival order, same content.
+        for m in &msgs {
+            s1.deposit_blocking(m).unwrap();
+        }
+        for m in msgs.iter().rev() {
+            s2.deposit_blocking(m).unwrap();
+        }
+        s1.ack_blocking(&a, &[msgs[0].id], 1).unwrap();
+        s2.ack_blocking(&a, &[msgs[0].id], 1).unwrap();
+        let d = s1.digest_blocking(&a).unwrap();
+        assert_eq!((d.messages, d.tombstones), (9, 1));
+        assert_eq!(s2.digest_blocking(&a).unwrap(), d);
+        assert_eq!(s1.hosted_blocking().unwrap(), (1, 9));
+        // One acknowledgement missing on one side shows.
+        s1.ack_blocking(&a, &[msgs[1].id], 1).unwrap();
+        assert_ne!(
+            s1.digest_blocking(&a).unwrap(),
+            s2.digest_blocking(&a).unwrap()
+        );
+        assert_eq!(s1.ozones_blocking().unwrap(), vec![a]);
+        assert_eq!(s1.tombstones_blocking(&a).unwrap().len(), 2);
+    }
+
+    #[test]
     fn retention_evicts_messages_and_tombstones_and_frees_the_budget() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), OzoneLimits::default());

@@ -198,7 +198,7 @@ impl Metrics {
             ),
             client_requests: counter_vec(
                 "echomesh_client_requests_total",
-                "Requests received from client sessions, by kind (hello, inject, subscribe, publish_key, lookup_key).",
+                "Requests received from client sessions, by kind (hello, inject, subscribe, publish_key, lookup_key, deposit, fetch, ack, ozone_info).",
                 &["kind"],
             ),
             client_events: counter_vec(
@@ -348,6 +348,7 @@ impl Metrics {
             "deposit",
             "fetch",
             "ack",
+            "ozone_info",
         ] {
             m.client_requests.with_label_values(&[k]);
         }

@@ -131,6 +131,62 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        Command::Drain { wait, deadline } => {
+            use echomesh_node::drain::DrainStatus;
+            let a = admin()?;
+            let mut st: DrainStatus = a
+                .post(
+                    api::PATH_DRAIN,
+                    &api::DrainRequest {
+                        deadline_secs: deadline,
+                    },
+                )
+                .await?;
+            let mut last = String::new();
+            while wait && st.phase != "done" && st.phase != "timed_out" {
+                let line = format!(
+                    "{} ({}/{} ozones, {} bytes queued)",
+                    st.phase, st.ozones_done, st.ozones_total, st.queued_bytes
+                );
+                if line != last {
+                    eprintln!("drain: {line}");
+                    last = line;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                st = a.get(api::PATH_DRAIN).await?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else if st.safe_to_stop {
+                println!(
+                    "drained: safe to stop ({} ozones handed off)",
+                    st.ozones_total
+                );
+            } else if st.phase == "timed_out" {
+                println!(
+                    "drain incomplete: {}",
+                    st.detail.clone().unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "draining ({}); `echomeshctl drain --wait` shows progress",
+                    st.phase
+                );
+            }
+            if wait && !st.safe_to_stop {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Undrain => {
+            let st: echomesh_node::drain::DrainStatus = admin()?
+                .post(api::PATH_UNDRAIN, &serde_json::json!({}))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                println!("serving again");
+            }
+        }
         Command::Reload => {
             let r: echomesh_node::reload::ReloadReport = admin()?
                 .post(api::PATH_RELOAD, &serde_json::json!({}))

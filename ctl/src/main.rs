@@ -69,6 +69,18 @@ pub enum Command {
     },
     /// Show this tool's version and the node's.
     Version,
+    /// Take the node out of service without loss: not ready, new clients refused, ozones
+    /// handed to their other owners, queues flushed. `--wait` shows progress and exits 0 when
+    /// it is safe to stop the node (1 if the deadline passed first).
+    Drain {
+        #[arg(long)]
+        wait: bool,
+        /// Give up handing off after SECS (default: the node's drain_deadline_secs).
+        #[arg(long)]
+        deadline: Option<u64>,
+    },
+    /// Serve again after a drain.
+    Undrain,
     /// Re-read the node's configuration (same as SIGHUP): static neighbors, neighbor rate
     /// limit and log level apply at once; what needs a restart is listed. An invalid file is
     /// refused and the running configuration stays.

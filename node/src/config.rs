@@ -28,6 +28,8 @@ pub struct Config {
     pub cluster: String,
     /// Static neighbors, `HOST:PORT#FINGERPRINT` (optionally `…#FINGERPRINT@half`).
     pub neighbors: Vec<String>,
+    /// How long a drain (and SIGTERM) may take to hand off ozones and flush queues.
+    pub drain_deadline_secs: u64,
     pub log: LogConfig,
     pub echo: EchoSection,
     pub limits: Limits,
@@ -160,6 +162,7 @@ impl Default for Config {
             peer: PeerSection::default(),
             invite: InviteSection::default(),
             ozone: OzoneSection::default(),
+            drain_deadline_secs: 60,
             telemetry: Telemetry::default(),
         }
     }

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod drain;
 pub mod echo;
 pub mod identity;
 pub mod invite;

@@ -140,11 +140,37 @@ async fn run(cfg: Config, source: echomesh_node::reload::ReloadSource) -> anyhow
             }
         });
     }
-    let shutdown = node.ctx.shutdown.clone();
+    let ctx = node.ctx.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("stop signal received; shutting down");
-        shutdown.cancel();
+        // Drain first (hand off ozones, flush queues), bounded by the deadline; a second
+        // signal stops at once.
+        let deadline = std::time::Duration::from_secs(ctx.cfg.drain_deadline_secs);
+        tracing::info!(
+            deadline_secs = deadline.as_secs(),
+            "stop signal: draining before exit (send it again to stop at once)"
+        );
+        echomesh_node::drain::start(&ctx, deadline);
+        let finished = async {
+            loop {
+                let st = ctx.drain.status();
+                if st.phase == "done" || st.phase == "timed_out" {
+                    return st;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            st = finished => {
+                if st.safe_to_stop {
+                    tracing::info!("drained; shutting down");
+                } else {
+                    tracing::warn!(detail = ?st.detail, "drain incomplete at the deadline; shutting down anyway");
+                }
+            }
+            _ = wait_for_signal() => tracing::warn!(status = ?ctx.drain.status(), "second stop signal: shutting down now"),
+        }
+        ctx.shutdown.cancel();
     });
     node.wait().await;
     Ok(())

@@ -35,6 +35,7 @@ pub struct Ctx {
     pub ozones: crate::ozone::store::OzoneStore,
     /// The applied configuration and how to re-read it (reload).
     pub live: crate::reload::LiveConfig,
+    pub drain: crate::drain::Drain,
     pub metrics: Arc<Metrics>,
     pub invites: Mutex<InviteBook>,
     pub shutdown: CancellationToken,
@@ -249,6 +250,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         store,
         keydir,
         ozones,
+        drain: crate::drain::Drain::default(),
         live: crate::reload::LiveConfig {
             source: Mutex::new(None),
             current: Mutex::new(cfg.clone()),

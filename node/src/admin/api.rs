@@ -9,6 +9,15 @@ pub const PATH_INVITES: &str = "/v1/invites";
 pub const PATH_JOIN: &str = "/v1/join";
 /// `POST`: re-read the configuration; answers `crate::reload::ReloadReport`.
 pub const PATH_RELOAD: &str = "/v1/reload";
+/// `GET`: drain status; `POST {deadline_secs?}`: start draining.
+pub const PATH_DRAIN: &str = "/v1/drain";
+/// `POST`: serve again.
+pub const PATH_UNDRAIN: &str = "/v1/undrain";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DrainRequest {
+    pub deadline_secs: Option<u64>,
+}
 /// `DELETE` unpins, `PUT …/mode` changes the echo mode; `{fingerprint}` is the 64-hex ID.
 pub const PATH_NEIGHBOR: &str = "/v1/neighbors/{fingerprint}";
 pub const PATH_NEIGHBOR_MODE: &str = "/v1/neighbors/{fingerprint}/mode";

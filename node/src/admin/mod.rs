@@ -42,6 +42,8 @@ pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, token: Stri
         .route(api::PATH_INVITES, post(invite))
         .route(api::PATH_JOIN, post(join))
         .route(api::PATH_RELOAD, post(reload))
+        .route(api::PATH_DRAIN, get(drain_status).post(drain_start))
+        .route(api::PATH_UNDRAIN, post(undrain))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -375,4 +377,20 @@ async fn reload(State(s): St) -> Response {
         Ok(report) => Json(report).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
+}
+
+async fn drain_status(State(s): St) -> Json<crate::drain::DrainStatus> {
+    Json(s.ctx.drain.status())
+}
+
+async fn drain_start(
+    State(s): St,
+    Json(req): Json<api::DrainRequest>,
+) -> Json<crate::drain::DrainStatus> {
+    let secs = req.deadline_secs.unwrap_or(s.ctx.cfg.drain_deadline_secs);
+    Json(crate::drain::start(&s.ctx, Duration::from_secs(secs)))
+}
+
+async fn undrain(State(s): St) -> Json<crate::drain::DrainStatus> {
+    Json(crate::drain::undrain(&s.ctx))
 }

@@ -105,13 +105,22 @@ pub async fn connect(
         buf: Vec::new(),
         max_frame: wire::ABSOLUTE_MAX_FRAME,
     };
+    // A node that refuses the session (busy, draining) closes the connection with a reason:
+    // report that reason rather than the bare "connection lost".
+    let refused = |e: ClientError| match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+            ClientError::Refused(String::from_utf8_lossy(&c.reason).into_owned())
+        }
+        _ => e,
+    };
     writer
         .write(&ClientRequestRef::Hello {
             version: wire::PROTOCOL_VERSION,
             agent,
         })
-        .await?;
-    let max_payload = match reader.next_event().await? {
+        .await
+        .map_err(refused)?;
+    let max_payload = match reader.next_event().await.map_err(refused)? {
         Some(ClientEvent::Welcome {
             node_id: nid,
             max_payload,

@@ -148,6 +148,17 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
         crate::transport::CLIENT_RECEIVE_WINDOW,
     ));
     let subs = &ctx.router.subscribers;
+    if ctx.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        ctx.metrics
+            .connections_rejected
+            .with_label_values(&["draining"])
+            .inc();
+        conn.close(
+            quinn::VarInt::from_u32(close::BUSY),
+            b"this node is draining for maintenance; connect to another node of the mesh",
+        );
+        return;
+    }
     let Some(_slot) = subs.try_open() else {
         ctx.metrics
             .connections_rejected

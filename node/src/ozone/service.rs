@@ -493,6 +493,11 @@ pub async fn sync_ozone(ctx: &Arc<Ctx>, n: &Neighbor, addr: OzoneAddr) -> Result
     Ok(pushed)
 }
 
+/// Every ozone this node holds messages or tombstones of.
+pub async fn list(ctx: &Arc<Ctx>) -> Result<Vec<OzoneAddr>, ServiceError> {
+    blocking(ctx, |s| Ok(s.ozones_blocking()?)).await
+}
+
 /// Periodic repair towards every live member (housekeeping, every minute): restores R copies
 /// on the next owner while an owner is down, and catches anything a connect-time round
 /// missed. Digests keep it cheap when replicas agree; one round at a time.

@@ -45,6 +45,90 @@ fn keys(n: &TestNode, dir: &Path) -> (String, String, String) {
     )
 }
 
+type Shared = std::sync::Arc<std::sync::Mutex<TestNode>>;
+
+/// Three nodes a, b, c, each linked to the others (one cluster), and their IDs.
+fn cluster_of_three(
+    root: &Path,
+    flags: &[String],
+) -> (Vec<Shared>, Vec<echomesh_node::identity::NodeId>) {
+    let nodes: Vec<Shared> = ["a", "b", "c"]
+        .iter()
+        .map(|n| std::sync::Arc::new(std::sync::Mutex::new(TestNode::start(root, n, 0, flags))))
+        .collect();
+    {
+        let (a, b, c) = (
+            nodes[0].lock().unwrap(),
+            nodes[1].lock().unwrap(),
+            nodes[2].lock().unwrap(),
+        );
+        a.link(&b);
+        b.link(&c);
+        a.link(&c);
+    }
+    let ids = nodes
+        .iter()
+        .map(|n| n.lock().unwrap().fingerprint().parse().unwrap())
+        .collect();
+    (nodes, ids)
+}
+
+/// The proof of an ozone that ranks the members exactly as `ids` (owners ids[0], ids[1]).
+fn ozone_ranked_as(ids: &[echomesh_node::identity::NodeId], prefix: &str) -> OzoneProof {
+    (0..)
+        .map(|k| OzoneProof::from_secret(format!("{prefix}-{k}").as_bytes()))
+        .find(|p| echomesh_node::ozone::placement::ranked(&p.address(), ids) == ids)
+        .unwrap()
+}
+
+async fn session_to(n: &Shared, ep: &quinn::Endpoint) -> client::ClientSession {
+    let info = n.lock().unwrap().info.clone();
+    client::connect(
+        ep,
+        info.quic,
+        Some(info.fingerprint.parse().unwrap()),
+        "test",
+    )
+    .await
+    .unwrap()
+}
+
+/// Deposit `payload 0` … `payload {count-1}` through `n`.
+async fn deposit_numbered(n: &Shared, ep: &quinn::Endpoint, proof: OzoneProof, count: u32) {
+    let mut s = session_to(n, ep).await;
+    for i in 0..count {
+        s.deposit(proof.address(), bytes::Bytes::from(format!("payload {i}")))
+            .await
+            .unwrap();
+    }
+}
+
+/// `n` serves exactly `payload 0` … `payload {count-1}`, in order.
+async fn assert_serves_numbered(n: &Shared, ep: &quinn::Endpoint, proof: OzoneProof, count: u32) {
+    let mut s = session_to(n, ep).await;
+    let (page, more) = s.fetch(proof, None, 512).await.unwrap();
+    assert!(!more);
+    let got: Vec<String> = page
+        .iter()
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect();
+    let want: Vec<String> = (0..count).map(|i| format!("payload {i}")).collect();
+    assert_eq!(got, want);
+}
+
+/// Wait (bounded) until a metric of `n` reaches `value`.
+async fn wait_metric(n: &Shared, metric: &'static str, value: f64, what: &'static str) {
+    let n = n.clone();
+    tokio::task::spawn_blocking(move || {
+        let n = n.lock().unwrap();
+        echomesh_tests::wait_for(Duration::from_secs(30), what, || {
+            (n.metric(metric) == value).then_some(())
+        });
+    })
+    .await
+    .unwrap();
+}
+
 /// `recv --json --ozone SECRET` on `n`: its raw output.
 fn recv_ozone_text(n: &TestNode, key: &Path, secret: &str) -> String {
     n.ctl_ok(&[
@@ -382,27 +466,10 @@ async fn replicated_deposits_survive_the_loss_of_any_node_and_replicas_converge(
     use echomesh_ctl::e2e::{self, Content, Participant, Recipient};
     use echomesh_node::keydir::{unix_now, BundleKind};
     use echomesh_node::ozone::placement;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     let root = tempfile::tempdir().unwrap();
-    let nodes: Vec<Arc<Mutex<TestNode>>> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Arc::new(Mutex::new(TestNode::start(root.path(), n, 0, &[]))))
-        .collect();
-    {
-        let (a, b, c) = (
-            nodes[0].lock().unwrap(),
-            nodes[1].lock().unwrap(),
-            nodes[2].lock().unwrap(),
-        );
-        a.link(&b);
-        b.link(&c);
-        a.link(&c);
-    }
-    let ids: Vec<echomesh_node::identity::NodeId> = nodes
-        .iter()
-        .map(|n| n.lock().unwrap().fingerprint().parse().unwrap())
-        .collect();
+    let (nodes, ids) = cluster_of_three(root.path(), &[]);
 
     // Alice and Bob; Bob's key file for `recv`.
     let (alice, bob) = tokio::task::spawn_blocking(|| {
@@ -570,74 +637,25 @@ async fn replicated_deposits_survive_the_loss_of_any_node_and_replicas_converge(
 /// one node and then another still loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_repair_restores_r_copies_while_an_owner_is_down() {
-    use echomesh_node::ozone::placement;
-    use std::sync::{Arc, Mutex};
-
     let root = tempfile::tempdir().unwrap();
     let cfg = root.path().join("repair.toml");
     std::fs::write(&cfg, "[ozone]\nrepair_interval_secs = 2\n").unwrap();
-    let flags = ["--config".to_string(), cfg.display().to_string()];
-    let nodes: Vec<Arc<Mutex<TestNode>>> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Arc::new(Mutex::new(TestNode::start(root.path(), n, 0, &flags))))
-        .collect();
-    {
-        let (a, b, c) = (
-            nodes[0].lock().unwrap(),
-            nodes[1].lock().unwrap(),
-            nodes[2].lock().unwrap(),
-        );
-        a.link(&b);
-        b.link(&c);
-        a.link(&c);
-    }
-    let ids: Vec<echomesh_node::identity::NodeId> = nodes
-        .iter()
-        .map(|n| n.lock().unwrap().fingerprint().parse().unwrap())
-        .collect();
+    let (nodes, ids) =
+        cluster_of_three(root.path(), &["--config".into(), cfg.display().to_string()]);
     // An ozone owned by a and b while all are up; c is next in line.
-    let secret = (0..)
-        .map(|k| format!("repair-{k}"))
-        .find(|s| {
-            let addr = OzoneProof::from_secret(s.as_bytes()).address();
-            placement::ranked(&addr, &ids) == vec![ids[0], ids[1], ids[2]]
-        })
-        .unwrap();
-    let proof = OzoneProof::from_secret(secret.as_bytes());
+    let proof = ozone_ranked_as(&ids, "repair");
     let ep = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let via = nodes[1].lock().unwrap().info.clone();
-    let mut s = client::connect(&ep, via.quic, Some(via.fingerprint.parse().unwrap()), "t")
-        .await
-        .unwrap();
-    for i in 0..20u32 {
-        s.deposit(proof.address(), bytes::Bytes::from(format!("payload {i}")))
-            .await
-            .unwrap();
-    }
-    drop(s);
+    deposit_numbered(&nodes[1], &ep, proof, 20).await;
     nodes[0].lock().unwrap().kill9();
-    let c = nodes[2].clone();
-    tokio::task::spawn_blocking(move || {
-        let c = c.lock().unwrap();
-        echomesh_tests::wait_for(Duration::from_secs(30), "c to receive a copy", || {
-            (c.metric("echomesh_ozone_messages") == 20.0).then_some(())
-        });
-    })
-    .await
-    .unwrap();
+    wait_metric(
+        &nodes[2],
+        "echomesh_ozone_messages",
+        20.0,
+        "c to receive a copy",
+    )
+    .await;
     nodes[1].lock().unwrap().kill9();
-    let via = nodes[2].lock().unwrap().info.clone();
-    let mut s = client::connect(&ep, via.quic, Some(via.fingerprint.parse().unwrap()), "t")
-        .await
-        .unwrap();
-    let (page, more) = s.fetch(proof, None, 100).await.unwrap();
-    assert!(!more);
-    let got: Vec<String> = page
-        .iter()
-        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
-        .collect();
-    let want: Vec<String> = (0..20).map(|i| format!("payload {i}")).collect();
-    assert_eq!(got, want);
+    assert_serves_numbered(&nodes[2], &ep, proof, 20).await;
 }
 
 /// `drain --wait` hands the node's ozones to their other owners before it reports "safe to
@@ -645,47 +663,11 @@ async fn periodic_repair_restores_r_copies_while_an_owner_is_down() {
 /// draining, a is not ready and refuses new clients; `undrain` brings it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_hands_off_ozones_so_stopping_loses_nothing() {
-    use echomesh_node::ozone::placement;
-    use std::sync::{Arc, Mutex};
-
     let root = tempfile::tempdir().unwrap();
-    let nodes: Vec<Arc<Mutex<TestNode>>> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Arc::new(Mutex::new(TestNode::start(root.path(), n, 0, &[]))))
-        .collect();
-    {
-        let (a, b, c) = (
-            nodes[0].lock().unwrap(),
-            nodes[1].lock().unwrap(),
-            nodes[2].lock().unwrap(),
-        );
-        a.link(&b);
-        b.link(&c);
-        a.link(&c);
-    }
-    let ids: Vec<echomesh_node::identity::NodeId> = nodes
-        .iter()
-        .map(|n| n.lock().unwrap().fingerprint().parse().unwrap())
-        .collect();
-    let secret = (0..)
-        .map(|k| format!("drain-{k}"))
-        .find(|s| {
-            let addr = OzoneProof::from_secret(s.as_bytes()).address();
-            placement::ranked(&addr, &ids) == vec![ids[0], ids[1], ids[2]]
-        })
-        .unwrap();
-    let proof = OzoneProof::from_secret(secret.as_bytes());
+    let (nodes, ids) = cluster_of_three(root.path(), &[]);
+    let proof = ozone_ranked_as(&ids, "drain");
     let ep = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let via = nodes[1].lock().unwrap().info.clone();
-    let mut s = client::connect(&ep, via.quic, Some(via.fingerprint.parse().unwrap()), "t")
-        .await
-        .unwrap();
-    for i in 0..50u32 {
-        s.deposit(proof.address(), bytes::Bytes::from(format!("payload {i}")))
-            .await
-            .unwrap();
-    }
-    drop(s);
+    deposit_numbered(&nodes[1], &ep, proof, 50).await;
 
     let a = nodes[0].clone();
     let a_info = a.lock().unwrap().info.clone();
@@ -724,28 +706,16 @@ async fn drain_hands_off_ozones_so_stopping_loses_nothing() {
     })
     .await
     .unwrap();
-    // c, the next owner, now holds every message
-    // (the gauge is sampled every few seconds; the hand-off itself finished before "done").
-    let c = nodes[2].clone();
-    tokio::task::spawn_blocking(move || {
-        let c = c.lock().unwrap();
-        echomesh_tests::wait_for(Duration::from_secs(10), "c's message gauge", || {
-            (c.metric("echomesh_ozone_messages") == 50.0).then_some(())
-        });
-    })
-    .await
-    .unwrap();
+    // c, the next owner, now holds every message (the gauge is sampled every few seconds;
+    // the hand-off itself finished before "done").
+    wait_metric(
+        &nodes[2],
+        "echomesh_ozone_messages",
+        50.0,
+        "c's message gauge",
+    )
+    .await;
     nodes[0].lock().unwrap().kill9();
     nodes[1].lock().unwrap().kill9();
-    let via = nodes[2].lock().unwrap().info.clone();
-    let mut s = client::connect(&ep, via.quic, Some(via.fingerprint.parse().unwrap()), "t")
-        .await
-        .unwrap();
-    let (page, _) = s.fetch(proof, None, 100).await.unwrap();
-    let got: Vec<String> = page
-        .iter()
-        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
-        .collect();
-    let want: Vec<String> = (0..50).map(|i| format!("payload {i}")).collect();
-    assert_eq!(got, want);
+    assert_serves_numbered(&nodes[2], &ep, proof, 50).await;
 }

@@ -129,6 +129,22 @@ async fn wait_metric(n: &Shared, metric: &'static str, value: f64, what: &'stati
     .unwrap();
 }
 
+/// `send --ozone SECRET TEXT` from Alice to Bob through `n`; must succeed.
+fn send_ozone(n: &TestNode, alice: &str, bob_id: &str, secret: &str, text: &str) {
+    n.ctl_ok(&[
+        "send",
+        "--node",
+        &n.spec(),
+        "--key",
+        alice,
+        "--to",
+        bob_id,
+        "--ozone",
+        secret,
+        text,
+    ]);
+}
+
 /// `recv --json --ozone SECRET` on `n`: its raw output.
 fn recv_ozone_text(n: &TestNode, key: &Path, secret: &str) -> String {
     n.ctl_ok(&[
@@ -158,18 +174,7 @@ fn deposits_survive_a_crash_and_are_read_once_in_order() {
     let mut a = TestNode::start(root.path(), "a", 0, &[]);
     let (alice, bob, bob_id) = keys(&a, root.path());
     for i in 0..40 {
-        a.ctl_ok(&[
-            "send",
-            "--node",
-            &a.spec(),
-            "--key",
-            &alice,
-            "--to",
-            &bob_id,
-            "--ozone",
-            "bob-secret",
-            &format!("offline {i}"),
-        ]);
+        send_ozone(&a, &alice, &bob_id, "bob-secret", &format!("offline {i}"));
     }
     assert_eq!(
         a.metric("echomesh_ozone_deposits_total{result=\"stored\"}"),
@@ -198,18 +203,7 @@ fn follow_reads_the_ozone_then_goes_live() {
     let root = tempfile::tempdir().unwrap();
     let a = TestNode::start(root.path(), "a", 0, &[]);
     let (alice, bob, bob_id) = keys(&a, root.path());
-    a.ctl_ok(&[
-        "send",
-        "--node",
-        &a.spec(),
-        "--key",
-        &alice,
-        "--to",
-        &bob_id,
-        "--ozone",
-        "s",
-        "stored",
-    ]);
+    send_ozone(&a, &alice, &bob_id, "s", "stored");
     let follow = a.ctl_background(
         &[
             "--json",
@@ -229,18 +223,7 @@ fn follow_reads_the_ozone_then_goes_live() {
         &[],
         "listening",
     );
-    a.ctl_ok(&[
-        "send",
-        "--node",
-        &a.spec(),
-        "--key",
-        &alice,
-        "--to",
-        &bob_id,
-        "--ozone",
-        "s",
-        "live",
-    ]);
+    send_ozone(&a, &alice, &bob_id, "s", "live");
     let (ok, lines) = follow.finish(Duration::from_secs(30));
     assert!(ok, "{lines:?}");
     let texts: Vec<serde_json::Value> = lines
@@ -272,18 +255,7 @@ async fn quota_wrong_proof_and_missing_quorum_are_refused() {
     );
     let (alice, bob, bob_id) = keys(&a, root.path());
     for i in 0..3 {
-        a.ctl_ok(&[
-            "send",
-            "--node",
-            &a.spec(),
-            "--key",
-            &alice,
-            "--to",
-            &bob_id,
-            "--ozone",
-            "q",
-            &format!("m{i}"),
-        ]);
+        send_ozone(&a, &alice, &bob_id, "q", &format!("m{i}"));
     }
     let over = a.ctl(&[
         "send",

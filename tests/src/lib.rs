@@ -239,14 +239,7 @@ impl TestNode {
 
     /// Run `echomeshctl`, require success, return stdout.
     pub fn ctl_ok(&self, args: &[&str]) -> String {
-        let out = self.ctl(args);
-        assert!(
-            out.status.success(),
-            "echomeshctl {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log_tail()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.ctl_env_ok(&[], args)
     }
 
     pub fn neighbors(&self) -> Vec<serde_json::Value> {

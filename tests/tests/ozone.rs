@@ -129,9 +129,15 @@ async fn wait_metric(n: &Shared, metric: &'static str, value: f64, what: &'stati
     .unwrap();
 }
 
-/// `send --ozone SECRET TEXT` from Alice to Bob through `n`; must succeed.
-fn send_ozone(n: &TestNode, alice: &str, bob_id: &str, secret: &str, text: &str) {
-    n.ctl_ok(&[
+/// `send --ozone SECRET TEXT` from Alice to Bob through `n`.
+fn send_ozone_out(
+    n: &TestNode,
+    alice: &str,
+    bob_id: &str,
+    secret: &str,
+    text: &str,
+) -> std::process::Output {
+    n.ctl(&[
         "send",
         "--node",
         &n.spec(),
@@ -142,7 +148,18 @@ fn send_ozone(n: &TestNode, alice: &str, bob_id: &str, secret: &str, text: &str)
         "--ozone",
         secret,
         text,
-    ]);
+    ])
+}
+
+/// The same, required to succeed.
+fn send_ozone(n: &TestNode, alice: &str, bob_id: &str, secret: &str, text: &str) {
+    let out = send_ozone_out(n, alice, bob_id, secret, text);
+    assert!(
+        out.status.success(),
+        "send --ozone failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        n.log_tail()
+    );
 }
 
 /// `recv --json --ozone SECRET` on `n`: its raw output.
@@ -257,18 +274,7 @@ async fn quota_wrong_proof_and_missing_quorum_are_refused() {
     for i in 0..3 {
         send_ozone(&a, &alice, &bob_id, "q", &format!("m{i}"));
     }
-    let over = a.ctl(&[
-        "send",
-        "--node",
-        &a.spec(),
-        "--key",
-        &alice,
-        "--to",
-        &bob_id,
-        "--ozone",
-        "q",
-        "one too many",
-    ]);
+    let over = send_ozone_out(&a, &alice, &bob_id, "q", "one too many");
     assert_eq!(over.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&over.stderr).contains("quota"),
@@ -386,34 +392,12 @@ async fn quota_wrong_proof_and_missing_quorum_are_refused() {
             a3.link(&b);
             b.fingerprint().to_string()
         };
-        a3.ctl_ok(&[
-            "send",
-            "--node",
-            &a3.spec(),
-            "--key",
-            &alice2,
-            "--to",
-            &bob_id2,
-            "--ozone",
-            "two",
-            "two copies",
-        ]);
+        send_ozone(&a3, &alice2, &bob_id2, "two", "two copies");
         b3.lock().unwrap().kill9();
         echomesh_tests::wait_for(Duration::from_secs(20), "a to see b down", || {
             (a3.neighbor_state(&b_fp).as_deref() != Some("up")).then_some(())
         });
-        a3.ctl(&[
-            "send",
-            "--node",
-            &a3.spec(),
-            "--key",
-            &alice2,
-            "--to",
-            &bob_id2,
-            "--ozone",
-            "other",
-            "not durable",
-        ])
+        send_ozone_out(&a3, &alice2, &bob_id2, "other", "not durable")
     })
     .await
     .unwrap();

@@ -167,47 +167,17 @@ fn two_people_and_a_group_across_three_nodes_and_no_node_sees_plaintext() {
     let pic_path = people.path().join("holiday.png");
     std::fs::write(&pic_path, &picture).unwrap();
     let alice = alice_key.to_str().unwrap();
-    a.ctl_env_ok(
-        &[PASS],
-        &[
-            "send",
-            "--node",
-            &a.spec(),
-            "--key",
-            alice,
-            "--to",
-            &bob_id,
-            hello,
-        ],
-    );
-    a.ctl_env_ok(
-        &[PASS],
-        &[
-            "send",
-            "--node",
-            &a.spec(),
-            "--key",
-            alice,
-            "--to",
-            &bob_id,
-            "--file",
-            pic_path.to_str().unwrap(),
-        ],
-    );
-    let out = a.ctl_env_ok(
-        &[PASS],
-        &[
-            "--json",
-            "send",
-            "--node",
-            &a.spec(),
-            "--key",
-            alice,
-            "--to",
-            &format!("{bob_id},{carol_id}"),
-            group,
-        ],
-    );
+    let spec = a.spec();
+    // `[--json] send` from Alice at A (passphrase-protected key) with the given tail.
+    let alice_sends = |json: bool, tail: &[&str]| {
+        let mut args = if json { vec!["--json"] } else { vec![] };
+        args.extend(["send", "--node", &spec, "--key", alice, "--to"]);
+        args.extend_from_slice(tail);
+        a.ctl_env_ok(&[PASS], &args)
+    };
+    alice_sends(false, &[&bob_id, hello]);
+    alice_sends(false, &[&bob_id, "--file", pic_path.to_str().unwrap()]);
+    let out = alice_sends(true, &[&format!("{bob_id},{carol_id}"), group]);
     let sent: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(sent["to"].as_array().unwrap().len(), 2, "{sent}");
 

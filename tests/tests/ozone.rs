@@ -468,15 +468,7 @@ async fn replicated_deposits_survive_the_loss_of_any_node_and_replicas_converge(
 
     for victim in 0..3 {
         let secret = format!("bob-round-{victim}");
-        let via = nodes[0].lock().unwrap().info.clone();
-        let mut s = client::connect(
-            &ep,
-            via.quic,
-            Some(via.fingerprint.parse().unwrap()),
-            "alice",
-        )
-        .await
-        .unwrap();
+        let mut s = session_to(&nodes[0], &ep).await;
         let addr = OzoneProof::from_secret(secret.as_bytes()).address();
         for p in &sealed {
             let (_, copies) = s.deposit(addr, p.clone()).await.unwrap();
@@ -509,15 +501,7 @@ async fn replicated_deposits_survive_the_loss_of_any_node_and_replicas_converge(
             })
             .unwrap();
         let late_addr = OzoneProof::from_secret(late_secret.as_bytes()).address();
-        let via = nodes[survivors[0]].lock().unwrap().info.clone();
-        let mut s = client::connect(
-            &ep,
-            via.quic,
-            Some(via.fingerprint.parse().unwrap()),
-            "alice",
-        )
-        .await
-        .unwrap();
+        let mut s = session_to(&nodes[survivors[0]], &ep).await;
         for p in &late {
             s.deposit(late_addr, p.clone()).await.unwrap();
         }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use echomesh_node::admin::api;
+use echomesh_node::client::{Followed, Follower};
 use echomesh_node::echo::EchoPacket;
 use echomesh_node::wire::{ClientEvent, SubscribeFilter};
 
@@ -38,6 +39,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 println!("clients      {}", s.client_sessions);
                 println!("uptime       {} s", s.uptime_secs);
+                if s.draining {
+                    println!("drain        {}", drain_line(&s.drain));
+                }
             }
         }
         Command::Neighbors {
@@ -80,7 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("no neighbors yet: run `echomeshctl invite` here and `echomeshctl join TOKEN` on the other node");
             } else {
                 println!(
-                    "{:<11} {:<11} {:<5} {:<7} {:>9}  {:<22} ERROR",
+                    "{:<11} {:<16} {:<5} {:<7} {:>9}  {:<22} ERROR",
                     "ID", "STATE", "MODE", "ORIGIN", "RTT", "ADDR"
                 );
                 for n in list {
@@ -88,10 +92,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .rtt_ms
                         .map(|r| format!("{r:.2} ms"))
                         .unwrap_or_else(|| "-".into());
+                    let state = match n.departure.as_str() {
+                        "up" => n.state.clone(),
+                        d => format!("{} ({d})", n.state),
+                    };
                     println!(
-                        "{:<11} {:<11} {:<5} {:<7} {:>9}  {:<22} {}",
+                        "{:<11} {:<16} {:<5} {:<7} {:>9}  {:<22} {}",
                         n.id,
-                        n.state,
+                        state,
                         n.mode,
                         n.origin,
                         rtt,
@@ -144,10 +152,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             let mut last = String::new();
             while wait && st.phase != "done" && st.phase != "timed_out" {
-                let line = format!(
-                    "{} ({}/{} ozones, {} bytes queued)",
-                    st.phase, st.ozones_done, st.ozones_total, st.queued_bytes
-                );
+                let line = drain_line(&st);
                 if line != last {
                     eprintln!("drain: {line}");
                     last = line;
@@ -175,6 +180,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if wait && !st.safe_to_stop {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Topology { dot } => {
+            let t: echomesh_node::topology::TopologyView = admin()?.get(api::PATH_TOPOLOGY).await?;
+            if dot {
+                print!("{}", t.to_dot());
+            } else if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                print_topology(&t);
             }
         }
         Command::Undrain => {
@@ -251,6 +266,55 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ozone(cmd) => return crate::messaging::ozone(cmd, json).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn drain_line(st: &echomesh_node::drain::DrainStatus) -> String {
+    format!(
+        "{} after {} s: clients moved {}/{} ({} still connected), ozones handed off {}/{}, {} bytes queued, {} neighbors told{}",
+        st.phase,
+        st.elapsed_secs,
+        st.clients_moved,
+        st.clients_total,
+        st.clients_connected,
+        st.ozones_done,
+        st.ozones_total,
+        st.queued_bytes,
+        st.neighbors_told,
+        st.detail.as_deref().map(|d| format!("; {d}")).unwrap_or_default()
+    )
+}
+
+fn print_topology(t: &echomesh_node::topology::TopologyView) {
+    println!(
+        "{:<11} {:<9} {:<12} {:<22} {:>8}  SOFTWARE",
+        "NODE", "STATE", "CLUSTER", "ADDR", "HEARD"
+    );
+    for n in &t.nodes {
+        let heard = if n.this_node {
+            "(this)".to_string()
+        } else {
+            format!("{} s", n.last_heard_secs)
+        };
+        println!(
+            "{:<11} {:<9} {:<12} {:<22} {:>8}  {} (protocol {})",
+            n.id, n.state, n.cluster, n.addr, heard, n.software, n.protocol
+        );
+    }
+    println!();
+    println!(
+        "{:<11} {:<11} {:<6} {:>9}  MODE",
+        "LINK", "", "STATE", "RTT"
+    );
+    for l in &t.links {
+        let rtt = l
+            .rtt_ms
+            .map(|r| format!("{r:.2} ms"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<11} {:<11} {:<6} {:>9}  {}",
+            l.a, l.b, l.state, rtt, l.mode
+        );
+    }
 }
 
 /// A neighbor named by fingerprint or by the short ID `neighbors` shows.
@@ -360,9 +424,15 @@ async fn tail(
     timeout: Option<f64>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let (_ep, mut session) = crate::target_node::connect(node).await?;
+    let (ep, mut session) = crate::target_node::connect(node).await?;
     session.subscribe(SubscribeFilter::All).await?;
     eprintln!("tail: subscribed to {} ({})", node.addr, session.node_id);
+    let mut session = Follower::new(
+        ep,
+        session,
+        crate::target_node::AGENT,
+        Some(SubscribeFilter::All),
+    );
     let deadline =
         timeout.map(|t| tokio::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
     let mut seen = 0u64;
@@ -372,7 +442,7 @@ async fn tail(
             return Ok(ExitCode::SUCCESS);
         }
         let ev = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, session.next_event()).await {
+            Some(d) => match tokio::time::timeout_at(d, session.next()).await {
                 Ok(ev) => ev?,
                 Err(_) => {
                     if let Some(c) = count {
@@ -382,7 +452,15 @@ async fn tail(
                     return Ok(ExitCode::SUCCESS);
                 }
             },
-            None => session.next_event().await?,
+            None => session.next().await?,
+        };
+        let ev = match ev {
+            Some(Followed::Moved { to, reason }) => {
+                eprintln!("tail: moved to {to} ({reason})");
+                continue;
+            }
+            Some(Followed::Event(ev)) => Some(ev),
+            None => None,
         };
         match ev {
             Some(ClientEvent::Deliver(batch)) => {

@@ -21,7 +21,7 @@ use crate::target_node::NodeTarget;
 #[command(
     name = "echomeshctl",
     version,
-    after_help = "Examples:\n  echomeshctl status\n  echomeshctl invite                      # on node A: prints a one-time token\n  echomeshctl join EM1-...                # on node B: B and A pin each other\n  echomeshctl neighbors --json\n  echomeshctl tail --node 127.0.0.1:4710#<fingerprint> --count 1\n  echomeshctl inject --node 127.0.0.1:4710#<fingerprint> hello\n  echomeshctl keys gen --out alice.key\n  echomeshctl keys publish --node 127.0.0.1:4710 --key alice.key --name Alice\n  echomeshctl send --node 127.0.0.1:4710 --key alice.key --to M8N22HT6QK \"hello\"\n  echomeshctl recv --node 127.0.0.1:4710 --key bob.key --follow\n  echomeshctl bench --nodes 5 --packets 100000 --size 128"
+    after_help = "Examples:\n  echomeshctl status\n  echomeshctl invite                      # on node A: prints a one-time token\n  echomeshctl join EM1-...                # on node B: B and A pin each other\n  echomeshctl neighbors --json\n  echomeshctl topology --dot | dot -Tsvg > mesh.svg\n  echomeshctl drain --wait && systemctl stop echomesh\n  echomeshctl tail --node 127.0.0.1:4710#<fingerprint> --count 1\n  echomeshctl inject --node 127.0.0.1:4710#<fingerprint> hello\n  echomeshctl keys gen --out alice.key\n  echomeshctl keys publish --node 127.0.0.1:4710 --key alice.key --name Alice\n  echomeshctl send --node 127.0.0.1:4710 --key alice.key --to M8N22HT6QK \"hello\"\n  echomeshctl recv --node 127.0.0.1:4710 --key bob.key --follow\n  echomeshctl bench --nodes 5 --packets 100000 --size 128"
 )]
 pub struct Cli {
     /// Admin API of the node to operate.
@@ -69,9 +69,17 @@ pub enum Command {
     },
     /// Show this tool's version and the node's.
     Version,
-    /// Take the node out of service without loss: not ready, new clients refused, ozones
-    /// handed to their other owners, queues flushed. `--wait` shows progress and exits 0 when
-    /// it is safe to stop the node (1 if the deadline passed first).
+    /// The mesh as this node knows it: nodes (up, draining, left, failed), clusters and links
+    /// with RTT, learned from signed node announcements. `--json` for tools, `--dot` for
+    /// Graphviz (`echomeshctl topology --dot | dot -Tsvg > mesh.svg`).
+    Topology {
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Take the node out of service without loss: not ready, neighbors told, clients moved to
+    /// other nodes (spread over drain_client_grace_secs), ozones handed to their other owners,
+    /// queues flushed, neighbors told it left. `--wait` shows progress and exits 0 when it is
+    /// safe to stop the node (1 if the deadline passed first).
     Drain {
         #[arg(long)]
         wait: bool,

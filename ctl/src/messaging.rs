@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use echomesh_ctl::e2e::{self, Content, Participant, Recipient};
 use echomesh_ctl::files::{self, Reassembler};
 use echomesh_ctl::keyfile;
-use echomesh_node::client::{ClientReader, ClientSession};
+use echomesh_node::client::{ClientReader, ClientSession, Followed, Follower};
 use echomesh_node::echo::EchoPacket;
 use echomesh_node::keydir::{unix_now, BundleKind, Fingerprint, KeyBundle, ParticipantRef};
 use echomesh_node::ozone::OzoneProof;
@@ -530,21 +530,18 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&a.out_dir)
         .with_context(|| format!("creating {}", a.out_dir.display()))?;
-    let (_ep, s) = target_node::connect(&a.node).await?;
-    let (conn, mut w, mut rd) = s.split();
+    let (ep, mut s) = target_node::connect(&a.node).await?;
+    let (w, rd) = s.parts();
     let mut files = Reassembler::new(a.max_file_bytes);
     let mut shown = 0u64;
     let mut seen: HashSet<[u8; 32]> = HashSet::new();
     let live = proof.is_none() || a.follow;
     // Deliveries that arrive while stored messages are fetched wait here.
     let mut buffered: Vec<EchoPacket> = Vec::new();
+    let filter = SubscribeFilter::Tags(tags::tags_around(&address, unix_now()));
     if live {
-        w.subscribe(SubscribeFilter::Tags(tags::tags_around(
-            &address,
-            unix_now(),
-        )))
-        .await?;
-        wait_for(&mut rd, &mut buffered, |ev| {
+        w.subscribe(filter.clone()).await?;
+        wait_for(rd, &mut buffered, |ev| {
             matches!(ev, ClientEvent::Subscribed)
         })
         .await?;
@@ -560,7 +557,7 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
                 limit: 128,
             })
             .await?;
-            let (messages, more) = match wait_for(&mut rd, &mut buffered, |ev| {
+            let (messages, more) = match wait_for(rd, &mut buffered, |ev| {
                 matches!(ev, ClientEvent::Fetched { .. })
             })
             .await?
@@ -594,7 +591,7 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
                     ids: acks,
                 })
                 .await?;
-                wait_for(&mut rd, &mut buffered, |ev| {
+                wait_for(rd, &mut buffered, |ev| {
                     matches!(ev, ClientEvent::Acked { .. })
                 })
                 .await?;
@@ -604,10 +601,12 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
             }
         }
         if !a.follow {
-            conn.close(0u32.into(), b"done");
+            s.conn.close(0u32.into(), b"done");
             return Ok(ExitCode::SUCCESS);
         }
     }
+    // Live: a follower moves to another node if this one drains, without loss or repeats.
+    let mut f = Follower::new(ep, s, target_node::AGENT, Some(filter));
     eprintln!("recv: listening as {} on {}", fp.short_id(), a.node.addr);
     let timeout = a.timeout.or(if a.follow { None } else { Some(30.0) });
     let deadline =
@@ -632,12 +631,13 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
             shown += r.lines;
             if let (Some(proof), true) = (proof, r.mine) {
                 // Live messages of an ozone are stored too: acknowledge them (answer ignored).
-                w.send_request(&ClientRequest::Ack {
-                    addr: proof.address(),
-                    proof,
-                    ids: vec![MsgId(p.id)],
-                })
-                .await?;
+                f.writer()
+                    .send_request(&ClientRequest::Ack {
+                        addr: proof.address(),
+                        proof,
+                        ids: vec![MsgId(p.id)],
+                    })
+                    .await?;
                 pending_acks += 1;
             }
         }
@@ -649,7 +649,7 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
             _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {
                 if let Some(c) = a.count {
                     eprintln!("echomeshctl: timeout after {shown} of {c} messages");
-                    conn.close(0u32.into(), b"done");
+                    f.close();
                     return Ok(ExitCode::FAILURE);
                 }
                 break;
@@ -659,11 +659,19 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
                 let now = tags::epoch_of(unix_now());
                 if now != epoch {
                     epoch = now;
-                    w.subscribe(SubscribeFilter::Tags(tags::tags_around(&address, unix_now()))).await?;
+                    f.subscribe(SubscribeFilter::Tags(tags::tags_around(&address, unix_now()))).await?;
                 }
                 continue;
             }
-            ev = rd.next_event() => ev?,
+            ev = f.next() => ev?,
+        };
+        let ev = match ev {
+            Some(Followed::Moved { to, reason }) => {
+                eprintln!("recv: moved to {to} ({reason})");
+                continue;
+            }
+            Some(Followed::Event(ev)) => Some(ev),
+            None => None,
         };
         match ev {
             Some(ClientEvent::Deliver(batch)) => buffered.extend(batch),
@@ -679,11 +687,14 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
     // Shown messages must not come back: wait for the node to confirm their deletion.
     let confirm = async {
         while pending_acks > 0 {
-            wait_for(&mut rd, &mut buffered, |ev| {
-                matches!(ev, ClientEvent::Acked { .. })
-            })
-            .await?;
-            pending_acks -= 1;
+            match f.next().await? {
+                Some(Followed::Event(ClientEvent::Acked { .. })) => pending_acks -= 1,
+                Some(Followed::Event(ClientEvent::Error { message, .. })) => {
+                    bail!("node refused: {message}")
+                }
+                Some(_) => {}
+                None => bail!("node closed the session"),
+            }
         }
         anyhow::Ok(())
     };
@@ -694,7 +705,7 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
                 "the node did not confirm acknowledgements; those messages will be fetched again"
             )
         })??;
-    conn.close(0u32.into(), b"done");
+    f.close();
     Ok(ExitCode::SUCCESS)
 }
 

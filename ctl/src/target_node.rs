@@ -83,7 +83,11 @@ fn remember(addr: &str, id: NodeId) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connect a client session to the target, verifying its identity.
+/// How this tool introduces itself to nodes.
+pub const AGENT: &str = concat!("echomeshctl/", env!("CARGO_PKG_VERSION"));
+
+/// Connect a client session to the target, verifying its identity. A draining node's redirect
+/// is followed.
 pub async fn connect(target: &NodeTarget) -> anyhow::Result<(quinn::Endpoint, ClientSession)> {
     let addr: SocketAddr = echomesh_node::transport::resolve(&target.addr)
         .await
@@ -98,9 +102,18 @@ pub async fn connect(target: &NodeTarget) -> anyhow::Result<(quinn::Endpoint, Cl
         Some(fp) => (Some(fp), false),
         None => (lookup_known(&target.addr)?, true),
     };
-    let session = client::connect(&endpoint, addr, expected, concat!("echomeshctl/", env!("CARGO_PKG_VERSION")))
-        .await
-        .map_err(|e| match (&e, tofu && expected.is_some()) {
+    let session = match client::connect(&endpoint, addr, expected, AGENT).await {
+        Err(client::ClientError::Redirected { nodes, reason }) => {
+            // A draining node: go where it says (each suggestion pinned by fingerprint).
+            let (s, to) = client::connect_any(&endpoint, &nodes, AGENT)
+                .await
+                .with_context(|| format!("{} redirects clients ({reason}), but none of its suggestions answered", target.addr))?;
+            eprintln!("note: {} is draining ({reason}); connected to {to} instead", target.addr);
+            return Ok((endpoint, s));
+        }
+        other => other,
+    }
+    .map_err(|e| match (&e, tofu && expected.is_some()) {
             (client::ClientError::WrongNode { got, .. }, true) => anyhow!(
                 "node at {} presented fingerprint {got}, which differs from the one recorded in {}. \
                  This may be an attack or a re-installed node: verify with its operator, then fix that file",

@@ -30,6 +30,9 @@ pub struct Config {
     pub neighbors: Vec<String>,
     /// How long a drain (and SIGTERM) may take to hand off ozones and flush queues.
     pub drain_deadline_secs: u64,
+    /// Connected clients are moved to other nodes spread over this many seconds of a drain
+    /// (not all at once), at most a third of the drain deadline.
+    pub drain_client_grace_secs: u64,
     pub log: LogConfig,
     pub echo: EchoSection,
     pub limits: Limits,
@@ -163,6 +166,7 @@ impl Default for Config {
             invite: InviteSection::default(),
             ozone: OzoneSection::default(),
             drain_deadline_secs: 60,
+            drain_client_grace_secs: 10,
             telemetry: Telemetry::default(),
         }
     }

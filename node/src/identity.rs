@@ -105,6 +105,8 @@ pub enum IdentityError {
     Generate(String),
     #[error("certificate cannot be parsed: {0}")]
     BadCertificate(String),
+    #[error("signature does not verify: {0}")]
+    BadSignature(String),
     #[error("bad fingerprint: {0}")]
     BadFingerprint(String),
 }
@@ -198,10 +200,40 @@ impl Identity {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
     }
 
+    /// Sign `msg` with the node key (ECDSA P-256, SHA-256, ASN.1 signature). Anyone holding
+    /// the certificate checks it with [`verify_signed_by_cert`].
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, IdentityError> {
+        use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &self.key_der, &rng)
+            .map_err(|e| IdentityError::Generate(format!("node key cannot sign: {e}")))?;
+        kp.sign(&rng, msg)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|e| IdentityError::Generate(format!("signing failed: {e}")))
+    }
+
     /// A secret derived from the private key, stable across restarts (stateless reset key).
     pub fn derived_secret(&self, context: &str) -> [u8; 32] {
         blake3::derive_key(context, &self.key_der)
     }
+}
+
+/// Check that `signature` over `msg` was made by the key of `cert` (DER), and return the node
+/// ID of that certificate.
+pub fn verify_signed_by_cert(
+    cert: &[u8],
+    msg: &[u8],
+    signature: &[u8],
+) -> Result<NodeId, IdentityError> {
+    let der = CertificateDer::from(cert);
+    let parsed = webpki::EndEntityCert::try_from(&der)
+        .map_err(|e| IdentityError::BadCertificate(format!("{e:?}")))?;
+    parsed
+        .verify_signature(webpki::ring::ECDSA_P256_SHA256, msg, signature)
+        .map_err(|e| IdentityError::BadSignature(format!("{e:?}")))?;
+    Ok(NodeId(
+        *blake3::hash(parsed.subject_public_key_info().as_ref()).as_bytes(),
+    ))
 }
 
 use rcgen::PublicKeyData;

@@ -10,7 +10,9 @@
 //! - `client`: client sessions (node side) and the client library (client side).
 //! - `keydir`: the key directory (EPKS): participant IDs, signed key bundles.
 //! - `tags`: epoch-rotating packet tags (inboxes, key directory, ozones).
-//! - `ozone`: ozone addressing, durable storage and placement (replication in progress).
+//! - `ozone`: ozone addressing, durable storage, placement, replication and repair.
+//! - `topology`: signed node announcements and the mesh map built from them.
+//! - `drain`, `reload`: taking a node out of service; applying a changed config file.
 //! - `admin`: admin HTTP API and its JSON types.
 //! - `store`: RocksDB.  `metrics`: Prometheus.  `node`: assembly and lifecycle.
 
@@ -33,6 +35,7 @@ pub mod router;
 pub mod store;
 pub mod tags;
 pub mod telemetry;
+pub mod topology;
 pub mod transport;
 pub mod wire;
 

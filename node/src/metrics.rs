@@ -44,6 +44,9 @@ pub struct Metrics {
     pub ozones_hosted: IntGauge,
     pub ozone_messages: IntGauge,
     pub cluster_members: IntGaugeVec,
+    pub topology_announcements: IntCounterVec,
+    pub topology_nodes: IntGaugeVec,
+    pub clients_redirected: IntCounterVec,
     pub connections_rejected: IntCounterVec,
     pub joins: IntCounterVec,
     pub invites_issued: IntCounter,
@@ -64,6 +67,8 @@ pub mod drop_reason {
     pub const TOO_LARGE: &str = "too_large";
     /// Key-bundle packets arriving faster than the directory can verify them.
     pub const KEYDIR_BUSY: &str = "keydir_busy";
+    /// Node announcements arriving faster than they can be verified.
+    pub const TOPOLOGY_BUSY: &str = "topology_busy";
     pub const ALL: &[&str] = &[
         NEIGHBOR_QUEUE_FULL,
         CLIENT_QUEUE_FULL,
@@ -73,6 +78,7 @@ pub mod drop_reason {
         BAD_ID,
         TOO_LARGE,
         KEYDIR_BUSY,
+        TOPOLOGY_BUSY,
     ];
 }
 
@@ -278,10 +284,28 @@ impl Metrics {
             cluster_members: reg(
                 &r,
                 IntGaugeVec::new(
-                    Opts::new("echomesh_cluster_members", "Members of this node's cluster by state (alive, failed), this node included."),
+                    Opts::new("echomesh_cluster_members", "Members of this node's cluster by state (alive, draining, left, failed), this node included."),
                     &["state"],
                 )
                 .expect("static metric"),
+            ),
+            topology_announcements: counter_vec(
+                "echomesh_topology_announcements_total",
+                "Signed node announcements received, by result (accepted, stale, too_frequent, bad_signature, malformed, full, own).",
+                &["result"],
+            ),
+            topology_nodes: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("echomesh_topology_nodes", "Nodes of the mesh this node knows, by state (up, draining, left, failed), this node included."),
+                    &["state"],
+                )
+                .expect("static metric"),
+            ),
+            clients_redirected: counter_vec(
+                "echomesh_clients_redirected_total",
+                "Client sessions sent to other nodes while draining, by when (at_hello, during_session).",
+                &["when"],
             ),
             ozone_evictions: counter_vec(
                 "echomesh_ozone_evictions_total",
@@ -377,8 +401,25 @@ impl Metrics {
             m.ozone_deposits.with_label_values(&[r]);
         }
         m.ozone_evictions.with_label_values(&["retention"]);
-        for st in ["alive", "failed"] {
+        for st in ["alive", "draining", "left", "failed"] {
             m.cluster_members.with_label_values(&[st]);
+        }
+        for st in ["up", "draining", "left", "failed"] {
+            m.topology_nodes.with_label_values(&[st]);
+        }
+        for r in [
+            "accepted",
+            "stale",
+            "too_frequent",
+            "bad_signature",
+            "malformed",
+            "full",
+            "own",
+        ] {
+            m.topology_announcements.with_label_values(&[r]);
+        }
+        for w in ["at_hello", "during_session"] {
+            m.clients_redirected.with_label_values(&[w]);
         }
         for r in ["found", "not_found"] {
             m.key_lookups.with_label_values(&[r]);

@@ -18,11 +18,11 @@ use crate::echo::{EchoConfig, EchoEngine};
 use crate::identity::{write_private, Identity, NodeId};
 use crate::invite::InviteBook;
 use crate::keydir::{self, KeyDirectory};
-use crate::metrics::{handshake_reason, Metrics};
+use crate::metrics::{drop_reason, handshake_reason, Metrics};
 use crate::peer::{self, NeighborTable};
-use crate::router::Router;
+use crate::router::{ControlChannel, Router};
 use crate::store::{NeighborOrigin, NeighborRecord, Store};
-use crate::wire;
+use crate::{tags, wire};
 
 /// Everything the node's tasks share. Each field is its own component with its own lock.
 pub struct Ctx {
@@ -36,6 +36,7 @@ pub struct Ctx {
     /// The applied configuration and how to re-read it (reload).
     pub live: crate::reload::LiveConfig,
     pub drain: crate::drain::Drain,
+    pub topology: crate::topology::Topology,
     pub metrics: Arc<Metrics>,
     pub invites: Mutex<InviteBook>,
     pub shutdown: CancellationToken,
@@ -232,15 +233,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         .context("opening ozone storage")?
     };
     metrics.ozone_bytes.set(ozones.total_bytes() as i64);
-    let (keydir_tx, keydir_rx) = tokio::sync::mpsc::channel(crate::router::KEYDIR_BACKLOG);
+    let (keydir_ch, keydir_rx) = ControlChannel::new(tags::keydir_tag(), drop_reason::KEYDIR_BUSY);
+    let (topology_ch, topology_rx) =
+        ControlChannel::new(tags::topology_tag(), drop_reason::TOPOLOGY_BUSY);
     let router = Arc::new(Router::new(
         engine,
         neighbors,
         Subscribers::new(cfg.limits.max_clients),
         metrics.clone(),
         cfg.echo.max_payload_bytes,
-        keydir_tx,
+        vec![keydir_ch, topology_ch],
     ));
+    let me = identity.id;
     let ctx = Arc::new(Ctx {
         invites: Mutex::new(InviteBook::new(cfg.invite.max_outstanding)),
         handshakes: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_handshakes)),
@@ -251,6 +255,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         keydir,
         ozones,
         drain: crate::drain::Drain::default(),
+        topology: crate::topology::Topology::new(me),
         live: crate::reload::LiveConfig {
             source: Mutex::new(None),
             current: Mutex::new(cfg.clone()),
@@ -318,6 +323,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         let c = ctx.clone();
         ctx.tasks.spawn(keydir::flood::run_verifier(c, keydir_rx));
     }
+    {
+        let c = ctx.clone();
+        ctx.tasks
+            .spawn(crate::topology::flood::run_verifier(c, topology_rx));
+    }
 
     let info = RuntimeInfo {
         pid: std::process::id(),
@@ -332,6 +342,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
 
     ctx.ready.store(true, Ordering::SeqCst);
     ctx.metrics.ready.set(1);
+    {
+        let c = ctx.clone();
+        ctx.tasks.spawn(crate::topology::flood::announce_loop(c));
+    }
     tracing::info!(
         id = %ctx.identity.id,
         fingerprint = %ctx.identity.id.fingerprint(),
@@ -444,15 +458,42 @@ async fn housekeeping(ctx: Arc<Ctx>) {
         ctx.metrics
             .client_queue_bytes
             .set(ctx.router.subscribers.queued_bytes() as i64);
-        let members = crate::ozone::service::Members::now(&ctx);
-        let alive = members.peers.len() + 1;
+        if ticks % 5 == 2 {
+            update_membership_gauges(&ctx);
+        }
+    }
+}
+
+/// Cluster members and mesh nodes by state.
+fn update_membership_gauges(ctx: &Ctx) {
+    let me = match ctx.drain.departure() {
+        wire::Departure::Up => "alive",
+        d => d.label(),
+    };
+    let mut cluster = std::collections::HashMap::from([(me, 1i64)]);
+    for n in ctx.neighbors().all() {
+        if n.cluster().as_deref() != Some(ctx.cfg.cluster.as_str()) {
+            continue;
+        }
+        let st = match (n.is_up(), n.departure()) {
+            (_, wire::Departure::Left) => "left",
+            (true, wire::Departure::Draining) => "draining",
+            (true, wire::Departure::Up) => "alive",
+            (false, _) => "failed",
+        };
+        *cluster.entry(st).or_default() += 1;
+    }
+    for st in ["alive", "draining", "left", "failed"] {
         ctx.metrics
             .cluster_members
-            .with_label_values(&["alive"])
-            .set(alive as i64);
+            .with_label_values(&[st])
+            .set(cluster.get(st).copied().unwrap_or(0));
+    }
+    let view = crate::topology::flood::view(ctx);
+    for st in ["up", "draining", "left", "failed"] {
         ctx.metrics
-            .cluster_members
-            .with_label_values(&["failed"])
-            .set((members.known - alive) as i64);
+            .topology_nodes
+            .with_label_values(&[st])
+            .set(view.count(st) as i64);
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::tags::{self, Tag};
+use crate::tags::Tag;
 
 /// Where a batch entered this node.
 #[derive(Debug, Clone, Copy)]
@@ -29,13 +29,40 @@ pub struct Router {
     pub subscribers: Subscribers,
     pub metrics: Arc<Metrics>,
     max_payload: usize,
-    /// Key-bundle packets wait here for verification before they are forwarded.
-    keydir: mpsc::Sender<(Origin, Vec<EchoPacket>)>,
-    keydir_tag: Tag,
+    /// The mesh's own control traffic (key bundles, node announcements): packets with these
+    /// tags wait for verification by their component before they are forwarded, and are never
+    /// delivered to clients.
+    control: Vec<ControlChannel>,
 }
 
-/// Batches of key-bundle packets that may wait for verification.
-pub const KEYDIR_BACKLOG: usize = 256;
+/// Where packets with one fixed control tag go for verification.
+pub struct ControlChannel {
+    pub tag: Tag,
+    pub tx: mpsc::Sender<(Origin, Vec<EchoPacket>)>,
+    /// Drop reason counted when the verifier's backlog is full.
+    pub busy_reason: &'static str,
+}
+
+impl ControlChannel {
+    /// A channel for `tag` with the standard backlog, and its receiving end.
+    pub fn new(
+        tag: Tag,
+        busy_reason: &'static str,
+    ) -> (Self, mpsc::Receiver<(Origin, Vec<EchoPacket>)>) {
+        let (tx, rx) = mpsc::channel(CONTROL_BACKLOG);
+        (
+            ControlChannel {
+                tag,
+                tx,
+                busy_reason,
+            },
+            rx,
+        )
+    }
+}
+
+/// Batches of control packets that may wait for verification, per channel.
+pub const CONTROL_BACKLOG: usize = 256;
 
 /// Counts returned to the injecting client.
 #[derive(Debug, Default, Clone, Copy)]
@@ -52,7 +79,7 @@ impl Router {
         subscribers: Subscribers,
         metrics: Arc<Metrics>,
         max_payload: usize,
-        keydir: mpsc::Sender<(Origin, Vec<EchoPacket>)>,
+        control: Vec<ControlChannel>,
     ) -> Self {
         Router {
             engine: Mutex::new(engine),
@@ -60,9 +87,12 @@ impl Router {
             subscribers,
             metrics,
             max_payload,
-            keydir,
-            keydir_tag: tags::keydir_tag(),
+            control,
         }
+    }
+
+    fn is_control(&self, tag: Option<Tag>) -> bool {
+        tag.is_some_and(|t| self.control.iter().any(|c| c.tag == t))
     }
 
     fn engine(&self) -> std::sync::MutexGuard<'_, EchoEngine> {
@@ -100,16 +130,25 @@ impl Router {
                 "refused packets failing integrity checks"
             );
         }
-        // Key bundles are verified before they go anywhere (see `keydir`).
-        if batch.iter().any(|p| p.tag == Some(self.keydir_tag)) {
-            let (bundles, rest): (Vec<_>, Vec<_>) = batch
-                .into_iter()
-                .partition(|p| p.tag == Some(self.keydir_tag));
-            batch = rest;
-            let n = bundles.len() as u64;
-            if self.keydir.try_send((origin, bundles)).is_err() {
-                m.count_drop(drop_reason::KEYDIR_BUSY, n);
-                tracing::debug!(?origin, n, "key directory backlog full; dropping bundles");
+        // Control packets (key bundles, announcements) are verified before they go anywhere.
+        if batch.iter().any(|p| self.is_control(p.tag)) {
+            for c in &self.control {
+                let (mine, rest): (Vec<_>, Vec<_>) =
+                    batch.into_iter().partition(|p| p.tag == Some(c.tag));
+                batch = rest;
+                if mine.is_empty() {
+                    continue;
+                }
+                let n = mine.len() as u64;
+                if c.tx.try_send((origin, mine)).is_err() {
+                    m.count_drop(c.busy_reason, n);
+                    tracing::debug!(
+                        ?origin,
+                        n,
+                        reason = c.busy_reason,
+                        "verifier backlog full; dropping control packets"
+                    );
+                }
             }
         }
         let mut acc = self.forward_verified(origin, batch);
@@ -160,6 +199,7 @@ impl Router {
                 }
             });
         }
+        deliver.retain(|p| !self.is_control(p.tag));
         if !deliver.is_empty() {
             self.subscribers.deliver(&deliver, m);
         }

@@ -12,7 +12,11 @@
 //!   public (key directory), so a node that knows a participant's key can recognise their
 //!   inbox tags: it learns *that* someone received a message, never what it says. Ozones
 //!   (secret addresses) are the private alternative.
-//! - the key directory: one fixed tag, [`keydir_tag`], on every key bundle flooding the mesh.
+//! - the key directory: one fixed tag, [`keydir_tag`], on every key bundle flooding the mesh;
+//! - the topology: one fixed tag, [`topology_tag`], on every signed node announcement.
+//!
+//! Packets with these two fixed tags are the mesh's own control traffic: they are verified by
+//! every node before being forwarded and are never delivered to clients.
 
 use std::sync::LazyLock;
 
@@ -54,6 +58,14 @@ static KEYDIR_TAG: LazyLock<Tag> =
 /// The tag carried by key-bundle packets.
 pub fn keydir_tag() -> Tag {
     *KEYDIR_TAG
+}
+
+static TOPOLOGY_TAG: LazyLock<Tag> =
+    LazyLock::new(|| blake3::derive_key("echomesh topology v1", b""));
+
+/// The tag carried by signed node announcements (topology).
+pub fn topology_tag() -> Tag {
+    *TOPOLOGY_TAG
 }
 
 #[cfg(test)]

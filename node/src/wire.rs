@@ -3,9 +3,11 @@
 //! configuration, so that the format is defined in exactly one place.
 //!
 //! Compatibility rule: each side announces `PROTOCOL_VERSION` in its hello. New message kinds
-//! are only ever appended to the enums, and a node sends a kind only to a peer whose
-//! announced version has it. Decoding never panics and never allocates more than the frame
-//! limit: a frame whose length prefix exceeds the limit is refused before it is read.
+//! are only ever appended to the enums, struct fields are never added or removed, and a node
+//! sends a kind only to a peer whose announced version has it (see [`since`]). Peers and
+//! clients down to `MIN_PROTOCOL_VERSION` are served, so a mesh can be upgraded one node at a
+//! time. Decoding never panics and never allocates more than the frame limit: a frame whose
+//! length prefix exceeds the limit is refused before it is read.
 
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -17,10 +19,18 @@ use crate::keydir::{KeyBundle, ParticipantRef};
 use crate::ozone::store::StoredMessage;
 use crate::ozone::{OzoneAddr, OzoneProof};
 
-/// The protocol version this build speaks. Peers with a different major version are refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The lowest peer protocol version this build interoperates with.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// The first protocol version that has each message kind added after version 1.
+pub mod since {
+    /// `ClientEvent::Redirect`: a draining node points its clients elsewhere.
+    pub const REDIRECT: u16 = 2;
+    /// `PeerRequest::Departure`: a draining node tells its neighbors it is leaving.
+    pub const DEPARTURE: u16 = 2;
+}
 
 pub const ALPN_PEER: &[u8] = b"echomesh-peer/1";
 pub const ALPN_CLIENT: &[u8] = b"echomesh-client/1";
@@ -134,6 +144,32 @@ pub enum PeerRequest {
     },
     /// The replica's digest of an ozone (anti-entropy).
     OzoneDigest { addr: OzoneAddr },
+    /// The sender is draining, has left, or serves again (protocol ≥ `since::DEPARTURE`).
+    /// Answered by `Noted`.
+    Departure(Departure),
+}
+
+/// A node's own account of whether it is in service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Departure {
+    /// Serving.
+    #[default]
+    Up,
+    /// Draining: keep relaying, but place no new ozones on it.
+    Draining,
+    /// Drained and about to stop: its absence is planned, not a failure.
+    Left,
+}
+
+impl Departure {
+    pub fn label(self) -> &'static str {
+        match self {
+            Departure::Up => "up",
+            Departure::Draining => "draining",
+            Departure::Left => "left",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,6 +190,8 @@ pub enum PeerReply {
         message: String,
     },
     Digest(crate::ozone::store::OzoneDigest),
+    /// A `Departure` was recorded.
+    Noted,
 }
 
 /// Borrowed twin of [`PeerFrame`] for encoding without cloning a batch. It must keep the same
@@ -324,6 +362,13 @@ pub enum ClientEvent {
         removed: u32,
     },
     OzoneInfo(OzoneInfo),
+    /// This node is draining: reconnect to one of `nodes` (each `HOST:PORT#FINGERPRINT`,
+    /// best first) and subscribe there again. Sent only to clients of protocol ≥
+    /// `since::REDIRECT`, instead of `Welcome` to a new session, or during a subscribed one.
+    Redirect {
+        nodes: Vec<String>,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -487,9 +532,132 @@ where
     decode_body(buf).map(Some)
 }
 
+/// A cancellation-safe frame reader: the bytes of a partly read frame stay here, so that
+/// `next` can be one branch of a `select!` without corrupting the stream when another branch
+/// wins. It reads no further than the end of the current frame.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    filled: usize,
+}
+
+impl FrameReader {
+    /// The next frame, or `Ok(None)` on a clean end of stream between frames. A length above
+    /// `max` is refused before its body is read or allocated.
+    pub async fn next<R, T>(&mut self, r: &mut R, max: usize) -> Result<Option<T>, FrameError>
+    where
+        R: AsyncRead + Unpin,
+        T: DeserializeOwned,
+    {
+        let max = max.min(ABSOLUTE_MAX_FRAME);
+        loop {
+            let want = if self.filled < 4 {
+                4
+            } else {
+                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                    as usize;
+                if len > max {
+                    self.filled = 0;
+                    return Err(FrameError::TooLarge { len, max });
+                }
+                if self.filled == 4 + len {
+                    self.filled = 0;
+                    return decode_body(&self.buf[4..4 + len]).map(Some);
+                }
+                4 + len
+            };
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
+            // `read` is cancellation safe: if this future is dropped, no byte was consumed.
+            let n = r.read(&mut self.buf[self.filled..want]).await?;
+            if n == 0 {
+                return if self.filled == 0 {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated)
+                };
+            }
+            self.filled += n;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The compatibility rule in code: kinds are only appended, so every kind an older
+    /// version knows keeps its index, and a kind unknown to the receiver is a counted decode
+    /// error, never a panic. A change that reorders a variant fails here.
+    #[test]
+    fn message_kinds_keep_their_wire_index() {
+        fn index<T: Serialize>(v: &T) -> u8 {
+            let b = encode(v).unwrap();
+            b[4]
+        }
+        let d = Departure::Left;
+        assert_eq!(index(&PeerFrame::Echo(vec![])), 1);
+        assert_eq!(
+            index(&PeerRequest::OzoneDigest {
+                addr: OzoneAddr([0; 32])
+            }),
+            3
+        );
+        assert_eq!(index(&PeerRequest::Departure(d)), 4);
+        assert_eq!(index(&PeerReply::Noted), 5);
+        assert_eq!(index(&ClientEvent::Subscribed), 5);
+        assert_eq!(index(&ClientEvent::Acked { removed: 0 }), 10);
+        let redirect = ClientEvent::Redirect {
+            nodes: vec![],
+            reason: String::new(),
+        };
+        assert_eq!(index(&redirect), 12);
+        const { assert!(since::REDIRECT > MIN_PROTOCOL_VERSION && since::REDIRECT <= PROTOCOL_VERSION) };
+        // A frame of a kind this build does not know (index 200) is refused cleanly.
+        let mut frame = encode(&ClientEvent::Subscribed).unwrap().to_vec();
+        frame[4] = 200;
+        let err = decode_body::<ClientEvent>(&frame[4..]).unwrap_err();
+        assert_eq!(err.kind(), "undecodable");
+    }
+
+    #[tokio::test]
+    async fn frame_reader_survives_cancellation_mid_frame() {
+        let a = encode(&PeerFrame::Echo(vec![pkt(b"first")])).unwrap();
+        let b = encode(&PeerFrame::Echo(vec![pkt(b"second")])).unwrap();
+        let (mut tx, mut rx) = tokio::io::duplex(4096);
+        let mut fr = FrameReader::default();
+        // Half of the first frame arrives, then the read is cancelled by a timeout.
+        use tokio::io::AsyncWriteExt;
+        tx.write_all(&a[..a.len() / 2]).await.unwrap();
+        let r = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            fr.next::<_, PeerFrame>(&mut rx, 1024),
+        )
+        .await;
+        assert!(r.is_err(), "no whole frame yet");
+        tx.write_all(&a[a.len() / 2..]).await.unwrap();
+        tx.write_all(&b).await.unwrap();
+        drop(tx);
+        for want in [&b"first"[..], b"second"] {
+            match fr.next::<_, PeerFrame>(&mut rx, 1024).await.unwrap() {
+                Some(PeerFrame::Echo(v)) => assert_eq!(&v[0].payload[..], want),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(fr
+            .next::<_, PeerFrame>(&mut rx, 1024)
+            .await
+            .unwrap()
+            .is_none());
+        let mut big = FrameReader::default();
+        let huge = (u32::MAX).to_be_bytes();
+        let err = big
+            .next::<_, PeerFrame>(&mut &huge[..], 1024)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "oversized");
+    }
 
     fn pkt(payload: &[u8]) -> EchoPacket {
         EchoPacket::new(Bytes::copy_from_slice(payload), 16, None)

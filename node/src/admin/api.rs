@@ -13,6 +13,8 @@ pub const PATH_RELOAD: &str = "/v1/reload";
 pub const PATH_DRAIN: &str = "/v1/drain";
 /// `POST`: serve again.
 pub const PATH_UNDRAIN: &str = "/v1/undrain";
+/// `GET`: the mesh as this node knows it (`crate::topology::TopologyView`).
+pub const PATH_TOPOLOGY: &str = "/v1/topology";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DrainRequest {
@@ -53,6 +55,8 @@ pub struct Status {
     pub neighbors_up: usize,
     pub neighbors_total: usize,
     pub client_sessions: usize,
+    /// The drain in progress or finished (phase `serving` when not draining).
+    pub drain: crate::drain::DrainStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +76,10 @@ pub struct NeighborInfo {
     pub since_secs: u64,
     pub queue_bytes: usize,
     pub last_error: Option<String>,
+    /// What the neighbor said about itself: `up`, `draining` or `left`.
+    pub departure: String,
+    /// Protocol version from its hello (0 before the first connection).
+    pub protocol: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

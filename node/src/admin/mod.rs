@@ -44,6 +44,7 @@ pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, token: Stri
         .route(api::PATH_RELOAD, post(reload))
         .route(api::PATH_DRAIN, get(drain_status).post(drain_start))
         .route(api::PATH_UNDRAIN, post(undrain))
+        .route(api::PATH_TOPOLOGY, get(topology))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -149,6 +150,7 @@ async fn status(State(s): St) -> Json<api::Status> {
         neighbors_up: all.iter().filter(|n| n.is_up()).count(),
         neighbors_total: all.len(),
         client_sessions: ctx.router.subscribers.sessions(),
+        drain: ctx.drain.status(),
     })
 }
 
@@ -171,6 +173,8 @@ pub fn neighbor_info(v: &NeighborView) -> api::NeighborInfo {
         since_secs: v.since.as_secs(),
         queue_bytes: v.queue_bytes,
         last_error: v.last_error.clone(),
+        departure: v.departure.label().into(),
+        protocol: v.version,
     }
 }
 
@@ -389,6 +393,10 @@ async fn drain_start(
 ) -> Json<crate::drain::DrainStatus> {
     let secs = req.deadline_secs.unwrap_or(s.ctx.cfg.drain_deadline_secs);
     Json(crate::drain::start(&s.ctx, Duration::from_secs(secs)))
+}
+
+async fn topology(State(s): St) -> Json<crate::topology::TopologyView> {
+    Json(crate::topology::flood::view(&s.ctx))
 }
 
 async fn undrain(State(s): St) -> Json<crate::drain::DrainStatus> {

@@ -29,6 +29,8 @@ pub enum ClientError {
     Io(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error("node redirects its clients ({reason}): {}", nodes.join(", "))]
+    Redirected { nodes: Vec<String>, reason: String },
 }
 
 pub struct ClientSession {
@@ -47,7 +49,7 @@ pub struct ClientWriter {
 
 pub struct ClientReader {
     recv: quinn::RecvStream,
-    buf: Vec<u8>,
+    frames: wire::FrameReader,
     max_frame: usize,
 }
 
@@ -102,7 +104,7 @@ pub async fn connect(
     };
     let mut reader = ClientReader {
         recv,
-        buf: Vec::new(),
+        frames: wire::FrameReader::default(),
         max_frame: wire::ABSOLUTE_MAX_FRAME,
     };
     // A node that refuses the session (busy, draining) closes the connection with a reason:
@@ -129,6 +131,10 @@ pub async fn connect(
         Some(ClientEvent::Welcome { .. }) => {
             return Err(ClientError::Protocol("welcome names another node".into()))
         }
+        Some(ClientEvent::Redirect { nodes, reason }) => {
+            conn.close(0u32.into(), b"redirected");
+            return Err(ClientError::Redirected { nodes, reason });
+        }
         Some(other) => {
             return Err(ClientError::Protocol(format!(
                 "expected welcome, got {other:?}"
@@ -149,6 +155,61 @@ pub async fn connect(
         writer,
         reader,
     })
+}
+
+/// Connect like [`connect`], and when the node redirects (it is draining), connect to the
+/// first node it suggests that answers. Suggestions are pinned by fingerprint; a suggested
+/// node's own redirect is not followed further.
+pub async fn connect_following(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    expected: Option<NodeId>,
+    agent: &str,
+) -> Result<ClientSession, ClientError> {
+    match connect(endpoint, addr, expected, agent).await {
+        Err(ClientError::Redirected { nodes, reason }) => connect_any(endpoint, &nodes, agent)
+            .await
+            .map_err(|e| match e {
+                ClientError::Redirected { .. } => ClientError::Redirected { nodes, reason },
+                e => e,
+            })
+            .map(|(s, _)| s),
+        other => other,
+    }
+}
+
+/// Connect to the first of `nodes` (`HOST:PORT#FINGERPRINT`) that accepts a session; returns
+/// it with the spec that worked.
+pub async fn connect_any(
+    endpoint: &quinn::Endpoint,
+    nodes: &[String],
+    agent: &str,
+) -> Result<(ClientSession, String), ClientError> {
+    let mut last = ClientError::Refused("the node suggested no other node".into());
+    for spec in nodes {
+        let parsed: crate::config::NeighborSpec = match spec.parse() {
+            Ok(p) => p,
+            Err(e) => {
+                last = ClientError::Protocol(format!("bad redirect target: {e}"));
+                continue;
+            }
+        };
+        let addr = match transport::resolve(&parsed.addr).await {
+            Ok(a) => a,
+            Err(e) => {
+                last = ClientError::Connect {
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    msg: format!("cannot resolve {}: {e}", parsed.addr),
+                };
+                continue;
+            }
+        };
+        match connect(endpoint, addr, Some(parsed.id), agent).await {
+            Ok(s) => return Ok((s, spec.clone())),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 impl ClientWriter {
@@ -189,9 +250,11 @@ impl ClientWriter {
 }
 
 impl ClientReader {
-    /// The next event, or `None` when the node closed the stream.
+    /// The next event, or `None` when the node closed the stream. Cancellation safe: it can
+    /// be one branch of a `select!`.
     pub async fn next_event(&mut self) -> Result<Option<ClientEvent>, ClientError> {
-        wire::read_frame(&mut self.recv, self.max_frame, &mut self.buf)
+        self.frames
+            .next(&mut self.recv, self.max_frame)
             .await
             .map_err(|e| ClientError::Io(e.to_string()))
     }
@@ -335,6 +398,11 @@ impl ClientSession {
                 "expected a lookup reply, got {other:?}"
             ))),
         }
+    }
+
+    /// Both halves, borrowed (request/reply exchanges that read and write in turn).
+    pub fn parts(&mut self) -> (&mut ClientWriter, &mut ClientReader) {
+        (&mut self.writer, &mut self.reader)
     }
 
     /// Split for concurrent sending and receiving. Keep `conn` alive alongside.

@@ -2,7 +2,11 @@
 //! client side used by `echomeshctl`, the bench and the tests (`connect`).
 
 mod connect;
+pub mod follow;
 mod session;
 
-pub use connect::{connect, ClientError, ClientReader, ClientSession, ClientWriter};
+pub use connect::{
+    connect, connect_any, connect_following, ClientError, ClientReader, ClientSession, ClientWriter,
+};
+pub use follow::{Followed, Follower};
 pub use session::{serve, Subscribers};

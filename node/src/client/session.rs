@@ -40,6 +40,11 @@ struct Subscriber {
     filter: RwLock<Filter>,
     queue: OutQueue,
     lagged: AtomicU64,
+    /// Protocol version from the client's hello.
+    version: u16,
+    /// Events for the session's writer (a redirect when the node drains). Weak, so that the
+    /// writer still ends when the reader does.
+    ctrl: mpsc::WeakSender<ClientEvent>,
 }
 
 /// All subscribed client sessions of this node.
@@ -95,6 +100,32 @@ impl Subscribers {
             .retain(|s| s.id != id);
     }
 
+    /// Subscribed sessions (the long-lived ones a drain moves to other nodes).
+    pub fn subscribed(&self) -> Vec<u64> {
+        let list = self.list.read().unwrap_or_else(|p| p.into_inner());
+        list.iter().map(|s| s.id).collect()
+    }
+
+    /// Tell one subscribed session to move to other nodes. Returns false when the session is
+    /// gone, or its client is too old to understand a redirect (it stays until the node
+    /// stops).
+    pub fn redirect(&self, id: u64, nodes: &[String], reason: &str) -> bool {
+        let list = self.list.read().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = list.iter().find(|s| s.id == id) else {
+            return false;
+        };
+        if s.version < wire::since::REDIRECT {
+            return false;
+        }
+        s.ctrl.upgrade().is_some_and(|tx| {
+            tx.try_send(ClientEvent::Redirect {
+                nodes: nodes.to_vec(),
+                reason: reason.into(),
+            })
+            .is_ok()
+        })
+    }
+
     /// Bytes waiting in all sessions' queues.
     pub fn queued_bytes(&self) -> usize {
         let list = self.list.read().unwrap_or_else(|p| p.into_inner());
@@ -148,17 +179,6 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
         crate::transport::CLIENT_RECEIVE_WINDOW,
     ));
     let subs = &ctx.router.subscribers;
-    if ctx.draining.load(std::sync::atomic::Ordering::SeqCst) {
-        ctx.metrics
-            .connections_rejected
-            .with_label_values(&["draining"])
-            .inc();
-        conn.close(
-            quinn::VarInt::from_u32(close::BUSY),
-            b"this node is draining for maintenance; connect to another node of the mesh",
-        );
-        return;
-    }
     let Some(_slot) = subs.try_open() else {
         ctx.metrics
             .connections_rejected
@@ -181,7 +201,7 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
         }
     };
     let mut buf = Vec::new();
-    match tokio::time::timeout(
+    let client_version = match tokio::time::timeout(
         timeout,
         wire::read_frame::<_, ClientRequest>(&mut recv, 4096, &mut buf),
     )
@@ -195,6 +215,7 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
                 .with_label_values(&["hello"])
                 .inc();
             tracing::debug!(%remote, version, %agent, "client session");
+            version
         }
         Ok(Ok(Some(ClientRequest::Hello { version, .. }))) => {
             ctx.metrics.handshake_failed(handshake_reason::VERSION);
@@ -223,6 +244,10 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
             conn.close(quinn::VarInt::from_u32(close::PROTOCOL), b"expected hello");
             return;
         }
+    };
+    if ctx.draining.load(Ordering::SeqCst) {
+        refuse_while_draining(&ctx, &conn, &mut send, client_version).await;
+        return;
     }
     let welcome = ClientEventRef::Welcome {
         version: wire::PROTOCOL_VERSION,
@@ -239,13 +264,15 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
         Err(_) => return,
     }
 
+    let (ctrl_tx, ctrl_rx) = mpsc::channel::<ClientEvent>(32);
     let sub = Arc::new(Subscriber {
         id: subs.next_id.fetch_add(1, Ordering::Relaxed),
         filter: RwLock::new(Filter::None),
         queue: OutQueue::new(ctx.cfg.limits.client_queue_bytes),
         lagged: AtomicU64::new(0),
+        version: client_version,
+        ctrl: ctrl_tx.downgrade(),
     });
-    let (ctrl_tx, ctrl_rx) = mpsc::channel::<ClientEvent>(32);
     // The writer ends after the reader, once it has sent the reader's last words (an error
     // explaining why the session ends), so a refused client learns why.
     let session = async {
@@ -479,7 +506,11 @@ async fn write_events(
         tokio::select! {
             ev = ctrl.recv() => {
                 let Some(ev) = ev else { return "reader ended".into() };
-                let kind = if matches!(ev, ClientEvent::Error { .. }) { "error" } else { "reply" };
+                let kind = match ev {
+                    ClientEvent::Error { .. } => "error",
+                    ClientEvent::Redirect { .. } => "redirect",
+                    _ => "reply",
+                };
                 m.client_events.with_label_values(&[kind]).inc();
                 if wire::encode_into(&ev, &mut buf).is_err() {
                     continue;
@@ -506,6 +537,40 @@ async fn write_events(
             return format!("send failed: {e}");
         }
     }
+}
+
+/// A draining node takes no new sessions: a client that understands redirects is told where
+/// to go instead (and follows); an older one gets the reason as the connection's close reason.
+async fn refuse_while_draining(
+    ctx: &Ctx,
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    client_version: u16,
+) {
+    const REASON: &str =
+        "this node is draining for maintenance; connect to another node of the mesh";
+    ctx.metrics
+        .connections_rejected
+        .with_label_values(&["draining"])
+        .inc();
+    let nodes = crate::topology::flood::redirect_targets(ctx, 8);
+    if client_version >= wire::since::REDIRECT && !nodes.is_empty() {
+        ctx.metrics
+            .clients_redirected
+            .with_label_values(&["at_hello"])
+            .inc();
+        let ev = ClientEvent::Redirect {
+            nodes,
+            reason: REASON.into(),
+        };
+        if let Ok(b) = wire::encode(&ev) {
+            let _ = send.write_all(&b).await;
+            let _ = send.finish();
+            // Bounded wait for the client to read it and hang up.
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        }
+    }
+    conn.close(quinn::VarInt::from_u32(close::BUSY), REASON.as_bytes());
 }
 
 fn service_error(e: ServiceError) -> ClientEvent {

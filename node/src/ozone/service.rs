@@ -75,8 +75,11 @@ fn now_ms() -> u64 {
 pub struct Members {
     /// Cluster size: this node and every neighbor that announced our cluster.
     pub known: usize,
-    /// Live members other than this node.
+    /// Live members other than this node (reads and acknowledgements go to all of them).
     pub peers: Vec<Arc<Neighbor>>,
+    /// Members new ozone copies may be placed on: live and in service (not draining or
+    /// left), this node included unless it is draining.
+    pub pool: Vec<NodeId>,
     pub r: usize,
     pub w: usize,
 }
@@ -91,20 +94,27 @@ impl Members {
             .collect();
         let known = all.len() + 1;
         let peers: Vec<_> = all.into_iter().filter(|n| n.is_up()).collect();
+        let mut pool: Vec<NodeId> = peers
+            .iter()
+            .filter(|n| n.in_service())
+            .map(|n| n.id)
+            .collect();
+        if !ctx.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            pool.push(ctx.identity.id);
+        }
         let r = ctx.cfg.ozone.replicas.min(known);
         Members {
             known,
             peers,
+            pool,
             r,
             w: ctx.cfg.ozone.write_quorum.min(r),
         }
     }
 
-    /// Live member IDs, this node included.
-    pub fn live_ids(&self, me: NodeId) -> Vec<NodeId> {
-        let mut v: Vec<NodeId> = self.peers.iter().map(|n| n.id).collect();
-        v.push(me);
-        v
+    /// Where an ozone's copies belong now.
+    pub fn owners(&self, addr: &OzoneAddr) -> Vec<NodeId> {
+        placement::owners(addr, &self.pool, self.r)
     }
 
     fn peer(&self, id: &NodeId) -> Option<&Arc<Neighbor>> {
@@ -140,7 +150,7 @@ pub async fn deposit(
     };
     let members = Members::now(ctx);
     let me = ctx.identity.id;
-    let owners = placement::owners(&addr, &members.live_ids(me), members.r);
+    let owners = members.owners(&addr);
     let mut copies = 0usize;
     let mut outcome = None;
     let mut last_err: Option<ServiceError> = None;
@@ -330,7 +340,7 @@ pub async fn info(
     check_proof(ctx, &addr, &proof)?;
     let stats = blocking(ctx, move |s| Ok(s.stats_blocking(&addr)?)).await?;
     let members = Members::now(ctx);
-    let owners = placement::owners(&addr, &members.live_ids(ctx.identity.id), members.r);
+    let owners = members.owners(&addr);
     let cfg = &ctx.cfg.ozone;
     Ok(OzoneInfo {
         messages: stats.messages,
@@ -381,6 +391,8 @@ pub async fn serve_peer(ctx: &Arc<Ctx>, req: PeerRequest) -> PeerReply {
                 .await
                 .map(|(messages, more)| PeerReply::Messages { messages, more })
         }
+        // Handled by the peer RPC server before it gets here.
+        PeerRequest::Departure(_) => Ok(PeerReply::Noted),
     };
     ctx.metrics.ozone_bytes.set(ctx.ozones.total_bytes() as i64);
     r.unwrap_or_else(|e| PeerReply::Error {
@@ -406,8 +418,7 @@ pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
         if !n.is_up() || ctx.shutdown.is_cancelled() {
             return;
         }
-        if !placement::owners(&addr, &members.live_ids(ctx.identity.id), members.r).contains(&n.id)
-        {
+        if !members.owners(&addr).contains(&n.id) {
             continue;
         }
         match sync_ozone(&ctx, &n, addr).await {

@@ -85,7 +85,12 @@ pub async fn serve(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection) {
             };
             // Replication is for members of our cluster only: a federated neighbor from another
             // cluster relays echo packets but may not read, write or delete our ozones.
-            let reply = if n.cluster().as_deref() == Some(ctx.cfg.cluster.as_str()) {
+            let reply = if let PeerRequest::Departure(d) = req {
+                tracing::info!(neighbor = %n.id, state = d.label(), "neighbor announced its departure state");
+                n.set_departure(d);
+                ctx.topology.local_changed.notify_one();
+                PeerReply::Noted
+            } else if n.cluster().as_deref() == Some(ctx.cfg.cluster.as_str()) {
                 crate::ozone::service::serve_peer(&ctx, req).await
             } else {
                 tracing::warn!(neighbor = %n.id, cluster = ?n.cluster(), "refusing an ozone request from a neighbor outside our cluster");

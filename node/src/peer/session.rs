@@ -268,7 +268,7 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
             return;
         }
     };
-    n.set_cluster(theirs.cluster.clone());
+    n.set_hello(theirs.cluster.clone(), theirs.version);
     let key = ctx.next_conn_key();
     if !n.attach(key, conn.clone()) {
         conn.close(quinn::VarInt::from_u32(close::REMOVED), b"neighbor removed");
@@ -278,6 +278,8 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
         software = %theirs.software, "neighbor up");
     ctx.tasks
         .spawn(crate::keydir::flood::sync_neighbor(ctx.clone(), n.clone()));
+    crate::topology::flood::sync_neighbor(&ctx, &n);
+    crate::drain::on_neighbor_up(&ctx, n.clone());
     ctx.tasks.spawn(crate::peer::rpc::serve(
         ctx.clone(),
         n.clone(),
@@ -303,8 +305,10 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
     if n.detach(key) {
         let dropped = n.queue.clear();
         ctx.metrics.count_drop(drop_reason::NEIGHBOR_DOWN, dropped);
-        tracing::info!(neighbor = %n.id, %remote, %reason, dropped_queued = dropped, "neighbor down");
+        tracing::info!(neighbor = %n.id, %remote, %reason, dropped_queued = dropped,
+            departure = n.departure().label(), "neighbor down");
         n.set_error(reason);
+        ctx.topology.local_changed.notify_one();
     } else {
         tracing::debug!(neighbor = %n.id, %remote, %reason, "extra connection closed");
     }

@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::outq::OutQueue;
 use crate::rate::{RateLimit, TokenBucket};
 use crate::store::{NeighborOrigin, NeighborRecord};
+use crate::wire::Departure;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -58,6 +59,10 @@ struct Inner {
     last_error: Option<String>,
     /// Cluster the neighbor announced in its last hello.
     cluster: Option<String>,
+    /// Protocol version from its last hello (0 before the first connection).
+    version: u16,
+    /// What the neighbor last said about being in service (`Departure`).
+    departure: Departure,
     since: Instant,
 }
 
@@ -75,6 +80,8 @@ pub struct NeighborView {
     pub since: Duration,
     pub last_error: Option<String>,
     pub queue_bytes: usize,
+    pub departure: Departure,
+    pub version: u16,
 }
 
 impl Neighbor {
@@ -118,8 +125,30 @@ impl Neighbor {
         self.inner().conns.first().map(|(_, c)| c.clone())
     }
 
-    pub fn set_cluster(&self, c: String) {
-        self.inner().cluster = Some(c);
+    /// Record what the neighbor said in its hello. A new connection means it serves again
+    /// unless it says otherwise (a draining node repeats its `Departure` on every connection).
+    pub fn set_hello(&self, cluster: String, version: u16) {
+        let mut i = self.inner();
+        i.cluster = Some(cluster);
+        i.version = version;
+        i.departure = Departure::Up;
+    }
+
+    pub fn version(&self) -> u16 {
+        self.inner().version
+    }
+
+    pub fn departure(&self) -> Departure {
+        self.inner().departure
+    }
+
+    pub fn set_departure(&self, d: Departure) {
+        self.inner().departure = d;
+    }
+
+    /// Up and serving: a member that new ozones may be placed on.
+    pub fn in_service(&self) -> bool {
+        self.is_up() && self.departure() == Departure::Up
     }
 
     /// The cluster named in the neighbor's last hello (None before the first connection).
@@ -210,6 +239,8 @@ impl Neighbor {
             since: i.since.elapsed(),
             last_error: i.last_error.clone(),
             queue_bytes: self.queue.bytes(),
+            departure: i.departure,
+            version: i.version,
         }
     }
 
@@ -305,6 +336,8 @@ impl NeighborTable {
                 removed: false,
                 last_error: None,
                 cluster: None,
+                version: 0,
+                departure: Departure::Up,
                 since: Instant::now(),
             }),
             up: AtomicUsize::new(0),

@@ -1,0 +1,193 @@
+//! The I/O side of the topology: this node's own announcements (periodic, and soon after a
+//! change), verifying announcements that arrive as echo packets before they are forwarded, and
+//! handing the whole table to a neighbor that just came up.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{Announcement, Link, TopologyView, ANNOUNCE_EVERY, MAX_LINKS, TTL_SECS};
+use crate::echo::EchoPacket;
+use crate::metrics::drop_reason;
+use crate::node::Ctx;
+use crate::peer::{Neighbor, NeighborState};
+use crate::router::Origin;
+use crate::tags;
+use crate::wire::{self, Departure};
+
+/// Quiet time after a change before announcing, so that a burst of changes is one announcement.
+const SETTLE: Duration = Duration::from_millis(300);
+/// Least time between two of this node's announcements.
+const MIN_GAP: Duration = Duration::from_secs(1);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// This node as it would announce itself now.
+pub fn own_announcement(ctx: &Ctx, seq: u64) -> Announcement {
+    let mut links: Vec<Link> = ctx
+        .neighbors()
+        .all()
+        .iter()
+        .map(|n| {
+            let v = n.view();
+            let up = v.state == NeighborState::Up;
+            Link {
+                peer: n.id,
+                up,
+                rtt_us: v
+                    .rtt
+                    .filter(|_| up)
+                    .map(|r| r.as_micros().min(u128::from(u32::MAX)) as u32)
+                    .unwrap_or(0),
+                mode: v.mode,
+                departure: v.departure,
+            }
+        })
+        .collect();
+    // Live links first if there are more than an announcement carries.
+    links.sort_by_key(|l| !l.up);
+    links.truncate(MAX_LINKS);
+    Announcement {
+        node: ctx.identity.id,
+        seq,
+        ttl_secs: TTL_SECS,
+        addr: ctx.advertise.clone(),
+        cluster: ctx.cfg.cluster.clone(),
+        software: concat!("echomesh-node/", env!("CARGO_PKG_VERSION")).into(),
+        protocol: wire::PROTOCOL_VERSION,
+        state: ctx.drain.departure(),
+        links,
+    }
+}
+
+/// The topology as this node sees it now.
+pub fn view(ctx: &Ctx) -> TopologyView {
+    ctx.topology
+        .view(&own_announcement(ctx, now_ms()), Instant::now())
+}
+
+fn packet(ctx: &Ctx, raw: Vec<u8>) -> EchoPacket {
+    EchoPacket::new(
+        Bytes::from(raw),
+        ctx.cfg.echo.default_hops,
+        Some(tags::topology_tag()),
+    )
+}
+
+/// Flood this node's announcement now.
+pub fn announce_now(ctx: &Ctx) {
+    let seq = ctx.topology.next_seq(now_ms());
+    match own_announcement(ctx, seq).seal(&ctx.identity) {
+        Ok(raw) => {
+            ctx.router
+                .forward_verified(Origin::Client, vec![packet(ctx, raw)]);
+        }
+        Err(e) => tracing::error!(error = %e, "cannot make this node's announcement"),
+    }
+}
+
+/// Announce this node every `ANNOUNCE_EVERY`, and soon after each local change.
+pub async fn announce_loop(ctx: Arc<Ctx>) {
+    loop {
+        announce_now(&ctx);
+        let last_sent = Instant::now();
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(ANNOUNCE_EVERY) => continue,
+            _ = ctx.topology.local_changed.notified() => {}
+        }
+        // Let a burst of changes settle, and keep at least MIN_GAP between announcements.
+        let at = (last_sent + MIN_GAP).max(Instant::now() + SETTLE);
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(at.into()) => {}
+        }
+    }
+}
+
+/// Verify announcement packets handed over by the router; forward those that changed the
+/// table. Runs until the node stops.
+pub async fn run_verifier(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<(Origin, Vec<EchoPacket>)>) {
+    loop {
+        let (origin, packets) = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            next = rx.recv() => match next {
+                Some(x) => x,
+                None => return,
+            },
+        };
+        for pkt in packets {
+            let result = ctx.topology.offer(&pkt.payload, Instant::now(), now_ms());
+            let label = match &result {
+                Ok(o) => o.label(),
+                Err(e) => e.label(),
+            };
+            ctx.metrics
+                .topology_announcements
+                .with_label_values(&[label])
+                .inc();
+            match result {
+                Ok(super::Offered::Accepted) => {
+                    ctx.router.forward_verified(origin, vec![pkt]);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::info!(?origin, error = %e, "node announcement refused");
+                }
+            }
+        }
+    }
+}
+
+/// Give a neighbor that just came up everything this node knows, so it sees the whole mesh
+/// at once instead of after the next round of announcements.
+pub fn sync_neighbor(ctx: &Ctx, n: &Neighbor) {
+    let packets: Vec<EchoPacket> = ctx
+        .topology
+        .raw_all()
+        .into_iter()
+        .map(|raw| packet(ctx, raw))
+        .collect();
+    let dropped = n.queue.push_all(&packets);
+    ctx.metrics
+        .count_drop(drop_reason::NEIGHBOR_QUEUE_FULL, dropped);
+    ctx.topology.local_changed.notify_one();
+}
+
+/// The best other nodes for a client to move to: serving nodes this node knows, in its own
+/// cluster first, direct neighbors first, lowest RTT first. Each as `HOST:PORT#FINGERPRINT`.
+pub fn redirect_targets(ctx: &Ctx, max: usize) -> Vec<String> {
+    let now = Instant::now();
+    let mut cands: Vec<(bool, u32, String)> = Vec::new();
+    for n in ctx.neighbors().all() {
+        if !n.in_service() {
+            continue;
+        }
+        let Some(ann) = ctx.topology.fresh(&n.id, now) else {
+            continue;
+        };
+        if ann.state != Departure::Up {
+            continue;
+        }
+        let rtt = n
+            .view()
+            .rtt
+            .map(|r| r.as_micros().min(u128::from(u32::MAX)) as u32)
+            .unwrap_or(u32::MAX);
+        cands.push((
+            ann.cluster != ctx.cfg.cluster,
+            rtt,
+            format!("{}#{}", ann.addr, n.id.fingerprint()),
+        ));
+    }
+    cands.sort();
+    cands.truncate(max);
+    cands.into_iter().map(|c| c.2).collect()
+}

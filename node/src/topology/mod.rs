@@ -1,0 +1,603 @@
+//! The mesh as this node knows it. Every node floods a signed announcement of itself (address,
+//! cluster, software, protocol, whether it is in service, and its links with their RTT) every
+//! [`ANNOUNCE_EVERY`] and soon after any change. Nodes verify the signature against the
+//! certificate inside the announcement (the node ID is the hash of that certificate's key, so
+//! nobody can announce for another node), keep the newest per node, and forward only what
+//! changed their table, so a flood ends by itself.
+//!
+//! Bounded: at most [`MAX_NODES`] nodes, [`MAX_ANNOUNCEMENT_BYTES`] per announcement,
+//! [`MAX_LINKS`] links in one, and at most one accepted announcement per node per
+//! [`MIN_ACCEPT_GAP`]. An announcement is fresh for its TTL; a node whose announcement expired,
+//! or to which no live node reports a link, is shown as failed; one that said it left stays
+//! "left" until it is forgotten after [`FORGET_AFTER`].
+
+pub mod flood;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::echo::EchoMode;
+use crate::identity::{self, Identity, NodeId};
+use crate::wire::{self, Departure};
+
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(15);
+/// How long an announcement stays fresh (three announcement periods).
+pub const TTL_SECS: u32 = 45;
+pub const MAX_NODES: usize = 1024;
+pub const MAX_LINKS: usize = 128;
+pub const MAX_ANNOUNCEMENT_BYTES: usize = 16 * 1024;
+/// A node's announcements are accepted at most this often (its own pace is ≥ 1 s).
+pub const MIN_ACCEPT_GAP: Duration = Duration::from_millis(500);
+/// Nodes not heard from for this long are dropped from the table.
+pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
+/// Announcements stamped further in the future than this are refused (clock skew bound).
+const MAX_FUTURE_MS: u64 = 10 * 60 * 1000;
+const DOMAIN: &[u8] = b"echomesh node announcement v1\0";
+
+/// What travels in an echo packet: the node's certificate, the encoded announcement, and the
+/// node key's signature over the domain-separated announcement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedAnnouncement {
+    pub cert: Vec<u8>,
+    pub body: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub node: NodeId,
+    /// Milliseconds since the Unix epoch when made; strictly increasing per node.
+    pub seq: u64,
+    pub ttl_secs: u32,
+    /// Where clients and peers reach the node (`HOST:PORT`).
+    pub addr: String,
+    pub cluster: String,
+    pub software: String,
+    pub protocol: u16,
+    pub state: Departure,
+    pub links: Vec<Link>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    pub peer: NodeId,
+    pub up: bool,
+    /// Smoothed RTT in microseconds (0 when down).
+    pub rtt_us: u32,
+    pub mode: EchoMode,
+    /// What the peer told this node directly about leaving (`PeerRequest::Departure`).
+    pub departure: Departure,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    #[error("announcement of {0} bytes exceeds {MAX_ANNOUNCEMENT_BYTES}")]
+    TooLarge(usize),
+    #[error("announcement cannot be decoded: {0}")]
+    Malformed(String),
+    #[error("announcement signature does not verify: {0}")]
+    BadSignature(String),
+    #[error("topology table full ({MAX_NODES} nodes)")]
+    Full,
+}
+
+impl AnnounceError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            AnnounceError::TooLarge(_) | AnnounceError::Malformed(_) => "malformed",
+            AnnounceError::BadSignature(_) => "bad_signature",
+            AnnounceError::Full => "full",
+        }
+    }
+}
+
+impl Announcement {
+    /// Sign and encode for flooding.
+    pub fn seal(&self, identity: &Identity) -> Result<Vec<u8>, AnnounceError> {
+        if self.links.len() > MAX_LINKS {
+            return Err(AnnounceError::Malformed(format!(
+                "{} links (at most {MAX_LINKS})",
+                self.links.len()
+            )));
+        }
+        let body =
+            wire::record_to_vec(self).map_err(|e| AnnounceError::Malformed(e.to_string()))?;
+        let signature = identity
+            .sign(&signed_bytes(&body))
+            .map_err(|e| AnnounceError::BadSignature(e.to_string()))?;
+        let signed = SignedAnnouncement {
+            cert: identity.cert_der.to_vec(),
+            body,
+            signature,
+        };
+        let raw =
+            wire::record_to_vec(&signed).map_err(|e| AnnounceError::Malformed(e.to_string()))?;
+        if raw.len() > MAX_ANNOUNCEMENT_BYTES {
+            return Err(AnnounceError::TooLarge(raw.len()));
+        }
+        Ok(raw)
+    }
+
+    /// Decode and verify: the signature must be by the certificate's key and the announcement
+    /// must name that certificate's node.
+    pub fn open(raw: &[u8]) -> Result<Announcement, AnnounceError> {
+        if raw.len() > MAX_ANNOUNCEMENT_BYTES {
+            return Err(AnnounceError::TooLarge(raw.len()));
+        }
+        let signed: SignedAnnouncement =
+            wire::decode_body(raw).map_err(|e| AnnounceError::Malformed(e.to_string()))?;
+        let signer = identity::verify_signed_by_cert(
+            &signed.cert,
+            &signed_bytes(&signed.body),
+            &signed.signature,
+        )
+        .map_err(|e| AnnounceError::BadSignature(e.to_string()))?;
+        let ann: Announcement =
+            wire::decode_body(&signed.body).map_err(|e| AnnounceError::Malformed(e.to_string()))?;
+        if ann.node != signer {
+            return Err(AnnounceError::BadSignature(
+                "announcement names another node than its signer".into(),
+            ));
+        }
+        if ann.links.len() > MAX_LINKS {
+            return Err(AnnounceError::Malformed(format!(
+                "{} links (at most {MAX_LINKS})",
+                ann.links.len()
+            )));
+        }
+        Ok(ann)
+    }
+}
+
+fn signed_bytes(body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(DOMAIN.len() + body.len());
+    m.extend_from_slice(DOMAIN);
+    m.extend_from_slice(body);
+    m
+}
+
+/// What `offer` did with an announcement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    Accepted,
+    /// Not newer than what the table has.
+    Stale,
+    /// Newer, but sooner after the last accepted one than `MIN_ACCEPT_GAP`.
+    TooFrequent,
+    /// This node's own announcement coming back.
+    Own,
+}
+
+impl Offered {
+    pub fn label(self) -> &'static str {
+        match self {
+            Offered::Accepted => "accepted",
+            Offered::Stale => "stale",
+            Offered::TooFrequent => "too_frequent",
+            Offered::Own => "own",
+        }
+    }
+}
+
+struct Entry {
+    ann: Announcement,
+    raw: Vec<u8>,
+    received: Instant,
+}
+
+impl Entry {
+    fn fresh(&self, now: Instant) -> bool {
+        now.duration_since(self.received) < Duration::from_secs(u64::from(self.ann.ttl_secs))
+    }
+}
+
+/// Announcements of the other nodes of the mesh.
+pub struct Topology {
+    me: NodeId,
+    table: Mutex<HashMap<NodeId, Entry>>,
+    /// Sequence number of this node's last announcement.
+    last_seq: AtomicU64,
+    /// Something this node announces changed (a link went up or down, a drain started):
+    /// wakes the announcer.
+    pub local_changed: Notify,
+}
+
+impl Topology {
+    pub fn new(me: NodeId) -> Self {
+        Topology {
+            me,
+            table: Mutex::new(HashMap::new()),
+            last_seq: AtomicU64::new(0),
+            local_changed: Notify::new(),
+        }
+    }
+
+    /// The sequence number for this node's next announcement: its clock in milliseconds, and
+    /// always above the previous one.
+    pub fn next_seq(&self, now_ms: u64) -> u64 {
+        let mut prev = self.last_seq.load(Ordering::Acquire);
+        loop {
+            let next = now_ms.max(prev + 1);
+            match self
+                .last_seq
+                .compare_exchange(prev, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return next,
+                Err(p) => prev = p,
+            }
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Entry>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Verify and keep an announcement if it is newer than what the table has.
+    pub fn offer(&self, raw: &[u8], now: Instant, now_ms: u64) -> Result<Offered, AnnounceError> {
+        let ann = Announcement::open(raw)?;
+        if ann.node == self.me {
+            return Ok(Offered::Own);
+        }
+        if ann.seq > now_ms.saturating_add(MAX_FUTURE_MS) {
+            return Err(AnnounceError::Malformed(
+                "announcement is stamped more than 10 minutes in the future".into(),
+            ));
+        }
+        let mut t = self.table();
+        match t.get(&ann.node) {
+            Some(e) if e.ann.seq >= ann.seq => return Ok(Offered::Stale),
+            Some(e) if now.duration_since(e.received) < MIN_ACCEPT_GAP => {
+                return Ok(Offered::TooFrequent)
+            }
+            Some(_) => {}
+            None => {
+                t.retain(|_, e| now.duration_since(e.received) < FORGET_AFTER);
+                if t.len() >= MAX_NODES {
+                    return Err(AnnounceError::Full);
+                }
+            }
+        }
+        let ann = Announcement {
+            ttl_secs: ann.ttl_secs.min(10 * TTL_SECS),
+            ..ann
+        };
+        t.insert(
+            ann.node,
+            Entry {
+                ann,
+                raw: raw.to_vec(),
+                received: now,
+            },
+        );
+        Ok(Offered::Accepted)
+    }
+
+    /// Every stored announcement as received (offered to a neighbor that comes up).
+    pub fn raw_all(&self) -> Vec<Vec<u8>> {
+        self.table().values().map(|e| e.raw.clone()).collect()
+    }
+
+    /// The last announcement of a node, if still fresh.
+    pub fn fresh(&self, id: &NodeId, now: Instant) -> Option<Announcement> {
+        self.table()
+            .get(id)
+            .filter(|e| e.fresh(now))
+            .map(|e| e.ann.clone())
+    }
+
+    /// Combine `own` (this node's current announcement, built from its live neighbor table)
+    /// with everything heard, into the picture shown to operators.
+    pub fn view(&self, own: &Announcement, now: Instant) -> TopologyView {
+        let t = self.table();
+        let mut anns: Vec<(&Announcement, bool, Duration)> = vec![(own, true, Duration::ZERO)];
+        for e in t.values() {
+            anns.push((&e.ann, e.fresh(now), now.duration_since(e.received)));
+        }
+        // Links: one per node pair. Reports from fresh announcements only; this node's own
+        // report wins; otherwise "down" wins over "up" (a connection up at one end only is
+        // going away).
+        let mut links: BTreeMap<(NodeId, NodeId), LinkView> = BTreeMap::new();
+        for (a, fresh, _) in &anns {
+            if !fresh {
+                continue;
+            }
+            for l in &a.links {
+                let key = if a.node < l.peer {
+                    (a.node, l.peer)
+                } else {
+                    (l.peer, a.node)
+                };
+                let mine = a.node == own.node;
+                let rtt = (l.up && l.rtt_us > 0).then(|| f64::from(l.rtt_us) / 1000.0);
+                let v = LinkView {
+                    a: key.0.short(),
+                    b: key.1.short(),
+                    state: if l.up { "up" } else { "down" }.into(),
+                    rtt_ms: rtt,
+                    mode: l.mode,
+                    reported_by: a.node.short(),
+                };
+                match links.get(&key) {
+                    None => {
+                        links.insert(key, v);
+                    }
+                    Some(old) if old.reported_by == own.node.short() => {}
+                    Some(old) => {
+                        if mine || (old.state == "up" && !l.up) {
+                            links.insert(key, v);
+                        }
+                    }
+                }
+            }
+        }
+        let mut nodes = Vec::new();
+        for (a, fresh, age) in &anns {
+            let linked = links
+                .iter()
+                .any(|((x, y), l)| l.state == "up" && (*x == a.node || *y == a.node));
+            // Its neighbors may know it left even if its own last word did not get out.
+            let said_left = anns.iter().any(|(b, fresh, _)| {
+                *fresh
+                    && b.links
+                        .iter()
+                        .any(|l| l.peer == a.node && l.departure == Departure::Left)
+            });
+            let state = if a.node == own.node {
+                a.state.label()
+            } else if a.state == Departure::Left || said_left {
+                "left"
+            } else if !fresh || !linked {
+                "failed"
+            } else {
+                a.state.label()
+            };
+            nodes.push(NodeView {
+                id: a.node.short(),
+                fingerprint: a.node.fingerprint(),
+                addr: a.addr.clone(),
+                cluster: a.cluster.clone(),
+                software: a.software.clone(),
+                protocol: a.protocol,
+                state: state.into(),
+                last_heard_secs: age.as_secs(),
+                this_node: a.node == own.node,
+            });
+        }
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        let states: HashMap<String, String> = nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.state.clone()))
+            .collect();
+        let mut links: Vec<LinkView> = links.into_values().collect();
+        for l in &mut links {
+            let left = |id: &str| states.get(id).is_some_and(|s| s == "left");
+            if l.state == "down" && (left(&l.a) || left(&l.b)) {
+                l.state = "left".into();
+            }
+        }
+        TopologyView { nodes, links }
+    }
+}
+
+/// The topology as shown by the admin API (`GET /v1/topology`) and `echomeshctl topology`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopologyView {
+    pub nodes: Vec<NodeView>,
+    pub links: Vec<LinkView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: String,
+    pub fingerprint: String,
+    pub addr: String,
+    pub cluster: String,
+    pub software: String,
+    pub protocol: u16,
+    /// `up`, `draining`, `left` or `failed`.
+    pub state: String,
+    /// Seconds since its last announcement arrived (0 for this node).
+    pub last_heard_secs: u64,
+    pub this_node: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkView {
+    pub a: String,
+    pub b: String,
+    /// `up`, `down`, or `left` (down because one end left).
+    pub state: String,
+    pub rtt_ms: Option<f64>,
+    pub mode: EchoMode,
+    /// The node whose announcement this link comes from.
+    pub reported_by: String,
+}
+
+impl TopologyView {
+    pub fn count(&self, state: &str) -> usize {
+        self.nodes.iter().filter(|n| n.state == state).count()
+    }
+
+    /// Graphviz: nodes grouped by cluster, links labelled with their RTT.
+    pub fn to_dot(&self) -> String {
+        let mut out =
+            String::from("graph echomesh {\n  node [shape=box, fontname=\"monospace\"];\n");
+        let mut clusters: BTreeMap<&str, Vec<&NodeView>> = BTreeMap::new();
+        for n in &self.nodes {
+            clusters.entry(n.cluster.as_str()).or_default().push(n);
+        }
+        for (i, (cluster, nodes)) in clusters.iter().enumerate() {
+            out.push_str(&format!(
+                "  subgraph cluster_{i} {{\n    label={};\n",
+                dot_quote(cluster)
+            ));
+            for n in nodes {
+                let style = match n.state.as_str() {
+                    "up" => "solid",
+                    "draining" => "dashed",
+                    _ => "dotted",
+                };
+                out.push_str(&format!(
+                    "    {} [label={}, style={style}];\n",
+                    dot_quote(&n.id),
+                    dot_quote(&format!("{}\n{}\n{}", n.id, n.addr, n.state))
+                ));
+            }
+            out.push_str("  }\n");
+        }
+        for l in &self.links {
+            let label = match l.rtt_ms {
+                Some(ms) => format!("{ms:.1} ms"),
+                None => l.state.clone(),
+            };
+            let style = if l.state == "up" { "solid" } else { "dotted" };
+            out.push_str(&format!(
+                "  {} -- {} [label={}, style={style}];\n",
+                dot_quote(&l.a),
+                dot_quote(&l.b),
+                dot_quote(&label)
+            ));
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+fn dot_quote(s: &str) -> String {
+    let escaped: String = s
+        .chars()
+        .flat_map(|c| match c {
+            '"' => vec!['\\', '"'],
+            '\\' => vec!['\\', '\\'],
+            '\n' => vec!['\\', 'n'],
+            c if c.is_control() => vec![],
+            c => vec![c],
+        })
+        .collect();
+    format!("\"{escaped}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(id: &Identity, seq: u64, links: Vec<Link>, state: Departure) -> Announcement {
+        Announcement {
+            node: id.id,
+            seq,
+            ttl_secs: TTL_SECS,
+            addr: "127.0.0.1:1".into(),
+            cluster: "c".into(),
+            software: "t".into(),
+            protocol: wire::PROTOCOL_VERSION,
+            state,
+            links,
+        }
+    }
+
+    fn link(peer: &Identity, up: bool) -> Link {
+        Link {
+            peer: peer.id,
+            up,
+            rtt_us: if up { 1500 } else { 0 },
+            mode: EchoMode::Full,
+            departure: Departure::Up,
+        }
+    }
+
+    #[test]
+    fn signed_announcements_verify_and_forgeries_do_not() {
+        let a = Identity::generate().unwrap();
+        let b = Identity::generate().unwrap();
+        let raw = ann(&a, 1, vec![], Departure::Up).seal(&a).unwrap();
+        assert_eq!(Announcement::open(&raw).unwrap().node, a.id);
+        // b signs an announcement that claims to be a.
+        let forged = ann(&a, 2, vec![], Departure::Up).seal(&b).unwrap();
+        assert_eq!(
+            Announcement::open(&forged).unwrap_err().label(),
+            "bad_signature"
+        );
+        // A flipped byte anywhere is refused.
+        for i in [0, raw.len() / 2, raw.len() - 1] {
+            let mut bad = raw.clone();
+            bad[i] ^= 1;
+            assert!(Announcement::open(&bad).is_err(), "flip at {i}");
+        }
+    }
+
+    #[test]
+    fn newest_wins_rate_and_size_are_bounded() {
+        let me = Identity::generate().unwrap();
+        let a = Identity::generate().unwrap();
+        let t = Topology::new(me.id);
+        let t0 = Instant::now();
+        let r1 = ann(&a, 100, vec![], Departure::Up).seal(&a).unwrap();
+        let r2 = ann(&a, 200, vec![], Departure::Up).seal(&a).unwrap();
+        assert_eq!(t.offer(&r1, t0, 1000).unwrap(), Offered::Accepted);
+        assert_eq!(t.offer(&r1, t0, 1000).unwrap(), Offered::Stale);
+        assert_eq!(t.offer(&r2, t0, 1000).unwrap(), Offered::TooFrequent);
+        assert_eq!(
+            t.offer(&r2, t0 + MIN_ACCEPT_GAP, 1000).unwrap(),
+            Offered::Accepted
+        );
+        assert_eq!(
+            t.offer(&r1, t0 + MIN_ACCEPT_GAP * 4, 1000).unwrap(),
+            Offered::Stale
+        );
+        let own = ann(&me, 1, vec![], Departure::Up).seal(&me).unwrap();
+        assert_eq!(t.offer(&own, t0, 1000).unwrap(), Offered::Own);
+        let future = ann(&a, 10_000_000_000, vec![], Departure::Up)
+            .seal(&a)
+            .unwrap();
+        assert!(t.offer(&future, t0 + Duration::from_secs(5), 1000).is_err());
+        let too_many: Vec<Link> = (0..=MAX_LINKS).map(|_| link(&me, true)).collect();
+        assert!(ann(&a, 300, too_many, Departure::Up).seal(&a).is_err());
+    }
+
+    #[test]
+    fn view_marks_failed_left_and_down_links() {
+        let me = Identity::generate().unwrap();
+        let a = Identity::generate().unwrap();
+        let b = Identity::generate().unwrap();
+        let gone = Identity::generate().unwrap();
+        let t = Topology::new(me.id);
+        let now = Instant::now();
+        // a is linked to me and b; b says its link to `gone` is down; `gone` still claims up.
+        let offer = |id: &Identity, links, st| {
+            let raw = ann(id, 1, links, st).seal(id).unwrap();
+            t.offer(&raw, now, 1).unwrap()
+        };
+        offer(&a, vec![link(&me, true), link(&b, true)], Departure::Up);
+        offer(&b, vec![link(&a, true), link(&gone, false)], Departure::Up);
+        offer(&gone, vec![link(&b, true)], Departure::Up);
+        let own = ann(&me, 1, vec![link(&a, true)], Departure::Up);
+        let v = t.view(&own, now);
+        let state = |id: &Identity| {
+            v.nodes
+                .iter()
+                .find(|n| n.id == id.id.short())
+                .map(|n| n.state.clone())
+                .unwrap()
+        };
+        assert_eq!(state(&me), "up");
+        assert_eq!(state(&a), "up");
+        assert_eq!(state(&b), "up");
+        assert_eq!(state(&gone), "failed", "{v:?}");
+        assert_eq!(v.links.len(), 3);
+        // `gone` says it left: shown as left, its link as left, even after expiry.
+        let later = now + MIN_ACCEPT_GAP;
+        let raw = ann(&gone, 2, vec![], Departure::Left).seal(&gone).unwrap();
+        assert_eq!(t.offer(&raw, later, 1).unwrap(), Offered::Accepted);
+        let v = t.view(&own, later + Duration::from_secs(u64::from(TTL_SECS) + 1));
+        let g = v.nodes.iter().find(|n| n.id == gone.id.short()).unwrap();
+        assert_eq!(g.state, "left");
+        // Everyone else expired: failed.
+        assert_eq!(v.count("failed"), 2);
+        assert!(v.to_dot().starts_with("graph echomesh {"));
+    }
+}

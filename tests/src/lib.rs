@@ -413,7 +413,14 @@ pub struct Tail {
 impl Tail {
     /// Wait for the command to exit (it must have --count or --timeout) and return its stdout
     /// lines.
-    pub fn finish(mut self, timeout: Duration) -> (bool, Vec<String>) {
+    pub fn finish(self, timeout: Duration) -> (bool, Vec<String>) {
+        let (ok, lines, _) = self.finish_with_stderr(timeout);
+        (ok, lines)
+    }
+
+    /// Like [`Tail::finish`], also returning what the command wrote to stderr after it was
+    /// ready.
+    pub fn finish_with_stderr(mut self, timeout: Duration) -> (bool, Vec<String>, String) {
         let deadline = Instant::now() + timeout;
         let mut stdout = self.child.stdout.take().expect("stdout");
         let reader = std::thread::spawn(move || {
@@ -435,7 +442,13 @@ impl Tail {
             std::thread::sleep(Duration::from_millis(20));
         };
         let out = reader.join().unwrap_or_default();
-        (status.success(), out.lines().map(String::from).collect())
+        let mut err = String::new();
+        let _ = self.stderr.read_to_string(&mut err);
+        (
+            status.success(),
+            out.lines().map(String::from).collect(),
+            err,
+        )
     }
 }
 

@@ -38,6 +38,9 @@ enum Source {
 
 struct Old {
     conn: quinn::Connection,
+    /// Kept open: finishing it would end the node's side of the session at once and drop
+    /// what it still had queued for us.
+    _writer: ClientWriter,
     reader: ClientReader,
     until: Instant,
 }
@@ -183,11 +186,11 @@ impl Follower {
         let node_id = s.node_id;
         let (conn, writer, reader) = s.split();
         let old_conn = std::mem::replace(&mut self.conn, conn);
-        let mut old_writer = std::mem::replace(&mut self.writer, writer);
+        let old_writer = std::mem::replace(&mut self.writer, writer);
         let old_reader = std::mem::replace(&mut self.reader, reader);
-        old_writer.finish();
         self.old = Some(Old {
             conn: old_conn,
+            _writer: old_writer,
             reader: old_reader,
             until: Instant::now() + LINGER,
         });

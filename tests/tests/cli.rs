@@ -185,20 +185,17 @@ fn sigterm_stops_the_node_cleanly() {
 #[test]
 fn reload_applies_neighbors_and_refuses_a_broken_file() {
     let root = tempfile::tempdir().unwrap();
-    let b = TestNode::start(root.path(), "b", 0, &[]);
-    let c = TestNode::start(root.path(), "c", 0, &[]);
+    // b and c pin a from the start; a's config file decides which of them a pins.
+    let plan = echomesh_tests::Plan::new(root.path(), &["a", "b", "c"]);
+    let b = plan.start(1, &echomesh_tests::Plan::neighbor_flags(&[plan.spec(0)]));
+    let c = plan.start(2, &echomesh_tests::Plan::neighbor_flags(&[plan.spec(0)]));
     let cfg = root.path().join("a.toml");
     let write = |neighbors: &[String], extra: &str| {
         let list: Vec<String> = neighbors.iter().map(|n| format!("{n:?}")).collect();
         std::fs::write(&cfg, format!("neighbors = [{}]\n{extra}", list.join(", "))).unwrap();
     };
     write(&[b.spec()], "");
-    let a = TestNode::start(
-        root.path(),
-        "a",
-        0,
-        &["--config".into(), cfg.display().to_string()],
-    );
+    let a = plan.start(0, &["--config".into(), cfg.display().to_string()]);
     let fps = |n: &TestNode| -> Vec<String> {
         n.neighbors()
             .iter()
@@ -206,17 +203,24 @@ fn reload_applies_neighbors_and_refuses_a_broken_file() {
             .collect()
     };
     assert_eq!(fps(&a), vec![b.fingerprint().to_string()]);
+    a.wait_neighbor_up(&b);
+    let ups = |n: &TestNode| {
+        std::fs::read_to_string(n.dir.join("node.log"))
+            .unwrap()
+            .matches("neighbor up")
+            .count()
+    };
+    assert_eq!(ups(&b), 1);
 
+    // Adding c connects it; the connection to b is not touched.
     write(
-        &[c.spec()],
+        &[b.spec(), c.spec()],
         "[log]\nlevel = \"debug\"\n[ozone]\nreplicas = 3\nwrite_quorum = 2\n",
     );
     let r: serde_json::Value = serde_json::from_str(&a.ctl_ok(&["--json", "reload"])).unwrap();
-    let applied = r["applied"].to_string();
-    assert!(
-        applied.contains("removed") && applied.contains("added"),
-        "{r}"
-    );
+    assert!(r["applied"].to_string().contains("added"), "{r}");
+    a.wait_neighbor_up(&c);
+    assert_eq!(ups(&b), 1, "b was reconnected by a reload that only added c");
     // The harness sets RUST_LOG, which wins over log.level: reported, not applied.
     let restart: Vec<&str> = r["restart_needed"]
         .as_array()
@@ -226,6 +230,19 @@ fn reload_applies_neighbors_and_refuses_a_broken_file() {
         .collect();
     assert!(restart.contains(&"ozone"), "{r}");
     assert!(restart.iter().any(|x| x.starts_with("log.level")), "{r}");
+    let mut both = vec![b.fingerprint().to_string(), c.fingerprint().to_string()];
+    both.sort();
+    let sorted = |n: &TestNode| {
+        let mut v = fps(n);
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(&a), both);
+
+    // Removing b closes only b.
+    write(&[c.spec()], "");
+    let r: serde_json::Value = serde_json::from_str(&a.ctl_ok(&["--json", "reload"])).unwrap();
+    assert!(r["applied"].to_string().contains("removed"), "{r}");
     assert_eq!(fps(&a), vec![c.fingerprint().to_string()]);
 
     std::fs::write(&cfg, "neighbors = [\"not a neighbor\"]\n").unwrap();

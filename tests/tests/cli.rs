@@ -220,7 +220,11 @@ fn reload_applies_neighbors_and_refuses_a_broken_file() {
     let r: serde_json::Value = serde_json::from_str(&a.ctl_ok(&["--json", "reload"])).unwrap();
     assert!(r["applied"].to_string().contains("added"), "{r}");
     a.wait_neighbor_up(&c);
-    assert_eq!(ups(&b), 1, "b was reconnected by a reload that only added c");
+    assert_eq!(
+        ups(&b),
+        1,
+        "b was reconnected by a reload that only added c"
+    );
     // The harness sets RUST_LOG, which wins over log.level: reported, not applied.
     let restart: Vec<&str> = r["restart_needed"]
         .as_array()

@@ -45,6 +45,9 @@ struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Print the catalogue of exported metrics (the table in docs/METRICS.md) and exit.
+    #[arg(long)]
+    print_metrics: bool,
     /// Create the data directory, identity and admin token if missing, print the node's
     /// fingerprint and exit (to pin a node before its first start, e.g. in GitOps).
     #[arg(long)]
@@ -53,6 +56,13 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.print_metrics {
+        print!(
+            "{}",
+            echomesh_node::metrics::Metrics::new().catalogue_markdown()
+        );
+        return ExitCode::SUCCESS;
+    }
     let overrides = Overrides {
         data_dir: args.data_dir,
         listen: args.listen,

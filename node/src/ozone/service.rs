@@ -140,6 +140,7 @@ pub async fn deposit(
     payload: Bytes,
 ) -> Result<(StoredMessage, usize), ServiceError> {
     let m = &ctx.metrics;
+    let _timer = m.ozone_deposit_seconds.start_timer();
     let now = now_ms();
     let msg = StoredMessage {
         addr,

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub ozone_acks: IntCounter,
     pub ozone_proof_failures: IntCounter,
     pub ozone_bytes: IntGauge,
+    pub ozone_budget_bytes: IntGauge,
     pub ozone_evictions: IntCounterVec,
     pub ozone_repair_items: IntCounter,
     pub ozone_repair_rounds: IntCounter,
@@ -306,6 +307,13 @@ impl Metrics {
                 "Ozone fetches or acknowledgements refused for a wrong proof.",
             ),
             ozone_bytes: reg.add(IntGauge::new("echomesh_ozone_stored_bytes", "Payload bytes stored in ozones on this node.").expect("static metric"),
+            ),
+            ozone_budget_bytes: reg.add(
+                IntGauge::new(
+                    "echomesh_ozone_budget_bytes",
+                    "The ozone storage budget of this node (ozone.max_total_bytes); deposits beyond it are refused.",
+                )
+                .expect("static metric"),
             ),
             ozone_repair_items: counter(
                 "echomesh_ozone_repair_items_total",

@@ -233,6 +233,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         .context("opening ozone storage")?
     };
     metrics.ozone_bytes.set(ozones.total_bytes() as i64);
+    metrics
+        .ozone_budget_bytes
+        .set(i64::try_from(cfg.ozone.max_total_bytes).unwrap_or(i64::MAX));
     let (keydir_ch, keydir_rx) = ControlChannel::new(tags::keydir_tag(), drop_reason::KEYDIR_BUSY);
     let (topology_ch, topology_rx) =
         ControlChannel::new(tags::topology_tag(), drop_reason::TOPOLOGY_BUSY);

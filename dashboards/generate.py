@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""Writes the Grafana dashboards in this directory from one description per panel, so that
+every panel has the same datasource, layout and units conventions.
+
+    python3 dashboards/generate.py      # rewrites dashboards/*.json
+
+The JSON files are committed; tests/tests/observability.rs runs every panel's query against a
+real Prometheus scraping real nodes, and validates the JSON against @grafana/schema with tsc.
+"""
+
+import json
+import pathlib
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+RATE = "$__rate_interval"
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def datasource_var():
+    return {
+        "name": "datasource",
+        "label": "Prometheus",
+        "type": "datasource",
+        "query": "prometheus",
+        "hide": 0,
+    }
+
+
+def instance_var():
+    return {
+        "name": "instance",
+        "label": "Node",
+        "type": "query",
+        "datasource": DS,
+        "query": {"query": "label_values(echomesh_build_info, instance)", "refId": "instance"},
+        "definition": "label_values(echomesh_build_info, instance)",
+        "refresh": 2,
+        "includeAll": True,
+        "multi": True,
+        "hide": 0,
+    }
+
+
+class Layout:
+    """Places panels left to right, `per_row` to a row."""
+
+    def __init__(self):
+        self.panels = []
+        self.x = 0
+        self.y = 0
+        self.row_h = 0
+
+    def add(self, panel, w, h):
+        if self.x + w > 24:
+            self.x = 0
+            self.y += self.row_h
+            self.row_h = 0
+        panel["gridPos"] = {"x": self.x, "y": self.y, "w": w, "h": h}
+        panel["id"] = len(self.panels) + 1
+        self.panels.append(panel)
+        self.x += w
+        self.row_h = max(self.row_h, h)
+
+    def row(self, title):
+        self.x = 0
+        self.y += self.row_h
+        self.row_h = 0
+        self.add({"type": "row", "title": title, "collapsed": False, "panels": []}, 24, 1)
+
+
+def targets(exprs):
+    out = []
+    for i, (expr, legend) in enumerate(exprs):
+        out.append(
+            {
+                "refId": chr(ord("A") + i),
+                "datasource": DS,
+                "expr": expr,
+                "legendFormat": legend,
+                "range": True,
+            }
+        )
+    return out
+
+
+def stat(title, expr, unit="none", description=""):
+    return {
+        "type": "stat",
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "targets": targets([(expr, "")]),
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+    }
+
+
+def series(title, exprs, unit="none", description=""):
+    return {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "targets": targets(exprs),
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"legend": {"showLegend": True, "displayMode": "list", "placement": "bottom"}},
+    }
+
+
+def dashboard(uid, title, description, layout, variables):
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["echomesh"],
+        "timezone": "browser",
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {"list": variables},
+        "annotations": {"list": []},
+        "links": [],
+        "panels": layout.panels,
+    }
+
+
+def mesh_overview():
+    L = Layout()
+    L.add(stat("Nodes serving", "sum(echomesh_ready)",
+               description="Nodes whose /readyz is 200 (not starting, not draining)."), 4, 4)
+    L.add(stat("Nodes reporting", "count(echomesh_build_info)",
+               description="Nodes Prometheus scrapes."), 4, 4)
+    L.add(stat("Nodes failed (mesh view)", "max(echomesh_topology_nodes{state=\"failed\"})",
+               description="Nodes any node's topology shows as failed: stopped without draining."), 4, 4)
+    L.add(stat("Links up", "sum(echomesh_neighbors{state=\"up\"}) / 2",
+               description="Neighbor links up (each is counted by both ends)."), 4, 4)
+    L.add(stat("Client sessions", "sum(echomesh_client_sessions)"), 4, 4)
+    L.add(stat("Ozone messages stored", "sum(echomesh_ozone_messages)",
+               description="Counts every replica, so about R times the messages."), 4, 4)
+    L.add(series("Flood rate (new packets/s)",
+                 [(f"sum by (instance) (rate(echomesh_packets_accepted_total[{RATE}]))", "{{instance}}")],
+                 "pps", "Packets each node accepted as new."), 12, 8)
+    L.add(series("Duplicates per new packet",
+                 [(f"sum(rate(echomesh_duplicates_dropped_total[{RATE}])) / sum(rate(echomesh_packets_accepted_total[{RATE}]))", "mesh")],
+                 "none", "Copies a node drops per new packet: about the number of extra paths. "
+                 "A jump means a loop or a misbehaving neighbor."), 12, 8)
+    L.add(series("Drops by reason",
+                 [(f"sum by (reason) (rate(echomesh_packets_dropped_total[{RATE}]))", "{{reason}}")],
+                 "pps", "Every dropped packet, by reason (see docs/METRICS.md)."), 12, 8)
+    L.add(series("Neighbor RTT (worst per node)",
+                 [("max by (instance) (echomesh_neighbor_rtt_seconds)", "{{instance}}")],
+                 "s", "Smoothed QUIC round-trip time to the slowest neighbor of each node."), 12, 8)
+    L.add(series("Ozone deposit latency",
+                 [(f"histogram_quantile(0.5, sum by (le) (rate(echomesh_ozone_deposit_seconds_bucket[{RATE}])))", "p50"),
+                  (f"histogram_quantile(0.99, sum by (le) (rate(echomesh_ozone_deposit_seconds_bucket[{RATE}])))", "p99")],
+                 "s", "What depositing clients wait: replication to the write quorum included."), 12, 8)
+    L.add(series("Mesh nodes by state",
+                 [("max by (state) (echomesh_topology_nodes)", "{{state}}")],
+                 "none", "up, draining, left (planned), failed (not planned)."), 12, 8)
+    return dashboard("echomesh-mesh", "echomesh / Mesh overview",
+                     "Is the mesh whole, is traffic flowing, is anything being dropped?",
+                     L, [datasource_var()])
+
+
+def node_detail():
+    L = Layout()
+    sel = 'instance=~"$instance"'
+    L.add(stat("Ready", f"min(echomesh_ready{{{sel}}})",
+               description="1 when serving; 0 while starting or draining."), 4, 4)
+    L.add(stat("Uptime", f"min(time() - echomesh_start_time_seconds{{{sel}}})", "s"), 4, 4)
+    L.add(stat("Neighbors up", f"sum(echomesh_neighbors{{{sel},state=\"up\"}})"), 4, 4)
+    L.add(stat("Neighbors down", f"sum(echomesh_neighbors{{{sel},state=\"down\"}})"), 4, 4)
+    L.add(stat("Client sessions", f"sum(echomesh_client_sessions{{{sel}}})"), 4, 4)
+    L.add(stat("Seen-cache entries", f"sum(echomesh_seen_cache_entries{{{sel}}})"), 4, 4)
+    L.row("Traffic")
+    L.add(series("Packets in, by source",
+                 [(f"sum by (instance, source) (rate(echomesh_packets_received_total{{{sel}}}[{RATE}]))", "{{instance}} {{source}}")],
+                 "pps"), 8, 8)
+    L.add(series("Packets forwarded and delivered",
+                 [(f"sum by (instance) (rate(echomesh_packets_forwarded_total{{{sel}}}[{RATE}]))", "{{instance}} forwarded"),
+                  (f"sum by (instance) (rate(echomesh_packets_delivered_total{{{sel}}}[{RATE}]))", "{{instance}} delivered")],
+                 "pps"), 8, 8)
+    L.add(series("Drops by reason",
+                 [(f"sum by (instance, reason) (rate(echomesh_packets_dropped_total{{{sel}}}[{RATE}]))", "{{instance}} {{reason}}")],
+                 "pps"), 8, 8)
+    L.row("Neighbors")
+    L.add(series("RTT per neighbor",
+                 [(f"echomesh_neighbor_rtt_seconds{{{sel}}}", "{{instance}} → {{neighbor}}")], "s"), 8, 8)
+    L.add(series("Queue per neighbor",
+                 [(f"echomesh_neighbor_queue_bytes{{{sel}}}", "{{instance}} → {{neighbor}}")], "bytes"), 8, 8)
+    L.add(series("Bytes sent per neighbor",
+                 [(f"rate(echomesh_neighbor_sent_bytes_total{{{sel}}}[{RATE}])", "{{instance}} → {{neighbor}}")], "Bps"), 8, 8)
+    L.add(series("Handshake failures by reason",
+                 [(f"sum by (instance, reason) (increase(echomesh_handshake_failures_total{{{sel}}}[{RATE}]))", "{{instance}} {{reason}}")],
+                 "none", "wrong_fingerprint or unpinned mean an identity problem: see the alert runbook."), 12, 8)
+    L.add(series("Frame errors",
+                 [(f"sum by (instance, kind, role) (increase(echomesh_frame_errors_total{{{sel}}}[{RATE}]))", "{{instance}} {{role}} {{kind}}")],
+                 "none"), 12, 8)
+    L.row("Clients")
+    L.add(series("Client requests by kind",
+                 [(f"sum by (instance, kind) (rate(echomesh_client_requests_total{{{sel}}}[{RATE}]))", "{{instance}} {{kind}}")],
+                 "reqps"), 12, 8)
+    L.add(series("Client queue bytes",
+                 [(f"echomesh_client_queue_bytes{{{sel}}}", "{{instance}}")], "bytes"), 12, 8)
+    L.row("Process")
+    L.add(series("CPU", [(f"rate(process_cpu_seconds_total{{{sel}}}[{RATE}])", "{{instance}}")], "percentunit"), 8, 8)
+    L.add(series("Resident memory", [(f"process_resident_memory_bytes{{{sel}}}", "{{instance}}")], "bytes"), 8, 8)
+    L.add(series("Open file descriptors", [(f"process_open_fds{{{sel}}}", "{{instance}}")], "none"), 8, 8)
+    return dashboard("echomesh-node", "echomesh / Node detail",
+                     "One node (or several): traffic, neighbors, clients, process.",
+                     L, [datasource_var(), instance_var()])
+
+
+def ozones():
+    L = Layout()
+    L.add(stat("Messages stored (all replicas)", "sum(echomesh_ozone_messages)"), 6, 4)
+    L.add(stat("Ozones out of sync", "max(echomesh_ozone_repair_differing_ozones)",
+               description="Replication lag: ozones a node found different from a member in its last repair round."), 6, 4)
+    L.add(stat("Cluster members failed", "max(echomesh_cluster_members{state=\"failed\"})"), 6, 4)
+    L.add(stat("Budget used (worst node)", "max(echomesh_ozone_stored_bytes / echomesh_ozone_budget_bytes)", "percentunit"), 6, 4)
+    L.add(series("Stored bytes per node",
+                 [("echomesh_ozone_stored_bytes", "{{instance}}"),
+                  ("echomesh_ozone_budget_bytes", "{{instance}} budget")], "bytes"), 12, 8)
+    L.add(series("Deposits by result",
+                 [(f"sum by (result) (rate(echomesh_ozone_deposits_total[{RATE}]))", "{{result}}")],
+                 "reqps", "not_durable means fewer than W replicas were live."), 12, 8)
+    L.add(series("Deposit latency",
+                 [(f"histogram_quantile(0.5, sum by (le) (rate(echomesh_ozone_deposit_seconds_bucket[{RATE}])))", "p50"),
+                  (f"histogram_quantile(0.99, sum by (le) (rate(echomesh_ozone_deposit_seconds_bucket[{RATE}])))", "p99")],
+                 "s"), 12, 8)
+    L.add(series("Repairs",
+                 [(f"sum by (instance) (rate(echomesh_ozone_repair_items_total[{RATE}]))", "{{instance}} items/s"),
+                  (f"sum by (instance) (rate(echomesh_ozone_repair_rounds_total[{RATE}]))", "{{instance}} rounds/s")],
+                 "none", "Messages and tombstones pushed to replicas that missed them (anti-entropy)."), 12, 8)
+    L.add(series("Evictions and refused proofs",
+                 [(f"sum by (reason) (rate(echomesh_ozone_evictions_total[{RATE}]))", "evicted: {{reason}}"),
+                  (f"sum(rate(echomesh_ozone_proof_failures_total[{RATE}]))", "wrong proof")],
+                 "none"), 12, 8)
+    L.add(series("Cluster members by state",
+                 [("max by (state) (echomesh_cluster_members)", "{{state}}")], "none"), 12, 8)
+    return dashboard("echomesh-ozones", "echomesh / Ozones and replication",
+                     "Offline mailboxes: how much is stored, are replicas in sync, are deposits durable?",
+                     L, [datasource_var()])
+
+
+def main():
+    for name, d in [("mesh-overview", mesh_overview()), ("node-detail", node_detail()), ("ozones", ozones())]:
+        (HERE / f"{name}.json").write_text(json.dumps(d, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -33,7 +33,6 @@ def instance_var():
         "type": "query",
         "datasource": DS,
         "query": {"query": "label_values(echomesh_build_info, instance)", "refId": "instance"},
-        "definition": "label_values(echomesh_build_info, instance)",
         "refresh": 2,
         "includeAll": True,
         "multi": True,

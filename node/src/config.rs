@@ -143,11 +143,27 @@ pub struct InviteSection {
     pub max_outstanding: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Telemetry {
-    /// OTLP endpoint; empty = tracing export off.
+    /// OTLP/HTTP endpoint (e.g. `http://collector:4318`); empty = use the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` if set, else trace export is off.
     pub otlp_endpoint: String,
+    /// Fraction of traces started here that are recorded (0.0–1.0); a trace started by
+    /// another node follows that node's decision. `OTEL_TRACES_SAMPLER_ARG` overrides it.
+    pub sample_ratio: f64,
+    /// `service.name` of the spans unless `OTEL_SERVICE_NAME` is set.
+    pub service_name: String,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            otlp_endpoint: String::new(),
+            sample_ratio: 0.1,
+            service_name: "echomesh-node".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -310,6 +326,9 @@ impl Config {
             if let Err(e) = NeighborSpec::from_str(n) {
                 return bad(format!("neighbors: {e}"));
             }
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return bad("telemetry.sample_ratio: must be between 0.0 and 1.0".into());
         }
         if self.cluster.is_empty() || self.cluster.len() > 64 {
             return bad("cluster: must be 1 to 64 characters".into());

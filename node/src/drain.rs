@@ -185,6 +185,7 @@ pub fn on_neighbor_up(ctx: &Arc<Ctx>, n: Arc<crate::peer::Neighbor>) {
     });
 }
 
+#[tracing::instrument(name = "drain", skip_all, fields(deadline_secs = deadline.as_secs()))]
 async fn run(ctx: Arc<Ctx>, deadline: Duration, gen: u64) {
     let until = Instant::now() + deadline;
     let d = &ctx.drain;

@@ -97,10 +97,17 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Err(e) = echomesh_node::telemetry::init_logging(&cfg.log.level, &cfg.log.format) {
-        eprintln!("echomesh-node: {e:#}");
-        return ExitCode::from(2);
-    }
+    // The node ID names this process in exported traces (`service.instance.id`).
+    let instance = echomesh_node::node::init_data_dir(&cfg.data_dir)
+        .ok()
+        .map(|(identity, _)| identity.id.short());
+    let traces = match echomesh_node::telemetry::init(&cfg.log, &cfg.telemetry, instance) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("echomesh-node: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -115,14 +122,17 @@ fn main() -> ExitCode {
         file: args.config.clone(),
         overrides: overrides.clone(),
     };
-    match rt.block_on(run(cfg, source)) {
+    let code = match rt.block_on(run(cfg, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("echomesh-node: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(rt);
+    traces.shutdown();
+    code
 }
 
 async fn run(cfg: Config, source: echomesh_node::reload::ReloadSource) -> anyhow::Result<()> {

@@ -149,6 +149,17 @@ pub enum PeerRequest {
     Departure(Departure),
 }
 
+/// W3C trace context (`traceparent`, `tracestate`) of the span that made a request. Sent as an
+/// optional extra frame after a peer request or a join request when traces are exported;
+/// receivers that predate it never read past the request, so it needs no version check.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TraceContext {
+    pub entries: Vec<(String, String)>,
+}
+
+/// Largest trace-context frame read.
+pub const MAX_TRACE_CONTEXT_FRAME: usize = 4096;
+
 /// A node's own account of whether it is in service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

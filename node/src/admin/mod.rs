@@ -82,7 +82,17 @@ async fn auth(State(s): St, req: Request, next: Next) -> Response {
             "missing or wrong admin token: pass the token from <data-dir>/admin.token (echomeshctl --token-file)",
         );
     }
-    let resp = next.run(req).await;
+    let span = tracing::info_span!(
+        "admin.request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        status = tracing::field::Empty
+    );
+    let resp = {
+        use tracing::Instrument;
+        next.run(req).instrument(span.clone()).await
+    };
+    span.record("status", resp.status().as_u16());
     let result = if resp.status().is_success() {
         "ok"
     } else {

@@ -16,6 +16,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use bytes::Bytes;
 
 use super::placement;
@@ -134,6 +136,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Deposit a payload on the owners; on success, also flood it tagged for the ozone so live
 /// readers get it.
+#[tracing::instrument(name = "ozone.deposit", skip_all, fields(ozone = %addr.short()))]
 pub async fn deposit(
     ctx: &Arc<Ctx>,
     addr: OzoneAddr,
@@ -163,7 +166,8 @@ pub async fn deposit(
                 n.clone(),
                 PeerRequest::OzoneStore(vec![msg.clone()]),
             );
-            remote.spawn(async move { rpc::call(&ctx, &n, &req).await });
+            let span = tracing::info_span!("ozone.replicate", neighbor = %n.id);
+            remote.spawn(async move { rpc::call(&ctx, &n, &req).await }.instrument(span));
         }
     }
     if owners.contains(&me) {
@@ -404,6 +408,7 @@ pub async fn serve_peer(ctx: &Arc<Ctx>, req: PeerRequest) -> PeerReply {
 /// Repair after a (re)connection: push to the neighbor the tombstones, then the messages, of
 /// every ozone it owns among the live members. The neighbor does the same towards us, so
 /// both converge. Paged; stops when the connection goes.
+#[tracing::instrument(name = "ozone.repair", skip_all, fields(neighbor = %n.id))]
 pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
     let addrs = match blocking(&ctx, |s| Ok(s.ozones_blocking()?)).await {
         Ok(a) => a,

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::echo::EchoMode;
 use crate::invite::{now_unix, InviteToken, TokenError};
 use crate::metrics::handshake_reason;
@@ -32,6 +34,7 @@ pub enum JoinError {
 }
 
 /// Joiner side: use `token` to pin ourselves to the inviter, then peer with it.
+#[tracing::instrument(name = "join", skip_all)]
 pub async fn join(ctx: &Arc<Ctx>, token: &str) -> Result<NeighborRecord, JoinError> {
     let t = InviteToken::decode(token, now_unix())?;
     if t.id == ctx.identity.id {
@@ -78,9 +81,12 @@ pub async fn join(ctx: &Arc<Ctx>, token: &str) -> Result<NeighborRecord, JoinErr
     };
     let resp = tokio::time::timeout(timeout, async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        send.write_all(&wire::encode(&req).map_err(|e| e.to_string())?)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut frame = wire::encode(&req).map_err(|e| e.to_string())?.to_vec();
+        // Optional: inviters that predate it answer without reading it.
+        if let Some(tc) = crate::telemetry::trace_context() {
+            let _ = wire::encode_into(&tc, &mut frame);
+        }
+        send.write_all(&frame).await.map_err(|e| e.to_string())?;
         let _ = send.finish();
         let mut buf = Vec::new();
         wire::read_frame::<_, JoinResponse>(&mut recv, 64 * 1024, &mut buf)
@@ -151,7 +157,20 @@ pub async fn serve_inbound(ctx: Arc<Ctx>, conn: quinn::Connection) {
                 return Err(("bad_frame", e.to_string()));
             }
         };
-        let resp = match accept_join(&ctx, joiner, &req, remote).await {
+        let tc = wire::read_frame::<_, wire::TraceContext>(
+            &mut recv,
+            wire::MAX_TRACE_CONTEXT_FRAME,
+            &mut buf,
+        )
+        .await
+        .ok()
+        .flatten();
+        let span = tracing::info_span!("join.accept", joiner = %joiner);
+        crate::telemetry::follow(&span, tc.as_ref());
+        let resp = match accept_join(&ctx, joiner, &req, remote)
+            .instrument(span)
+            .await
+        {
             Ok(()) => JoinResponse::Accepted {
                 node_id: ctx.identity.id,
                 cluster: ctx.cfg.cluster.clone(),

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use crate::node::Ctx;
 use crate::peer::Neighbor;
+use tracing::Instrument;
+
 use crate::wire::{self, PeerReply, PeerRequest};
 
 /// Deadline of one request, answer included.
@@ -35,7 +37,12 @@ pub async fn call(ctx: &Ctx, n: &Neighbor, req: &PeerRequest) -> Result<PeerRepl
             .open_bi()
             .await
             .map_err(|e| RpcError::Io(e.to_string()))?;
-        let frame = wire::encode(req).map_err(|e| RpcError::Io(e.to_string()))?;
+        let mut frame = wire::encode(req)
+            .map_err(|e| RpcError::Io(e.to_string()))?
+            .to_vec();
+        if let Some(tc) = crate::telemetry::trace_context() {
+            let _ = wire::encode_into(&tc, &mut frame);
+        }
         send.write_all(&frame)
             .await
             .map_err(|e| RpcError::Io(e.to_string()))?;
@@ -83,25 +90,59 @@ pub async fn serve(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection) {
                 }
                 _ => return,
             };
-            // Replication is for members of our cluster only: a federated neighbor from another
-            // cluster relays echo packets but may not read, write or delete our ozones.
-            let reply = if let PeerRequest::Departure(d) = req {
-                tracing::info!(neighbor = %n.id, state = d.label(), "neighbor announced its departure state");
-                n.set_departure(d);
-                ctx.topology.local_changed.notify_one();
-                PeerReply::Noted
-            } else if n.cluster().as_deref() == Some(ctx.cfg.cluster.as_str()) {
-                crate::ozone::service::serve_peer(&ctx, req).await
-            } else {
-                tracing::warn!(neighbor = %n.id, cluster = ?n.cluster(), "refusing an ozone request from a neighbor outside our cluster");
-                PeerReply::Error {
-                    message: format!("not a member of cluster {:?}", ctx.cfg.cluster),
+            // An optional trace context follows the request (the sender has finished its side,
+            // so this ends at once when there is none).
+            let tc = tokio::time::timeout(
+                RPC_TIMEOUT,
+                wire::read_frame::<_, wire::TraceContext>(
+                    &mut recv,
+                    wire::MAX_TRACE_CONTEXT_FRAME,
+                    &mut buf,
+                ),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten();
+            let span = match &req {
+                PeerRequest::OzoneStore(_) => tracing::info_span!("ozone.store", neighbor = %n.id),
+                PeerRequest::OzoneAck { .. } => tracing::info_span!("ozone.ack", neighbor = %n.id),
+                PeerRequest::OzoneFetch { .. } => {
+                    tracing::info_span!("ozone.fetch", neighbor = %n.id)
+                }
+                PeerRequest::OzoneDigest { .. } => {
+                    tracing::info_span!("ozone.digest", neighbor = %n.id)
+                }
+                PeerRequest::Departure(_) => {
+                    tracing::info_span!("peer.departure", neighbor = %n.id)
                 }
             };
+            crate::telemetry::follow(&span, tc.as_ref());
+            let reply = answer(&ctx, &n, req).instrument(span).await;
             if let Ok(b) = wire::encode(&reply) {
                 let _ = send.write_all(&b).await;
                 let _ = send.finish();
             }
         });
+    }
+}
+
+/// Answer one request of a neighbor.
+async fn answer(ctx: &Arc<Ctx>, n: &Neighbor, req: PeerRequest) -> PeerReply {
+    if let PeerRequest::Departure(d) = req {
+        tracing::info!(neighbor = %n.id, state = d.label(), "neighbor announced its departure state");
+        n.set_departure(d);
+        ctx.topology.local_changed.notify_one();
+        return PeerReply::Noted;
+    }
+    // Replication is for members of our cluster only: a federated neighbor from another
+    // cluster relays echo packets but may not read, write or delete our ozones.
+    if n.cluster().as_deref() == Some(ctx.cfg.cluster.as_str()) {
+        crate::ozone::service::serve_peer(ctx, req).await
+    } else {
+        tracing::warn!(neighbor = %n.id, cluster = ?n.cluster(), "refusing an ozone request from a neighbor outside our cluster");
+        PeerReply::Error {
+            message: format!("not a member of cluster {:?}", ctx.cfg.cluster),
+        }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use tracing::Instrument;
 
 use crate::metrics::{drop_reason, handshake_reason};
 use crate::node::Ctx;
@@ -242,9 +243,10 @@ async fn exchange_hello(
 async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Direction) {
     let remote = conn.remote_address();
     let timeout = Duration::from_millis(ctx.cfg.peer.handshake_timeout_ms);
+    let span = tracing::info_span!("peer.handshake", neighbor = %n.id, direction = ?dir);
     let (send, recv, theirs) = match tokio::time::timeout(
         timeout,
-        exchange_hello(&ctx, &n, &conn, dir),
+        exchange_hello(&ctx, &n, &conn, dir).instrument(span),
     )
     .await
     {

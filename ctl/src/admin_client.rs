@@ -28,6 +28,20 @@ impl AdminClient {
         })
     }
 
+    /// `GET path` without a token (health endpoints): the status code, or an error when the
+    /// node does not answer.
+    pub async fn probe(&self, path: &str) -> anyhow::Result<u16> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .with_context(|| format!("no answer from {url}"))?;
+        Ok(resp.status().as_u16())
+    }
+
     fn token_hint(&self) -> &'static str {
         if self.token.is_none() {
             " (no token file was readable: pass --token-file <data-dir>/admin.token)"

@@ -182,6 +182,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Health { ready } => {
+            let path = if ready { "/readyz" } else { "/healthz" };
+            let code = admin()?.probe(path).await?;
+            if json {
+                println!("{}", serde_json::json!({"path": path, "status": code}));
+            } else {
+                println!("{path}: {code}");
+            }
+            if code != 200 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Topology { dot } => {
             let t: echomesh_node::topology::TopologyView = admin()?.get(api::PATH_TOPOLOGY).await?;
             if dot {

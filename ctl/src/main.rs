@@ -69,6 +69,12 @@ pub enum Command {
     },
     /// Show this tool's version and the node's.
     Version,
+    /// Exit 0 when the node answers /healthz (with --ready: /readyz, i.e. serving and not
+    /// draining), else 1. No token needed: for container healthchecks and scripts.
+    Health {
+        #[arg(long)]
+        ready: bool,
+    },
     /// The mesh as this node knows it: nodes (up, draining, left, failed), clusters and links
     /// with RTT, learned from signed node announcements. `--json` for tools, `--dot` for
     /// Graphviz (`echomeshctl topology --dot | dot -Tsvg > mesh.svg`).

@@ -157,3 +157,147 @@ fn the_healthcheck_command_tells_serving_from_draining_and_gone() {
     n.kill9();
     assert_eq!(health(false), Some(1), "gone");
 }
+
+/// The container's entrypoint, run as plain processes (no Docker engine here): three nodes
+/// bootstrap through a shared directory as in the compose demo and pin each other; the
+/// image's HEALTHCHECK command reports them healthy; STOPSIGNAL drains each to exit 0.
+#[test]
+fn container_entrypoint_bootstraps_a_mesh_and_its_healthcheck_and_stop_signal_work() {
+    let dockerfile = std::fs::read_to_string(repo().join("deploy/container/Dockerfile")).unwrap();
+    // What the image must be, read from the Dockerfile itself.
+    assert_eq!(
+        dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM ")),
+        2,
+        "multi-stage"
+    );
+    assert!(dockerfile.contains("\nUSER 10001:10001\n"), "non-root");
+    assert!(dockerfile.contains("VOLUME [\"/data\"]"));
+    let health_line = dockerfile
+        .lines()
+        .skip_while(|l| !l.starts_with("HEALTHCHECK"))
+        .find_map(|l| l.trim().strip_prefix("CMD "))
+        .expect("HEALTHCHECK CMD");
+    let health: Vec<String> = serde_json::from_str(health_line).unwrap();
+    let stop = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("STOPSIGNAL "))
+        .expect("STOPSIGNAL")
+        .trim()
+        .trim_start_matches("SIG")
+        .to_string();
+    let entrypoint = repo().join("deploy/container/entrypoint.sh");
+    assert!(dockerfile
+        .contains("COPY deploy/container/entrypoint.sh /usr/local/bin/echomesh-entrypoint"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("bootstrap");
+    std::fs::create_dir_all(&shared).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let names = ["a", "b", "c"];
+    let mut nodes = Vec::new();
+    for name in names {
+        let port = echomesh_tests::free_udp_port();
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let data = dir.path().join(name);
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+        let child = Command::new(&entrypoint)
+            .env("PATH", &path)
+            .env("RUST_LOG", "info")
+            .env("ECHOMESH_DATA_DIR", &data)
+            .env("ECHOMESH_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ECHOMESH_ADMIN", admin.to_string())
+            .env("ECHOMESH_ADVERTISE", format!("127.0.0.1:{port}"))
+            .env("ECHOMESH_CLUSTER", "demo")
+            .env("BOOTSTRAP_DIR", &shared)
+            .env("BOOTSTRAP_NAME", name)
+            .env("BOOTSTRAP_PEERS", names.join(" "))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        nodes.push((name, child, admin, data));
+    }
+    for (name, _, admin, data) in &nodes {
+        let token = data.join("admin.token");
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{name} to pin and reach both others"),
+            || {
+                let out = Command::new(bin("echomeshctl"))
+                    .args(["--admin", &format!("http://{admin}"), "--token-file"])
+                    .arg(&token)
+                    .args(["--json", "neighbors"])
+                    .output()
+                    .ok()?;
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                let up = v.as_array()?.iter().filter(|n| n["state"] == "up").count();
+                (up == 2).then_some(())
+            },
+        );
+        let st = Command::new(&health[0])
+            .args(&health[1..])
+            .env("PATH", &path)
+            .env("ECHOMESH_ADMIN_URL", format!("http://{admin}"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "HEALTHCHECK of {name}");
+    }
+    for (name, mut child, _, _) in nodes {
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args([format!("-{stop}"), pid])
+            .status()
+            .unwrap()
+            .success());
+        let started = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(75),
+                "{name} did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{name}: {status}");
+    }
+}
+
+/// hadolint and `docker-compose config` pass on the real files, and catch a broken one.
+#[test]
+fn dockerfile_and_compose_file_pass_their_linters() {
+    let check = repo().join("scripts/check-container");
+    let out = Command::new(&check).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let compose = std::fs::read_to_string(repo().join("deploy/container/compose.yaml")).unwrap();
+    let bad = dir.path().join("compose.yaml");
+    std::fs::write(
+        &bad,
+        compose.replace("stop_grace_period:", "stop_grace_periodd:"),
+    )
+    .unwrap();
+    let out = Command::new(&check)
+        .arg(repo().join("deploy/container/Dockerfile"))
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a misspelt compose key must fail");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stop_grace_periodd"),
+        "{out:?}"
+    );
+}

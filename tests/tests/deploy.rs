@@ -301,3 +301,21 @@ fn dockerfile_and_compose_file_pass_their_linters() {
         "{out:?}"
     );
 }
+
+/// The Helm chart, checked by scripts/check-helm with a real helm and the Kubernetes schemas
+/// (lint, strict validation of the default and the federation rendering, the node accepts the
+/// rendered configuration, values that make no sense are refused).
+#[test]
+fn helm_chart_lints_validates_and_refuses_nonsense() {
+    let out = Command::new(repo().join("scripts/check-helm"))
+        .env("NODE_BIN", bin("echomesh-node"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("5 bad values refused"));
+}

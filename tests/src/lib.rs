@@ -517,3 +517,45 @@ pub fn ensure(cond: bool, msg: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A node shared between async test code and blocking harness calls.
+pub type Shared = std::sync::Arc<std::sync::Mutex<TestNode>>;
+
+/// Three nodes a, b, c started with `flags`, each linked to the others (one cluster), and
+/// their IDs.
+pub fn cluster_of_three(
+    root: &Path,
+    flags: &[String],
+) -> (Vec<Shared>, Vec<echomesh_node::identity::NodeId>) {
+    let nodes: Vec<Shared> = ["a", "b", "c"]
+        .iter()
+        .map(|n| std::sync::Arc::new(std::sync::Mutex::new(TestNode::start(root, n, 0, flags))))
+        .collect();
+    {
+        let (a, b, c) = (
+            nodes[0].lock().unwrap(),
+            nodes[1].lock().unwrap(),
+            nodes[2].lock().unwrap(),
+        );
+        a.link(&b);
+        b.link(&c);
+        a.link(&c);
+    }
+    let ids = nodes
+        .iter()
+        .map(|n| n.lock().unwrap().fingerprint().parse().unwrap())
+        .collect();
+    (nodes, ids)
+}
+
+/// Run a command that must succeed (a check script, a linter); its output otherwise.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use echomesh_tests::{bin, bin_dir, wait_for};
+use echomesh_tests::{bin, bin_dir, run_ok, wait_for};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -275,13 +275,7 @@ fn container_entrypoint_bootstraps_a_mesh_and_its_healthcheck_and_stop_signal_wo
 #[test]
 fn dockerfile_and_compose_file_pass_their_linters() {
     let check = repo().join("scripts/check-container");
-    let out = Command::new(&check).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&mut Command::new(&check));
     let dir = tempfile::tempdir().unwrap();
     let compose = std::fs::read_to_string(repo().join("deploy/container/compose.yaml")).unwrap();
     let bad = dir.path().join("compose.yaml");
@@ -307,15 +301,8 @@ fn dockerfile_and_compose_file_pass_their_linters() {
 /// rendered configuration, values that make no sense are refused).
 #[test]
 fn helm_chart_lints_validates_and_refuses_nonsense() {
-    let out = Command::new(repo().join("scripts/check-helm"))
-        .env("NODE_BIN", bin("echomesh-node"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(repo().join("scripts/check-helm")).env("NODE_BIN", bin("echomesh-node")),
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("5 bad values refused"));
 }

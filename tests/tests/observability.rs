@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use echomesh_node::client;
 use echomesh_node::ozone::OzoneProof;
-use echomesh_tests::{http_get, wait_for, TestNode};
+use echomesh_tests::{http_get, run_ok, wait_for, TestNode};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -46,13 +46,7 @@ fn promtool_checks_the_rules_and_their_unit_tests() {
 #[test]
 fn dashboards_match_the_grafana_schema_strictly() {
     let check = repo().join("scripts/check-dashboards");
-    let out = Command::new(&check).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&mut Command::new(&check));
     // The check can fail: a misspelt field is caught.
     let dir = tempfile::tempdir().unwrap();
     let good = std::fs::read_to_string(repo().join("dashboards/ozones.json")).unwrap();

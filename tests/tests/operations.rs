@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,9 +13,7 @@ use echomesh_node::client::{self, ClientSession};
 use echomesh_node::echo::EchoPacket;
 use echomesh_node::ozone::OzoneProof;
 use echomesh_node::wire::{self, ClientEvent, ClientRequest};
-use echomesh_tests::{wait_for, TestNode};
-
-type Shared = Arc<Mutex<TestNode>>;
+use echomesh_tests::{cluster_of_three, wait_for, Shared, TestNode};
 
 fn config(root: &Path, body: &str) -> Vec<String> {
     let path = root.join("node.toml");
@@ -70,6 +68,40 @@ fn start_flow(
     })
 }
 
+/// `clients` JSON tails on `on` (each expecting `count` packets), and a flow of `count`
+/// packets injected at `from`; returns once `started` of them were sent.
+async fn clients_under_flow(
+    on: &Shared,
+    from: &Shared,
+    ep: &quinn::Endpoint,
+    clients: usize,
+    tag: &'static str,
+    count: u64,
+    started: u64,
+) -> (
+    Vec<echomesh_tests::Tail>,
+    tokio::task::JoinHandle<()>,
+    Arc<AtomicU64>,
+) {
+    let tails = {
+        let on = on.clone();
+        blocking(move || {
+            let on = on.lock().unwrap();
+            let n = count.to_string();
+            (0..clients)
+                .map(|_| on.tail(&["--json", "--count", &n, "--timeout", "90"]))
+                .collect::<Vec<_>>()
+        })
+        .await
+    };
+    let sent = Arc::new(AtomicU64::new(0));
+    let flow = start_flow(from, ep, tag, count, sent.clone());
+    while sent.load(Ordering::SeqCst) < started {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (tails, flow, sent)
+}
+
 /// Every client saw exactly the `count` flow packets, each once.
 fn assert_complete(outputs: Vec<(bool, Vec<String>, String)>, tag: &str, count: u64) {
     let want: BTreeSet<String> = (0..count).map(|i| format!("flow-{tag}-{i:05}")).collect();
@@ -108,20 +140,7 @@ async fn drain_moves_clients_and_ozones_without_loss_undrain_and_sigterm_under_l
         root.path(),
         "drain_deadline_secs = 30\ndrain_client_grace_secs = 4\n",
     );
-    let nodes: Vec<Shared> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Arc::new(Mutex::new(TestNode::start(root.path(), n, 0, &flags))))
-        .collect();
-    {
-        let (a, b, c) = (
-            nodes[0].lock().unwrap(),
-            nodes[1].lock().unwrap(),
-            nodes[2].lock().unwrap(),
-        );
-        a.link(&b);
-        b.link(&c);
-        a.link(&c);
-    }
+    let (nodes, ids) = cluster_of_three(root.path(), &flags);
     let (a, b, c) = (nodes[0].clone(), nodes[1].clone(), nodes[2].clone());
     let b_fp = b.lock().unwrap().fingerprint().to_string();
     let b_id = b.lock().unwrap().info.id.clone();
@@ -146,22 +165,7 @@ async fn drain_moves_clients_and_ozones_without_loss_undrain_and_sigterm_under_l
 
     // 20 clients on B, and a steady flow injected at A.
     const FLOW: u64 = 1500;
-    let clients = {
-        let b = b.clone();
-        blocking(move || {
-            let b = b.lock().unwrap();
-            let count = FLOW.to_string();
-            (0..20)
-                .map(|_| b.tail(&["--json", "--count", &count, "--timeout", "90"]))
-                .collect::<Vec<_>>()
-        })
-        .await
-    };
-    let sent = Arc::new(AtomicU64::new(0));
-    let flow = start_flow(&a, &ep, "drain", FLOW, sent.clone());
-    while sent.load(Ordering::SeqCst) < 200 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (clients, flow, sent) = clients_under_flow(&b, &a, &ep, 20, "drain", FLOW, 200).await;
 
     // Drain B: not ready within 1 s; done with every client moved.
     let drain = {
@@ -311,10 +315,6 @@ async fn drain_moves_clients_and_ozones_without_loss_undrain_and_sigterm_under_l
         })
         .await;
     }
-    let ids: Vec<echomesh_node::identity::NodeId> = nodes
-        .iter()
-        .map(|n| n.lock().unwrap().fingerprint().parse().unwrap())
-        .collect();
     let b_first = (0..)
         .map(|k| OzoneProof::from_secret(format!("back-{k}").as_bytes()))
         .find(|p| echomesh_node::ozone::placement::ranked(&p.address(), &ids)[0] == ids[1])
@@ -329,22 +329,7 @@ async fn drain_moves_clients_and_ozones_without_loss_undrain_and_sigterm_under_l
 
     // SIGTERM alone, under load: B drains (its clients move) and exits 0 within the deadline.
     const FLOW2: u64 = 600;
-    let clients = {
-        let b = b.clone();
-        blocking(move || {
-            let b = b.lock().unwrap();
-            let count = FLOW2.to_string();
-            (0..5)
-                .map(|_| b.tail(&["--json", "--count", &count, "--timeout", "60"]))
-                .collect::<Vec<_>>()
-        })
-        .await
-    };
-    let sent = Arc::new(AtomicU64::new(0));
-    let flow = start_flow(&a, &ep, "sigterm", FLOW2, sent.clone());
-    while sent.load(Ordering::SeqCst) < 100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (clients, flow, _) = clients_under_flow(&b, &a, &ep, 5, "sigterm", FLOW2, 100).await;
     let (status, took) = {
         let b = b.clone();
         blocking(move || {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use echomesh_node::client::{self, ClientError};
 use echomesh_node::ozone::OzoneProof;
-use echomesh_tests::TestNode;
+use echomesh_tests::{cluster_of_three, Shared, TestNode};
 
 fn keys(n: &TestNode, dir: &Path) -> (String, String, String) {
     let alice = dir.join("alice.key");
@@ -43,34 +43,6 @@ fn keys(n: &TestNode, dir: &Path) -> (String, String, String) {
         bob.display().to_string(),
         v["id"].as_str().unwrap().to_string(),
     )
-}
-
-type Shared = std::sync::Arc<std::sync::Mutex<TestNode>>;
-
-/// Three nodes a, b, c, each linked to the others (one cluster), and their IDs.
-fn cluster_of_three(
-    root: &Path,
-    flags: &[String],
-) -> (Vec<Shared>, Vec<echomesh_node::identity::NodeId>) {
-    let nodes: Vec<Shared> = ["a", "b", "c"]
-        .iter()
-        .map(|n| std::sync::Arc::new(std::sync::Mutex::new(TestNode::start(root, n, 0, flags))))
-        .collect();
-    {
-        let (a, b, c) = (
-            nodes[0].lock().unwrap(),
-            nodes[1].lock().unwrap(),
-            nodes[2].lock().unwrap(),
-        );
-        a.link(&b);
-        b.link(&c);
-        a.link(&c);
-    }
-    let ids = nodes
-        .iter()
-        .map(|n| n.lock().unwrap().fingerprint().parse().unwrap())
-        .collect();
-    (nodes, ids)
 }
 
 /// The proof of an ozone that ranks the members exactly as `ids` (owners ids[0], ids[1]).

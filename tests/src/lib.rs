@@ -559,3 +559,16 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     );
     out
 }
+
+/// A client session to `n`, pinned by its fingerprint.
+pub async fn session_to(n: &Shared, ep: &quinn::Endpoint) -> echomesh_node::client::ClientSession {
+    let info = n.lock().unwrap().info.clone();
+    echomesh_node::client::connect(
+        ep,
+        info.quic,
+        Some(info.fingerprint.parse().unwrap()),
+        "test",
+    )
+    .await
+    .unwrap()
+}

@@ -9,28 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use echomesh_node::client::{self, ClientSession};
+use echomesh_node::client;
 use echomesh_node::echo::EchoPacket;
 use echomesh_node::ozone::OzoneProof;
 use echomesh_node::wire::{self, ClientEvent, ClientRequest};
-use echomesh_tests::{cluster_of_three, wait_for, Shared, TestNode};
+use echomesh_tests::{cluster_of_three, session_to, wait_for, Shared, TestNode};
 
 fn config(root: &Path, body: &str) -> Vec<String> {
     let path = root.join("node.toml");
     std::fs::write(&path, body).unwrap();
     vec!["--config".into(), path.display().to_string()]
-}
-
-async fn session_to(n: &Shared, ep: &quinn::Endpoint) -> ClientSession {
-    let info = n.lock().unwrap().info.clone();
-    client::connect(
-        ep,
-        info.quic,
-        Some(info.fingerprint.parse().unwrap()),
-        "test",
-    )
-    .await
-    .unwrap()
 }
 
 /// Run blocking harness calls (process spawning, polling) off the async runtime.
@@ -102,8 +90,15 @@ async fn clients_under_flow(
     (tails, flow, sent)
 }
 
-/// Every client saw exactly the `count` flow packets, each once.
-fn assert_complete(outputs: Vec<(bool, Vec<String>, String)>, tag: &str, count: u64) {
+/// Every client (a JSON tail) saw exactly the `count` flow packets, each once, and moved.
+async fn assert_complete(clients: Vec<echomesh_tests::Tail>, tag: &str, count: u64) {
+    let outputs = blocking(move || {
+        clients
+            .into_iter()
+            .map(|t| t.finish_with_stderr(Duration::from_secs(60)))
+            .collect::<Vec<_>>()
+    })
+    .await;
     let want: BTreeSet<String> = (0..count).map(|i| format!("flow-{tag}-{i:05}")).collect();
     for (k, (ok, lines, err)) in outputs.into_iter().enumerate() {
         assert!(ok, "client {k} did not get all {count} packets: {err}");
@@ -213,14 +208,7 @@ async fn drain_moves_clients_and_ozones_without_loss_undrain_and_sigterm_under_l
         sent.load(Ordering::SeqCst)
     );
     flow.await.unwrap();
-    let outputs = blocking(move || {
-        clients
-            .into_iter()
-            .map(|t| t.finish_with_stderr(Duration::from_secs(60)))
-            .collect::<Vec<_>>()
-    })
-    .await;
-    assert_complete(outputs, "drain", FLOW);
+    assert_complete(clients, "drain", FLOW).await;
 
     {
         let (a, b, c) = (a.clone(), b.clone(), c.clone());
@@ -344,14 +332,7 @@ async fn drain_moves_clients_and_ozones_without_loss_undrain_and_sigterm_under_l
     let log = b.lock().unwrap().log_tail();
     assert!(log.contains("drained; shutting down"), "{log}");
     flow.await.unwrap();
-    let outputs = blocking(move || {
-        clients
-            .into_iter()
-            .map(|t| t.finish_with_stderr(Duration::from_secs(60)))
-            .collect::<Vec<_>>()
-    })
-    .await;
-    assert_complete(outputs, "sigterm", FLOW2);
+    assert_complete(clients, "sigterm", FLOW2).await;
 }
 
 fn topology(n: &TestNode) -> Option<serde_json::Value> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use echomesh_node::client::{self, ClientError};
 use echomesh_node::ozone::OzoneProof;
-use echomesh_tests::{cluster_of_three, Shared, TestNode};
+use echomesh_tests::{cluster_of_three, session_to, Shared, TestNode};
 
 fn keys(n: &TestNode, dir: &Path) -> (String, String, String) {
     let alice = dir.join("alice.key");
@@ -51,18 +51,6 @@ fn ozone_ranked_as(ids: &[echomesh_node::identity::NodeId], prefix: &str) -> Ozo
         .map(|k| OzoneProof::from_secret(format!("{prefix}-{k}").as_bytes()))
         .find(|p| echomesh_node::ozone::placement::ranked(&p.address(), ids) == ids)
         .unwrap()
-}
-
-async fn session_to(n: &Shared, ep: &quinn::Endpoint) -> client::ClientSession {
-    let info = n.lock().unwrap().info.clone();
-    client::connect(
-        ep,
-        info.quic,
-        Some(info.fingerprint.parse().unwrap()),
-        "test",
-    )
-    .await
-    .unwrap()
 }
 
 /// Deposit `payload 0` … `payload {count-1}` through `n`.

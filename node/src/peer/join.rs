@@ -177,25 +177,23 @@ pub async fn serve_inbound(ctx: Arc<Ctx>, conn: quinn::Connection) {
             },
             Err(reason) => JoinResponse::Refused { reason },
         };
+        // Counted before the answer leaves: a joiner may look at the metrics at once.
+        let label = match &resp {
+            JoinResponse::Accepted { .. } => "accepted",
+            JoinResponse::Refused { reason } => refusal_label(*reason),
+        };
+        ctx.metrics.joins.with_label_values(&[label]).inc();
         let bytes = wire::encode(&resp).map_err(|e| ("io", e.to_string()))?;
         send.write_all(&bytes)
             .await
             .map_err(|e| ("io", e.to_string()))?;
         let _ = send.finish();
-        // Let the answer reach the joiner before the connection goes away.
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
         Ok(resp)
     })
     .await;
     match res {
-        Ok(Ok(JoinResponse::Accepted { .. })) => {
-            ctx.metrics.joins.with_label_values(&["accepted"]).inc();
-        }
+        Ok(Ok(JoinResponse::Accepted { .. })) => {}
         Ok(Ok(JoinResponse::Refused { reason })) => {
-            ctx.metrics
-                .joins
-                .with_label_values(&[refusal_label(reason)])
-                .inc();
             tracing::warn!(%remote, joiner = %joiner, ?reason, "join refused");
         }
         Ok(Err((label, msg))) => {
@@ -207,6 +205,8 @@ pub async fn serve_inbound(ctx: Arc<Ctx>, conn: quinn::Connection) {
             ctx.metrics.handshake_failed(handshake_reason::TIMEOUT);
         }
     }
+    // Let the answer reach the joiner before the connection goes away.
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
     conn.close(quinn::VarInt::from_u32(close::NORMAL), b"");
 }
 

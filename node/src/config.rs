@@ -320,6 +320,17 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Parse a configuration file's text over the defaults and validate it (no environment,
+    /// no flags): what `load` does with a file, for checks and fuzzing.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         for n in &self.neighbors {

@@ -11,6 +11,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+
+pub mod chaos;
 pub use echomesh_node::RuntimeInfo;
 
 pub fn bin_dir() -> PathBuf {
@@ -114,12 +116,30 @@ impl Plan {
     }
 }
 
+/// Where a node process runs: a network namespace (chaos tests) or this one, and the address
+/// it listens on (QUIC and admin API).
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub netns: Option<String>,
+    pub ip: std::net::IpAddr,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host {
+            netns: None,
+            ip: std::net::IpAddr::from([127, 0, 0, 1]),
+        }
+    }
+}
+
 pub struct TestNode {
     pub name: String,
     pub dir: PathBuf,
     child: Option<Child>,
     pub info: RuntimeInfo,
     extra: Vec<String>,
+    host: Host,
 }
 
 impl TestNode {
@@ -143,6 +163,11 @@ impl TestNode {
 
     /// Start a node in `root/name` on 127.0.0.1 (`port` 0 = any), with extra flags.
     pub fn start(root: &Path, name: &str, port: u16, extra: &[String]) -> TestNode {
+        TestNode::start_on(root, name, &Host::default(), port, extra)
+    }
+
+    /// Start a node in `root/name` on `host` (`port` 0 = any), with extra flags.
+    pub fn start_on(root: &Path, name: &str, host: &Host, port: u16, extra: &[String]) -> TestNode {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).expect("mkdir");
         let mut n = TestNode {
@@ -154,10 +179,11 @@ impl TestNode {
                 version: String::new(),
                 id: String::new(),
                 fingerprint: String::new(),
-                quic: SocketAddr::from(([127, 0, 0, 1], port)),
-                admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+                quic: SocketAddr::new(host.ip, port),
+                admin: SocketAddr::new(host.ip, 0),
             },
             extra: extra.to_vec(),
+            host: host.clone(),
         };
         n.spawn(port);
         n
@@ -171,14 +197,23 @@ impl TestNode {
             .append(true)
             .open(self.dir.join("node.log"))
             .expect("log file");
-        let child = Command::new(bin("echomesh-node"))
+        let mut cmd = match &self.host.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("echomesh-node"));
+                c
+            }
+            None => Command::new(bin("echomesh-node")),
+        };
+        let ip = self.host.ip;
+        let child = cmd
             .arg("--data-dir")
             .arg(&self.dir)
             .args([
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                &SocketAddr::new(ip, port).to_string(),
                 "--admin",
-                "127.0.0.1:0",
+                &SocketAddr::new(ip, 0).to_string(),
                 "--cluster",
                 "test",
             ])

@@ -89,4 +89,55 @@ mod tests {
             "{moved}"
         );
     }
+
+    proptest::proptest! {
+        /// For any members (1–12), R (1–5) and address: owners are distinct members, as many
+        /// as min(R, N), the same whatever order the members are listed in; removing a
+        /// non-owner changes nothing, removing an owner keeps the other owners and promotes
+        /// the next-ranked member; adding a member changes at most one owner.
+        #[test]
+        fn placement_properties(
+            ids in proptest::collection::hash_set(proptest::prelude::any::<u8>(), 1..12),
+            r in 1usize..5,
+            a in proptest::prelude::any::<u32>(),
+            rotate in 0usize..12,
+            drop_pick in 0usize..12,
+            newcomer in proptest::prelude::any::<u8>(),
+        ) {
+            let members: Vec<NodeId> = ids.iter().map(|i| node(*i)).collect();
+            let a = addr(a);
+            let own = owners(&a, &members, r);
+            proptest::prop_assert_eq!(own.len(), r.min(members.len()));
+            let distinct: std::collections::HashSet<_> = own.iter().collect();
+            proptest::prop_assert_eq!(distinct.len(), own.len());
+            proptest::prop_assert!(own.iter().all(|m| members.contains(m)));
+
+            let mut rotated = members.clone();
+            rotated.rotate_left(rotate % members.len());
+            proptest::prop_assert_eq!(&owners(&a, &rotated, r), &own);
+
+            let gone = members[drop_pick % members.len()];
+            let rest: Vec<NodeId> = members.iter().copied().filter(|m| *m != gone).collect();
+            let after = owners(&a, &rest, r);
+            if own.contains(&gone) {
+                for m in own.iter().filter(|m| **m != gone) {
+                    proptest::prop_assert!(after.contains(m));
+                }
+                let next = ranked(&a, &members).get(r).copied();
+                if let Some(next) = next {
+                    proptest::prop_assert!(after.contains(&next));
+                }
+            } else {
+                proptest::prop_assert_eq!(&after, &own);
+            }
+
+            if !ids.contains(&newcomer) {
+                let mut more = members.clone();
+                more.push(node(newcomer));
+                let grown = owners(&a, &more, r);
+                let kept = grown.iter().filter(|m| own.contains(m)).count();
+                proptest::prop_assert!(kept + 1 >= own.len().min(grown.len()));
+            }
+        }
+    }
 }

@@ -60,10 +60,11 @@ pub struct StoredMessage {
     pub payload: Bytes,
 }
 
+/// The value of a message record on disk (its key holds the address, sequence and ID).
 #[derive(Serialize, Deserialize)]
-struct Value {
-    expires_ms: u64,
-    payload: Bytes,
+pub struct MessageValue {
+    pub expires_ms: u64,
+    pub payload: Bytes,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,7 +286,7 @@ impl OzoneStore {
         }
         let seq = m.seq.to_be_bytes();
         let exp = m.expires_ms.to_be_bytes();
-        let value = wire::record_to_vec(&Value {
+        let value = wire::record_to_vec(&MessageValue {
             expires_ms: m.expires_ms,
             payload: m.payload.clone(),
         })
@@ -340,7 +341,7 @@ impl OzoneStore {
             }
             let seq = u64::from_be_bytes(rest[..8].try_into().map_err(|_| corrupt("seq"))?);
             let id: [u8; 32] = rest[8..].try_into().map_err(|_| corrupt("id"))?;
-            let val: Value = wire::decode_body(&v).map_err(|_| corrupt("message"))?;
+            let val: MessageValue = wire::decode_body(&v).map_err(|_| corrupt("message"))?;
             bytes += val.payload.len();
             out.push(StoredMessage {
                 addr: *addr,
@@ -375,7 +376,7 @@ impl OzoneStore {
             if let Some(seq) = db.get_cf(msgs, &ikey)? {
                 let mkey = key(&[b"m", &addr.0, &seq, id]);
                 if let Some(v) = db.get_cf(msgs, &mkey)? {
-                    let val: Value = wire::decode_body(&v).map_err(|_| corrupt("message"))?;
+                    let val: MessageValue = wire::decode_body(&v).map_err(|_| corrupt("message"))?;
                     batch.delete_cf(msgs, &mkey);
                     batch.delete_cf(
                         msgs,
@@ -517,7 +518,7 @@ impl OzoneStore {
             let (seq, id) = (&k[41..49], &k[49..81]);
             let mkey = key(&[b"m", &addr.0, seq, id]);
             if let Some(v) = db.get_cf(msgs, &mkey)? {
-                let val: Value = wire::decode_body(&v).map_err(|_| corrupt("message"))?;
+                let val: MessageValue = wire::decode_body(&v).map_err(|_| corrupt("message"))?;
                 let s = match stats_cache.get(&addr) {
                     Some(s) => *s,
                     None => self.stats_blocking(&addr)?,
@@ -750,5 +751,82 @@ mod tests {
             .sweep_expired_blocking(OzoneLimits::default().retention_ms + 1, 100)
             .unwrap();
         assert_eq!(swept.tombstones, 1);
+    }
+
+    /// One replica's operation in the anti-entropy property test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Deposit message `i` on replica A, B or both (bit mask 1, 2, 3).
+        Deposit(u8, u8),
+        /// Acknowledge message `i` on A, B or both.
+        Ack(u8, u8),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (0u8..24, 1u8..4).prop_map(|(i, w)| Op::Deposit(i, w)),
+            1 => (0u8..24, 1u8..4).prop_map(|(i, w)| Op::Ack(i, w)),
+        ]
+    }
+
+    /// What repair pushes from one replica to another: tombstones first, then messages (as
+    /// `service::sync_ozone` does through `OzoneAck` and `OzoneStore`).
+    fn push(from: &OzoneStore, to: &OzoneStore, addr: &OzoneAddr) {
+        let tombs = from.tombstones_blocking(addr).unwrap();
+        to.ack_blocking(addr, &tombs, 1000).unwrap();
+        for m in from.fetch_blocking(addr, None, 10_000, usize::MAX).unwrap() {
+            to.deposit_blocking(&m).unwrap();
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Two replicas that saw any interleaving of deposits and acknowledgements, after
+        /// repair in both directions: equal digests, the same messages in the same order, and
+        /// exactly the deposited-and-never-acknowledged ones (an ack wins over any deposit,
+        /// before or after it).
+        #[test]
+        fn anti_entropy_converges_to_deposits_minus_acks(ops in proptest::collection::vec(op(), 1..60)) {
+            let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (a, b) = (open(da.path(), OzoneLimits::default()), open(db.path(), OzoneLimits::default()));
+            let addr = OzoneProof::from_secret(b"prop").address();
+            // Every message has one identity (seq assigned once by the accepting node).
+            let msgs: Vec<StoredMessage> = (0..24u8).map(|i| msg(&a, addr, &format!("m{i}"), 1000, 1 << 40)).collect();
+            let (mut deposited, mut acked) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+            for op in &ops {
+                match *op {
+                    Op::Deposit(i, w) => {
+                        for (bit, s) in [(1, &a), (2, &b)] {
+                            if w & bit != 0 {
+                                let _ = s.deposit_blocking(&msgs[i as usize]);
+                            }
+                        }
+                        deposited.insert(i);
+                    }
+                    Op::Ack(i, w) => {
+                        for (bit, s) in [(1, &a), (2, &b)] {
+                            if w & bit != 0 {
+                                s.ack_blocking(&addr, &[msgs[i as usize].id], 1000).unwrap();
+                            }
+                        }
+                        acked.insert(i);
+                    }
+                }
+            }
+            push(&a, &b, &addr);
+            push(&b, &a, &addr);
+            proptest::prop_assert_eq!(a.digest_blocking(&addr).unwrap(), b.digest_blocking(&addr).unwrap());
+            let held_a = a.fetch_blocking(&addr, None, 10_000, usize::MAX).unwrap();
+            let held_b = b.fetch_blocking(&addr, None, 10_000, usize::MAX).unwrap();
+            proptest::prop_assert_eq!(&held_a, &held_b);
+            let want: std::collections::HashSet<[u8; 32]> = deposited
+                .difference(&acked)
+                .map(|i| msgs[*i as usize].id)
+                .collect();
+            let got: std::collections::HashSet<[u8; 32]> = held_a.iter().map(|m| m.id).collect();
+            proptest::prop_assert_eq!(got, want);
+            proptest::prop_assert!(held_a.windows(2).all(|w| (w[0].seq, w[0].id) < (w[1].seq, w[1].id)));
+        }
     }
 }

@@ -258,6 +258,30 @@ async fn run(ctx: Arc<Ctx>, deadline: Duration, gen: u64) {
         detail = ?st.detail, "drain finished");
 }
 
+/// How long a drain waits to learn of another serving node before it gives up moving clients.
+/// Neighbors announce themselves about a second after they come up, so a drain right after a
+/// start would otherwise find nobody to send its clients to.
+const TARGETS_WAIT: Duration = Duration::from_secs(5);
+
+/// Redirect targets, waiting (at most `limit`, while this drain is still the current one)
+/// until the topology knows at least one.
+async fn wait_for_targets(ctx: &Arc<Ctx>, gen: u64, limit: Duration) -> Vec<String> {
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        let targets = crate::topology::flood::redirect_targets(ctx, 8);
+        if !targets.is_empty()
+            || tokio::time::Instant::now() >= until
+            || !ctx.drain.update(gen, |_| {})
+        {
+            return targets;
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return targets,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
 /// Redirect every subscribed client session, spread evenly over the grace period so that the
 /// other nodes are not hit by all of them at once.
 async fn move_clients(ctx: &Arc<Ctx>, gen: u64, deadline: Duration) {
@@ -270,7 +294,7 @@ async fn move_clients(ctx: &Arc<Ctx>, gen: u64, deadline: Duration) {
     }
     let grace = Duration::from_secs(ctx.cfg.drain_client_grace_secs).min(deadline / 3);
     let step = grace / sessions.len() as u32;
-    let mut targets = Vec::new();
+    let mut targets = wait_for_targets(ctx, gen, TARGETS_WAIT.min(deadline / 3)).await;
     for (i, id) in sessions.into_iter().enumerate() {
         if !d.update(gen, |_| {}) {
             return;

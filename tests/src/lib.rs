@@ -133,6 +133,17 @@ impl Default for Host {
     }
 }
 
+/// The harness's own `ECHOMESH_CHAOS_*` settings are not node configuration (a node refuses
+/// unknown `ECHOMESH_*` variables): keep them away from node processes.
+fn without_harness_env(mut cmd: Command) -> Command {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("ECHOMESH_CHAOS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 pub struct TestNode {
     pub name: String,
     pub dir: PathBuf,
@@ -145,7 +156,7 @@ pub struct TestNode {
 impl TestNode {
     /// Create the data dir and identity without starting; returns the fingerprint.
     pub fn init(dir: &Path) -> String {
-        let out = Command::new(bin("echomesh-node"))
+        let out = without_harness_env(Command::new(bin("echomesh-node")))
             .args(["--init", "--data-dir"])
             .arg(dir)
             .output()
@@ -197,7 +208,7 @@ impl TestNode {
             .append(true)
             .open(self.dir.join("node.log"))
             .expect("log file");
-        let mut cmd = match &self.host.netns {
+        let cmd = match &self.host.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(bin("echomesh-node"));
@@ -205,6 +216,7 @@ impl TestNode {
             }
             None => Command::new(bin("echomesh-node")),
         };
+        let mut cmd = without_harness_env(cmd);
         let ip = self.host.ip;
         let child = cmd
             .arg("--data-dir")

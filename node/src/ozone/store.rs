@@ -376,7 +376,8 @@ impl OzoneStore {
             if let Some(seq) = db.get_cf(msgs, &ikey)? {
                 let mkey = key(&[b"m", &addr.0, &seq, id]);
                 if let Some(v) = db.get_cf(msgs, &mkey)? {
-                    let val: MessageValue = wire::decode_body(&v).map_err(|_| corrupt("message"))?;
+                    let val: MessageValue =
+                        wire::decode_body(&v).map_err(|_| corrupt("message"))?;
                     batch.delete_cf(msgs, &mkey);
                     batch.delete_cf(
                         msgs,

@@ -78,7 +78,9 @@ impl Subscriber {
     fn start_with(lab: &Lab, node: usize, follow: bool) -> Subscriber {
         let mut s = lab
             .rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(20), lab.session(node)).await })
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(20), lab.session(node)).await
+            })
             .unwrap_or_else(|_| panic!("subscriber on n{node}: connect timed out"))
             .unwrap_or_else(|e| panic!("subscriber on n{node}: {e}"));
         lab.rt
@@ -166,7 +168,11 @@ pub fn send(
     every: Duration,
 ) -> tokio::task::JoinHandle<Result<u64, String>> {
     let log = log.clone();
-    let (ep, addr, fp) = (lab.client.clone(), lab.node_addr(origin), lab.fingerprint(origin).to_string());
+    let (ep, addr, fp) = (
+        lab.client.clone(),
+        lab.node_addr(origin),
+        lab.fingerprint(origin).to_string(),
+    );
     let seed = lab.seed;
     lab.rt.spawn(async move {
         let mut s = super::connect(&ep, addr, &fp)
@@ -179,12 +185,15 @@ pub fn send(
             let n = batch.min((count - seq) as usize);
             let pkts: Vec<EchoPacket> = (0..n as u64)
                 .map(|k| {
-                    let mut payload = format!("chaos {seed} n{origin} p{phase} #{} ", seq + k).into_bytes();
+                    let mut payload =
+                        format!("chaos {seed} n{origin} p{phase} #{} ", seq + k).into_bytes();
                     payload.extend_from_slice(&rand::random::<[u8; 16]>());
                     EchoPacket::new(Bytes::from(payload), 16, None)
                 })
                 .collect();
-            s.inject(&pkts).await.map_err(|e| format!("inject at n{origin}: {e}"))?;
+            s.inject(&pkts)
+                .await
+                .map_err(|e| format!("inject at n{origin}: {e}"))?;
             let accepted = loop {
                 match s.next_event().await {
                     Ok(Some(ClientEvent::Injected { accepted, .. })) => break accepted,
@@ -194,7 +203,9 @@ pub fn send(
                 }
             };
             if accepted as usize != n {
-                return Err(format!("n{origin} accepted {accepted} of {n} fresh packets"));
+                return Err(format!(
+                    "n{origin} accepted {accepted} of {n} fresh packets"
+                ));
             }
             let mut l = lock(&log.0);
             for (k, p) in pkts.iter().enumerate() {
@@ -213,9 +224,17 @@ pub fn send(
 
 /// Wait (at most `timeout`) until every subscriber has every packet `expect` says it should
 /// have; whether they all do.
-pub fn wait_delivered(sent: &[Sent], subs: &[&Subscriber], expect: impl Fn(&Sent, usize) -> bool, timeout: Duration) -> bool {
+pub fn wait_delivered(
+    sent: &[Sent],
+    subs: &[&Subscriber],
+    expect: impl Fn(&Sent, usize) -> bool,
+    timeout: Duration,
+) -> bool {
     let deadline = Instant::now() + timeout;
-    let complete = |sub: &Subscriber| sent.iter().all(|p| !expect(p, sub.node) || sub.count(&p.id) > 0);
+    let complete = |sub: &Subscriber| {
+        sent.iter()
+            .all(|p| !expect(p, sub.node) || sub.count(&p.id) > 0)
+    };
     loop {
         if subs.iter().all(|s| complete(s)) {
             return true;
@@ -275,7 +294,10 @@ pub fn check_flood(
         }
         let lagged = sub.lagged.load(Ordering::Relaxed);
         if lagged > 0 {
-            problems.push(format!("LAG: subscriber on n{} was told {lagged} packets were dropped for it", sub.node));
+            problems.push(format!(
+                "LAG: subscriber on n{} was told {lagged} packets were dropped for it",
+                sub.node
+            ));
         }
         if sub.closed.load(Ordering::Relaxed) {
             problems.push(format!("CLOSED: the subscription on n{} ended", sub.node));
@@ -331,7 +353,13 @@ impl Depositor {
     }
 
     /// The same, numbering deposits from `first` (several depositors in one scenario).
-    pub fn start_at(lab: &Lab, ozones: usize, targets: Vec<usize>, every: Duration, first: usize) -> Depositor {
+    pub fn start_at(
+        lab: &Lab,
+        ozones: usize,
+        targets: Vec<usize>,
+        every: Duration,
+        first: usize,
+    ) -> Depositor {
         let proofs: Vec<OzoneProof> = (0..ozones)
             .map(|k| OzoneProof::from_secret(format!("chaos {} ozone {k}", lab.seed).as_bytes()))
             .collect();
@@ -342,8 +370,13 @@ impl Depositor {
             .map(|i| (lab.node_addr(i), lab.fingerprint(i).to_string()))
             .collect();
         let task = {
-            let (proofs, targets, attempts, stop, ep) =
-                (proofs.clone(), targets.clone(), attempts.clone(), stop.clone(), lab.client.clone());
+            let (proofs, targets, attempts, stop, ep) = (
+                proofs.clone(),
+                targets.clone(),
+                attempts.clone(),
+                stop.clone(),
+                lab.client.clone(),
+            );
             let seed = lab.seed;
             lab.rt.spawn(async move {
                 let mut sessions: HashMap<usize, ClientSession> = HashMap::new();
@@ -371,7 +404,8 @@ impl Depositor {
                         });
                         a.len() - 1
                     };
-                    let outcome = deposit(&mut sessions, &ep, &addrs, node, &proofs[ozone], payload).await;
+                    let outcome =
+                        deposit(&mut sessions, &ep, &addrs, node, &proofs[ozone], payload).await;
                     lock(&attempts)[at].outcome = outcome;
                 }
             })
@@ -401,7 +435,11 @@ impl Depositor {
     pub fn stop(mut self, lab: &Lab) -> Vec<Attempt> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(mut t) = self.task.take() {
-            let finished = lab.rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), &mut t).await.is_ok() });
+            let finished = lab.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(1), &mut t)
+                    .await
+                    .is_ok()
+            });
             if !finished {
                 t.abort();
             }
@@ -427,18 +465,16 @@ async fn deposit(
     payload: Bytes,
 ) -> Outcome {
     let limit = Duration::from_secs(10);
-    if !sessions.contains_key(&node) {
-        let (addr, fp) = &addrs[node];
-        match tokio::time::timeout(limit, super::connect(ep, *addr, fp)).await {
-            Ok(Ok(s)) => {
-                sessions.insert(node, s);
+    let s = match sessions.entry(node) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let (addr, fp) = &addrs[node];
+            match tokio::time::timeout(limit, super::connect(ep, *addr, fp)).await {
+                Ok(Ok(s)) => e.insert(s),
+                Ok(Err(err)) => return Outcome::Failed(format!("connect n{node}: {err}")),
+                Err(_) => return Outcome::Failed(format!("connect n{node}: timed out")),
             }
-            Ok(Err(e)) => return Outcome::Failed(format!("connect n{node}: {e}")),
-            Err(_) => return Outcome::Failed(format!("connect n{node}: timed out")),
         }
-    }
-    let Some(s) = sessions.get_mut(&node) else {
-        return Outcome::Failed("no session".into());
     };
     let r = tokio::time::timeout(limit, s.deposit(proof.address(), payload)).await;
     match r {
@@ -457,7 +493,10 @@ async fn deposit(
 
 /// Every message of an ozone as node `i` serves it, oldest first.
 pub async fn fetch_all(lab: &Lab, i: usize, proof: OzoneProof) -> Result<Vec<Bytes>, String> {
-    let mut s = lab.session(i).await.map_err(|e| format!("fetch from n{i}: {e}"))?;
+    let mut s = lab
+        .session(i)
+        .await
+        .map_err(|e| format!("fetch from n{i}: {e}"))?;
     let mut out = Vec::new();
     let mut after: Option<Position> = None;
     loop {
@@ -480,7 +519,12 @@ pub async fn fetch_all(lab: &Lab, i: usize, proof: OzoneProof) -> Result<Vec<Byt
 
 /// Read every ozone back from node `reader` and judge the attempts: each acknowledged deposit
 /// is served exactly once; nothing is served twice; nothing appears that nobody deposited.
-pub fn check_deposits(lab: &Lab, reader: usize, proofs: &[OzoneProof], attempts: &[Attempt]) -> Result<DepositReport, String> {
+pub fn check_deposits(
+    lab: &Lab,
+    reader: usize,
+    proofs: &[OzoneProof],
+    attempts: &[Attempt],
+) -> Result<DepositReport, String> {
     let mut problems = Vec::new();
     let mut report = DepositReport::default();
     for (k, proof) in proofs.iter().enumerate() {
@@ -510,10 +554,16 @@ pub fn check_deposits(lab: &Lab, reader: usize, proofs: &[OzoneProof], attempts:
         }
         for (m, n) in &counts {
             if *n > 1 {
-                problems.push(format!("DUPLICATE: ozone {k}: {:?} served {n} times", String::from_utf8_lossy(m)));
+                problems.push(format!(
+                    "DUPLICATE: ozone {k}: {:?} served {n} times",
+                    String::from_utf8_lossy(m)
+                ));
             }
             if !attempted.contains(m) {
-                problems.push(format!("FORGED: ozone {k}: {:?} was never deposited", String::from_utf8_lossy(m)));
+                problems.push(format!(
+                    "FORGED: ozone {k}: {:?} was never deposited",
+                    String::from_utf8_lossy(m)
+                ));
             }
         }
         report.served += served.len() as u64;

@@ -92,8 +92,11 @@ impl Lab {
         eprintln!(
             "chaos {name}: seed {seed} (replay: ECHOMESH_CHAOS_SEED={seed} cargo test -p echomesh-tests --test chaos {name})"
         );
-        let k = NEXT_LAB.fetch_add(1, Ordering::Relaxed).wrapping_add((std::process::id() % 200) as u8);
-        let forced = spec.force_loopback || std::env::var("ECHOMESH_CHAOS_NET").as_deref() == Ok("loopback");
+        let k = NEXT_LAB
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add((std::process::id() % 200) as u8);
+        let forced =
+            spec.force_loopback || std::env::var("ECHOMESH_CHAOS_NET").as_deref() == Ok("loopback");
         let net = match forced {
             true => {
                 eprintln!("chaos {name}: loopback requested: nodes on 127.47.{k}.x, faults in the userspace proxy");
@@ -154,7 +157,8 @@ impl Lab {
                 flags.push(format!("{addr}#{}", lab.fingerprints[other]));
             }
             let host = lab.host(i);
-            let node = TestNode::start_on(lab._root.path(), &format!("n{i}"), &host, QUIC_PORT, &flags);
+            let node =
+                TestNode::start_on(lab._root.path(), &format!("n{i}"), &host, QUIC_PORT, &flags);
             lab.nodes.push(node);
         }
         lab.wait_links_up(Duration::from_secs(30));
@@ -179,7 +183,12 @@ impl Lab {
                     (ab, ba)
                 });
                 if let Some(&(_, _, ms, jitter)) = delay {
-                    for f in [&pair.0.to_upstream, &pair.0.to_client, &pair.1.to_upstream, &pair.1.to_client] {
+                    for f in [
+                        &pair.0.to_upstream,
+                        &pair.0.to_client,
+                        &pair.1.to_upstream,
+                        &pair.1.to_client,
+                    ] {
                         f.set_delay(ms, jitter);
                     }
                 }
@@ -217,7 +226,10 @@ impl Lab {
         let what = what.into();
         let at = self.started.elapsed();
         eprintln!("chaos {} +{:.1}s: {what}", self.name, at.as_secs_f64());
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).push((at, what));
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((at, what));
     }
 
     fn link(&self, a: usize, b: usize) -> Option<&Link> {
@@ -228,7 +240,10 @@ impl Lab {
 
     /// The proxy fault switches that carry datagrams from `from` to `to`.
     fn proxy_faults(&self, from: usize, to: usize) -> Vec<&proxy::Faults> {
-        match self.link(from, to).and_then(|l| l.proxies.as_ref().map(|p| (l, p))) {
+        match self
+            .link(from, to)
+            .and_then(|l| l.proxies.as_ref().map(|p| (l, p)))
+        {
             // The proxy for from's dial carries from→to towards upstream; the one for to's
             // dial carries it back towards its client.
             Some((l, (ab, ba))) if l.a == from => vec![&ab.to_upstream, &ba.to_client],
@@ -260,7 +275,12 @@ impl Lab {
         self.log("heal all partitions");
         for l in &self.links {
             if let Some((ab, ba)) = &l.proxies {
-                for f in [&ab.to_upstream, &ab.to_client, &ba.to_upstream, &ba.to_client] {
+                for f in [
+                    &ab.to_upstream,
+                    &ab.to_client,
+                    &ba.to_upstream,
+                    &ba.to_client,
+                ] {
                     f.set_blocked(false);
                 }
             }
@@ -278,7 +298,12 @@ impl Lab {
             Net::Loopback { .. } => {
                 for l in &self.links {
                     if let Some((ab, ba)) = &l.proxies {
-                        for f in [&ab.to_upstream, &ab.to_client, &ba.to_upstream, &ba.to_client] {
+                        for f in [
+                            &ab.to_upstream,
+                            &ab.to_client,
+                            &ba.to_upstream,
+                            &ba.to_client,
+                        ] {
                             f.set_loss_percent(pct);
                         }
                     }
@@ -291,12 +316,18 @@ impl Lab {
     pub fn fault_drops(&self) -> u64 {
         let mut total = 0;
         if let Net::Netns(n) = &self.net {
-            total += (0..self.nodes.len()).map(|i| n.dropped(i)).sum::<u64>();
+            total += n.dropped();
         }
         for l in &self.links {
             if let Some((ab, ba)) = &l.proxies {
-                for f in [&ab.to_upstream, &ab.to_client, &ba.to_upstream, &ba.to_client] {
-                    total += f.lost.load(Ordering::Relaxed) + f.blocked_drops.load(Ordering::Relaxed);
+                for f in [
+                    &ab.to_upstream,
+                    &ab.to_client,
+                    &ba.to_upstream,
+                    &ba.to_client,
+                ] {
+                    total +=
+                        f.lost.load(Ordering::Relaxed) + f.blocked_drops.load(Ordering::Relaxed);
                 }
             }
         }
@@ -308,7 +339,14 @@ impl Lab {
         self.links
             .iter()
             .filter_map(|l| l.proxies.as_ref())
-            .flat_map(|(ab, ba)| [&ab.to_upstream, &ab.to_client, &ba.to_upstream, &ba.to_client])
+            .flat_map(|(ab, ba)| {
+                [
+                    &ab.to_upstream,
+                    &ab.to_client,
+                    &ba.to_upstream,
+                    &ba.to_client,
+                ]
+            })
             .map(|f| f.passed.load(Ordering::Relaxed))
             .sum()
     }
@@ -328,7 +366,10 @@ impl Lab {
 
     /// SIGSTOP / SIGCONT: a node that hangs and comes back.
     pub fn freeze(&self, i: usize, frozen: bool) {
-        self.log(format!("{} n{i}", if frozen { "SIGSTOP" } else { "SIGCONT" }));
+        self.log(format!(
+            "{} n{i}",
+            if frozen { "SIGSTOP" } else { "SIGCONT" }
+        ));
         self.nodes[i].signal(if frozen { "-STOP" } else { "-CONT" });
     }
 
@@ -341,7 +382,11 @@ impl Lab {
     pub fn wait_links_up_except(&mut self, timeout: Duration, except: &[(usize, usize)]) {
         let n = self.nodes.len();
         let mut want: Vec<Vec<String>> = vec![Vec::new(); n];
-        let cut = |a: usize, b: usize| except.iter().any(|&(x, y)| (x, y) == (a, b) || (x, y) == (b, a));
+        let cut = |a: usize, b: usize| {
+            except
+                .iter()
+                .any(|&(x, y)| (x, y) == (a, b) || (x, y) == (b, a))
+        };
         for l in self.links.iter().filter(|l| !cut(l.a, l.b)) {
             want[l.a].push(self.fingerprints[l.b].clone());
             want[l.b].push(self.fingerprints[l.a].clone());
@@ -363,7 +408,10 @@ impl Lab {
     }
 
     /// A client session to node `i` over the lab network, pinned by fingerprint.
-    pub async fn session(&self, i: usize) -> Result<echomesh_node::client::ClientSession, echomesh_node::client::ClientError> {
+    pub async fn session(
+        &self,
+        i: usize,
+    ) -> Result<echomesh_node::client::ClientSession, echomesh_node::client::ClientError> {
         connect(&self.client, self.node_addr(i), &self.fingerprints[i]).await
     }
 
@@ -387,7 +435,11 @@ impl Lab {
         )?;
         Ok(self
             .client
-            .connect_with(cfg, self.node_addr(i), echomesh_node::transport::SERVER_NAME)?
+            .connect_with(
+                cfg,
+                self.node_addr(i),
+                echomesh_node::transport::SERVER_NAME,
+            )?
             .await?)
     }
 

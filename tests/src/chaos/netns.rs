@@ -12,6 +12,8 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 pub struct Netns {
+    /// Drops counted by rules that were flushed since (so that proof of a fault survives a heal).
+    flushed_drops: std::sync::atomic::AtomicU64,
     k: u8,
     hub: String,
     nodes: Vec<String>,
@@ -90,6 +92,7 @@ impl Netns {
         let host_if = format!("emh{k}");
         let _ = run(&["ip", "link", "del", &host_if]);
         let mut net = Netns {
+            flushed_drops: Default::default(),
             k,
             hub: format!("emc{pid}-{k}-hub"),
             nodes: (0..n).map(|i| format!("emc{pid}-{k}-n{i}")).collect(),
@@ -114,12 +117,24 @@ impl Netns {
                 "ip", "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
                 "netns", ns,
             ])?;
-            run(&["ip", "-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
+            run(&[
+                "ip", "-n", &hub, "link", "set", &port, "master", "br0", "up",
+            ])?;
             run(&["ip", "-n", ns, "addr", "add", &ip, "dev", "eth0"])?;
             run(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
             // QUIC sends UDP GSO batches; on a veth a batch would cross (and be dropped by a
             // loss rule) as one packet. Segment before the veth so loss hits datagrams.
-            run(&["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx-udp-segmentation", "off"])?;
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "ethtool",
+                "-K",
+                "eth0",
+                "tx-udp-segmentation",
+                "off",
+            ])?;
             nft(
                 ns,
                 "add table inet chaos\n\
@@ -134,9 +149,25 @@ impl Netns {
         run(&[
             "ip", "link", "add", &h, "type", "veth", "peer", "name", "host", "netns", &hub,
         ])?;
-        run(&["ip", "-n", &hub, "link", "set", "host", "master", "br0", "up"])?;
-        run(&["ip", "addr", "add", &format!("{}/24", self.host_ip()), "dev", &h])?;
-        run(&["ip", "addr", "add", &format!("{}/24", self.proxy_ip()), "dev", &h])?;
+        run(&[
+            "ip", "-n", &hub, "link", "set", "host", "master", "br0", "up",
+        ])?;
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", self.host_ip()),
+            "dev",
+            &h,
+        ])?;
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", self.proxy_ip()),
+            "dev",
+            &h,
+        ])?;
         run(&["ip", "link", "set", &h, "up"])?;
         Ok(())
     }
@@ -170,8 +201,18 @@ impl Netns {
         )
     }
 
+    /// Before `chain` is flushed: add what its rules counted to the running total.
+    fn keep_counts(&self, chain: &str) {
+        let now: u64 = (0..self.nodes.len())
+            .map(|i| self.rule_drops(i, chain))
+            .sum();
+        self.flushed_drops
+            .fetch_add(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Remove every partition rule.
     pub fn unblock_all(&self) -> Result<(), String> {
+        self.keep_counts("block");
         for ns in &self.nodes {
             nft(ns, "flush chain inet chaos block\n")?;
         }
@@ -180,6 +221,7 @@ impl Netns {
 
     /// Drop `pct` % of the UDP datagrams each node receives from anything but the clients.
     pub fn set_loss(&self, pct: u32) -> Result<(), String> {
+        self.keep_counts("loss");
         for ns in &self.nodes {
             let mut script = "flush chain inet chaos loss\n".to_string();
             if pct > 0 {
@@ -193,10 +235,30 @@ impl Netns {
         Ok(())
     }
 
-    /// Packets the chaos rules dropped in node `i`'s namespace (proof that a fault bit).
-    pub fn dropped(&self, i: usize) -> u64 {
+    /// Packets the chaos rules dropped, in all namespaces, since the lab started (proof that
+    /// a fault bit).
+    pub fn dropped(&self) -> u64 {
+        self.flushed_drops
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + (0..self.nodes.len())
+                .map(|i| self.rule_drops(i, "block") + self.rule_drops(i, "loss"))
+                .sum::<u64>()
+    }
+
+    /// What the rules of `chain` in node `i`'s namespace count now.
+    fn rule_drops(&self, i: usize, chain: &str) -> u64 {
         let Ok(out) = Command::new("ip")
-            .args(["netns", "exec", &self.nodes[i], "nft", "list", "table", "inet", "chaos"])
+            .args([
+                "netns",
+                "exec",
+                &self.nodes[i],
+                "nft",
+                "list",
+                "chain",
+                "inet",
+                "chaos",
+                chain,
+            ])
             .output()
         else {
             return 0;

@@ -91,7 +91,11 @@ pub async fn start(bind_ip: IpAddr, upstream: SocketAddr, seed: u64) -> std::io:
         });
     }
     // upstream → client
-    let tx_back = delayer(listen.clone(), Some(client.clone()), proxy.to_client.clone());
+    let tx_back = delayer(
+        listen.clone(),
+        Some(client.clone()),
+        proxy.to_client.clone(),
+    );
     {
         let (up, faults) = (up.clone(), proxy.to_client.clone());
         tokio::spawn(async move {
@@ -163,8 +167,13 @@ fn delayer(
                 _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {}
             }
             let now = Instant::now();
-            while heap.peek().is_some_and(|std::cmp::Reverse((d, _, _))| *d <= now) {
-                let Some(std::cmp::Reverse((_, _, data))) = heap.pop() else { break };
+            while heap
+                .peek()
+                .is_some_and(|std::cmp::Reverse((d, _, _))| *d <= now)
+            {
+                let Some(std::cmp::Reverse((_, _, data))) = heap.pop() else {
+                    break;
+                };
                 let sent = match &to {
                     None => sock.send(&data).await,
                     Some(c) => {

@@ -300,8 +300,9 @@ fn drain_during_load_loses_nothing() {
         nodes: 3,
         links: vec![(0, 1), (1, 2), (0, 2)],
         delayed: vec![],
+        // No periodic repair within the scenario: only the drain's hand-off restores R.
         config: format!(
-            "drain_client_grace_secs = 2\n{FAST_PEERS}\n[ozone]\nrepair_interval_secs = 3\n"
+            "drain_client_grace_secs = 2\n{FAST_PEERS}\n[ozone]\nrepair_interval_secs = 600\n"
         ),
         force_loopback: false,
     };

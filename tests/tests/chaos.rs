@@ -55,6 +55,17 @@ fn ring_with_chords(n: usize) -> Vec<(usize, usize)> {
     links
 }
 
+/// Three nodes, each linked to the other two (one cluster), all with `config`.
+fn triangle(config: &str) -> LabSpec {
+    LabSpec {
+        nodes: 3,
+        links: vec![(0, 1), (1, 2), (0, 2)],
+        delayed: vec![],
+        config: config.into(),
+        force_loopback: false,
+    }
+}
+
 fn join_all(lab: &Lab, senders: Vec<tokio::task::JoinHandle<Result<u64, String>>>) {
     for s in senders {
         lab.rt
@@ -139,15 +150,9 @@ fn flood_under_loss_on_the_loopback_fallback() {
 #[test]
 fn partition_then_heal_converges_the_ozones() {
     let name = "partition_then_heal_converges_the_ozones";
-    let spec = LabSpec {
-        nodes: 3,
-        links: vec![(0, 1), (1, 2), (0, 2)],
-        delayed: vec![],
-        config: format!(
-            "{FAST_PEERS}\n[ozone]\nreplicas = 3\nwrite_quorum = 2\nrepair_interval_secs = 3\n"
-        ),
-        force_loopback: false,
-    };
+    let spec = triangle(&format!(
+        "{FAST_PEERS}\n[ozone]\nreplicas = 3\nwrite_quorum = 2\nrepair_interval_secs = 3\n"
+    ));
     let mut lab = Lab::start(name, spec);
     let subs = subscribers(&lab);
     let log = SendLog::default();
@@ -225,13 +230,9 @@ fn partition_then_heal_converges_the_ozones() {
 #[test]
 fn kill9_of_each_node_in_turn_during_deposits_loses_nothing() {
     let name = "kill9_of_each_node_in_turn_during_deposits_loses_nothing";
-    let spec = LabSpec {
-        nodes: 3,
-        links: vec![(0, 1), (1, 2), (0, 2)],
-        delayed: vec![],
-        config: format!("{FAST_PEERS}\n[ozone]\nrepair_interval_secs = 3\n"),
-        force_loopback: false,
-    };
+    let spec = triangle(&format!(
+        "{FAST_PEERS}\n[ozone]\nrepair_interval_secs = 3\n"
+    ));
     let mut lab = Lab::start(name, spec);
     let mut order = [0usize, 1, 2];
     order.shuffle(&mut lab.rng);
@@ -296,16 +297,10 @@ fn kill9_of_each_node_in_turn_during_deposits_loses_nothing() {
 #[test]
 fn drain_during_load_loses_nothing() {
     let name = "drain_during_load_loses_nothing";
-    let spec = LabSpec {
-        nodes: 3,
-        links: vec![(0, 1), (1, 2), (0, 2)],
-        delayed: vec![],
-        // No periodic repair within the scenario: only the drain's hand-off restores R.
-        config: format!(
-            "drain_client_grace_secs = 2\n{FAST_PEERS}\n[ozone]\nrepair_interval_secs = 600\n"
-        ),
-        force_loopback: false,
-    };
+    // No periodic repair within the scenario: only the drain's hand-off restores R.
+    let spec = triangle(&format!(
+        "drain_client_grace_secs = 2\n{FAST_PEERS}\n[ozone]\nrepair_interval_secs = 600\n"
+    ));
     let mut lab = Lab::start(name, spec);
     let mut subs = subscribers(&lab);
     let followers: Vec<Subscriber> = (0..3).map(|_| Subscriber::following(&lab, 1)).collect();
@@ -380,13 +375,7 @@ fn drain_during_load_loses_nothing() {
 #[test]
 fn flapping_link_keeps_delivery_exact() {
     let name = "flapping_link_keeps_delivery_exact";
-    let spec = LabSpec {
-        nodes: 3,
-        links: vec![(0, 1), (1, 2), (0, 2)],
-        delayed: vec![],
-        config: FAST_PEERS.into(),
-        force_loopback: false,
-    };
+    let spec = triangle(FAST_PEERS);
     let mut lab = Lab::start(name, spec);
     let subs = subscribers(&lab);
     let log = SendLog::default();

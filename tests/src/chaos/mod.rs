@@ -200,6 +200,21 @@ impl Lab {
         }
     }
 
+    /// Every fault switch of every proxy (both directions of both dials of each link).
+    fn all_proxy_faults(&self) -> impl Iterator<Item = &proxy::Faults> {
+        self.links
+            .iter()
+            .filter_map(|l| l.proxies.as_ref())
+            .flat_map(|(ab, ba)| {
+                [
+                    &*ab.to_upstream,
+                    &*ab.to_client,
+                    &*ba.to_upstream,
+                    &*ba.to_client,
+                ]
+            })
+    }
+
     pub fn is_netns(&self) -> bool {
         matches!(self.net, Net::Netns(_))
     }
@@ -273,17 +288,8 @@ impl Lab {
     /// Remove every partition.
     pub fn heal(&self) {
         self.log("heal all partitions");
-        for l in &self.links {
-            if let Some((ab, ba)) = &l.proxies {
-                for f in [
-                    &ab.to_upstream,
-                    &ab.to_client,
-                    &ba.to_upstream,
-                    &ba.to_client,
-                ] {
-                    f.set_blocked(false);
-                }
-            }
+        for f in self.all_proxy_faults() {
+            f.set_blocked(false);
         }
         if let Net::Netns(n) = &self.net {
             n.unblock_all().expect("nft flush");
@@ -296,17 +302,8 @@ impl Lab {
         match &self.net {
             Net::Netns(n) => n.set_loss(pct).expect("nft loss"),
             Net::Loopback { .. } => {
-                for l in &self.links {
-                    if let Some((ab, ba)) = &l.proxies {
-                        for f in [
-                            &ab.to_upstream,
-                            &ab.to_client,
-                            &ba.to_upstream,
-                            &ba.to_client,
-                        ] {
-                            f.set_loss_percent(pct);
-                        }
-                    }
+                for f in self.all_proxy_faults() {
+                    f.set_loss_percent(pct);
                 }
             }
         }
@@ -318,35 +315,16 @@ impl Lab {
         if let Net::Netns(n) = &self.net {
             total += n.dropped();
         }
-        for l in &self.links {
-            if let Some((ab, ba)) = &l.proxies {
-                for f in [
-                    &ab.to_upstream,
-                    &ab.to_client,
-                    &ba.to_upstream,
-                    &ba.to_client,
-                ] {
-                    total +=
-                        f.lost.load(Ordering::Relaxed) + f.blocked_drops.load(Ordering::Relaxed);
-                }
-            }
-        }
+        total += self
+            .all_proxy_faults()
+            .map(|f| f.lost.load(Ordering::Relaxed) + f.blocked_drops.load(Ordering::Relaxed))
+            .sum::<u64>();
         total
     }
 
     /// Datagrams the delay proxies passed (proof that delayed links carried the traffic).
     pub fn proxied_datagrams(&self) -> u64 {
-        self.links
-            .iter()
-            .filter_map(|l| l.proxies.as_ref())
-            .flat_map(|(ab, ba)| {
-                [
-                    &ab.to_upstream,
-                    &ab.to_client,
-                    &ba.to_upstream,
-                    &ba.to_client,
-                ]
-            })
+        self.all_proxy_faults()
             .map(|f| f.passed.load(Ordering::Relaxed))
             .sum()
     }

@@ -364,6 +364,17 @@ pub async fn info(
 /// Answer a neighbor's ozone request.
 pub async fn serve_peer(ctx: &Arc<Ctx>, req: PeerRequest) -> PeerReply {
     let r = match req {
+        // A draining node takes no new copies, whatever a peer with an older view of it
+        // thinks: what it stored after its hand-off would leave with it. The depositing node
+        // counts this replica as missing (not durable there), so nothing is acknowledged on it.
+        PeerRequest::OzoneStore(_) if ctx.draining.load(std::sync::atomic::Ordering::SeqCst) => {
+            tracing::info!("refused ozone copies: this node is draining");
+            Ok(PeerReply::Error {
+                message:
+                    "draining: this node takes no new ozone copies; place them on another member"
+                        .into(),
+            })
+        }
         PeerRequest::OzoneStore(messages) => {
             blocking(ctx, move |s| {
                 let mut durable = 0u32;

@@ -125,13 +125,18 @@ impl Neighbor {
         self.inner().conns.first().map(|(_, c)| c.clone())
     }
 
-    /// Record what the neighbor said in its hello. A new connection means it serves again
-    /// unless it says otherwise (a draining node repeats its `Departure` on every connection).
+    /// Record what the neighbor said in its hello. A first connection (after none) means it
+    /// serves again unless it says otherwise (a draining node repeats its `Departure` on every
+    /// connection). An extra connection while another is up comes from the same process: what
+    /// it already told us stands — resetting it would let ozone copies be placed on a node that
+    /// is draining, in the moment before it repeats itself.
     pub fn set_hello(&self, cluster: String, version: u16) {
         let mut i = self.inner();
         i.cluster = Some(cluster);
         i.version = version;
-        i.departure = Departure::Up;
+        if i.conns.is_empty() {
+            i.departure = Departure::Up;
+        }
     }
 
     pub fn version(&self) -> u16 {

@@ -66,6 +66,19 @@ fn triangle(config: &str) -> LabSpec {
     }
 }
 
+/// Every packet the senders logged reaches every subscriber in `subs` exactly once (waits at
+/// most 60 s, then watches 1 s more for late duplicates), or the test fails with the report.
+fn all_delivered_once(log: &SendLog, subs: &[&Subscriber]) -> history::FloodReport {
+    check_flood(
+        &log.all(),
+        subs,
+        |_, _| true,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn join_all(lab: &Lab, senders: Vec<tokio::task::JoinHandle<Result<u64, String>>>) {
     for s in senders {
         lab.rt
@@ -105,15 +118,7 @@ fn flood_under_loss(name: &str, force_loopback: bool) {
         join_all(&lab, senders);
         lab.log(format!("phase {phase}: {} packets sent", log.all().len()));
     }
-    let sent = log.all();
-    let report = check_flood(
-        &sent,
-        &subs.iter().collect::<Vec<_>>(),
-        |_, _| true,
-        Duration::from_secs(60),
-        Duration::from_secs(1),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let report = all_delivered_once(&log, &subs.iter().collect::<Vec<_>>());
     let drops = lab.fault_drops();
     let proxied = lab.proxied_datagrams();
     lab.set_loss(0);
@@ -336,15 +341,7 @@ fn drain_during_load_loses_nothing() {
     let on_n1 = subs.remove(1);
     drop(on_n1);
     let all: Vec<&Subscriber> = subs.iter().chain(followers.iter()).collect();
-    let sent = log.all();
-    let report = check_flood(
-        &sent,
-        &all,
-        |_, _| true,
-        Duration::from_secs(60),
-        Duration::from_secs(1),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let report = all_delivered_once(&log, &all);
     for f in &followers {
         assert!(
             f.moves() >= 1,
@@ -405,15 +402,7 @@ fn flapping_link_keeps_delivery_exact() {
         flap += 1;
     }
     join_all(&lab, flows);
-    let sent = log.all();
-    let report = check_flood(
-        &sent,
-        &subs.iter().collect::<Vec<_>>(),
-        |_, _| true,
-        Duration::from_secs(60),
-        Duration::from_secs(1),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let report = all_delivered_once(&log, &subs.iter().collect::<Vec<_>>());
     let n1 = format!("neighbor={}", lab.nodes[1].info.id);
     let ups = std::fs::read_to_string(lab.nodes[0].dir.join("node.log"))
         .unwrap_or_default()
@@ -575,14 +564,7 @@ fn hostile_neighbor_flooding_10x_and_sending_garbage_is_contained() {
             Duration::from_millis(10),
         )],
     );
-    let report = check_flood(
-        &log.all(),
-        &all_subs,
-        |_, _| true,
-        Duration::from_secs(30),
-        Duration::from_secs(1),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let report = all_delivered_once(&log, &all_subs);
     let limited = lab.nodes[0]
         .metric("echomesh_packets_dropped_total{reason=\"neighbor_rate_limited\"}")
         - before;

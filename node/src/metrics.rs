@@ -294,7 +294,7 @@ impl Metrics {
             ),
             ozone_deposits: counter_vec(
                 "echomesh_ozone_deposits_total",
-                "Ozone deposits handled by this node, by result (stored, duplicate, acknowledged, quota, too_large, disk_budget, bad_id, not_durable, wrong_proof, storage).",
+                "Ozone deposits handled by this node, by result (stored, duplicate, acknowledged, quota, too_large, disk_budget, bad_id, not_durable, wrong_proof, storage; refused_draining: a peer's copy refused because this node is draining).",
                 &["result"],
             ),
             ozone_fetches: counter("echomesh_ozone_fetches_total", "Ozone fetch requests served."),
@@ -452,6 +452,7 @@ impl Metrics {
             "bad_id",
             "not_durable",
             "storage",
+            "refused_draining",
         ] {
             m.ozone_deposits.with_label_values(&[r]);
         }

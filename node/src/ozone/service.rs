@@ -368,6 +368,10 @@ pub async fn serve_peer(ctx: &Arc<Ctx>, req: PeerRequest) -> PeerReply {
         // thinks: what it stored after its hand-off would leave with it. The depositing node
         // counts this replica as missing (not durable there), so nothing is acknowledged on it.
         PeerRequest::OzoneStore(_) if ctx.draining.load(std::sync::atomic::Ordering::SeqCst) => {
+            ctx.metrics
+                .ozone_deposits
+                .with_label_values(&["refused_draining"])
+                .inc();
             tracing::info!("refused ozone copies: this node is draining");
             Ok(PeerReply::Error {
                 message:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Make N node identities for the chart, printed as Helm values (keep the file secret: it
 # holds private keys). Needs echomesh-node on PATH (or NODE_BIN).
-#   deploy/helm/make-identities.sh 3 > identities.yaml
-#   helm install mesh deploy/helm/echomesh -f identities.yaml
+#   helm/make-identities.sh 3 > identities.yaml
+#   helm install mesh helm/echomesh -f identities.yaml
 set -euo pipefail
 n="${1:?usage: make-identities.sh NUMBER_OF_PODS}"
 node="${NODE_BIN:-echomesh-node}"

@@ -354,39 +354,15 @@ async fn inject(
     if count == 0 {
         bail!("--count must be at least 1");
     }
-    let (_ep, session) = crate::target_node::connect(node).await?;
-    let (conn, mut w, mut r) = session.split();
+    let (ep, session) = crate::target_node::connect(node).await?;
     const BATCH: u64 = 256;
     let fixed = payload.map(|p| Bytes::from(p.into_bytes()));
-    let (mut sent, mut acked_batches) = (0u64, 0u64);
-    let (mut accepted, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
-    let batches = count.div_ceil(BATCH);
-    let mut batch = Vec::with_capacity(BATCH as usize);
-    // Send all batches, reading acknowledgements as they come (pipelined).
-    let reader = async {
-        while acked_batches < batches {
-            match r.next_event().await? {
-                Some(ClientEvent::Injected {
-                    accepted: a,
-                    duplicates: d,
-                    rejected: x,
-                }) => {
-                    accepted += u64::from(a);
-                    duplicates += u64::from(d);
-                    rejected += u64::from(x);
-                    acked_batches += 1;
-                }
-                Some(ClientEvent::Error { message, .. }) => bail!("node refused: {message}"),
-                Some(_) => {}
-                None => bail!("node closed the session"),
-            }
-        }
-        anyhow::Ok(())
-    };
-    let writer = async {
-        while sent < count {
-            batch.clear();
-            while sent < count && (batch.len() as u64) < BATCH {
+    // Batches are made once and kept until acknowledged: after a lost connection the same
+    // bytes are sent again, and the node's seen-cache makes the retry harmless.
+    let batches = (0..count.div_ceil(BATCH)).map(|b| {
+        let n = (count - b * BATCH).min(BATCH);
+        (0..n)
+            .map(|_| {
                 let p = match &fixed {
                     Some(p) => p.clone(),
                     None => {
@@ -395,18 +371,27 @@ async fn inject(
                         Bytes::from(v)
                     }
                 };
-                batch.push(EchoPacket::new(p, hops, None));
-                sent += 1;
-            }
-            w.inject(&batch).await?;
-        }
-        anyhow::Ok(())
-    };
-    let (rr, wr) = tokio::join!(reader, writer);
-    wr?;
-    rr?;
-    w.finish();
-    conn.close(0u32.into(), b"done");
+                EchoPacket::new(p, hops, None)
+            })
+            .collect::<Vec<_>>()
+    });
+    let sent = count;
+    let r = echomesh_node::client::inject::inject_all(
+        &ep,
+        session,
+        crate::target_node::AGENT,
+        batches,
+        echomesh_node::client::follow::RESUME_FOR,
+        |_, _, _| {},
+    )
+    .await?;
+    if r.reconnects > 0 {
+        eprintln!(
+            "inject: the connection broke {} times; unacknowledged batches were sent again",
+            r.reconnects
+        );
+    }
+    let (accepted, duplicates, rejected) = (r.accepted, r.duplicates, r.rejected);
     if json {
         println!(
             "{}",

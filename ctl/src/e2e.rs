@@ -15,6 +15,7 @@ use bytes::Bytes;
 use echomesh_node::keydir::{
     participant_key, BundleKind, Fingerprint, KeyBundle, BUNDLE_FORMAT, RSA_BITS,
 };
+use echomesh_node::ozone::{OzoneAddr, OzoneProof};
 use echomesh_node::wire;
 use rand::RngCore;
 use rsa::pkcs8::EncodePublicKey;
@@ -118,14 +119,36 @@ impl Participant {
         sig.to_vec()
     }
 
-    /// A signed key bundle for this key.
-    pub fn bundle(&self, kind: BundleKind, display_name: &str, created_at: u64) -> KeyBundle {
+    /// The proof of this participant's personal mailbox. Derived from the private key, so a
+    /// key file is all one needs to read one's mailbox (and any key, old ones included, has
+    /// one); the address it opens is what the key bundle names.
+    pub fn mailbox(&self) -> OzoneProof {
+        use rsa::pkcs8::EncodePrivateKey;
+        let der = self
+            .key
+            .to_pkcs8_der()
+            .map(|d| d.as_bytes().to_vec())
+            .unwrap_or_else(|_| self.public_der.clone());
+        OzoneProof::from_secret(&blake3::derive_key("echomesh personal mailbox v1", &der))
+    }
+
+    /// A signed key bundle for this key, naming its mailbox unless `mailbox` is false (then
+    /// the participant is reachable only while connected).
+    pub fn bundle(
+        &self,
+        kind: BundleKind,
+        display_name: &str,
+        created_at: u64,
+        mailbox: bool,
+    ) -> KeyBundle {
+        let mailbox = mailbox.then(|| self.mailbox().address());
         let msg = KeyBundle::signed_bytes(
             BUNDLE_FORMAT,
             kind,
             &self.public_der,
             display_name,
             created_at,
+            mailbox.as_ref(),
         );
         KeyBundle {
             format: BUNDLE_FORMAT,
@@ -134,6 +157,7 @@ impl Participant {
             display_name: display_name.to_string(),
             created_at,
             signature: Bytes::from(self.sign(&msg)),
+            mailbox,
         }
     }
 }
@@ -144,6 +168,8 @@ pub struct Recipient {
     key: RsaPublicKey,
     pub fingerprint: Fingerprint,
     pub display_name: String,
+    /// Their personal mailbox, when their bundle names one.
+    pub mailbox: Option<OzoneAddr>,
 }
 
 impl Recipient {
@@ -163,6 +189,7 @@ impl Recipient {
             key,
             fingerprint: b.fingerprint(),
             display_name: b.display_name.clone(),
+            mailbox: b.mailbox,
         })
     }
 }
@@ -354,7 +381,11 @@ mod tests {
     }
 
     fn recipient(p: &Participant) -> Recipient {
-        Recipient::from_bundle(&p.bundle(BundleKind::Publish, "x", unix_now()), unix_now()).unwrap()
+        Recipient::from_bundle(
+            &p.bundle(BundleKind::Publish, "x", unix_now(), true),
+            unix_now(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -402,9 +433,9 @@ mod tests {
     #[test]
     fn revoked_or_forged_bundles_are_not_recipients() {
         let (alice, _, eve) = people();
-        let revoked = alice.bundle(BundleKind::Revoke, "a", unix_now());
+        let revoked = alice.bundle(BundleKind::Revoke, "a", unix_now(), true);
         assert!(Recipient::from_bundle(&revoked, unix_now()).is_err());
-        let mut swapped = alice.bundle(BundleKind::Publish, "a", unix_now());
+        let mut swapped = alice.bundle(BundleKind::Publish, "a", unix_now(), true);
         swapped.public_key = Bytes::from(eve.public_der().to_vec());
         assert!(Recipient::from_bundle(&swapped, unix_now()).is_err());
     }

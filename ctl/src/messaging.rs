@@ -50,6 +50,11 @@ pub enum KeysCmd {
         /// Display name shown to people who look you up (default: $USER).
         #[arg(long)]
         name: Option<String>,
+        /// Publish without your personal mailbox: then messages reach you only while your
+        /// client is connected (by default the bundle names it, and messages sent while you
+        /// are offline wait there, replicated on the cluster).
+        #[arg(long)]
+        no_mailbox: bool,
     },
     /// Look up a participant by short ID (e.g. M8N22HT6QK) or full fingerprint.
     Lookup {
@@ -140,8 +145,10 @@ pub struct SendArgs {
 pub struct RecvArgs {
     #[arg(long)]
     node: NodeTarget,
-    /// Read the ozone (offline mailbox) derived from SECRET: stored messages first, oldest
-    /// first, each acknowledged (deleted) once shown; then live with --follow.
+    /// Read the ozone derived from SECRET instead of your personal mailbox: stored messages
+    /// first, oldest first, each acknowledged (deleted) once shown; then live with --follow.
+    /// Without it, `recv` reads your mailbox (messages sent while you were offline) the same
+    /// way, then listens live.
     #[arg(
         long,
         value_name = "SECRET",
@@ -244,16 +251,21 @@ pub async fn keys(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
             let who = load_key(&key)?;
             print_id(&who.fingerprint(), json, serde_json::json!({}));
         }
-        KeysCmd::Publish { node, key, name } => {
+        KeysCmd::Publish {
+            node,
+            key,
+            name,
+            no_mailbox,
+        } => {
             let who = load_key(&key)?;
             let name = name
                 .or_else(|| std::env::var("USER").ok())
                 .unwrap_or_else(|| "anonymous".into());
-            publish(&node, &who, BundleKind::Publish, &name, json).await?;
+            publish(&node, &who, BundleKind::Publish, &name, !no_mailbox, json).await?;
         }
         KeysCmd::Revoke { node, key } => {
             let who = load_key(&key)?;
-            publish(&node, &who, BundleKind::Revoke, "revoked", json).await?;
+            publish(&node, &who, BundleKind::Revoke, "revoked", false, json).await?;
         }
         KeysCmd::Lookup { node, id } => {
             let who: ParticipantRef = id.parse()?;
@@ -280,6 +292,14 @@ pub async fn keys(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
                     println!("name         {}", sanitize(&b.display_name));
                     println!("created      {} (unix time)", b.created_at);
                     println!("status       {} (signature verified)", b.kind.label());
+                    println!(
+                        "mailbox      {}",
+                        if b.mailbox.is_some() {
+                            "yes: messages wait there while they are offline"
+                        } else {
+                            "no: reachable only while connected"
+                        }
+                    );
                 }
             }
         }
@@ -301,7 +321,8 @@ fn print_id(fp: &Fingerprint, json: bool, mut extra: serde_json::Value) {
 fn bundle_json(b: &KeyBundle) -> serde_json::Value {
     let fp = b.fingerprint();
     serde_json::json!({"id": fp.short_id().to_string(), "fingerprint": fp.hex(),
-        "name": b.display_name, "created_at": b.created_at, "status": b.kind.label()})
+        "name": b.display_name, "created_at": b.created_at, "status": b.kind.label(),
+        "mailbox": b.mailbox.is_some()})
 }
 
 async fn publish(
@@ -309,9 +330,10 @@ async fn publish(
     who: &Participant,
     kind: BundleKind,
     name: &str,
+    mailbox: bool,
     json: bool,
 ) -> anyhow::Result<()> {
-    let bundle = who.bundle(kind, name, unix_now());
+    let bundle = who.bundle(kind, name, unix_now(), mailbox);
     let (_ep, mut s) = target_node::connect(node).await?;
     let changed = s
         .publish_key(bundle)
@@ -322,7 +344,7 @@ async fn publish(
         print_id(
             &fp,
             true,
-            serde_json::json!({"changed": changed, "status": kind.label()}),
+            serde_json::json!({"changed": changed, "status": kind.label(), "mailbox": mailbox}),
         );
     } else {
         print_id(&fp, false, serde_json::json!({}));
@@ -332,6 +354,16 @@ async fn publish(
             node.addr,
             if changed { "" } else { " (already there)" }
         );
+        if kind == BundleKind::Publish {
+            println!(
+                "mailbox      {}",
+                if mailbox {
+                    "published: messages sent while you are offline wait for your next `recv`"
+                } else {
+                    "none: you receive messages only while `recv` runs"
+                }
+            );
+        }
     }
     Ok(())
 }
@@ -379,7 +411,7 @@ pub async fn send(a: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
-    let (_ep, mut s) = target_node::connect(&a.node).await?;
+    let (ep, mut s) = target_node::connect(&a.node).await?;
     let mut recipients = Vec::new();
     for t in &a.to {
         recipients.push(resolve_recipient(&mut s, t).await?);
@@ -393,9 +425,12 @@ pub async fn send(a: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
         (None, None) => bail!("nothing to send: give a MESSAGE or --file"),
     };
     let epoch = tags::epoch_of(unix_now());
-    let mut packets = Vec::new();
+    let n_pieces = content.len();
+    let mut live_packets = Vec::new();
+    let mut outcomes = Vec::new();
     for r in &recipients {
         let tag = tags::tag(&tags::inbox_address(&r.fingerprint), epoch);
+        let mut pieces = Vec::new();
         for c in &content {
             let me_ref = &me;
             let (r2, c2) = (r.clone(), c.clone());
@@ -407,63 +442,169 @@ pub async fn send(a: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
                     s.max_payload
                 );
             }
-            packets.push(EchoPacket::new(Bytes::from(payload), 16, Some(tag)));
+            pieces.push(Bytes::from(payload));
         }
+        // An explicit --ozone wins; else the recipient's mailbox; else live only.
+        let mailbox = match &a.ozone {
+            Some(secret) => Some(OzoneProof::from_secret(secret.as_bytes()).address()),
+            None => r.mailbox,
+        };
+        let outcome = match mailbox {
+            Some(addr) => {
+                // One deposit per piece, each acknowledged only once durable (W copies); the
+                // node floods it live too, so a connected recipient sees it at once.
+                let mut copies = u8::MAX;
+                let mut failed = None;
+                for p in pieces {
+                    match deposit_retrying(&ep, &mut s, addr, p).await {
+                        Ok(c) => copies = copies.min(c),
+                        Err(e) => {
+                            failed = Some(format!("{e:#}"));
+                            break;
+                        }
+                    }
+                }
+                match failed {
+                    None => Delivery::Queued { copies },
+                    Some(why) => Delivery::Failed(why),
+                }
+            }
+            None => {
+                live_packets.extend(
+                    pieces
+                        .into_iter()
+                        .map(|p| EchoPacket::new(p, 16, Some(tag))),
+                );
+                Delivery::Live
+            }
+        };
+        outcomes.push((r, outcome));
     }
-    let total = packets.len();
-    let mut accepted = 0u64;
-    if let Some(secret) = &a.ozone {
-        // One deposit per piece, each acknowledged only once durable (W copies).
-        let addr = OzoneProof::from_secret(secret.as_bytes()).address();
-        for p in packets {
-            let (_, copies) = s
-                .deposit(addr, p.payload)
-                .await
-                .with_context(|| format!("depositing into the ozone at {}", a.node.addr))?;
-            tracing::debug!(copies, "deposit durable");
-            accepted += 1;
-        }
-        s.conn.close(0u32.into(), b"done");
-    } else {
-        accepted = inject_all(s, packets).await?;
-        if accepted < total as u64 {
+    if !live_packets.is_empty() {
+        let total = live_packets.len() as u64;
+        let acknowledged = inject_all(&ep, s, live_packets).await?;
+        if acknowledged < total {
             bail!(
                 "the node rejected {} of {total} packets (too large for it?)",
-                total as u64 - accepted
+                total - acknowledged
             );
         }
-    }
-    if json {
-        let to: Vec<_> = recipients
-            .iter()
-            .map(|r| serde_json::json!({"id": r.fingerprint.short_id().to_string(), "fingerprint": r.fingerprint.hex()}))
-            .collect();
-        println!("{}", serde_json::json!({"to": to, "packets": accepted}));
     } else {
-        let verb = if a.ozone.is_some() {
-            "deposited (durable) for"
-        } else {
-            "sent to"
-        };
-        for r in &recipients {
-            println!(
-                "{verb} {} ({}){}",
-                r.fingerprint.short_id(),
-                sanitize(&r.display_name),
-                if content.len() > 1 {
-                    format!(" in {} encrypted pieces", content.len())
-                } else {
-                    String::new()
+        s.conn.close(0u32.into(), b"done");
+    }
+    let all_ok = outcomes
+        .iter()
+        .all(|(_, o)| !matches!(o, Delivery::Failed(_)));
+    if json {
+        let to: Vec<_> = outcomes
+            .iter()
+            .map(|(r, o)| {
+                let mut v = serde_json::json!({"id": r.fingerprint.short_id().to_string(),
+                    "fingerprint": r.fingerprint.hex(), "delivery": o.label()});
+                match o {
+                    Delivery::Queued { copies } => v["copies"] = (*copies).into(),
+                    Delivery::Failed(why) => v["error"] = why.clone().into(),
+                    Delivery::Live => {}
                 }
+                v
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"to": to, "pieces": n_pieces, "ok": all_ok})
+        );
+    } else {
+        let pieces = if n_pieces > 1 {
+            format!(" in {n_pieces} encrypted pieces")
+        } else {
+            String::new()
+        };
+        for (r, o) in &outcomes {
+            let who = format!(
+                "{} ({})",
+                r.fingerprint.short_id(),
+                sanitize(&r.display_name)
             );
+            match o {
+                Delivery::Queued { copies } if a.ozone.is_some() => {
+                    println!("deposited (durable, {copies} copies) for {who}{pieces}")
+                }
+                Delivery::Queued { copies } => println!(
+                    "queued for {who}{pieces}: durable in their mailbox ({copies} copies); delivered now if they are connected, else at their next recv"
+                ),
+                Delivery::Live => println!(
+                    "live only: sent to {who}{pieces}; {} is reachable only while connected (no mailbox in their key bundle)",
+                    sanitize(&r.display_name)
+                ),
+                Delivery::Failed(why) => {
+                    eprintln!("NOT queued for {who}: {why}; nothing was acknowledged for them, send again")
+                }
+            }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-/// Inject packets in batches of about 1 MiB; returns how many the node took (new or known).
-async fn inject_all(s: ClientSession, packets: Vec<EchoPacket>) -> anyhow::Result<u64> {
-    let (conn, mut w, mut rd) = s.split();
+/// What `send` achieved for one recipient.
+enum Delivery {
+    /// Durable in their mailbox (or the named ozone) on this many copies (≥ W).
+    Queued {
+        copies: u8,
+    },
+    /// Sent live: they get it only if connected now.
+    Live,
+    Failed(String),
+}
+
+impl Delivery {
+    fn label(&self) -> &'static str {
+        match self {
+            Delivery::Queued { .. } => "queued",
+            Delivery::Live => "live",
+            Delivery::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Deposit one piece; a lost connection is dialed again and the same bytes deposited again
+/// (the ozone keeps one copy of a payload, so a retry is harmless).
+async fn deposit_retrying(
+    ep: &quinn::Endpoint,
+    s: &mut ClientSession,
+    addr: echomesh_node::ozone::OzoneAddr,
+    payload: Bytes,
+) -> anyhow::Result<u8> {
+    loop {
+        match s.deposit(addr, payload.clone()).await {
+            Ok((_, copies)) => return Ok(copies),
+            Err(e @ echomesh_node::client::ClientError::Io(_)) => {
+                tracing::info!(error = %e, "deposit session lost; dialing again");
+                *s = echomesh_node::client::inject::redial(
+                    ep,
+                    s.conn.remote_address(),
+                    s.node_id,
+                    target_node::AGENT,
+                    echomesh_node::client::follow::RESUME_FOR,
+                    e,
+                )
+                .await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Inject packets in batches of about 1 MiB, again after a lost connection; returns how many
+/// the node acknowledged (new or known).
+async fn inject_all(
+    ep: &quinn::Endpoint,
+    s: ClientSession,
+    packets: Vec<EchoPacket>,
+) -> anyhow::Result<u64> {
     let mut batches: Vec<Vec<EchoPacket>> = Vec::new();
     let mut cur = Vec::new();
     let mut cur_bytes = 0;
@@ -478,30 +619,17 @@ async fn inject_all(s: ClientSession, packets: Vec<EchoPacket>) -> anyhow::Resul
     if !cur.is_empty() {
         batches.push(cur);
     }
-    let mut accepted = 0u64;
-    for b in &batches {
-        w.inject(b).await?;
-        loop {
-            match rd.next_event().await? {
-                Some(ClientEvent::Injected {
-                    accepted: x,
-                    duplicates,
-                    ..
-                }) => {
-                    accepted += u64::from(x) + u64::from(duplicates);
-                    break;
-                }
-                Some(ClientEvent::Error { message, .. }) => {
-                    bail!("node refused the message: {message}")
-                }
-                Some(_) => {}
-                None => bail!("node closed the session before confirming"),
-            }
-        }
-    }
-    w.finish();
-    conn.close(0u32.into(), b"done");
-    Ok(accepted)
+    let r = echomesh_node::client::inject::inject_all(
+        ep,
+        s,
+        target_node::AGENT,
+        batches.into_iter(),
+        echomesh_node::client::follow::RESUME_FOR,
+        |_, _, _| {},
+    )
+    .await
+    .context("sending")?;
+    Ok(r.accepted + r.duplicates)
 }
 
 /// Text for a terminal: control characters (escape sequences, newlines) are shown escaped.
@@ -520,14 +648,24 @@ fn sanitize(s: &str) -> String {
 pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
     let me = load_key(&a.key)?;
     let fp = me.fingerprint();
-    let proof = a
-        .ozone
-        .as_deref()
-        .map(|s| OzoneProof::from_secret(s.as_bytes()));
-    let address = match &proof {
-        Some(p) => p.address().0,
-        None => tags::inbox_address(&fp),
+    // Stored messages come from the named ozone, or by default from one's own mailbox (its
+    // proof derives from the key); live ones also on the inbox tag (senders who found no
+    // mailbox in an older bundle of ours send live only).
+    let proof = match a.ozone.as_deref() {
+        Some(secret) => OzoneProof::from_secret(secret.as_bytes()),
+        None => me.mailbox(),
     };
+    let mut addresses = vec![proof.address().0];
+    if a.ozone.is_none() {
+        addresses.push(tags::inbox_address(&fp));
+    }
+    let live_tags = |now: u64| -> Vec<[u8; 32]> {
+        addresses
+            .iter()
+            .flat_map(|addr| tags::tags_around(addr, now))
+            .collect()
+    };
+    let stored_tags = |now: u64| tags::tags_around(&proof.address().0, now);
     std::fs::create_dir_all(&a.out_dir)
         .with_context(|| format!("creating {}", a.out_dir.display()))?;
     let (ep, mut s) = target_node::connect(&a.node).await?;
@@ -535,10 +673,10 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
     let mut files = Reassembler::new(a.max_file_bytes);
     let mut shown = 0u64;
     let mut seen: HashSet<[u8; 32]> = HashSet::new();
-    let live = proof.is_none() || a.follow;
+    let live = a.ozone.is_none() || a.follow;
     // Deliveries that arrive while stored messages are fetched wait here.
     let mut buffered: Vec<EchoPacket> = Vec::new();
-    let filter = SubscribeFilter::Tags(tags::tags_around(&address, unix_now()));
+    let filter = SubscribeFilter::Tags(live_tags(unix_now()));
     if live {
         w.subscribe(filter.clone()).await?;
         wait_for(rd, &mut buffered, |ev| {
@@ -546,7 +684,7 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
         })
         .await?;
     }
-    if let Some(proof) = proof {
+    {
         // Stored messages first, oldest first; each page acknowledged once shown.
         let mut after = None;
         loop {
@@ -629,7 +767,8 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
             let opened = tokio::task::block_in_place(|| e2e::open(&me, &p.payload));
             let r = show(opened, &mut files, &a.out_dir, json)?;
             shown += r.lines;
-            if let (Some(proof), true) = (proof, r.mine) {
+            let stored = p.tag.is_some_and(|t| stored_tags(unix_now()).contains(&t));
+            if r.mine && stored {
                 // Live messages of an ozone are stored too: acknowledge them (answer ignored).
                 f.writer()
                     .send_request(&ClientRequest::Ack {
@@ -659,7 +798,7 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
                 let now = tags::epoch_of(unix_now());
                 if now != epoch {
                     epoch = now;
-                    f.subscribe(SubscribeFilter::Tags(tags::tags_around(&address, unix_now()))).await?;
+                    f.subscribe(SubscribeFilter::Tags(live_tags(unix_now()))).await?;
                 }
                 continue;
             }

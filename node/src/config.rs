@@ -104,6 +104,19 @@ pub struct EchoSection {
     /// Hops given to packets injected by clients (and the cap on what clients ask for).
     pub default_hops: u8,
     pub max_payload_bytes: usize,
+    /// The packet log (recent accepted packets): what a neighbor that was down or overflowed
+    /// is offered again, and what a client that lost its connection is replayed. Bytes held.
+    pub log_bytes: usize,
+    /// How long a packet stays in the log; at most half of `seen_ttl_secs` takes effect, so
+    /// that a neighbor still remembers whatever it is offered.
+    pub log_secs: u64,
+}
+
+impl EchoSection {
+    /// The packet log's retention in effect: `log_secs`, capped at half the seen-cache TTL.
+    pub fn log_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.log_secs.min(self.seen_ttl_secs / 2).max(1))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -204,6 +217,8 @@ impl Default for EchoSection {
             seen_capacity: 1_000_000,
             default_hops: 16,
             max_payload_bytes: 256 * 1024,
+            log_bytes: 32 << 20,
+            log_secs: 120,
         }
     }
 }
@@ -360,6 +375,14 @@ impl Config {
         }
         if self.echo.seen_capacity == 0 || self.echo.seen_ttl_secs == 0 {
             return bad("echo.seen_capacity and echo.seen_ttl_secs must be positive".into());
+        }
+        if self.echo.log_secs == 0 {
+            return bad("echo.log_secs: must be positive".into());
+        }
+        if self.echo.log_bytes < self.echo.max_payload_bytes {
+            return bad(
+                "echo.log_bytes: must hold at least one packet of echo.max_payload_bytes".into(),
+            );
         }
         if self.ozone.replicas == 0
             || self.ozone.write_quorum == 0

@@ -19,6 +19,12 @@ pub struct Metrics {
     pub packets_dropped: IntCounterVec,
     pub seen_cache_entries: IntGauge,
     pub seen_cache_evictions: IntCounterVec,
+    pub packet_log_bytes: IntGauge,
+    pub packet_log_evictions: IntCounter,
+    pub echo_repair_offered: IntCounter,
+    pub echo_repair_resent: IntCounter,
+    pub echo_repair_missed: IntCounter,
+    pub client_resumes: IntCounterVec,
     pub neighbors: IntGaugeVec,
     pub handshake_failures: IntCounterVec,
     pub frame_errors: IntCounterVec,
@@ -225,6 +231,33 @@ impl Metrics {
                 "Seen-cache entries removed, by reason (expired, capacity).",
                 &["reason"],
             ),
+            packet_log_bytes: reg.add(IntGauge::new(
+                    "echomesh_packet_log_bytes",
+                    "Bytes held by the packet log (recent accepted packets, for neighbor repair and client resume; bounded by echo.log_bytes).",
+                )
+                .expect("static metric"),
+            ),
+            packet_log_evictions: counter(
+                "echomesh_packet_log_evictions_total",
+                "Packets that left the packet log (older than echo.log_secs, or pushed out by echo.log_bytes).",
+            ),
+            echo_repair_offered: counter(
+                "echomesh_echo_repair_offered_total",
+                "Packet IDs offered to neighbors that may have missed them (after a connection loss, a queue overflow, or at first contact).",
+            ),
+            echo_repair_resent: counter(
+                "echomesh_echo_repair_resent_total",
+                "Packets sent again because a neighbor asked for them after an offer (it had missed them).",
+            ),
+            echo_repair_missed: counter(
+                "echomesh_echo_repair_missed_total",
+                "Packets a neighbor was owed that had already left the packet log before they could be offered (possible loss for that neighbor; other paths may still have delivered them).",
+            ),
+            client_resumes: counter_vec(
+                "echomesh_client_resumes_total",
+                "Position-tracking subscriptions, by result (new; complete: resumed with nothing missed; gap: part of what the client missed had left the packet log or did not fit its queue; stale: the position was from before a restart).",
+                &["result"],
+            ),
             neighbors: reg.add(IntGaugeVec::new(Opts::new("echomesh_neighbors", "Neighbors by state (up, connecting, down)."), &["state"])
                     .expect("static metric"),
             ),
@@ -261,7 +294,7 @@ impl Metrics {
             ),
             client_requests: counter_vec(
                 "echomesh_client_requests_total",
-                "Requests received from client sessions, by kind (hello, inject, subscribe, publish_key, lookup_key, deposit, fetch, ack, ozone_info).",
+                "Requests received from client sessions, by kind (hello, inject, subscribe, publish_key, lookup_key, deposit, fetch, ack, ozone_info, subscribe_at).",
                 &["kind"],
             ),
             client_events: counter_vec(
@@ -428,6 +461,7 @@ impl Metrics {
             "fetch",
             "ack",
             "ozone_info",
+            "subscribe_at",
         ] {
             m.client_requests.with_label_values(&[k]);
         }
@@ -473,6 +507,9 @@ impl Metrics {
             "own",
         ] {
             m.topology_announcements.with_label_values(&[r]);
+        }
+        for r in ["new", "complete", "gap", "stale"] {
+            m.client_resumes.with_label_values(&[r]);
         }
         for w in ["at_hello", "during_session"] {
             m.clients_redirected.with_label_values(&[w]);

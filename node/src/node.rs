@@ -239,8 +239,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     let (keydir_ch, keydir_rx) = ControlChannel::new(tags::keydir_tag(), drop_reason::KEYDIR_BUSY);
     let (topology_ch, topology_rx) =
         ControlChannel::new(tags::topology_tag(), drop_reason::TOPOLOGY_BUSY);
+    let log = crate::echo::PacketLog::new(cfg.echo.log_bytes, cfg.echo.log_ttl(), rand::random());
     let router = Arc::new(Router::new(
         engine,
+        log,
         neighbors,
         Subscribers::new(cfg.limits.max_clients),
         metrics.clone(),

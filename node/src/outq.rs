@@ -11,19 +11,37 @@ use tokio::sync::Notify;
 
 use crate::echo::EchoPacket;
 
-pub struct OutQueue {
-    inner: Mutex<Inner>,
+/// What a queue holds: anything that knows its cost in bytes.
+pub trait Queued: Clone {
+    fn cost(&self) -> usize;
+}
+
+impl Queued for EchoPacket {
+    fn cost(&self) -> usize {
+        EchoPacket::cost(self)
+    }
+}
+
+/// A packet with its position in the node's packet log (client queues).
+impl Queued for (u64, EchoPacket) {
+    fn cost(&self) -> usize {
+        self.1.cost()
+    }
+}
+
+pub struct OutQueue<T = EchoPacket> {
+    inner: Mutex<Inner<T>>,
     notify: Notify,
     max_bytes: usize,
 }
 
-struct Inner {
-    items: VecDeque<EchoPacket>,
+struct Inner<T> {
+    items: VecDeque<T>,
     bytes: usize,
     closed: bool,
 }
 
-impl OutQueue {
+impl<T: Queued> OutQueue<T> {
     pub fn new(max_bytes: usize) -> Self {
         OutQueue {
             inner: Mutex::new(Inner {
@@ -36,14 +54,14 @@ impl OutQueue {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<T>> {
         // A poisoned lock only means another thread panicked mid-push; the queue's state is
         // still consistent (plain pushes/pops), so keep serving.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queue clones of `packets`; returns how many did not fit (dropped).
-    pub fn push_all(&self, packets: &[EchoPacket]) -> u64 {
+    pub fn push_all(&self, packets: &[T]) -> u64 {
         let mut dropped = 0;
         {
             let mut q = self.lock();
@@ -68,7 +86,7 @@ impl OutQueue {
 
     /// Wait for packets and take up to `max_bytes` of them (at least one). Returns `None`
     /// once the queue is closed and empty. Cancel-safe: nothing is taken until it returns.
-    pub async fn pop_batch(&self, max_bytes: usize, out: &mut Vec<EchoPacket>) -> Option<()> {
+    pub async fn pop_batch(&self, max_bytes: usize, out: &mut Vec<T>) -> Option<()> {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -137,7 +155,7 @@ mod tests {
 
     #[tokio::test]
     async fn bounded_and_batched() {
-        let q = OutQueue::new(pkt(0).cost() * 3);
+        let q: OutQueue = OutQueue::new(pkt(0).cost() * 3);
         let batch: Vec<_> = (0..5).map(pkt).collect();
         assert_eq!(q.push_all(&batch), 2);
         assert_eq!(q.len(), 3);
@@ -158,7 +176,7 @@ mod tests {
 
     #[tokio::test]
     async fn wakes_waiting_consumer() {
-        let q = std::sync::Arc::new(OutQueue::new(1 << 20));
+        let q: std::sync::Arc<OutQueue> = std::sync::Arc::new(OutQueue::new(1 << 20));
         let q2 = q.clone();
         let h = tokio::spawn(async move {
             let mut out = Vec::new();

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::client::Subscribers;
-use crate::echo::{self, EchoEngine, EchoMode, EchoPacket, Source};
+use crate::echo::{self, EchoEngine, EchoMode, EchoPacket, Offer, PacketLog, Source};
 use crate::identity::NodeId;
 use crate::metrics::{drop_reason, Metrics};
 use crate::peer::NeighborTable;
@@ -23,8 +23,15 @@ pub enum Origin {
     Client,
 }
 
+/// The echo engine and the packet log, under one lock: a packet is in the log exactly when
+/// the engine accepted it, and client deliveries take log positions in log order.
+pub struct EchoState {
+    pub engine: EchoEngine,
+    pub log: PacketLog<NodeId>,
+}
+
 pub struct Router {
-    engine: Mutex<EchoEngine>,
+    engine: Mutex<EchoState>,
     pub neighbors: NeighborTable,
     pub subscribers: Subscribers,
     pub metrics: Arc<Metrics>,
@@ -75,6 +82,7 @@ pub struct Accepted {
 impl Router {
     pub fn new(
         engine: EchoEngine,
+        log: PacketLog<NodeId>,
         neighbors: NeighborTable,
         subscribers: Subscribers,
         metrics: Arc<Metrics>,
@@ -82,7 +90,7 @@ impl Router {
         control: Vec<ControlChannel>,
     ) -> Self {
         Router {
-            engine: Mutex::new(engine),
+            engine: Mutex::new(EchoState { engine, log }),
             neighbors,
             subscribers,
             metrics,
@@ -91,11 +99,16 @@ impl Router {
         }
     }
 
+    /// Whether packets with this tag are the mesh's own control traffic (never for clients).
+    pub fn is_control_tag(&self, tag: Option<Tag>) -> bool {
+        self.is_control(tag)
+    }
+
     fn is_control(&self, tag: Option<Tag>) -> bool {
         tag.is_some_and(|t| self.control.iter().any(|c| c.tag == t))
     }
 
-    fn engine(&self) -> std::sync::MutexGuard<'_, EchoEngine> {
+    fn engine(&self) -> std::sync::MutexGuard<'_, EchoState> {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -112,7 +125,7 @@ impl Router {
             .inc_by(received as u64);
         // Duplicates are dropped first (a read of the seen-cache), so that only new packets
         // pay for the integrity check, which hashes the payload outside the engine lock.
-        let early_dups = self.engine().drop_seen(&mut batch);
+        let early_dups = self.engine().engine.drop_seen(&mut batch);
         m.duplicates_dropped.inc_by(early_dups);
         let mut rejected = 0u32;
         batch.retain(|p| match echo::validate(p, self.max_payload) {
@@ -169,11 +182,45 @@ impl Router {
             Origin::Client => Source::Client,
         };
         let mut deliver = Vec::with_capacity(batch.len());
-        let mut forward = Vec::with_capacity(batch.len());
-        let (out, seen_len) = {
-            let mut e = self.engine();
-            let out = e.on_batch(source, batch, Instant::now(), &mut deliver, &mut forward);
-            (out, e.seen_len())
+        let mut forward: Vec<EchoPacket> = Vec::with_capacity(batch.len());
+        let from = match origin {
+            Origin::Neighbor(id, _) => Some(id),
+            Origin::Client => None,
+        };
+        let now = Instant::now();
+        let (out, seen_len, first_seq) = {
+            let mut st = self.engine();
+            let st = &mut *st;
+            let out = st
+                .engine
+                .on_batch(source, batch, now, &mut deliver, &mut forward);
+            // Log every accepted packet (as forwarded, when it may travel on): `forward` is
+            // the forwardable subsequence of `deliver`, in the same order.
+            st.log.expire(now);
+            let first_seq = st.log.head();
+            let mut fwd = forward.iter().peekable();
+            let mut to_clients = Vec::with_capacity(deliver.len());
+            for p in deliver.drain(..) {
+                let seq = match fwd.peek() {
+                    Some(f) if f.id == p.id => {
+                        let seq = st.log.push((*f).clone(), from, true, now);
+                        fwd.next();
+                        seq
+                    }
+                    _ => st.log.push(p.clone(), from, false, now),
+                };
+                if !self.is_control(p.tag) {
+                    to_clients.push((seq, p));
+                }
+            }
+            // Client deliveries under the same lock, so that their log positions arrive in
+            // order and a resumed subscription misses nothing.
+            if !to_clients.is_empty() {
+                self.subscribers.deliver(&to_clients, st.log.epoch(), m);
+            }
+            m.packet_log_bytes.set(st.log.bytes() as i64);
+            m.packet_log_evictions.inc_by(st.log.take_evicted());
+            (out, st.engine.seen_len(), first_seq)
         };
         m.seen_cache_entries.set(seen_len as i64);
         m.packets_accepted
@@ -183,10 +230,6 @@ impl Router {
         m.duplicates_dropped.inc_by(duplicates);
         self.count_evictions(out.expired_evictions, out.capacity_evictions);
         if !forward.is_empty() {
-            let from = match origin {
-                Origin::Neighbor(id, _) => Some(id),
-                Origin::Client => None,
-            };
             self.neighbors.for_each_up(|n| {
                 if Some(n.id) == from {
                     return;
@@ -194,14 +237,12 @@ impl Router {
                 let dropped = n.queue.push_all(&forward);
                 m.packets_forwarded.inc_by(forward.len() as u64 - dropped);
                 if dropped > 0 {
+                    // Not lost: the repair loop offers this batch again once there is room.
                     m.count_drop(drop_reason::NEIGHBOR_QUEUE_FULL, dropped);
-                    tracing::debug!(neighbor = %n.id, dropped, "neighbor queue full");
+                    n.owe_from(first_seq);
+                    tracing::debug!(neighbor = %n.id, dropped, "neighbor queue full; owed for repair");
                 }
             });
-        }
-        deliver.retain(|p| !self.is_control(p.tag));
-        if !deliver.is_empty() {
-            self.subscribers.deliver(&deliver, m);
         }
         Accepted {
             accepted: out.accepted as u32,
@@ -225,12 +266,58 @@ impl Router {
         }
     }
 
+    /// Offer walk for a neighbor's repair: IDs of forwardable packets from `from` on that did
+    /// not come from `exclude`.
+    pub fn offers(&self, from: u64, exclude: NodeId, max: usize, max_scan: usize) -> Offer {
+        self.engine().log.offers(from, exclude, max, max_scan)
+    }
+
+    /// The logged packets (as forwarded) among `ids`, in order; missing ones are skipped.
+    pub fn logged(&self, ids: &[[u8; 32]]) -> Vec<EchoPacket> {
+        let st = self.engine();
+        ids.iter()
+            .filter_map(|id| st.log.get(id).cloned())
+            .collect()
+    }
+
+    /// Which of `ids` this node has not seen (indexes into `ids`).
+    pub fn unseen(&self, ids: &[[u8; 32]]) -> Vec<u32> {
+        let st = self.engine();
+        ids.iter()
+            .enumerate()
+            .filter(|(_, id)| !st.engine.has_seen(id))
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+
+    /// The log position of the first packet accepted at or after `t`.
+    pub fn log_position_at(&self, t: Instant) -> u64 {
+        self.engine().log.position_at(t)
+    }
+
+    /// The log's head (the position after the newest packet).
+    pub fn log_head(&self) -> u64 {
+        self.engine().log.head()
+    }
+
+    /// Run `f` with the packet log locked: nothing is accepted (or delivered) meanwhile, so a
+    /// subscription registered inside `f` continues exactly where a replay from the log ends.
+    pub fn with_log<R>(&self, f: impl FnOnce(&PacketLog<NodeId>) -> R) -> R {
+        f(&self.engine().log)
+    }
+
     /// Periodic housekeeping when traffic is idle.
     pub fn tick(&self) {
         let (exp, cap, len) = {
-            let mut e = self.engine();
-            let (exp, cap) = e.tick(Instant::now());
-            (exp, cap, e.seen_len())
+            let mut st = self.engine();
+            let now = Instant::now();
+            st.log.expire(now);
+            self.metrics.packet_log_bytes.set(st.log.bytes() as i64);
+            self.metrics
+                .packet_log_evictions
+                .inc_by(st.log.take_evicted());
+            let (exp, cap) = st.engine.tick(now);
+            (exp, cap, st.engine.seen_len())
         };
         self.count_evictions(exp, cap);
         self.metrics.seen_cache_entries.set(len as i64);

@@ -14,13 +14,14 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::echo::EchoPacket;
+pub use crate::echo::LogPosition;
 use crate::identity::NodeId;
 use crate::keydir::{KeyBundle, ParticipantRef};
 use crate::ozone::store::StoredMessage;
 use crate::ozone::{OzoneAddr, OzoneProof};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The lowest peer protocol version this build interoperates with.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
@@ -30,6 +31,15 @@ pub mod since {
     pub const REDIRECT: u16 = 2;
     /// `PeerRequest::Departure`: a draining node tells its neighbors it is leaving.
     pub const DEPARTURE: u16 = 2;
+    /// `PeerRequest::EchoHave`: a node offers packet IDs a neighbor may have missed; the
+    /// neighbor answers which it wants (`PeerReply::EchoWant`).
+    pub const ECHO_REPAIR: u16 = 3;
+    /// `ClientRequest::SubscribeAt`, `ClientEvent::DeliverAt` and `ClientEvent::Resumed`: a
+    /// subscription that can resume after a lost connection without loss or repeats.
+    pub const RESUME: u16 = 3;
+    /// Key bundles of format 2 (with a personal mailbox) in `KeyLookup`: older clients
+    /// cannot decode them and are sent only format-1 bundles.
+    pub const MAILBOX: u16 = 3;
 }
 
 pub const ALPN_PEER: &[u8] = b"echomesh-peer/1";
@@ -147,6 +157,10 @@ pub enum PeerRequest {
     /// The sender is draining, has left, or serves again (protocol ≥ `since::DEPARTURE`).
     /// Answered by `Noted`.
     Departure(Departure),
+    /// Packets the sender accepted and the receiver may lack (protocol ≥
+    /// `since::ECHO_REPAIR`). Answered by `EchoWant` with the indexes of the IDs the
+    /// receiver's seen-cache lacks; the sender then queues those packets on the echo stream.
+    EchoHave(Vec<MsgId>),
 }
 
 /// W3C trace context (`traceparent`, `tracestate`) of the span that made a request. Sent as an
@@ -203,6 +217,8 @@ pub enum PeerReply {
     Digest(crate::ozone::store::OzoneDigest),
     /// A `Departure` was recorded.
     Noted,
+    /// Indexes into an `EchoHave` list: the packets the receiver has not seen.
+    EchoWant(Vec<u32>),
 }
 
 /// Borrowed twin of [`PeerFrame`] for encoding without cloning a batch. It must keep the same
@@ -283,6 +299,13 @@ pub enum ClientRequest {
     OzoneInfo {
         addr: OzoneAddr,
         proof: OzoneProof,
+    },
+    /// Subscribe like `Subscribe`, with deliveries as `DeliverAt` (positions in the node's
+    /// packet log). With `after`, first replay what matched since that position (a client
+    /// resuming after a lost connection). Answered by `Resumed` (protocol ≥ `since::RESUME`).
+    SubscribeAt {
+        filter: SubscribeFilter,
+        after: Option<LogPosition>,
     },
 }
 
@@ -379,6 +402,24 @@ pub enum ClientEvent {
     Redirect {
         nodes: Vec<String>,
         reason: String,
+    },
+    /// Packets for a `SubscribeAt` subscription; every matching packet before position `at`
+    /// has now been sent (resume with `after: at`).
+    DeliverAt {
+        at: LogPosition,
+        packets: Vec<EchoPacket>,
+    },
+    /// A `SubscribeAt` is active. `replayed` packets from the log follow; `missed` entries
+    /// after the asked position were already gone from the log (some may have matched);
+    /// `stale` when the position is from before the node restarted (replayed from the log's
+    /// start; the client drops what it already has).
+    Resumed {
+        replayed: u32,
+        missed: u64,
+        stale: bool,
+        /// The log's head when the subscription took effect: resume from here if no
+        /// `DeliverAt` came since.
+        at: LogPosition,
     },
 }
 

@@ -189,7 +189,7 @@ fn main() -> anyhow::Result<()> {
     write(
         &root.join("key_bundle"),
         "bundle",
-        &p.bundle(BundleKind::Publish, "Seed", 1_700_000_000)
+        &p.bundle(BundleKind::Publish, "Seed", 1_700_000_000, true)
             .encode()?,
     );
 

@@ -280,12 +280,12 @@ async fn forgeries_and_junk_are_refused_and_counted() {
     keyfile::save(&bob_file, &bob, None).unwrap();
     let mut s = session(&a).await;
     assert!(s
-        .publish_key(bob.bundle(BundleKind::Publish, "Bob", unix_now()))
+        .publish_key(bob.bundle(BundleKind::Publish, "Bob", unix_now(), true))
         .await
         .unwrap());
 
     // A bundle whose signature does not cover its content.
-    let mut bad = alice.bundle(BundleKind::Publish, "Alice", unix_now());
+    let mut bad = alice.bundle(BundleKind::Publish, "Alice", unix_now(), true);
     bad.display_name = "Bob".into();
     match s.publish_key(bad).await {
         Err(ClientError::Refused(msg)) => assert!(msg.contains("signature"), "{msg}"),
@@ -346,7 +346,7 @@ async fn forgeries_and_junk_are_refused_and_counted() {
         "listening",
     );
     let to_bob = Recipient::from_bundle(
-        &bob.bundle(BundleKind::Publish, "Bob", unix_now()),
+        &bob.bundle(BundleKind::Publish, "Bob", unix_now(), true),
         unix_now(),
     )
     .unwrap();

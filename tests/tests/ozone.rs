@@ -399,7 +399,7 @@ async fn replicated_deposits_survive_the_loss_of_any_node_and_replicas_converge(
     let bob_file = root.path().join("bob.key");
     echomesh_ctl::keyfile::save(&bob_file, &bob, None).unwrap();
     let to_bob = Recipient::from_bundle(
-        &bob.bundle(BundleKind::Publish, "Bob", unix_now()),
+        &bob.bundle(BundleKind::Publish, "Bob", unix_now(), true),
         unix_now(),
     )
     .unwrap();

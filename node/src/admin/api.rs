@@ -80,6 +80,21 @@ pub struct NeighborInfo {
     pub departure: String,
     /// Protocol version from its hello (0 before the first connection).
     pub protocol: u16,
+    /// QUIC's own view of each live connection to it (usually one; two for a moment when
+    /// both sides dialed at once): RTT estimate, congestion window, packets sent and lost.
+    #[serde(default)]
+    pub connections: Vec<QuicPathInfo>,
+}
+
+/// One QUIC connection's path statistics, as quinn reports them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QuicPathInfo {
+    pub rtt_ms: f64,
+    pub cwnd_bytes: u64,
+    pub congestion_events: u64,
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    pub mtu: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -185,6 +185,18 @@ pub fn neighbor_info(v: &NeighborView) -> api::NeighborInfo {
         last_error: v.last_error.clone(),
         departure: v.departure.label().into(),
         protocol: v.version,
+        connections: v
+            .paths
+            .iter()
+            .map(|p| api::QuicPathInfo {
+                rtt_ms: p.rtt.as_secs_f64() * 1000.0,
+                cwnd_bytes: p.cwnd,
+                congestion_events: p.congestion_events,
+                sent_packets: p.sent_packets,
+                lost_packets: p.lost_packets,
+                mtu: p.current_mtu,
+            })
+            .collect(),
     }
 }
 

@@ -35,10 +35,12 @@ pub enum ClientError {
 
 pub struct ClientSession {
     pub node_id: NodeId,
+    /// The protocol version the node announced in its welcome.
+    pub version: u16,
     /// Largest echo payload the node accepts.
     pub max_payload: usize,
     pub conn: quinn::Connection,
-    writer: ClientWriter,
+    pub(super) writer: ClientWriter,
     reader: ClientReader,
 }
 
@@ -122,12 +124,13 @@ pub async fn connect(
         })
         .await
         .map_err(refused)?;
-    let max_payload = match reader.next_event().await.map_err(refused)? {
+    let (max_payload, version) = match reader.next_event().await.map_err(refused)? {
         Some(ClientEvent::Welcome {
             node_id: nid,
             max_payload,
+            version,
             ..
-        }) if nid == node_id => max_payload as usize,
+        }) if nid == node_id => (max_payload as usize, version),
         Some(ClientEvent::Welcome { .. }) => {
             return Err(ClientError::Protocol("welcome names another node".into()))
         }
@@ -150,6 +153,7 @@ pub async fn connect(
     };
     Ok(ClientSession {
         node_id,
+        version,
         max_payload,
         conn,
         writer,
@@ -231,6 +235,16 @@ impl ClientWriter {
         self.write(&ClientRequest::Subscribe(filter)).await
     }
 
+    /// Subscribe with log positions, resuming after `after` (protocol ≥ `since::RESUME`).
+    pub async fn subscribe_at(
+        &mut self,
+        filter: SubscribeFilter,
+        after: Option<wire::LogPosition>,
+    ) -> Result<(), ClientError> {
+        self.write(&ClientRequest::SubscribeAt { filter, after })
+            .await
+    }
+
     /// Send raw bytes (tests of the node's input handling).
     pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.send
@@ -290,7 +304,12 @@ impl ClientSession {
     async fn reply(&mut self) -> Result<ClientEvent, ClientError> {
         loop {
             match self.reader.next_event().await? {
-                Some(ClientEvent::Deliver(_) | ClientEvent::Lagged { .. }) => {}
+                Some(
+                    ClientEvent::Deliver(_)
+                    | ClientEvent::DeliverAt { .. }
+                    | ClientEvent::Resumed { .. }
+                    | ClientEvent::Lagged { .. },
+                ) => {}
                 Some(ev) => return Ok(ev),
                 None => return Err(ClientError::Io("node closed the session".into())),
             }

@@ -3,6 +3,13 @@
 //! the old session go (make before break), keeps reading the old one for [`LINGER`] so that
 //! nothing in flight is lost, and drops packets it has already delivered (bounded memory of
 //! recent IDs), so the application sees every packet once.
+//!
+//! It also survives a lost connection (a phone on bad mobile data): against a node of protocol
+//! ≥ `since::RESUME` it subscribes with log positions (`SubscribeAt`), remembers the position
+//! of the last delivery, and when the connection breaks it dials the same node again (jittered
+//! backoff, for up to [`RESUME_FOR`]) and resumes after that position: the node replays what
+//! the client missed from its packet log. A gap the node can no longer fill (the log moved on,
+//! or the node restarted) is reported as `Lagged`, never hidden.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -12,12 +19,14 @@ use tokio::time::Instant;
 use super::connect::{connect_any, ClientError, ClientReader, ClientSession, ClientWriter};
 use crate::echo::EchoPacket;
 use crate::identity::NodeId;
-use crate::wire::{ClientEvent, SubscribeFilter};
+use crate::wire::{self, ClientEvent, LogPosition, SubscribeFilter};
 
 /// How long the old session is still read after moving.
 pub const LINGER: Duration = Duration::from_secs(2);
-/// Packet IDs remembered to drop duplicates across a move.
-pub const RECENT_IDS: usize = 65_536;
+/// Packet IDs remembered to drop duplicates across a move or a resume.
+pub const RECENT_IDS: usize = 262_144;
+/// How long a broken session is dialed again before the follower gives up.
+pub const RESUME_FOR: Duration = Duration::from_secs(120);
 
 /// What [`Follower::next`] yields.
 #[derive(Debug)]
@@ -58,6 +67,13 @@ pub struct Follower {
     /// mid-move resumes it on the next call.
     pending_move: Option<(Vec<String>, String)>,
     recent: RecentIds,
+    /// Where the node's packet log stands for us (positions mode only).
+    position: Option<LogPosition>,
+    /// Switch the current session to positions mode before reading on.
+    want_positions: bool,
+    /// The node speaks protocol ≥ `since::RESUME` (a broken session can be resumed).
+    resumable: bool,
+    remote: std::net::SocketAddr,
 }
 
 impl Follower {
@@ -70,8 +86,14 @@ impl Follower {
         filter: Option<SubscribeFilter>,
     ) -> Self {
         let node_id = session.node_id;
+        let resumable = session.version >= wire::since::RESUME && filter.is_some();
         let (conn, writer, reader) = session.split();
+        let remote = conn.remote_address();
         Follower {
+            position: None,
+            want_positions: resumable,
+            resumable,
+            remote,
             endpoint,
             agent: agent.into(),
             filter,
@@ -90,10 +112,60 @@ impl Follower {
         &mut self.writer
     }
 
-    /// Change the subscription (kept for the next move). The node confirms with `Subscribed`.
+    /// Change the subscription (kept for the next move). The node confirms with `Subscribed`
+    /// (or `Resumed`, in positions mode).
     pub async fn subscribe(&mut self, filter: SubscribeFilter) -> Result<(), ClientError> {
         self.filter = Some(filter.clone());
-        self.writer.subscribe(filter).await
+        if self.resumable {
+            self.writer.subscribe_at(filter, self.position).await
+        } else {
+            self.writer.subscribe(filter).await
+        }
+    }
+
+    /// Note a delivery's position (only ever forward within one log epoch).
+    fn advance(&mut self, at: LogPosition) {
+        match self.position {
+            Some(p) if p.epoch == at.epoch && p.seq >= at.seq => {}
+            _ => self.position = Some(at),
+        }
+    }
+
+    /// Dial the same node again after a lost connection and resume after the last position.
+    async fn resume(&mut self, why: ClientError) -> Result<(), ClientError> {
+        let r = super::inject::redial(
+            &self.endpoint,
+            self.remote,
+            self.node_id,
+            &self.agent,
+            RESUME_FOR,
+            why,
+        )
+        .await;
+        let mut s = match r {
+            Ok(s) if s.version >= wire::since::RESUME => s,
+            Ok(_) => {
+                return Err(ClientError::Protocol(
+                    "the node was downgraded and cannot resume a session".into(),
+                ))
+            }
+            Err(ClientError::Redirected { nodes, reason }) => {
+                // It drains now: move instead.
+                self.pending_move = Some((nodes, reason));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let filter = self.filter.clone().unwrap_or(SubscribeFilter::All);
+        s.writer.subscribe_at(filter, self.position).await?;
+        let (conn, writer, reader) = s.split();
+        self.conn.close(0u32.into(), b"resumed");
+        self.conn = conn;
+        self.writer = writer;
+        self.reader = reader;
+        self.want_positions = false;
+        tracing::info!(node = %self.node_id, after = ?self.position, "session resumed");
+        Ok(())
     }
 
     /// Remember packets delivered outside the follower (before it was made).
@@ -117,6 +189,12 @@ impl Follower {
                 self.pending_move = None;
                 return Ok(Some(Followed::Moved { to: to?, reason }));
             }
+            if self.want_positions {
+                self.want_positions = false;
+                if let Some(f) = self.filter.clone() {
+                    self.writer.subscribe_at(f, None).await?;
+                }
+            }
             // Both readers are cancellation safe, so whichever loses the race keeps its place.
             let src = {
                 let (reader, old) = (&mut self.reader, &mut self.old);
@@ -134,6 +212,11 @@ impl Follower {
                 }
             };
             let ev = match src {
+                Source::Current(Err(e)) if self.resumable && matches!(e, ClientError::Io(_)) => {
+                    tracing::info!(node = %self.node_id, error = %e, "session lost; resuming");
+                    self.resume(e).await?;
+                    continue;
+                }
                 Source::Current(ev) => ev?,
                 Source::Old(Ok(Some(ClientEvent::Deliver(batch)))) => {
                     if let Some(b) = self.fresh(batch) {
@@ -141,9 +224,17 @@ impl Follower {
                     }
                     continue;
                 }
-                Source::Old(Ok(Some(ClientEvent::Redirect { .. } | ClientEvent::Subscribed))) => {
-                    continue
+                Source::Old(Ok(Some(ClientEvent::DeliverAt { packets, .. }))) => {
+                    if let Some(b) = self.fresh(packets) {
+                        return Ok(Some(Followed::Event(ClientEvent::Deliver(b))));
+                    }
+                    continue;
                 }
+                Source::Old(Ok(Some(
+                    ClientEvent::Redirect { .. }
+                    | ClientEvent::Subscribed
+                    | ClientEvent::Resumed { .. },
+                ))) => continue,
                 Source::Old(Ok(Some(other))) => return Ok(Some(Followed::Event(other))),
                 Source::Old(Ok(None) | Err(_)) | Source::LingerOver => {
                     self.drop_old();
@@ -155,6 +246,24 @@ impl Follower {
                     if let Some(b) = self.fresh(batch) {
                         return Ok(Some(Followed::Event(ClientEvent::Deliver(b))));
                     }
+                }
+                Some(ClientEvent::DeliverAt { at, packets }) => {
+                    self.advance(at);
+                    if let Some(b) = self.fresh(packets) {
+                        return Ok(Some(Followed::Event(ClientEvent::Deliver(b))));
+                    }
+                }
+                Some(ClientEvent::Resumed {
+                    missed, stale, at, ..
+                }) => {
+                    self.advance(at);
+                    if missed > 0 || stale {
+                        // What the node could not replay: said, not hidden.
+                        return Ok(Some(Followed::Event(ClientEvent::Lagged {
+                            dropped: missed,
+                        })));
+                    }
+                    return Ok(Some(Followed::Event(ClientEvent::Subscribed)));
                 }
                 Some(ClientEvent::Redirect { nodes, reason }) => {
                     self.pending_move = Some((nodes, reason));
@@ -182,6 +291,11 @@ impl Follower {
         if let Some(f) = self.filter.clone() {
             s.subscribe(f).await?;
         }
+        // Positions are per node: start over in positions mode on the new one.
+        self.resumable = s.version >= wire::since::RESUME && self.filter.is_some();
+        self.want_positions = self.resumable;
+        self.position = None;
+        self.remote = s.conn.remote_address();
         self.drop_old();
         let node_id = s.node_id;
         let (conn, writer, reader) = s.split();

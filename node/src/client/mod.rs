@@ -3,6 +3,7 @@
 
 mod connect;
 pub mod follow;
+pub mod inject;
 mod session;
 
 pub use connect::{

@@ -38,7 +38,12 @@ enum Filter {
 struct Subscriber {
     id: u64,
     filter: RwLock<Filter>,
-    queue: OutQueue,
+    /// Packets with their position in the node's packet log.
+    queue: OutQueue<(u64, EchoPacket)>,
+    /// Deliver as `DeliverAt` with log positions (the client subscribed with `SubscribeAt`).
+    positions: std::sync::atomic::AtomicBool,
+    /// The packet log's epoch (positions are only meaningful with it).
+    epoch: AtomicU64,
     lagged: AtomicU64,
     /// Protocol version from the client's hello.
     version: u16,
@@ -132,11 +137,13 @@ impl Subscribers {
         list.iter().map(|s| s.queue.bytes()).sum()
     }
 
-    /// Queue accepted packets for every session whose filter matches.
-    pub fn deliver(&self, packets: &[EchoPacket], m: &Metrics) {
+    /// Queue accepted packets (with their log positions) for every session whose filter
+    /// matches. Called with the packet log locked, so positions arrive in order.
+    pub fn deliver(&self, packets: &[(u64, EchoPacket)], epoch: u64, m: &Metrics) {
         let list = self.list.read().unwrap_or_else(|p| p.into_inner());
         let mut matched = Vec::new();
         for s in list.iter() {
+            s.epoch.store(epoch, Ordering::Relaxed);
             let filter = s.filter.read().unwrap_or_else(|p| p.into_inner());
             let dropped = match &*filter {
                 Filter::None => continue,
@@ -145,14 +152,9 @@ impl Subscribers {
                     m.packets_delivered.inc_by(packets.len() as u64 - d);
                     d
                 }
-                Filter::Tags(tags) => {
+                Filter::Tags(_) => {
                     matched.clear();
-                    matched.extend(
-                        packets
-                            .iter()
-                            .filter(|p| p.tag.is_some_and(|t| tags.contains(&t)))
-                            .cloned(),
-                    );
+                    matched.extend(packets.iter().filter(|(_, p)| filter.matches(p)).cloned());
                     if matched.is_empty() {
                         continue;
                     }
@@ -165,6 +167,16 @@ impl Subscribers {
                 s.lagged.fetch_add(dropped, Ordering::Relaxed);
                 m.count_drop(drop_reason::CLIENT_QUEUE_FULL, dropped);
             }
+        }
+    }
+}
+
+impl Filter {
+    fn matches(&self, p: &EchoPacket) -> bool {
+        match self {
+            Filter::None => false,
+            Filter::All => true,
+            Filter::Tags(tags) => p.tag.is_some_and(|t| tags.contains(&t)),
         }
     }
 }
@@ -269,6 +281,8 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
         id: subs.next_id.fetch_add(1, Ordering::Relaxed),
         filter: RwLock::new(Filter::None),
         queue: OutQueue::new(ctx.cfg.limits.client_queue_bytes),
+        positions: std::sync::atomic::AtomicBool::new(false),
+        epoch: AtomicU64::new(0),
         lagged: AtomicU64::new(0),
         version: client_version,
         ctrl: ctrl_tx.downgrade(),
@@ -350,6 +364,7 @@ async fn read_requests(
             ClientRequest::Fetch { .. } => "fetch",
             ClientRequest::Ack { .. } => "ack",
             ClientRequest::OzoneInfo { .. } => "ozone_info",
+            ClientRequest::SubscribeAt { .. } => "subscribe_at",
         };
         ctx.metrics.client_requests.with_label_values(&[kind]).inc();
         match req {
@@ -424,7 +439,12 @@ async fn read_requests(
             }
             ClientRequest::LookupKey(who) => {
                 let ev = match ctx.keydir.lookup(who).await {
-                    Ok(found) => ClientEvent::KeyLookup(found),
+                    Ok(mut found) => {
+                        if sub.version < wire::since::MAILBOX {
+                            found.retain(|b| b.format < keydir::BUNDLE_FORMAT);
+                        }
+                        ClientEvent::KeyLookup(found)
+                    }
                     Err(e) => ClientEvent::Error {
                         code: ClientErrorCode::Unavailable,
                         message: format!("key directory unavailable: {e}"),
@@ -455,19 +475,9 @@ async fn read_requests(
                 }
             }
             ClientRequest::Subscribe(filter) => {
-                let f = match filter {
-                    SubscribeFilter::All => Filter::All,
-                    SubscribeFilter::Tags(tags) if tags.len() <= MAX_TAGS => {
-                        Filter::Tags(tags.into_iter().collect())
-                    }
-                    SubscribeFilter::Tags(tags) => {
-                        let ev = ClientEvent::Error {
-                            code: ClientErrorCode::TooLarge,
-                            message: format!(
-                                "{} tags in one subscription; at most {MAX_TAGS}",
-                                tags.len()
-                            ),
-                        };
+                let f = match parse_filter(filter) {
+                    Ok(f) => f,
+                    Err(ev) => {
                         let _ = ctrl.send(ev).await;
                         continue;
                     }
@@ -475,6 +485,19 @@ async fn read_requests(
                 *sub.filter.write().unwrap_or_else(|p| p.into_inner()) = f;
                 ctx.router.subscribers.register(sub.clone());
                 if ctrl.send(ClientEvent::Subscribed).await.is_err() {
+                    return READER_ENDED_BY_WRITER.into();
+                }
+            }
+            ClientRequest::SubscribeAt { filter, after } => {
+                let f = match parse_filter(filter) {
+                    Ok(f) => f,
+                    Err(ev) => {
+                        let _ = ctrl.send(ev).await;
+                        continue;
+                    }
+                };
+                let ev = resume(ctx, sub, f, after);
+                if ctrl.send(ev).await.is_err() {
                     return READER_ENDED_BY_WRITER.into();
                 }
             }
@@ -500,6 +523,7 @@ async fn write_events(
     mut ctrl: mpsc::Receiver<ClientEvent>,
 ) -> String {
     let mut batch = Vec::new();
+    let mut packets = Vec::new();
     let mut buf = Vec::with_capacity(MAX_DELIVER_BATCH + 1024);
     loop {
         buf.clear();
@@ -521,8 +545,26 @@ async fn write_events(
                     return "queue closed".into();
                 }
                 m.client_events.with_label_values(&["deliver"]).inc();
-                let res = wire::encode_into(&ClientEventRef::Deliver(&batch), &mut buf);
-                batch.clear();
+                let last = batch.last().map_or(0, |(seq, _)| *seq);
+                packets.clear();
+                packets.extend(batch.drain(..).map(|(_, p)| p));
+                let res = if sub.positions.load(Ordering::Relaxed) {
+                    let ev = ClientEvent::DeliverAt {
+                        at: wire::LogPosition {
+                            epoch: sub.epoch.load(Ordering::Relaxed),
+                            seq: last + 1,
+                        },
+                        packets: std::mem::take(&mut packets),
+                    };
+                    let res = wire::encode_into(&ev, &mut buf);
+                    if let ClientEvent::DeliverAt { packets: p, .. } = ev {
+                        packets = p;
+                    }
+                    res
+                } else {
+                    wire::encode_into(&ClientEventRef::Deliver(&packets), &mut buf)
+                };
+                packets.clear();
                 if res.is_err() {
                     continue;
                 }
@@ -537,6 +579,86 @@ async fn write_events(
             return format!("send failed: {e}");
         }
     }
+}
+
+fn parse_filter(filter: SubscribeFilter) -> Result<Filter, ClientEvent> {
+    match filter {
+        SubscribeFilter::All => Ok(Filter::All),
+        SubscribeFilter::Tags(tags) if tags.len() <= MAX_TAGS => {
+            Ok(Filter::Tags(tags.into_iter().collect()))
+        }
+        SubscribeFilter::Tags(tags) => Err(ClientEvent::Error {
+            code: ClientErrorCode::TooLarge,
+            message: format!(
+                "{} tags in one subscription; at most {MAX_TAGS}",
+                tags.len()
+            ),
+        }),
+    }
+}
+
+/// Subscribe with log positions; with `after`, first queue what matched since then. Done with
+/// the packet log locked, so live deliveries continue exactly where the replay ends. What does
+/// not fit the session's queue is counted as lagged (the client is told).
+fn resume(
+    ctx: &Ctx,
+    sub: &Arc<Subscriber>,
+    f: Filter,
+    after: Option<wire::LogPosition>,
+) -> ClientEvent {
+    let m = &ctx.metrics;
+    let budget = ctx.cfg.limits.client_queue_bytes;
+    ctx.router.with_log(|log| {
+        let r = after.map(|a| {
+            log.replay(
+                a,
+                |p| f.matches(p) && !ctx.router.is_control_tag(p.tag),
+                budget,
+            )
+        });
+        sub.epoch.store(log.epoch(), Ordering::Relaxed);
+        sub.positions.store(true, Ordering::Relaxed);
+        *sub.filter.write().unwrap_or_else(|p| p.into_inner()) = f;
+        ctx.router.subscribers.register(sub.clone());
+        let Some(r) = r else {
+            m.client_resumes.with_label_values(&["new"]).inc();
+            return ClientEvent::Resumed {
+                replayed: 0,
+                missed: 0,
+                stale: false,
+                at: log.head_position(),
+            };
+        };
+        let replayed = r.packets.len() as u64;
+        let dropped = sub.queue.push_all(&r.packets);
+        if dropped > 0 {
+            sub.lagged.fetch_add(dropped, Ordering::Relaxed);
+            m.count_drop(drop_reason::CLIENT_QUEUE_FULL, dropped);
+        }
+        m.packets_delivered.inc_by(replayed - dropped);
+        let result = if r.stale_epoch {
+            "stale"
+        } else if r.missed > 0 || dropped > 0 || r.next < log.head() {
+            "gap"
+        } else {
+            "complete"
+        };
+        m.client_resumes.with_label_values(&[result]).inc();
+        tracing::debug!(
+            session = sub.id,
+            replayed,
+            missed = r.missed,
+            stale = r.stale_epoch,
+            result,
+            "client resumed"
+        );
+        ClientEvent::Resumed {
+            replayed: replayed.min(u64::from(u32::MAX)) as u32,
+            missed: r.missed + log.head().saturating_sub(r.next),
+            stale: r.stale_epoch,
+            at: log.head_position(),
+        }
+    })
 }
 
 /// A draining node takes no new sessions: a client that understands redirects is told where

@@ -4,8 +4,10 @@
 //! whether it is a duplicate, whether to deliver it locally and whether to forward it. It owns
 //! no sockets, tasks or clocks; `peer` and `client` drive it.
 
+mod log;
 mod seen;
 
+pub use log::{LogPosition, Offer, PacketLog, Replay};
 pub use seen::SeenCache;
 
 use std::time::{Duration, Instant};
@@ -199,6 +201,11 @@ impl EchoEngine {
     /// Expire old seen-cache entries; call periodically when idle.
     pub fn tick(&mut self, now: Instant) -> (u64, u64) {
         self.seen.expire(now)
+    }
+
+    /// Whether this ID was accepted recently (a repair offer asks this).
+    pub fn has_seen(&self, id: &PacketId) -> bool {
+        self.seen.contains(id)
     }
 
     pub fn seen_len(&self) -> usize {

@@ -14,10 +14,14 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::participant::Fingerprint;
+use crate::ozone::OzoneAddr;
 use crate::wire;
 
-/// The bundle format this build writes and understands.
-pub const BUNDLE_FORMAT: u8 = 1;
+/// The bundle format this build writes. Format 2 appends the owner's mailbox to format 1
+/// (whose encoding is unchanged, so format-1 bundles stay valid and keep their signatures).
+pub const BUNDLE_FORMAT: u8 = 2;
+/// The first format (no mailbox).
+pub const BUNDLE_FORMAT_V1: u8 = 1;
 /// RSA modulus size participants use.
 pub const RSA_BITS: usize = 3072;
 /// Largest encoded bundle a node accepts.
@@ -28,6 +32,8 @@ pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_CLOCK_SKEW_SECS: u64 = 600;
 /// Domain separation for bundle signatures.
 const SIGNING_CONTEXT: &[u8] = b"echomesh key bundle v1\0";
+/// Fields of a format-1 bundle; format 2 has one more (the mailbox).
+const FIELDS_V1: usize = 6;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BundleKind {
@@ -46,7 +52,9 @@ impl BundleKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A participant's signed key bundle. Encoded as the tuple of its fields in this order; the
+/// mailbox only in format ≥ 2 (see the `Serialize`/`Deserialize` impls below).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyBundle {
     pub format: u8,
     pub kind: BundleKind,
@@ -57,6 +65,68 @@ pub struct KeyBundle {
     pub created_at: u64,
     /// RSA-PSS (SHA-256) over [`KeyBundle::signed_bytes`].
     pub signature: Bytes,
+    /// The owner's personal mailbox (format ≥ 2): anyone may deposit there, only the owner
+    /// can fetch. `None`: the owner is reachable only while connected.
+    pub mailbox: Option<OzoneAddr>,
+}
+
+impl Serialize for KeyBundle {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let v2 = self.format >= BUNDLE_FORMAT;
+        let mut t = s.serialize_tuple(FIELDS_V1 + usize::from(v2))?;
+        t.serialize_element(&self.format)?;
+        t.serialize_element(&self.kind)?;
+        t.serialize_element(&self.public_key)?;
+        t.serialize_element(&self.display_name)?;
+        t.serialize_element(&self.created_at)?;
+        t.serialize_element(&self.signature)?;
+        if v2 {
+            t.serialize_element(&self.mailbox)?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyBundle {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KeyBundle;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key bundle")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<KeyBundle, A::Error> {
+                use serde::de::Error;
+                let field = |i: usize| Error::invalid_length(i, &"a key bundle");
+                let format: u8 = a.next_element()?.ok_or_else(|| field(0))?;
+                let kind = a.next_element()?.ok_or_else(|| field(1))?;
+                let public_key = a.next_element()?.ok_or_else(|| field(2))?;
+                let display_name = a.next_element()?.ok_or_else(|| field(3))?;
+                let created_at = a.next_element()?.ok_or_else(|| field(4))?;
+                let signature = a.next_element()?.ok_or_else(|| field(5))?;
+                let mailbox = if format >= BUNDLE_FORMAT {
+                    a.next_element()?.ok_or_else(|| field(6))?
+                } else {
+                    None
+                };
+                Ok(KeyBundle {
+                    format,
+                    kind,
+                    public_key,
+                    display_name,
+                    created_at,
+                    signature,
+                    mailbox,
+                })
+            }
+        }
+        // The tuple is read as far as the format says (6 or 7 fields).
+        d.deserialize_tuple(FIELDS_V1 + 1, V)
+    }
 }
 
 /// Why a bundle is refused. `label()` is the `reason` label of
@@ -65,7 +135,7 @@ pub struct KeyBundle {
 pub enum BundleError {
     #[error("bundle cannot be decoded: {0}")]
     Undecodable(String),
-    #[error("bundle format {0} is not known to this node (it understands {BUNDLE_FORMAT}); upgrade the node or the client")]
+    #[error("bundle format {0} is not known to this node (it understands {BUNDLE_FORMAT_V1} and {BUNDLE_FORMAT}); upgrade the node or the client")]
     UnknownFormat(u8),
     #[error("bundle of {0} bytes exceeds the limit of {MAX_BUNDLE_BYTES} bytes")]
     Oversized(usize),
@@ -128,6 +198,12 @@ struct Signed<'a> {
     created_at: u64,
 }
 
+#[derive(Serialize)]
+struct SignedV2<'a> {
+    v1: Signed<'a>,
+    mailbox: Option<&'a OzoneAddr>,
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -143,15 +219,21 @@ impl KeyBundle {
         public_key: &[u8],
         display_name: &str,
         created_at: u64,
+        mailbox: Option<&OzoneAddr>,
     ) -> Vec<u8> {
         let mut out = SIGNING_CONTEXT.to_vec();
-        let body = wire::record_to_vec(&Signed {
+        let v1 = Signed {
             format,
             kind,
             public_key,
             display_name,
             created_at,
-        })
+        };
+        let body = if format >= BUNDLE_FORMAT {
+            wire::record_to_vec(&SignedV2 { v1, mailbox })
+        } else {
+            wire::record_to_vec(&v1)
+        }
         .unwrap_or_default();
         out.extend_from_slice(&body);
         out
@@ -181,8 +263,13 @@ impl KeyBundle {
     /// Check everything that can be checked without the directory: format, size, key, name,
     /// clock and signature.
     pub fn verify(&self, now_unix: u64) -> Result<(), BundleError> {
-        if self.format != BUNDLE_FORMAT {
+        if self.format != BUNDLE_FORMAT && self.format != BUNDLE_FORMAT_V1 {
             return Err(BundleError::UnknownFormat(self.format));
+        }
+        if self.format == BUNDLE_FORMAT_V1 && self.mailbox.is_some() {
+            return Err(BundleError::Undecodable(
+                "a format-1 bundle cannot name a mailbox".into(),
+            ));
         }
         let size = self.encode().map(|v| v.len()).unwrap_or(usize::MAX);
         if size > MAX_BUNDLE_BYTES {
@@ -205,6 +292,7 @@ impl KeyBundle {
             &self.public_key,
             &self.display_name,
             self.created_at,
+            self.mailbox.as_ref(),
         );
         let sig =
             Signature::try_from(self.signature.as_ref()).map_err(|_| BundleError::BadSignature)?;

@@ -18,8 +18,8 @@ pub mod flood;
 mod participant;
 
 pub use bundle::{
-    participant_key, unix_now, BundleError, BundleKind, KeyBundle, BUNDLE_FORMAT, MAX_BUNDLE_BYTES,
-    RSA_BITS,
+    participant_key, unix_now, BundleError, BundleKind, KeyBundle, BUNDLE_FORMAT, BUNDLE_FORMAT_V1,
+    MAX_BUNDLE_BYTES, RSA_BITS,
 };
 pub use participant::{Fingerprint, IdError, ParticipantRef, ShortId, SHORT_LEN};
 
@@ -267,6 +267,16 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn signed(kind: BundleKind, name: &str, created_at: u64) -> KeyBundle {
+        signed_as(BUNDLE_FORMAT, kind, name, created_at, None)
+    }
+
+    pub(crate) fn signed_as(
+        format: u8,
+        kind: BundleKind,
+        name: &str,
+        created_at: u64,
+        mailbox: Option<crate::ozone::OzoneAddr>,
+    ) -> KeyBundle {
         let k = key();
         let spki = k
             .to_public_key()
@@ -274,17 +284,66 @@ pub(crate) mod tests {
             .expect("spki")
             .as_bytes()
             .to_vec();
-        let msg = KeyBundle::signed_bytes(BUNDLE_FORMAT, kind, &spki, name, created_at);
+        let msg = KeyBundle::signed_bytes(format, kind, &spki, name, created_at, mailbox.as_ref());
         let sig: rsa::pss::Signature = BlindedSigningKey::<Sha256>::new(k.clone())
             .sign_with_rng(&mut rsa::rand_core::OsRng, &msg);
         KeyBundle {
-            format: BUNDLE_FORMAT,
+            format,
             kind,
             public_key: Bytes::from(spki),
             display_name: name.into(),
             created_at,
             signature: Bytes::from(Box::<[u8]>::from(sig)),
+            mailbox,
         }
+    }
+
+    /// Format-1 bundles (no mailbox) keep their exact encoding and stay valid; format-2
+    /// bundles carry a mailbox that the signature covers.
+    #[test]
+    fn both_bundle_formats_roundtrip_and_verify() {
+        #[derive(serde::Serialize)]
+        struct V1<'a> {
+            format: u8,
+            kind: BundleKind,
+            public_key: &'a Bytes,
+            display_name: &'a str,
+            created_at: u64,
+            signature: &'a Bytes,
+        }
+        let now = unix_now();
+        let old = signed_as(BUNDLE_FORMAT_V1, BundleKind::Publish, "Old", now, None);
+        let bytes = old.encode().unwrap();
+        let v1 = crate::wire::record_to_vec(&V1 {
+            format: old.format,
+            kind: old.kind,
+            public_key: &old.public_key,
+            display_name: &old.display_name,
+            created_at: old.created_at,
+            signature: &old.signature,
+        })
+        .unwrap();
+        assert_eq!(bytes, v1, "format 1 encodes as it always did");
+        let back = KeyBundle::decode(&bytes).unwrap();
+        assert_eq!(back, old);
+        back.verify(now).unwrap();
+
+        let mb = crate::ozone::OzoneAddr([7; 32]);
+        let new = signed_as(BUNDLE_FORMAT, BundleKind::Publish, "New", now, Some(mb));
+        let back = KeyBundle::decode(&new.encode().unwrap()).unwrap();
+        assert_eq!(back.mailbox, Some(mb));
+        back.verify(now).unwrap();
+        let mut moved = back.clone();
+        moved.mailbox = Some(crate::ozone::OzoneAddr([8; 32]));
+        assert_eq!(moved.verify(now), Err(BundleError::BadSignature));
+        let mut dropped = back;
+        dropped.mailbox = None;
+        assert_eq!(dropped.verify(now), Err(BundleError::BadSignature));
+        // Inside a message (a vector of bundles), both formats decode side by side.
+        let list = vec![old.clone(), new.clone(), old];
+        let enc = crate::wire::record_to_vec(&list).unwrap();
+        let dec: Vec<KeyBundle> = crate::wire::decode_body(&enc).unwrap();
+        assert_eq!(dec, list);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! batches both ways), and invite/join.
 
 pub mod join;
+pub mod repair;
 pub mod rpc;
 mod session;
 mod table;

@@ -116,6 +116,9 @@ pub async fn serve(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection) {
                 PeerRequest::Departure(_) => {
                     tracing::info_span!("peer.departure", neighbor = %n.id)
                 }
+                PeerRequest::EchoHave(_) => {
+                    tracing::debug_span!("echo.repair", neighbor = %n.id)
+                }
             };
             crate::telemetry::follow(&span, tc.as_ref());
             let reply = answer(&ctx, &n, req).instrument(span).await;
@@ -134,6 +137,15 @@ async fn answer(ctx: &Arc<Ctx>, n: &Neighbor, req: PeerRequest) -> PeerReply {
         n.set_departure(d);
         ctx.topology.local_changed.notify_one();
         return PeerReply::Noted;
+    }
+    if let PeerRequest::EchoHave(ids) = req {
+        // Echo repair is for every neighbor, federated ones included: it is plain flooding.
+        let ids: Vec<[u8; 32]> = ids
+            .into_iter()
+            .take(crate::peer::repair::MAX_OFFER)
+            .map(|i| i.0)
+            .collect();
+        return PeerReply::EchoWant(ctx.router.unseen(&ids));
     }
     // Replication is for members of our cluster only: a federated neighbor from another
     // cluster relays echo packets but may not read, write or delete our ozones.

@@ -287,6 +287,11 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
         n.clone(),
         conn.clone(),
     ));
+    ctx.tasks.spawn(crate::peer::repair::run(
+        ctx.clone(),
+        n.clone(),
+        conn.clone(),
+    ));
     if theirs.cluster == ctx.cfg.cluster {
         ctx.tasks
             .spawn(crate::ozone::service::sync_neighbor(ctx.clone(), n.clone()));
@@ -302,6 +307,8 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
         _ = ctx.shutdown.cancelled() => "node stopping".to_string(),
     };
     conn.close(quinn::VarInt::from_u32(close::NORMAL), b"");
+    // What this connection carried lately may not have arrived: offer it again (repair).
+    crate::peer::repair::connection_ended(&ctx, &n);
     ctx.metrics
         .count_drop(drop_reason::SEND_FAILED, in_flight.len() as u64);
     if n.detach(key) {

@@ -46,6 +46,14 @@ pub struct Neighbor {
     rate: Mutex<TokenBucket>,
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
+    /// Where in the node's packet log this neighbor must be offered packets again from
+    /// (`peer::repair`): it was down, its queue overflowed, or a connection died with packets
+    /// in flight. `None`: it is owed nothing. A new neighbor is owed the whole log.
+    resync: Mutex<Option<u64>>,
+    /// Wakes the repair loop when something is owed.
+    pub repair_wake: Notify,
+    /// One repair page at a time per neighbor, whatever the number of connections.
+    pub repairing: tokio::sync::Mutex<()>,
 }
 
 struct Inner {
@@ -82,6 +90,8 @@ pub struct NeighborView {
     pub queue_bytes: usize,
     pub departure: Departure,
     pub version: u16,
+    /// QUIC path statistics of each live connection.
+    pub paths: Vec<quinn::PathStats>,
 }
 
 impl Neighbor {
@@ -91,6 +101,27 @@ impl Neighbor {
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire) > 0
+    }
+
+    /// The neighbor may lack what the log holds from `seq` on: offer it again.
+    pub fn owe_from(&self, seq: u64) {
+        {
+            let mut r = self.resync.lock().unwrap_or_else(|p| p.into_inner());
+            *r = Some(r.map_or(seq, |s| s.min(seq)));
+        }
+        self.repair_wake.notify_one();
+    }
+
+    /// Take what is owed (the repair loop walks it and gives back where it stopped).
+    pub fn take_owed(&self) -> Option<u64> {
+        self.resync.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub fn is_owed(&self) -> bool {
+        self.resync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     pub fn mode(&self) -> EchoMode {
@@ -246,6 +277,7 @@ impl Neighbor {
             queue_bytes: self.queue.bytes(),
             departure: i.departure,
             version: i.version,
+            paths: i.conns.iter().map(|(_, c)| c.stats().path).collect(),
         }
     }
 
@@ -331,6 +363,9 @@ impl NeighborTable {
         let n = Arc::new(Neighbor {
             id: rec.id,
             queue: OutQueue::new(self.queue_bytes),
+            resync: Mutex::new(Some(0)),
+            repair_wake: Notify::new(),
+            repairing: tokio::sync::Mutex::new(()),
             state: Mutex::new(Inner {
                 addr: rec.addr.clone(),
                 mode: rec.mode,

@@ -33,10 +33,23 @@ pub const CLIENT_SEND_WINDOW: u64 = 1 << 20;
 /// Unread bytes a client may push at the node.
 pub const CLIENT_RECEIVE_WINDOW: u32 = 2 << 20;
 
+/// Idle timeout of client connections. Longer than the neighbors' (`peer.idle_timeout_ms`,
+/// which detects a dead neighbor): a phone on bad mobile data should keep its session through
+/// seconds of heavy loss. QUIC takes the smaller of both sides' values, so the node's server
+/// side offers the larger one and each dialer chooses.
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub fn transport_config(p: &PeerSection) -> Result<quinn::TransportConfig, TransportError> {
+    transport_config_idle(p, Duration::from_millis(p.idle_timeout_ms))
+}
+
+fn transport_config_idle(
+    p: &PeerSection,
+    idle: Duration,
+) -> Result<quinn::TransportConfig, TransportError> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_millis(p.keepalive_ms)));
-    let idle = quinn::IdleTimeout::try_from(Duration::from_millis(p.idle_timeout_ms))
+    let idle = quinn::IdleTimeout::try_from(idle)
         .map_err(|e| TransportError::Quic(format!("idle timeout: {e}")))?;
     t.max_idle_timeout(Some(idle));
     t.stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW));
@@ -45,6 +58,11 @@ pub fn transport_config(p: &PeerSection) -> Result<quinn::TransportConfig, Trans
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(8));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     t.datagram_receive_buffer_size(None);
+    // BBR models bandwidth and RTT instead of reading every lost datagram as congestion. With
+    // Cubic, random loss (bad Wi-Fi, mobile data, 30 % in the chaos suite) pins the window at
+    // its two-packet minimum and loss recovery runs on timers: links fell to a few packets a
+    // second and a flood over a nine-node mesh stalled for a minute (docs/DELIVERY.md).
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     Ok(t)
 }
 
@@ -67,7 +85,8 @@ pub fn bind(
     let quic_server = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
         .map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
-    server_cfg.transport_config(Arc::new(transport_config(p)?));
+    let server_idle = Duration::from_millis(p.idle_timeout_ms).max(CLIENT_IDLE_TIMEOUT);
+    server_cfg.transport_config(Arc::new(transport_config_idle(p, server_idle)?));
     quinn::Endpoint::new(
         endpoint_cfg,
         Some(server_cfg),
@@ -97,7 +116,12 @@ pub fn dial_config(
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls_cfg)
         .map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport_config(p)?));
+    let idle = if alpn == crate::wire::ALPN_CLIENT {
+        CLIENT_IDLE_TIMEOUT
+    } else {
+        Duration::from_millis(p.idle_timeout_ms)
+    };
+    cfg.transport_config(Arc::new(transport_config_idle(p, idle)?));
     Ok((cfg, verifier))
 }
 

@@ -167,6 +167,21 @@ pub fn send(
     batch: usize,
     every: Duration,
 ) -> tokio::task::JoinHandle<Result<u64, String>> {
+    send_sized(lab, log, origin, phase, count, batch, every, 0)
+}
+
+/// [`send`] with payloads padded to at least `size` bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn send_sized(
+    lab: &Lab,
+    log: &SendLog,
+    origin: usize,
+    phase: u32,
+    count: u64,
+    batch: usize,
+    every: Duration,
+    size: usize,
+) -> tokio::task::JoinHandle<Result<u64, String>> {
     let log = log.clone();
     let (ep, addr, fp) = (
         lab.client.clone(),
@@ -188,6 +203,9 @@ pub fn send(
                     let mut payload =
                         format!("chaos {seed} n{origin} p{phase} #{} ", seq + k).into_bytes();
                     payload.extend_from_slice(&rand::random::<[u8; 16]>());
+                    if payload.len() < size {
+                        payload.resize(size, b'.');
+                    }
                     EchoPacket::new(Bytes::from(payload), 16, None)
                 })
                 .collect();
@@ -219,6 +237,81 @@ pub fn send(
             seq += n as u64;
         }
         Ok(seq)
+    })
+}
+
+/// Like [`send_sized`], as real clients on a bad link send: batches pipelined and kept until
+/// acknowledged, the same node dialed again when the connection breaks and every
+/// unacknowledged batch sent again byte for byte (`client::inject`). A packet counts as sent
+/// once the node acknowledged it, accepted or already known.
+#[allow(clippy::too_many_arguments)]
+pub fn send_resilient(
+    lab: &Lab,
+    log: &SendLog,
+    origin: usize,
+    phase: u32,
+    count: u64,
+    batch: usize,
+    size: usize,
+) -> tokio::task::JoinHandle<Result<u64, String>> {
+    let log = log.clone();
+    let (ep, addr, fp) = (
+        lab.client.clone(),
+        lab.node_addr(origin),
+        lab.fingerprint(origin).to_string(),
+    );
+    let seed = lab.seed;
+    lab.rt.spawn(async move {
+        let s = super::connect(&ep, addr, &fp)
+            .await
+            .map_err(|e| format!("sender to n{origin}: {e}"))?;
+        let batches = (0..count.div_ceil(batch as u64)).map(move |b| {
+            let first = b * batch as u64;
+            (first..(first + batch as u64).min(count))
+                .map(|k| {
+                    let mut payload = format!("chaos {seed} n{origin} p{phase} #{k} ").into_bytes();
+                    payload.extend_from_slice(&rand::random::<[u8; 16]>());
+                    if payload.len() < size {
+                        payload.resize(size, b'.');
+                    }
+                    EchoPacket::new(Bytes::from(payload), 16, None)
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut problem = None;
+        let mut seq = 0u64;
+        let r = echomesh_node::client::inject::inject_all(
+            &ep,
+            s,
+            "chaos",
+            batches,
+            Duration::from_secs(120),
+            |pkts, accepted, duplicates| {
+                if (accepted + duplicates) as usize != pkts.len() {
+                    problem = Some(format!(
+                        "n{origin} acknowledged {} of {} packets",
+                        accepted + duplicates,
+                        pkts.len()
+                    ));
+                }
+                let mut l = lock(&log.0);
+                for p in pkts {
+                    l.push(Sent {
+                        id: p.id,
+                        origin,
+                        phase,
+                        seq,
+                    });
+                    seq += 1;
+                }
+            },
+        )
+        .await
+        .map_err(|e| format!("inject at n{origin}: {e}"))?;
+        if let Some(p) = problem {
+            return Err(p);
+        }
+        Ok(r.reconnects)
     })
 }
 

@@ -84,11 +84,71 @@ fn seed() -> u64 {
     }
 }
 
+/// The seeds a multi-seed scenario runs: `ECHOMESH_CHAOS_SEEDS` (comma-separated; the soak
+/// passes many), else `ECHOMESH_CHAOS_SEED` alone, else `default` (the CI profile's fixed ones).
+pub fn seeds(default: &[u64]) -> Vec<u64> {
+    if let Ok(list) = std::env::var("ECHOMESH_CHAOS_SEEDS") {
+        return list
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("ECHOMESH_CHAOS_SEEDS: {s:?} is not a number"))
+            })
+            .collect();
+    }
+    if std::env::var("ECHOMESH_CHAOS_SEED").is_ok() {
+        return vec![seed()];
+    }
+    default.to_vec()
+}
+
+/// A connected random graph on `n` nodes in which every node has at least `min_degree`
+/// neighbors: a random spanning tree, then random extra links to the nodes still short.
+pub fn random_graph(n: usize, min_degree: usize, rng: &mut impl Rng) -> Vec<(usize, usize)> {
+    use rand::seq::SliceRandom;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(rng);
+    let mut links: Vec<(usize, usize)> = Vec::new();
+    let has = |l: &[(usize, usize)], a: usize, b: usize| {
+        l.iter().any(|&(x, y)| (x, y) == (a, b) || (x, y) == (b, a))
+    };
+    for i in 1..n {
+        let parent = order[rng.random_range(0..i)];
+        links.push((parent, order[i]));
+    }
+    let degree =
+        |l: &[(usize, usize)], v: usize| l.iter().filter(|&&(a, b)| a == v || b == v).count();
+    let want = min_degree.min(n.saturating_sub(1));
+    for v in 0..n {
+        while degree(&links, v) < want {
+            // Prefer partners that are short themselves, so the graph stays sparse.
+            let mut cands: Vec<usize> = (0..n).filter(|&u| u != v && !has(&links, u, v)).collect();
+            cands.shuffle(rng);
+            cands.sort_by_key(|&u| degree(&links, u) >= want);
+            let u = cands[0];
+            links.push((v.min(u), v.max(u)));
+        }
+    }
+    links
+}
+
 impl Lab {
     /// Build the network, start every node with its neighbors and wait until all links are up.
     pub fn start(name: &str, spec: LabSpec) -> Lab {
+        Lab::start_seeded(name, seed(), |_| spec)
+    }
+
+    /// Start with a given seed and a spec drawn from it (random graphs, say).
+    pub fn start_seeded(
+        name: &str,
+        seed: u64,
+        spec: impl FnOnce(&mut rand::rngs::StdRng) -> LabSpec,
+    ) -> Lab {
         let one = ONE_LAB.lock().unwrap_or_else(|p| p.into_inner());
-        let seed = seed();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let spec = spec(&mut rng);
         eprintln!(
             "chaos {name}: seed {seed} (replay: ECHOMESH_CHAOS_SEED={seed} cargo test -p echomesh-tests --test chaos {name})"
         );
@@ -127,7 +187,7 @@ impl Lab {
         };
         let mut lab = Lab {
             seed,
-            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            rng,
             nodes: Vec::new(),
             links: Vec::new(),
             net,
@@ -309,6 +369,18 @@ impl Lab {
         }
     }
 
+    /// Lose `pct` % of the datagrams between the clients and every node, both ways (a phone
+    /// on bad mobile data). Needs namespaces: the rules live inside the node namespaces.
+    pub fn set_client_loss(&self, pct: u32) {
+        self.log(format!("loss {pct} % on the client legs"));
+        match &self.net {
+            Net::Netns(n) => n.set_client_loss(pct).expect("nft client loss"),
+            Net::Loopback { .. } => {
+                panic!("client-leg loss needs network namespaces (run as root)")
+            }
+        }
+    }
+
     /// Datagrams the faults dropped so far (nftables counters and proxies): proof they bit.
     pub fn fault_drops(&self) -> u64 {
         let mut total = 0;
@@ -425,6 +497,50 @@ impl Lab {
     pub fn pause(&mut self, lo: u64, hi: u64) {
         let ms = self.rng.random_range(lo..=hi);
         std::thread::sleep(Duration::from_millis(ms));
+    }
+
+    /// Print every node's counters that explain a loss (drops by reason, repair, log,
+    /// accepted and delivered packets): called before a checker's verdict panics.
+    pub fn dump_counters(&self) {
+        const KEEP: &[&str] = &[
+            "echomesh_packets_dropped_total",
+            "echomesh_packets_accepted_total",
+            "echomesh_packets_delivered_total",
+            "echomesh_echo_repair",
+            "echomesh_packet_log",
+            "echomesh_client_resumes_total",
+            "echomesh_neighbors{",
+            "echomesh_neighbor_queue_bytes",
+            "echomesh_neighbor_rtt_seconds",
+            "echomesh_neighbor_sent_bytes_total",
+            "echomesh_neighbor_received_bytes_total",
+        ];
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Ok((_, text)) = crate::http_get(n.info.admin, "/metrics") else {
+                eprintln!("  n{i}: no metrics (down?)");
+                continue;
+            };
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with('#') && KEEP.iter().any(|k| l.starts_with(k)))
+                .filter(|l| !l.ends_with(" 0"))
+                .collect();
+            eprintln!("  n{i} ({}): {}", n.info.id, lines.join("; "));
+            for v in n.neighbors() {
+                eprintln!(
+                    "    → {} {} queue {} B, QUIC {}",
+                    v["id"].as_str().unwrap_or("?"),
+                    v["state"].as_str().unwrap_or("?"),
+                    v["queue_bytes"],
+                    v["connections"]
+                );
+            }
+        }
+    }
+
+    /// The neighbor links, as built.
+    pub fn links(&self) -> Vec<(usize, usize)> {
+        self.links.iter().map(|l| (l.a, l.b)).collect()
     }
 
     pub fn fingerprint(&self, i: usize) -> &str {

@@ -140,9 +140,14 @@ impl Netns {
                 "add table inet chaos\n\
                  add chain inet chaos input { type filter hook input priority 0 ; policy accept ; }\n\
                  add chain inet chaos block\n\
+                 add chain inet chaos output { type filter hook output priority 0 ; policy accept ; }\n\
+                 add chain inet chaos block\n\
                  add chain inet chaos loss\n\
+                 add chain inet chaos closs\n\
                  add rule inet chaos input jump block\n\
-                 add rule inet chaos input jump loss\n",
+                 add rule inet chaos input jump loss\n\
+                 add rule inet chaos input jump closs\n\
+                 add rule inet chaos output jump closs\n",
             )?;
         }
         let h = self.host_if.clone();
@@ -235,13 +240,35 @@ impl Netns {
         Ok(())
     }
 
+    /// Drop `pct` % of the UDP datagrams between each node and the clients, both ways (the
+    /// rules sit in the node namespaces: input from the host address, output to it).
+    pub fn set_client_loss(&self, pct: u32) -> Result<(), String> {
+        self.keep_counts("closs");
+        let host = self.host_ip();
+        for ns in &self.nodes {
+            let mut script = "flush chain inet chaos closs\n".to_string();
+            if pct > 0 {
+                script.push_str(&format!(
+                    "add rule inet chaos closs meta l4proto udp ip saddr {host} numgen random mod 100 < {pct} counter drop\n\
+                     add rule inet chaos closs meta l4proto udp ip daddr {host} numgen random mod 100 < {pct} counter drop\n"
+                ));
+            }
+            nft(ns, &script)?;
+        }
+        Ok(())
+    }
+
     /// Packets the chaos rules dropped, in all namespaces, since the lab started (proof that
     /// a fault bit).
     pub fn dropped(&self) -> u64 {
         self.flushed_drops
             .load(std::sync::atomic::Ordering::Relaxed)
             + (0..self.nodes.len())
-                .map(|i| self.rule_drops(i, "block") + self.rule_drops(i, "loss"))
+                .map(|i| {
+                    self.rule_drops(i, "block")
+                        + self.rule_drops(i, "loss")
+                        + self.rule_drops(i, "closs")
+                })
                 .sum::<u64>()
     }
 

@@ -38,7 +38,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     s.neighbors_up, s.neighbors_total
                 );
                 println!("clients      {}", s.client_sessions);
-                println!("uptime       {} s", s.uptime_secs);
+                println!("uptime       {}", crate::render::duration(s.uptime_secs));
                 if s.draining {
                     println!("drain        {}", drain_line(&s.drain));
                 }
@@ -120,8 +120,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     eprintln!("warning: {w}");
                 }
                 eprintln!(
-                    "one-time invite for {} (run on the other node: echomeshctl join TOKEN):",
-                    r.addr
+                    "one-time invite for {}, valid until {} (run on the other node: echomeshctl join TOKEN):",
+                    r.addr,
+                    crate::render::local_time(r.expires_unix)
                 );
                 println!("{}", r.token);
             }
@@ -282,15 +283,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn drain_line(st: &echomesh_node::drain::DrainStatus) -> String {
     format!(
-        "{} after {} s: clients moved {}/{} ({} still connected), ozones handed off {}/{}, {} bytes queued, {} neighbors told{}",
+        "{} after {}: clients moved {}/{} ({} still connected), ozones handed off {}/{}, {} queued, {} neighbors told{}",
         st.phase,
-        st.elapsed_secs,
+        crate::render::duration(st.elapsed_secs),
         st.clients_moved,
         st.clients_total,
         st.clients_connected,
         st.ozones_done,
         st.ozones_total,
-        st.queued_bytes,
+        crate::render::bytes(st.queued_bytes as u64),
         st.neighbors_told,
         st.detail.as_deref().map(|d| format!("; {d}")).unwrap_or_default()
     )
@@ -385,6 +386,7 @@ async fn inject(
         |_, _, _| {},
     )
     .await?;
+    crate::target_node::hang_up(&ep).await;
     if r.reconnects > 0 {
         eprintln!(
             "inject: the connection broke {} times; unacknowledged batches were sent again",
@@ -425,11 +427,24 @@ async fn tail(
     session.subscribe(SubscribeFilter::All).await?;
     eprintln!("tail: subscribed to {} ({})", node.addr, session.node_id);
     let mut session = Follower::new(
-        ep,
+        ep.clone(),
         session,
         crate::target_node::AGENT,
         Some(SubscribeFilter::All),
     );
+    let r = tail_follow(&mut session, count, timeout, json).await;
+    // Say goodbye, so the node frees the session now rather than at its idle timeout.
+    session.close();
+    crate::target_node::hang_up(&ep).await;
+    r
+}
+
+async fn tail_follow(
+    session: &mut Follower,
+    count: Option<u64>,
+    timeout: Option<f64>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let deadline =
         timeout.map(|t| tokio::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
     let mut seen = 0u64;

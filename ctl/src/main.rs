@@ -5,6 +5,7 @@ mod bench;
 mod bench_ozone;
 mod commands;
 mod messaging;
+mod render;
 mod target_node;
 
 use std::path::PathBuf;
@@ -72,6 +73,7 @@ pub enum Command {
     /// Exit 0 when the node answers /healthz (with --ready: /readyz, i.e. serving and not
     /// draining), else 1. No token needed: for container healthchecks and scripts.
     Health {
+        /// Check /readyz (serving, not draining, storage open) instead of /healthz.
         #[arg(long)]
         ready: bool,
     },
@@ -79,6 +81,7 @@ pub enum Command {
     /// with RTT, learned from signed node announcements. `--json` for tools, `--dot` for
     /// Graphviz (`echomeshctl topology --dot | dot -Tsvg > mesh.svg`).
     Topology {
+        /// Print Graphviz DOT instead of tables.
         #[arg(long)]
         dot: bool,
     },
@@ -87,6 +90,7 @@ pub enum Command {
     /// queues flushed, neighbors told it left. `--wait` shows progress and exits 0 when it is
     /// safe to stop the node (1 if the deadline passed first).
     Drain {
+        /// Show progress until it is safe to stop the node (exit 1 if the deadline passes).
         #[arg(long)]
         wait: bool,
         /// Give up handing off after SECS (default: the node's drain_deadline_secs).
@@ -102,18 +106,26 @@ pub enum Command {
     /// Inject raw echo packets (testing). Without PAYLOAD, random payloads of --size bytes;
     /// with PAYLOAD, exactly that payload, --count times (repeats are duplicates).
     Inject {
+        /// The node to talk to: HOST:PORT#FINGERPRINT (pinned; `echomeshctl status` on that
+        /// node prints it), or HOST:PORT (trust on first use: remembered, then checked).
         #[arg(long)]
         node: NodeTarget,
+        /// How many packets to inject.
         #[arg(long, default_value_t = 1)]
         count: u64,
+        /// Bytes of each random payload (ignored with PAYLOAD).
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// Hops each packet may travel (the node caps it at its echo.default_hops).
         #[arg(long, default_value_t = 16)]
         hops: u8,
+        /// The payload text; without it, random bytes.
         payload: Option<String>,
     },
     /// Print packets the node accepts, one per line (UTF-8 if printable, else hex).
     Tail {
+        /// The node to talk to: HOST:PORT#FINGERPRINT (pinned; `echomeshctl status` on that
+        /// node prints it), or HOST:PORT (trust on first use: remembered, then checked).
         #[arg(long)]
         node: NodeTarget,
         /// Exit after N packets (exit 1 if --timeout passes first).
@@ -152,7 +164,12 @@ pub enum NeighborsCmd {
     },
     /// Change how packets from a neighbor are treated: `full` (forward) or `half` (deliver
     /// locally only). Applies at once, without reconnecting.
-    SetMode { id: String, mode: String },
+    SetMode {
+        /// Fingerprint or short ID, as `neighbors` lists them.
+        id: String,
+        /// `full` or `half`.
+        mode: String,
+    },
 }
 
 fn main() -> ExitCode {

@@ -35,6 +35,7 @@ pub enum KeysCmd {
     /// Generate an RSA-3072 participant key into a new file (mode 0600). The passphrase comes
     /// from ECHOMESH_PASSPHRASE or a prompt; --no-passphrase stores the key unprotected.
     Gen {
+        /// The new key file (refused if it exists; written with mode 0600).
         #[arg(long)]
         out: PathBuf,
         /// Store the key without a passphrase (anyone who can read the file can read your mail).
@@ -43,8 +44,11 @@ pub enum KeysCmd {
     },
     /// Publish your signed key bundle so others can find you by your ID.
     Publish {
+        /// The node to talk to: HOST:PORT#FINGERPRINT (pinned; `echomeshctl status` on that
+        /// node prints it), or HOST:PORT (trust on first use: remembered, then checked).
         #[arg(long)]
         node: NodeTarget,
+        /// Your key file.
         #[arg(long)]
         key: PathBuf,
         /// Display name shown to people who look you up (default: $USER).
@@ -58,19 +62,26 @@ pub enum KeysCmd {
     },
     /// Look up a participant by short ID (e.g. M8N22HT6QK) or full fingerprint.
     Lookup {
+        /// The node to talk to: HOST:PORT#FINGERPRINT (pinned; `echomeshctl status` on that
+        /// node prints it), or HOST:PORT (trust on first use: remembered, then checked).
         #[arg(long)]
         node: NodeTarget,
+        /// Short ID (e.g. M8N22HT6QK) or full fingerprint.
         id: String,
     },
     /// Revoke your key: a signed, final notice that it must not be used any more.
     Revoke {
+        /// The node to talk to: HOST:PORT#FINGERPRINT (pinned; `echomeshctl status` on that
+        /// node prints it), or HOST:PORT (trust on first use: remembered, then checked).
         #[arg(long)]
         node: NodeTarget,
+        /// The key file of the key to revoke.
         #[arg(long)]
         key: PathBuf,
     },
     /// Show the ID and fingerprint of a key file.
     Show {
+        /// The key file.
         #[arg(long)]
         key: PathBuf,
     },
@@ -80,6 +91,8 @@ pub enum KeysCmd {
 pub enum OzoneCmd {
     /// Messages and bytes held, quotas, retention and which members hold the ozone.
     Info {
+        /// The node to talk to: HOST:PORT#FINGERPRINT (pinned; `echomeshctl status` on that
+        /// node prints it), or HOST:PORT (trust on first use: remembered, then checked).
         #[arg(long)]
         node: NodeTarget,
         /// The ozone's secret.
@@ -99,10 +112,14 @@ pub async fn ozone(cmd: OzoneCmd, json: bool) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&i)?);
             } else {
                 println!(
-                    "messages     {} of {} ({} of {} bytes) on {}",
-                    i.messages, i.max_messages, i.bytes, i.max_bytes, node.addr
+                    "messages     {} of {} ({} of {}) on {}",
+                    i.messages,
+                    i.max_messages,
+                    crate::render::bytes(i.bytes),
+                    crate::render::bytes(i.max_bytes),
+                    node.addr
                 );
-                println!("retention    {} s", i.retention_secs);
+                println!("retention    {}", crate::render::duration(i.retention_secs));
                 println!(
                     "replicas     R={} W={} (cluster: {} of {} members alive)",
                     i.replicas, i.write_quorum, i.members_alive, i.members_known
@@ -116,6 +133,8 @@ pub async fn ozone(cmd: OzoneCmd, json: bool) -> anyhow::Result<ExitCode> {
 
 #[derive(Args, Debug)]
 pub struct SendArgs {
+    /// The node to talk to: HOST:PORT#FINGERPRINT (pinned; `echomeshctl status` on that
+    /// node prints it), or HOST:PORT (trust on first use: remembered, then checked).
     #[arg(long)]
     node: NodeTarget,
     /// Your key file.
@@ -143,6 +162,8 @@ pub struct SendArgs {
 
 #[derive(Args, Debug)]
 pub struct RecvArgs {
+    /// The node to talk to: HOST:PORT#FINGERPRINT (pinned; `echomeshctl status` on that
+    /// node prints it), or HOST:PORT (trust on first use: remembered, then checked).
     #[arg(long)]
     node: NodeTarget,
     /// Read the ozone derived from SECRET instead of your personal mailbox: stored messages
@@ -172,7 +193,7 @@ pub struct RecvArgs {
     /// Where received files are written.
     #[arg(long, default_value = ".")]
     out_dir: PathBuf,
-    /// Largest file accepted.
+    /// Largest file accepted, in bytes.
     #[arg(long, default_value_t = files::DEFAULT_MAX_FILE_BYTES)]
     max_file_bytes: u64,
 }
@@ -290,7 +311,7 @@ pub async fn keys(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
                     println!("id           {}", fp.short_id());
                     println!("fingerprint  {}", fp.hex());
                     println!("name         {}", sanitize(&b.display_name));
-                    println!("created      {} (unix time)", b.created_at);
+                    println!("created      {}", crate::render::local_time(b.created_at));
                     println!("status       {} (signature verified)", b.kind.label());
                     println!(
                         "mailbox      {}",
@@ -492,6 +513,7 @@ pub async fn send(a: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         s.conn.close(0u32.into(), b"done");
     }
+    target_node::hang_up(&ep).await;
     let all_ok = outcomes
         .iter()
         .all(|(_, o)| !matches!(o, Delivery::Failed(_)));
@@ -738,13 +760,14 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
                 break;
             }
         }
-        if !a.follow {
+        if !live || a.count.is_some_and(|c| shown >= c) {
             s.conn.close(0u32.into(), b"done");
+            target_node::hang_up(&ep).await;
             return Ok(ExitCode::SUCCESS);
         }
     }
     // Live: a follower moves to another node if this one drains, without loss or repeats.
-    let mut f = Follower::new(ep, s, target_node::AGENT, Some(filter));
+    let mut f = Follower::new(ep.clone(), s, target_node::AGENT, Some(filter));
     eprintln!("recv: listening as {} on {}", fp.short_id(), a.node.addr);
     let timeout = a.timeout.or(if a.follow { None } else { Some(30.0) });
     let deadline =
@@ -789,6 +812,7 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
                 if let Some(c) = a.count {
                     eprintln!("echomeshctl: timeout after {shown} of {c} messages");
                     f.close();
+                    target_node::hang_up(&ep).await;
                     return Ok(ExitCode::FAILURE);
                 }
                 break;
@@ -845,6 +869,7 @@ pub async fn recv(a: RecvArgs, json: bool) -> anyhow::Result<ExitCode> {
             )
         })??;
     f.close();
+    target_node::hang_up(&ep).await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -83,6 +83,12 @@ fn remember(addr: &str, id: NodeId) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Let closed connections tell the node they are gone before the process exits (bounded):
+/// otherwise the node keeps the session until its idle timeout.
+pub async fn hang_up(endpoint: &quinn::Endpoint) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
 /// How this tool introduces itself to nodes.
 pub const AGENT: &str = concat!("echomeshctl/", env!("CARGO_PKG_VERSION"));
 

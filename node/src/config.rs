@@ -147,6 +147,10 @@ pub struct PeerSection {
     pub handshake_timeout_ms: u64,
     pub backoff_min_ms: u64,
     pub backoff_max_ms: u64,
+    /// QUIC congestion control for the data this node sends: `bbr` (default: keeps links
+    /// moving under random loss, where `cubic` and `newreno` collapse to a few packets a
+    /// second), `cubic` or `newreno` (fairer to other TCP traffic on a shared, congested WAN).
+    pub congestion_control: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -255,6 +259,7 @@ impl Default for PeerSection {
             handshake_timeout_ms: 5_000,
             backoff_min_ms: 200,
             backoff_max_ms: 30_000,
+            congestion_control: "bbr".into(),
         }
     }
 }
@@ -411,6 +416,12 @@ impl Config {
         }
         if self.peer.keepalive_ms == 0 || self.peer.idle_timeout_ms <= self.peer.keepalive_ms {
             return bad("peer.idle_timeout_ms must be larger than peer.keepalive_ms (> 0)".into());
+        }
+        if !["bbr", "cubic", "newreno"].contains(&self.peer.congestion_control.as_str()) {
+            return bad(format!(
+                "peer.congestion_control: {:?} is not one of bbr, cubic, newreno",
+                self.peer.congestion_control
+            ));
         }
         if self.peer.backoff_min_ms == 0 || self.peer.backoff_max_ms < self.peer.backoff_min_ms {
             return bad("peer.backoff_min_ms must be > 0 and <= peer.backoff_max_ms".into());

@@ -665,6 +665,33 @@ mod tests {
             reason: String::new(),
         };
         assert_eq!(index(&redirect), 12);
+        assert_eq!(index(&PeerRequest::EchoHave(vec![])), 5);
+        assert_eq!(index(&PeerReply::EchoWant(vec![])), 6);
+        let at = LogPosition { epoch: 1, seq: 2 };
+        let sub_at = ClientRequest::SubscribeAt {
+            filter: SubscribeFilter::All,
+            after: Some(at),
+        };
+        assert_eq!(index(&sub_at), 9);
+        let deliver_at = ClientEvent::DeliverAt {
+            at,
+            packets: vec![],
+        };
+        assert_eq!(index(&deliver_at), 13);
+        let resumed = ClientEvent::Resumed {
+            replayed: 0,
+            missed: 0,
+            stale: false,
+            at,
+        };
+        assert_eq!(index(&resumed), 14);
+        const {
+            assert!(
+                since::ECHO_REPAIR <= PROTOCOL_VERSION
+                    && since::RESUME <= PROTOCOL_VERSION
+                    && since::MAILBOX <= PROTOCOL_VERSION
+            )
+        };
         const { assert!(since::REDIRECT > MIN_PROTOCOL_VERSION && since::REDIRECT <= PROTOCOL_VERSION) };
         // A frame of a kind this build does not know (index 200) is refused cleanly.
         let mut frame = encode(&ClientEvent::Subscribed).unwrap().to_vec();

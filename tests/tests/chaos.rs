@@ -152,12 +152,16 @@ fn flood_under_loss_on_the_loopback_fallback() {
 /// Nine nodes on a seeded connected random graph in which every node has at least three
 /// neighbors, 30 % loss on the UDP between nodes (not on the client legs), one client
 /// injecting 5 000 packets of 256 B at one node as fast as the node acknowledges them: every
-/// subscriber on the other eight gets every packet exactly once. CI runs the fixed seeds below;
+/// subscriber on the other eight gets every packet exactly once, within 20 s of the first
+/// send. CI runs the fixed seeds below;
 /// `scripts/soak` passes many through `ECHOMESH_CHAOS_SEEDS`.
 #[test]
 fn nine_nodes_random_graph_under_30_percent_loss_deliver_everything_once() {
     let name = "nine_nodes_random_graph_under_30_percent_loss_deliver_everything_once";
-    for seed in chaos::seeds(&[7, 12_648_430]) {
+    // Complete within 20 s: about 3 s here since neighbors use BBR; with Cubic's collapse under
+    // random loss it took 10–50 s, and seed 2 lost a stretch for good (docs/DELIVERY.md).
+    const WITHIN: Duration = Duration::from_secs(20);
+    for seed in chaos::seeds(&[2, 12_648_430]) {
         let lab = Lab::start_seeded(name, seed, |rng| {
             let links = chaos::random_graph(9, 3, rng);
             LabSpec {
@@ -192,7 +196,7 @@ fn nine_nodes_random_graph_under_30_percent_loss_deliver_everything_once() {
             &log.all(),
             &others,
             |_, _| true,
-            Duration::from_secs(60),
+            WITHIN.saturating_sub(started.elapsed()),
             Duration::from_secs(1),
         )
         .unwrap_or_else(|e| {
@@ -321,6 +325,10 @@ fn clients_on_lossy_links_complete_without_loss_or_repeats() {
                 .expect("sender task")
                 .unwrap_or_else(|e| panic!("sender failed: {e}"));
         }
+        lab.log(format!(
+            "senders done after {:.1} s ({reconnects} reconnects)",
+            started.elapsed().as_secs_f64()
+        ));
         let all: Vec<&Subscriber> = subs.iter().collect();
         let report = check_flood(
             &log.all(),
@@ -329,8 +337,30 @@ fn clients_on_lossy_links_complete_without_loss_or_repeats() {
             Duration::from_secs(90),
             Duration::from_secs(1),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| {
+            lab.dump_counters();
+            for s in &subs {
+                eprintln!(
+                    "  subscriber on n{}: {} received; QUIC {}",
+                    s.node,
+                    s.received(),
+                    s.quic_stats()
+                );
+            }
+            panic!("{e}")
+        });
         let drops = lab.fault_drops();
+        let resumed: f64 = lab
+            .nodes
+            .iter()
+            .map(|n| {
+                n.metric("echomesh_client_resumes_total{result=\"complete\"}")
+                    + n.metric("echomesh_client_resumes_total{result=\"gap\"}")
+            })
+            .sum();
+        lab.log(format!(
+            "subscriptions resumed after a lost connection: {resumed}"
+        ));
         lab.set_client_loss(0);
         lab.set_loss(0);
         lab.log(format!(

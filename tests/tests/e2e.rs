@@ -400,7 +400,9 @@ async fn a_client_that_never_reads_stays_within_its_bound() {
     let cfg = root.path().join("small.toml");
     std::fs::write(
         &cfg,
-        format!("[limits]\nclient_queue_bytes = {BOUND}\n[echo]\nmax_payload_bytes = 65536\n"),
+        // The packet log (echo.log_bytes) keeps recent packets whoever reads them; it has its
+        // own bound, kept small here so that RSS measures what the slow client costs.
+        format!("[limits]\nclient_queue_bytes = {BOUND}\n[echo]\nmax_payload_bytes = 65536\nlog_bytes = 4194304\n"),
     )
     .unwrap();
     let a = TestNode::start(

@@ -25,6 +25,11 @@ use crate::wire::{self, ClientEvent, LogPosition, SubscribeFilter};
 pub const LINGER: Duration = Duration::from_secs(2);
 /// Packet IDs remembered to drop duplicates across a move or a resume.
 pub const RECENT_IDS: usize = 262_144;
+/// A position subscription that hears nothing for this long (the node sends a heartbeat every
+/// `session::HEARTBEAT` when idle) is stalled: QUIC keeps the connection alive but data does
+/// not get through (seen under heavy loss, with loss recovery backing off for tens of
+/// seconds). The follower then dials again and resumes on a fresh connection.
+pub const STALLED: Duration = Duration::from_secs(8);
 /// How long a broken session is dialed again before the follower gives up.
 pub const RESUME_FOR: Duration = Duration::from_secs(120);
 
@@ -168,6 +173,11 @@ impl Follower {
         Ok(())
     }
 
+    /// The current connection (to read QUIC's statistics, say).
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
     /// Remember packets delivered outside the follower (before it was made).
     pub fn mark_seen(&mut self, id: [u8; 32]) -> bool {
         self.recent.insert(id)
@@ -205,8 +215,15 @@ impl Follower {
                         None => std::future::pending().await,
                     }
                 };
+                let stall_guard = self.resumable && !self.want_positions;
                 tokio::select! {
                     ev = reader.next_event() => Source::Current(ev),
+                    _ = tokio::time::sleep(STALLED), if stall_guard => {
+                        Source::Current(Err(ClientError::Io(format!(
+                            "nothing from the node for {} s (stalled connection)",
+                            STALLED.as_secs()
+                        ))))
+                    }
                     ev = old_next => Source::Old(ev),
                     _ = tokio::time::sleep_until(linger.unwrap_or_else(Instant::now)), if linger.is_some() => Source::LingerOver,
                 }

@@ -56,7 +56,16 @@ pub async fn inject_all(
             if unacked.is_empty() {
                 return Ok(true);
             }
-            match s.next_event().await? {
+            // A connection that stops moving (QUIC alive, nothing through) is a lost one.
+            let ev = tokio::time::timeout(super::follow::STALLED, s.next_event())
+                .await
+                .map_err(|_| {
+                    ClientError::Io(format!(
+                        "no acknowledgement from the node for {} s (stalled connection)",
+                        super::follow::STALLED.as_secs()
+                    ))
+                })?;
+            match ev? {
                 Some(ClientEvent::Injected {
                     accepted,
                     duplicates,

@@ -28,6 +28,8 @@ const MAX_ACK_IDS: usize = 4096;
 const READER_ENDED_BY_WRITER: &str = "writer ended";
 const FRAME_ERROR: &str = "frame error";
 const MAX_DELIVER_BATCH: usize = 256 * 1024;
+/// How often a position subscription hears from an idle node (see `client::follow::STALLED`).
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
 enum Filter {
     None,
@@ -525,6 +527,11 @@ async fn write_events(
     let mut batch = Vec::new();
     let mut packets = Vec::new();
     let mut buf = Vec::with_capacity(MAX_DELIVER_BATCH + 1024);
+    // Position subscriptions hear from the node at least every HEARTBEAT (an empty
+    // `DeliverAt`), so that a client can tell a quiet subscription from a stalled connection.
+    let mut last_at: Option<wire::LogPosition> = None;
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         buf.clear();
         tokio::select! {
@@ -535,7 +542,17 @@ async fn write_events(
                     ClientEvent::Redirect { .. } => "redirect",
                     _ => "reply",
                 };
+                if let ClientEvent::Resumed { at, .. } = &ev {
+                    last_at = Some(last_at.map_or(*at, |l| if l.epoch == at.epoch && l.seq > at.seq { l } else { *at }));
+                }
                 m.client_events.with_label_values(&[kind]).inc();
+                if wire::encode_into(&ev, &mut buf).is_err() {
+                    continue;
+                }
+            }
+            _ = heartbeat.tick(), if last_at.is_some() => {
+                let Some(at) = last_at else { continue };
+                let ev = ClientEvent::DeliverAt { at, packets: Vec::new() };
                 if wire::encode_into(&ev, &mut buf).is_err() {
                     continue;
                 }
@@ -549,11 +566,14 @@ async fn write_events(
                 packets.clear();
                 packets.extend(batch.drain(..).map(|(_, p)| p));
                 let res = if sub.positions.load(Ordering::Relaxed) {
+                    let at = wire::LogPosition {
+                        epoch: sub.epoch.load(Ordering::Relaxed),
+                        seq: last + 1,
+                    };
+                    last_at = Some(at);
+                    heartbeat.reset();
                     let ev = ClientEvent::DeliverAt {
-                        at: wire::LogPosition {
-                            epoch: sub.epoch.load(Ordering::Relaxed),
-                            seq: last + 1,
-                        },
+                        at,
                         packets: std::mem::take(&mut packets),
                     };
                     let res = wire::encode_into(&ev, &mut buf);

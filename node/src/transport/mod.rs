@@ -62,7 +62,16 @@ fn transport_config_idle(
     // Cubic, random loss (bad Wi-Fi, mobile data, 30 % in the chaos suite) pins the window at
     // its two-packet minimum and loss recovery runs on timers: links fell to a few packets a
     // second and a flood over a nine-node mesh stalled for a minute (docs/DELIVERY.md).
-    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    match p.congestion_control.as_str() {
+        "cubic" => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+        }
+        "newreno" => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()))
+        }
+        // "bbr" (validated in `Config`).
+        _ => t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
+    };
     Ok(t)
 }
 

@@ -55,6 +55,8 @@ pub struct Subscriber {
     lagged: Arc<AtomicU64>,
     closed: Arc<AtomicBool>,
     moves: Arc<AtomicU64>,
+    /// The connection the subscriber reads now (following subscribers only).
+    conn: Arc<Mutex<Option<quinn::Connection>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -105,11 +107,13 @@ impl Subscriber {
                 _ => {}
             }
         };
+        let conn: Arc<Mutex<Option<quinn::Connection>>> = Arc::default();
         let task = if follow {
-            let (closed, moves) = (closed.clone(), moves.clone());
+            let (closed, moves, slot) = (closed.clone(), moves.clone(), conn.clone());
             let mut f = Follower::new(lab.client.clone(), s, "chaos", Some(SubscribeFilter::All));
             lab.rt.spawn(async move {
                 loop {
+                    *lock(&slot) = Some(f.connection().clone());
                     match f.next().await {
                         Ok(Some(Followed::Event(ev))) => count(ev),
                         Ok(Some(Followed::Moved { .. })) => {
@@ -142,9 +146,36 @@ impl Subscriber {
             lagged,
             closed,
             moves,
+            conn,
             task,
         }
     }
+    /// QUIC's view of the subscriber's current connection (following subscribers), for a
+    /// failure report.
+    pub fn quic_stats(&self) -> String {
+        match &*lock(&self.conn) {
+            Some(c) => {
+                let s = c.stats();
+                format!(
+                    "rtt {:?}, cwnd {}, sent {} lost {} packets, {} datagrams in / {} out, closed: {:?}",
+                    s.path.rtt,
+                    s.path.cwnd,
+                    s.path.sent_packets,
+                    s.path.lost_packets,
+                    s.udp_rx.datagrams,
+                    s.udp_tx.datagrams,
+                    c.close_reason()
+                )
+            }
+            None => "-".into(),
+        }
+    }
+
+    /// Packets received so far (distinct IDs).
+    pub fn received(&self) -> usize {
+        lock(&self.got).len()
+    }
+
     fn count(&self, id: &[u8; 32]) -> u32 {
         lock(&self.got).get(id).copied().unwrap_or(0)
     }

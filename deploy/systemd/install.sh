@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Install echomesh as a systemd service on Debian/Ubuntu, from a built clone:
-#   cargo build --release && sudo deploy/systemd/install.sh
+#   ./scripts/run-node (once, it builds) && sudo deploy/systemd/install.sh
+# Binaries come from the build every script uses (~/.cache/echomesh/target/release of the user
+# who ran sudo), or from ECHOMESH_BIN_DIR. On Debian, scripts/build-deb makes a package instead.
 # Idempotent: binaries and the unit are replaced, an existing configuration is kept.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-bin="${ECHOMESH_BIN_DIR:-$root/target/release}"
+home=$(getent passwd "${SUDO_USER:-$(id -un)}" | cut -d: -f6)
+bin="${ECHOMESH_BIN_DIR:-${CARGO_TARGET_DIR:-$home/.cache/echomesh/target}/release}"
 [ "$(id -u)" -eq 0 ] || { echo "install.sh: run as root (sudo)" >&2; exit 1; }
 for b in echomesh-node echomeshctl; do
-  [ -x "$bin/$b" ] || { echo "install.sh: $bin/$b missing: run cargo build --release first" >&2; exit 1; }
+  [ -x "$bin/$b" ] || { echo "install.sh: $bin/$b missing: run ./scripts/run-node once (it builds), or set ECHOMESH_BIN_DIR" >&2; exit 1; }
   install -m 0755 "$bin/$b" /usr/local/bin/
 done
 install -d -m 0755 /etc/echomesh /usr/local/share/doc/echomesh

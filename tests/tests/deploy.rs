@@ -306,3 +306,157 @@ fn helm_chart_lints_validates_and_refuses_nonsense() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("5 bad values refused"));
 }
+
+/// The Debian package: it builds (lintian finds no error), installs with `dpkg -i` (binaries,
+/// unit, conffile, the `echomesh` user and its 0700 state directory), its unit verifies, and
+/// its ExecStart — run as the package's user, as systemd would without being PID 1 here —
+/// serves with the packaged configuration, answers `echomeshctl status` with the token in the
+/// state directory, and drains to exit 0 on the stop signal; `dpkg --purge` removes it all.
+#[test]
+fn debian_package_builds_installs_runs_and_purges() {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !is_root {
+        eprintln!("debian_package_builds_installs_runs_and_purges: needs root (dpkg -i); not run");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let built = run_ok(
+        Command::new(repo().join("scripts/build-deb"))
+            .arg("--bin-dir")
+            .arg(bin_dir())
+            .arg("--out")
+            .arg(out.path()),
+    );
+    let deb = String::from_utf8_lossy(&built.stdout)
+        .lines()
+        .last()
+        .expect("the package path")
+        .to_string();
+    assert!(deb.ends_with(".deb") && Path::new(&deb).exists(), "{deb}");
+    run_ok(Command::new("lintian").args(["--fail-on", "error", &deb]));
+
+    // A leftover from an interrupted run would make this one meaningless.
+    let _ = Command::new("dpkg").args(["--purge", "echomesh"]).output();
+    run_ok(Command::new("dpkg").args(["-i", &deb]));
+    // Whatever happens below, the machine is left as it was.
+    struct Purge;
+    impl Drop for Purge {
+        fn drop(&mut self) {
+            let _ = Command::new("dpkg").args(["--purge", "echomesh"]).output();
+        }
+    }
+    let purge_guard = Purge;
+    let purge = || run_ok(Command::new("dpkg").args(["--purge", "echomesh"]));
+    for f in [
+        "/usr/bin/echomesh-node",
+        "/usr/bin/echomeshctl",
+        "/lib/systemd/system/echomesh.service",
+        "/etc/echomesh/echomesh.toml",
+    ] {
+        assert!(Path::new(f).exists(), "{f} not installed");
+    }
+    run_ok(Command::new("getent").args(["passwd", "echomesh"]));
+    let state = run_ok(Command::new("stat").args(["-c", "%U %a", "/var/lib/echomesh"]));
+    assert_eq!(
+        String::from_utf8_lossy(&state.stdout).trim(),
+        "echomesh 700"
+    );
+    let unit = std::fs::read_to_string("/lib/systemd/system/echomesh.service").unwrap();
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "/lib/systemd/system/echomesh.service"])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // ExecStart as the unit's User, on ports of its own (the packaged config, else unchanged).
+    let keys = service_keys(&unit);
+    assert_eq!(key(&keys, "User"), "echomesh");
+    let start: Vec<&str> = key(&keys, "ExecStart").split_whitespace().collect();
+    // setpriv switches user and execs (the signal reaches the node, as systemd sends it).
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid=echomesh",
+            "--regid=echomesh",
+            "--init-groups",
+            "--",
+        ])
+        .args(&start)
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The node says where it listens in its state directory.
+    let admin = wait_for(Duration::from_secs(30), "runtime.json", || {
+        let text = std::fs::read_to_string("/var/lib/echomesh/runtime.json").ok()?;
+        let info: echomesh_tests::RuntimeInfo = serde_json::from_str(&text).ok()?;
+        Some(info.admin.to_string())
+    });
+    let ctl = |args: &[&str]| {
+        Command::new("/usr/bin/echomeshctl")
+            .args(["--admin", &format!("http://{admin}")])
+            .args(["--token-file", "/var/lib/echomesh/admin.token"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "the packaged node to serve",
+        || ctl(&["health", "--ready"]).status.success().then_some(()),
+    );
+    let status = ctl(&["--json", "status"]);
+    assert!(status.status.success(), "{status:?}");
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["ready"], true, "{v}");
+    let signal = key(&keys, "KillSignal")
+        .trim_start_matches("SIG")
+        .to_string();
+    let timeout: u64 = key(&keys, "TimeoutStopSec").parse().unwrap();
+    run_ok(Command::new("kill").args([format!("-{signal}"), child.id().to_string()]));
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > Duration::from_secs(timeout) {
+            let _ = child.kill();
+            panic!("no exit within TimeoutStopSec={timeout}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit}");
+    let key_owner = run_ok(Command::new("stat").args(["-c", "%U", "/var/lib/echomesh/node.key"]));
+    assert_eq!(
+        String::from_utf8_lossy(&key_owner.stdout).trim(),
+        "echomesh"
+    );
+
+    purge();
+    drop(purge_guard);
+    for f in [
+        "/usr/bin/echomesh-node",
+        "/etc/echomesh/echomesh.toml",
+        "/lib/systemd/system/echomesh.service",
+        "/var/lib/echomesh",
+    ] {
+        assert!(!Path::new(f).exists(), "{f} left after purge");
+    }
+    assert!(
+        !Command::new("getent")
+            .args(["passwd", "echomesh"])
+            .status()
+            .unwrap()
+            .success(),
+        "the echomesh user is still there after purge"
+    );
+}

@@ -93,7 +93,7 @@ impl FromStr for NodeId {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("cannot read or write identity file {path}: {source}")]
+    #[error("cannot read or write identity file {path}")]
     Io {
         path: PathBuf,
         #[source]

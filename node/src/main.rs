@@ -122,10 +122,15 @@ fn main() -> ExitCode {
         file: args.config.clone(),
         overrides: overrides.clone(),
     };
+    // Human logs already go to stderr: say a fatal error once. JSON logs get it as a record
+    // (for the log collector) and stderr as a line (for the person).
+    let json_logs = cfg.log.format == "json";
     let code = match rt.block_on(run(cfg, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            if json_logs {
+                tracing::error!("{e:#}");
+            }
             eprintln!("echomesh-node: {e:#}");
             ExitCode::FAILURE
         }

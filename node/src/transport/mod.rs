@@ -11,7 +11,8 @@ use crate::identity::{Identity, NodeId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("cannot bind UDP {addr}: {source} (is another node using this port? set --listen)")]
+    // The OS error is the source: `{e:#}` prints it once, after this.
+    #[error("cannot bind UDP {addr} (is another node using this port? stop it, or set --listen)")]
     Bind {
         addr: SocketAddr,
         #[source]

@@ -272,11 +272,11 @@ impl Router {
         self.engine().log.offers(from, exclude, max, max_scan)
     }
 
-    /// The logged packets (as forwarded) among `ids`, in order; missing ones are skipped.
-    pub fn logged(&self, ids: &[[u8; 32]]) -> Vec<EchoPacket> {
+    /// The logged packets (as forwarded) at these positions, in order; gone ones are skipped.
+    pub fn logged(&self, at: &[(u64, [u8; 32])]) -> Vec<EchoPacket> {
         let st = self.engine();
-        ids.iter()
-            .filter_map(|id| st.log.get(id).cloned())
+        at.iter()
+            .filter_map(|(seq, id)| st.log.get(*seq, id).cloned())
             .collect()
     }
 

@@ -12,15 +12,15 @@
 //! recognisably stale. Entries leave by age or when the byte bound is reached (oldest first);
 //! a caller whose position fell off the tail learns how many entries it missed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::{EchoPacket, PacketId};
 
-/// Bytes one entry costs beyond its packet's own `cost()` (index, sequence, bookkeeping).
-const ENTRY_OVERHEAD: usize = 64;
+/// Bytes one entry costs beyond its packet's own `cost()` (time, source, bookkeeping).
+const ENTRY_OVERHEAD: usize = 48;
 
 /// A position in one node's log: every entry with `seq < self.seq` is before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +41,9 @@ struct Entry<S> {
 /// What an offer walk found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Offer {
-    pub ids: Vec<PacketId>,
+    /// Log positions and IDs of the packets offered (the position finds a wanted one again
+    /// without an index).
+    pub ids: Vec<(u64, PacketId)>,
     /// Where the next walk continues.
     pub next: u64,
     /// Entries between the asked position and the log's tail that were already gone.
@@ -62,19 +64,12 @@ pub struct Replay {
 
 pub struct PacketLog<S> {
     entries: VecDeque<Entry<S>>,
-    index: HashMap<u128, u64, foldhash::fast::RandomState>,
     first_seq: u64,
     bytes: usize,
     max_bytes: usize,
     ttl: Duration,
     epoch: u64,
     evicted: u64,
-}
-
-fn short(id: &PacketId) -> u128 {
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&id[..16]);
-    u128::from_le_bytes(b)
 }
 
 fn entry_cost(p: &EchoPacket) -> usize {
@@ -85,7 +80,6 @@ impl<S: Copy + PartialEq> PacketLog<S> {
     pub fn new(max_bytes: usize, ttl: Duration, epoch: u64) -> Self {
         PacketLog {
             entries: VecDeque::new(),
-            index: HashMap::default(),
             first_seq: 0,
             bytes: 0,
             max_bytes,
@@ -137,7 +131,6 @@ impl<S: Copy + PartialEq> PacketLog<S> {
     pub fn push(&mut self, pkt: EchoPacket, from: Option<S>, forward: bool, now: Instant) -> u64 {
         let seq = self.head();
         self.bytes += entry_cost(&pkt);
-        self.index.insert(short(&pkt.id), seq);
         self.entries.push_back(Entry {
             at: now,
             from,
@@ -153,10 +146,6 @@ impl<S: Copy + PartialEq> PacketLog<S> {
     fn pop_oldest(&mut self) {
         if let Some(e) = self.entries.pop_front() {
             self.bytes -= entry_cost(&e.pkt);
-            let key = short(&e.pkt.id);
-            if self.index.get(&key) == Some(&self.first_seq) {
-                self.index.remove(&key);
-            }
             self.first_seq += 1;
             self.evicted += 1;
         }
@@ -172,10 +161,11 @@ impl<S: Copy + PartialEq> PacketLog<S> {
         }
     }
 
-    /// The packet with this ID, as it would be forwarded, if still held.
-    pub fn get(&self, id: &PacketId) -> Option<&EchoPacket> {
-        let seq = *self.index.get(&short(id))?;
-        let e = self.entries.get((seq - self.first_seq) as usize)?;
+    /// The packet at `seq`, as it would be forwarded, if still held and still `id`.
+    pub fn get(&self, seq: u64, id: &PacketId) -> Option<&EchoPacket> {
+        let e = self
+            .entries
+            .get(usize::try_from(seq.checked_sub(self.first_seq)?).ok()?)?;
         (e.pkt.id == *id).then_some(&e.pkt)
     }
 
@@ -198,10 +188,10 @@ impl<S: Copy + PartialEq> PacketLog<S> {
             if out.ids.len() >= max {
                 break;
             }
-            seq += 1;
             if e.forward && e.from != Some(exclude) {
-                out.ids.push(e.pkt.id);
+                out.ids.push((seq, e.pkt.id));
             }
+            seq += 1;
         }
         out.next = seq;
         out
@@ -259,14 +249,15 @@ mod tests {
         log.push(pkt(2), Some(2), false, t0);
         log.push(pkt(3), None, true, t0);
         let o = log.offers(0, 2, 10, 100);
-        assert_eq!(o.ids, vec![pkt(0).id, pkt(3).id]);
+        assert_eq!(o.ids, vec![(0, pkt(0).id), (3, pkt(3).id)]);
         assert_eq!((o.next, o.missed), (4, 0));
         // Paged: at most `max` IDs, and the walk resumes where it stopped.
         let o = log.offers(0, 9, 2, 100);
         assert_eq!(o.ids.len(), 2);
         let o2 = log.offers(o.next, 9, 2, 100);
-        assert_eq!(o2.ids, vec![pkt(3).id]);
-        assert_eq!(log.get(&pkt(1).id), Some(&pkt(1)));
+        assert_eq!(o2.ids, vec![(3, pkt(3).id)]);
+        assert_eq!(log.get(1, &pkt(1).id), Some(&pkt(1)));
+        assert_eq!(log.get(1, &pkt(2).id), None, "position and ID must agree");
     }
 
     #[test]
@@ -278,7 +269,7 @@ mod tests {
             log.push(pkt(n), None, true, t0 + Duration::from_secs(n as u64));
         }
         assert_eq!((log.tail(), log.head(), log.len()), (2, 5, 3));
-        assert!(log.get(&pkt(1).id).is_none());
+        assert!(log.get(1, &pkt(1).id).is_none());
         assert_eq!(log.take_evicted(), 2);
         let o = log.offers(0, 9, 10, 100);
         assert_eq!(o.missed, 2);

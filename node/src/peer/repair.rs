@@ -84,13 +84,13 @@ async fn page(ctx: &Ctx, n: &Neighbor, from: u64) -> Result<Option<u64>, RpcErro
             "packets owed to a neighbor left the packet log before they could be offered (raise echo.log_bytes / echo.log_secs?)");
     }
     if !offer.ids.is_empty() {
-        let ids: Vec<MsgId> = offer.ids.iter().map(|id| MsgId(*id)).collect();
+        let ids: Vec<MsgId> = offer.ids.iter().map(|(_, id)| MsgId(*id)).collect();
         let wanted = match rpc::call(ctx, n, &PeerRequest::EchoHave(ids)).await? {
             PeerReply::EchoWant(idx) => idx,
             other => return Err(RpcError::Io(format!("unexpected answer {other:?}"))),
         };
         m.echo_repair_offered.inc_by(offer.ids.len() as u64);
-        let want: Vec<[u8; 32]> = wanted
+        let want: Vec<(u64, [u8; 32])> = wanted
             .iter()
             .filter_map(|&i| offer.ids.get(i as usize).copied())
             .collect();

@@ -201,6 +201,26 @@ pub fn send(
     send_sized(lab, log, origin, phase, count, batch, every, 0)
 }
 
+/// One fresh packet a chaos sender injects: names its run, origin, phase and number, random
+/// bytes so that every run's IDs differ, padded to at least `size` bytes.
+fn chaos_packet(seed: u64, origin: usize, phase: u32, k: u64, size: usize) -> EchoPacket {
+    let mut payload = format!("chaos {seed} n{origin} p{phase} #{k} ").into_bytes();
+    payload.extend_from_slice(&rand::random::<[u8; 16]>());
+    if payload.len() < size {
+        payload.resize(size, b'.');
+    }
+    EchoPacket::new(Bytes::from(payload), 16, None)
+}
+
+/// The sender's side of a lab: its client endpoint, the node's address and fingerprint.
+fn sender_target(lab: &Lab, origin: usize) -> (quinn::Endpoint, std::net::SocketAddr, String) {
+    (
+        lab.client.clone(),
+        lab.node_addr(origin),
+        lab.fingerprint(origin).to_string(),
+    )
+}
+
 /// [`send`] with payloads padded to at least `size` bytes.
 #[allow(clippy::too_many_arguments)]
 pub fn send_sized(
@@ -214,11 +234,7 @@ pub fn send_sized(
     size: usize,
 ) -> tokio::task::JoinHandle<Result<u64, String>> {
     let log = log.clone();
-    let (ep, addr, fp) = (
-        lab.client.clone(),
-        lab.node_addr(origin),
-        lab.fingerprint(origin).to_string(),
-    );
+    let (ep, addr, fp) = sender_target(lab, origin);
     let seed = lab.seed;
     lab.rt.spawn(async move {
         let mut s = super::connect(&ep, addr, &fp)
@@ -230,15 +246,7 @@ pub fn send_sized(
             tick.tick().await;
             let n = batch.min((count - seq) as usize);
             let pkts: Vec<EchoPacket> = (0..n as u64)
-                .map(|k| {
-                    let mut payload =
-                        format!("chaos {seed} n{origin} p{phase} #{} ", seq + k).into_bytes();
-                    payload.extend_from_slice(&rand::random::<[u8; 16]>());
-                    if payload.len() < size {
-                        payload.resize(size, b'.');
-                    }
-                    EchoPacket::new(Bytes::from(payload), 16, None)
-                })
+                .map(|k| chaos_packet(seed, origin, phase, seq + k, size))
                 .collect();
             s.inject(&pkts)
                 .await
@@ -286,11 +294,7 @@ pub fn send_resilient(
     size: usize,
 ) -> tokio::task::JoinHandle<Result<u64, String>> {
     let log = log.clone();
-    let (ep, addr, fp) = (
-        lab.client.clone(),
-        lab.node_addr(origin),
-        lab.fingerprint(origin).to_string(),
-    );
+    let (ep, addr, fp) = sender_target(lab, origin);
     let seed = lab.seed;
     lab.rt.spawn(async move {
         let s = super::connect(&ep, addr, &fp)
@@ -299,14 +303,7 @@ pub fn send_resilient(
         let batches = (0..count.div_ceil(batch as u64)).map(move |b| {
             let first = b * batch as u64;
             (first..(first + batch as u64).min(count))
-                .map(|k| {
-                    let mut payload = format!("chaos {seed} n{origin} p{phase} #{k} ").into_bytes();
-                    payload.extend_from_slice(&rand::random::<[u8; 16]>());
-                    if payload.len() < size {
-                        payload.resize(size, b'.');
-                    }
-                    EchoPacket::new(Bytes::from(payload), 16, None)
-                })
+                .map(|k| chaos_packet(seed, origin, phase, k, size))
                 .collect::<Vec<_>>()
         });
         let mut problem = None;

@@ -282,6 +282,18 @@ const NON_CONFIG_ENV: &[&str] = &[
     "admin_url",
     "token_file",
     "bin_dir",
+    // scripts/fuzz and scripts/test knobs: a developer's `ECHOMESH_FUZZ_SECONDS=60
+    // ./scripts/test` must not make the config tests (or a node started meanwhile) refuse them.
+    "fuzz_seconds",
+    "fuzz_asan",
+    "fuzz_target_dir",
+    "npm_cache",
+    "tools",
+    "chaos_seed",
+    "chaos_seeds",
+    "chaos_net",
+    "chaos_nodes",
+    "chaos_scale",
 ];
 
 #[derive(Debug, thiserror::Error)]

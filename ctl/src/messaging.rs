@@ -533,7 +533,8 @@ pub async fn send(a: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
             .collect();
         println!(
             "{}",
-            serde_json::json!({"to": to, "pieces": n_pieces, "ok": all_ok})
+            serde_json::json!({"to": to, "pieces": n_pieces,
+                "packets": n_pieces * outcomes.len(), "ok": all_ok})
         );
     } else {
         let pieces = if n_pieces > 1 {

@@ -216,7 +216,7 @@ impl Router {
             // Client deliveries under the same lock, so that their log positions arrive in
             // order and a resumed subscription misses nothing.
             if !to_clients.is_empty() {
-                self.subscribers.deliver(&to_clients, st.log.epoch(), m);
+                self.subscribers.deliver(&to_clients, m);
             }
             m.packet_log_bytes.set(st.log.bytes() as i64);
             m.packet_log_evictions.inc_by(st.log.take_evicted());

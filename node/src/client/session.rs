@@ -140,12 +140,12 @@ impl Subscribers {
     }
 
     /// Queue accepted packets (with their log positions) for every session whose filter
-    /// matches. Called with the packet log locked, so positions arrive in order.
-    pub fn deliver(&self, packets: &[(u64, EchoPacket)], epoch: u64, m: &Metrics) {
+    /// matches. Called with the packet log locked, so positions arrive in order. (A session's
+    /// log epoch is set once, when it subscribes with positions.)
+    pub fn deliver(&self, packets: &[(u64, EchoPacket)], m: &Metrics) {
         let list = self.list.read().unwrap_or_else(|p| p.into_inner());
         let mut matched = Vec::new();
         for s in list.iter() {
-            s.epoch.store(epoch, Ordering::Relaxed);
             let filter = s.filter.read().unwrap_or_else(|p| p.into_inner());
             let dropped = match &*filter {
                 Filter::None => continue,

@@ -1,9 +1,9 @@
-//! HTTP client for the node's admin API (types from `echomesh_node::admin::api`).
+//! HTTP client for the node's admin API (types from `echomesh_proto::admin`).
 
 use std::path::Path;
 
 use anyhow::{anyhow, Context};
-use echomesh_node::admin::api::ErrorBody;
+use echomesh_proto::admin::ErrorBody;
 use serde::{de::DeserializeOwned, Serialize};
 
 pub struct AdminClient {
@@ -106,5 +106,22 @@ impl AdminClient {
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.http.delete(format!("{}{path}", self.base)))
             .await
+    }
+
+    /// `GET path` as text without a token (`/metrics`).
+    pub async fn text(&self, path: &str) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("no answer from {url}"))?;
+        if !resp.status().is_success() {
+            return Err(anyhow!("{url} answered {}", resp.status()));
+        }
+        resp.text()
+            .await
+            .with_context(|| format!("reading the answer of {url}"))
     }
 }

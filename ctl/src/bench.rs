@@ -1,6 +1,7 @@
-//! `echomeshctl bench`: start N in-process nodes over real QUIC on 127.0.0.1 (ring plus
-//! chords), flood M packets of S bytes from node 0 through a client session, and measure what
-//! the subscribers on every other node receive.
+//! `echomeshctl bench`: start N `echomesh-node` processes over real QUIC on 127.0.0.1 (ring
+//! plus chords), flood M packets of S bytes from node 0 through a client session, and measure
+//! what the subscribers on every other node receive. The figures are those of the binary
+//! operators run.
 
 use std::process::ExitCode;
 
@@ -8,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use echomesh_node::echo::{EchoMode, EchoPacket};
-use echomesh_node::store::{NeighborOrigin, NeighborRecord};
-use echomesh_node::wire::{ClientEvent, SubscribeFilter};
-use echomesh_node::{Config, NodeHandle};
+use echomesh_proto::echo::EchoPacket;
+use echomesh_proto::wire::{ClientEvent, SubscribeFilter};
 use serde::Serialize;
+
+use crate::local_mesh::{node_binary, LocalMesh};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -34,6 +35,9 @@ pub struct BenchArgs {
     /// Give up waiting for deliveries after this many seconds without progress.
     #[arg(long, default_value_t = 10)]
     idle_timeout: u64,
+    /// The `echomesh-node` binary to run (default: the one next to `echomeshctl`).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub node_bin: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -84,26 +88,9 @@ pub fn topology(n: usize) -> Vec<(usize, usize)> {
     edges.into_iter().collect()
 }
 
-pub(crate) fn node_config(dir: &std::path::Path) -> Config {
-    let mut c = Config {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("static addr"),
-        admin: "127.0.0.1:0".parse().expect("static addr"),
-        cluster: "bench".into(),
-        ..Default::default()
-    };
-    c.limits.client_rate.packets_per_sec = 10_000_000;
-    c.limits.client_rate.bytes_per_sec = 4 << 30;
-    c.limits.neighbor_rate.packets_per_sec = 10_000_000;
-    c.limits.neighbor_rate.bytes_per_sec = 4 << 30;
-    c.limits.neighbor_queue_bytes = 64 << 20;
-    c.limits.client_queue_bytes = 64 << 20;
-    c
-}
-
 pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<ExitCode> {
-    if let Some(BenchWhat::Ozone(o)) = a.what {
-        return crate::bench_ozone::run(o, json).await;
+    if let Some(BenchWhat::Ozone(o)) = &a.what {
+        return crate::bench_ozone::run(o, a.node_bin.as_deref(), json).await;
     }
     if a.nodes < 2 || a.nodes > 64 {
         bail!("--nodes must be between 2 and 64");
@@ -143,67 +130,18 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<ExitCode> {
     )
 }
 
-/// Start `n` in-process nodes in `dir`, link them as `edges` (static neighbors, both ways)
-/// and wait until every link is up.
-pub(crate) async fn start_mesh(
-    dir: &std::path::Path,
-    n: usize,
-    edges: &[(usize, usize)],
-) -> anyhow::Result<Vec<NodeHandle>> {
-    let mut nodes: Vec<NodeHandle> = Vec::new();
-    for i in 0..n {
-        let d = dir.join(format!("node{i}"));
-        nodes.push(
-            echomesh_node::start(node_config(&d))
-                .await
-                .with_context(|| format!("starting node {i}"))?,
-        );
-    }
-    for &(i, j) in edges {
-        for (x, y) in [(i, j), (j, i)] {
-            nodes[x]
-                .ctx
-                .add_neighbor(NeighborRecord {
-                    id: nodes[y].id(),
-                    addr: Some(nodes[y].quic_addr.to_string()),
-                    mode: EchoMode::Full,
-                    origin: NeighborOrigin::Static,
-                    added_unix: 0,
-                })
-                .await?;
-        }
-    }
-    let t0 = Instant::now();
-    loop {
-        let up: usize = nodes
-            .iter()
-            .map(|n| n.ctx.neighbors().all().iter().filter(|x| x.is_up()).count())
-            .sum();
-        if up == edges.len() * 2 {
-            return Ok(nodes);
-        }
-        if t0.elapsed() > Duration::from_secs(20) {
-            bail!(
-                "only {up} of {} link ends came up within 20 s",
-                edges.len() * 2
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
-    let tmp = tempfile::tempdir().context("creating temporary directory")?;
+    let bin = node_binary(a.node_bin.as_deref())?;
     let edges = topology(a.nodes);
-    let nodes = start_mesh(tmp.path(), a.nodes, &edges).await?;
+    let mesh = LocalMesh::start(&bin, a.nodes, &edges).await?;
+    let nodes = &mesh.nodes;
     let endpoint =
-        echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().expect("static addr"))?;
+        echomesh_client::transport::client_endpoint("127.0.0.1:0".parse().expect("static addr"))?;
     let agent = "echomeshctl-bench";
     let mut receivers = Vec::new();
     let start = Instant::now();
     for n in nodes.iter().skip(1) {
-        let mut s =
-            echomesh_node::client::connect(&endpoint, n.quic_addr, Some(n.id()), agent).await?;
+        let mut s = echomesh_client::connect(&endpoint, n.quic_addr(), Some(n.id), agent).await?;
         s.subscribe(SubscribeFilter::All).await?;
         receivers.push(s);
     }
@@ -217,8 +155,7 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     }
 
     let sender =
-        echomesh_node::client::connect(&endpoint, nodes[0].quic_addr, Some(nodes[0].id()), agent)
-            .await?;
+        echomesh_client::connect(&endpoint, nodes[0].quic_addr(), Some(nodes[0].id), agent).await?;
     let (_conn, mut w, mut r) = sender.split();
     let size = a.size;
     let rate = a.rate;
@@ -283,19 +220,8 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
         latencies[i] as f64 / 1e6
     };
-    let mut dup_dropped = 0u64;
-    let mut drops = 0u64;
-    for n in &nodes {
-        dup_dropped += n.ctx.metrics.duplicates_dropped.get();
-        for reason in echomesh_node::metrics::drop_reason::ALL {
-            drops += n
-                .ctx
-                .metrics
-                .packets_dropped
-                .with_label_values(&[reason])
-                .get();
-        }
-    }
+    let dup_dropped = mesh.metric_sum("echomesh_duplicates_dropped_total").await? as u64;
+    let drops = mesh.metric_sum("echomesh_packets_dropped_total").await? as u64;
     let report = BenchReport {
         nodes: a.nodes,
         packets: m,
@@ -313,9 +239,7 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         seconds,
         drops,
     };
-    for n in nodes {
-        n.stop().await;
-    }
+    drop(mesh);
     Ok(report)
 }
 
@@ -327,7 +251,7 @@ struct Received {
 }
 
 async fn receive(
-    s: echomesh_node::client::ClientSession,
+    s: echomesh_client::ClientSession,
     m: u64,
     start: Instant,
     idle: Duration,

@@ -4,12 +4,12 @@
 //! 1 (merged from the replicas).
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bytes::Bytes;
-use echomesh_node::ozone::OzoneProof;
-use echomesh_node::wire::{MsgId, Position};
+use echomesh_proto::ozone::OzoneProof;
+use echomesh_proto::wire::{MsgId, Position};
 use serde::Serialize;
 
 #[derive(clap::Args, Debug)]
@@ -52,33 +52,40 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-pub async fn run(a: OzoneBenchArgs, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    a: &OzoneBenchArgs,
+    node_bin: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     if a.nodes < 2 || a.nodes > 16 {
         bail!("--nodes must be between 2 and 16");
     }
     if a.clients == 0 || a.messages < a.clients {
         bail!("need at least one message per client");
     }
-    let tmp = tempfile::tempdir().context("creating temporary directory")?;
+    let bin = crate::local_mesh::node_binary(node_bin)?;
     let mut edges = Vec::new();
     for i in 0..a.nodes {
         for j in i + 1..a.nodes {
             edges.push((i, j));
         }
     }
-    let nodes = crate::bench::start_mesh(tmp.path(), a.nodes, &edges).await?;
-    let cfg = &nodes[0].ctx.cfg.ozone;
-    let (replicas, write_quorum) = (cfg.replicas.min(a.nodes), cfg.write_quorum.min(a.nodes));
-    let endpoint = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse()?)?;
+    let mesh = crate::local_mesh::LocalMesh::start(&bin, a.nodes, &edges).await?;
+    let nodes = &mesh.nodes;
+    let (replicas, write_quorum) = (
+        crate::local_mesh::BENCH_REPLICAS.min(a.nodes),
+        crate::local_mesh::BENCH_WRITE_QUORUM.min(a.nodes),
+    );
+    let endpoint = echomesh_client::transport::client_endpoint("127.0.0.1:0".parse()?)?;
     let per_client = a.messages / a.clients;
 
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..a.clients {
-        let s = echomesh_node::client::connect(
+        let s = echomesh_client::connect(
             &endpoint,
-            nodes[0].quic_addr,
-            Some(nodes[0].id()),
+            nodes[0].quic_addr(),
+            Some(nodes[0].id),
             "bench-ozone",
         );
         let mut s = s.await?;
@@ -104,10 +111,10 @@ pub async fn run(a: OzoneBenchArgs, json: bool) -> anyhow::Result<ExitCode> {
     let deposit_secs = started.elapsed().as_secs_f64();
     lat.sort_by(f64::total_cmp);
 
-    let mut reader = echomesh_node::client::connect(
+    let mut reader = echomesh_client::connect(
         &endpoint,
-        nodes[1].quic_addr,
-        Some(nodes[1].id()),
+        nodes[1].quic_addr(),
+        Some(nodes[1].id),
         "bench-ozone",
     )
     .await?;
@@ -146,11 +153,7 @@ pub async fn run(a: OzoneBenchArgs, json: bool) -> anyhow::Result<ExitCode> {
         fetch_messages_per_sec: fetched as f64 / fetch_secs,
         fetch_mib_per_sec: bytes as f64 / fetch_secs / 1048576.0,
     };
-    for n in nodes {
-        tokio::time::timeout(Duration::from_secs(10), n.stop())
-            .await
-            .ok();
-    }
+    drop(mesh);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

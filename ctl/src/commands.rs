@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use echomesh_node::admin::api;
-use echomesh_node::client::{Followed, Follower};
-use echomesh_node::echo::EchoPacket;
-use echomesh_node::wire::{ClientEvent, SubscribeFilter};
+use echomesh_client::{Followed, Follower};
+use echomesh_proto::admin as api;
+use echomesh_proto::echo::EchoPacket;
+use echomesh_proto::wire::{ClientEvent, SubscribeFilter};
 
 use crate::admin_client::AdminClient;
 use crate::{Cli, Command};
@@ -141,7 +141,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Drain { wait, deadline } => {
-            use echomesh_node::drain::DrainStatus;
+            use echomesh_proto::admin::DrainStatus;
             let a = admin()?;
             let mut st: DrainStatus = a
                 .post(
@@ -196,7 +196,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Topology { dot } => {
-            let t: echomesh_node::topology::TopologyView = admin()?.get(api::PATH_TOPOLOGY).await?;
+            let t: echomesh_proto::admin::TopologyView = admin()?.get(api::PATH_TOPOLOGY).await?;
             if dot {
                 print!("{}", t.to_dot());
             } else if json {
@@ -206,7 +206,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Undrain => {
-            let st: echomesh_node::drain::DrainStatus = admin()?
+            let st: echomesh_proto::admin::DrainStatus = admin()?
                 .post(api::PATH_UNDRAIN, &serde_json::json!({}))
                 .await?;
             if json {
@@ -216,7 +216,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Reload => {
-            let r: echomesh_node::reload::ReloadReport = admin()?
+            let r: echomesh_proto::admin::ReloadReport = admin()?
                 .post(api::PATH_RELOAD, &serde_json::json!({}))
                 .await?;
             if json {
@@ -239,7 +239,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 let v = serde_json::json!({
                     "ctl": ctl,
-                    "protocol": echomesh_node::wire::PROTOCOL_VERSION,
+                    "protocol": echomesh_proto::wire::PROTOCOL_VERSION,
                     "node": node.as_ref().ok().map(|s| &s.version),
                     "node_protocol": node.as_ref().ok().map(|s| s.protocol),
                 });
@@ -247,7 +247,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!(
                     "echomeshctl {ctl} (protocol {})",
-                    echomesh_node::wire::PROTOCOL_VERSION
+                    echomesh_proto::wire::PROTOCOL_VERSION
                 );
                 match node {
                     Ok(s) => println!(
@@ -281,7 +281,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn drain_line(st: &echomesh_node::drain::DrainStatus) -> String {
+fn drain_line(st: &echomesh_proto::admin::DrainStatus) -> String {
     format!(
         "{} after {}: clients moved {}/{} ({} still connected), ozones handed off {}/{}, {} queued, {} neighbors told{}",
         st.phase,
@@ -297,7 +297,7 @@ fn drain_line(st: &echomesh_node::drain::DrainStatus) -> String {
     )
 }
 
-fn print_topology(t: &echomesh_node::topology::TopologyView) {
+fn print_topology(t: &echomesh_proto::admin::TopologyView) {
     println!(
         "{:<11} {:<9} {:<12} {:<22} {:>8}  SOFTWARE",
         "NODE", "STATE", "CLUSTER", "ADDR", "HEARD"
@@ -377,12 +377,12 @@ async fn inject(
             .collect::<Vec<_>>()
     });
     let sent = count;
-    let r = echomesh_node::client::inject::inject_all(
+    let r = echomesh_client::inject::inject_all(
         &ep,
         session,
         crate::target_node::AGENT,
         batches,
-        echomesh_node::client::follow::RESUME_FOR,
+        echomesh_client::follow::RESUME_FOR,
         |_, _, _| {},
     )
     .await?;

@@ -4,6 +4,7 @@ mod admin_client;
 mod bench;
 mod bench_ozone;
 mod commands;
+mod local_mesh;
 mod messaging;
 mod render;
 mod target_node;
@@ -145,7 +146,7 @@ pub enum Command {
     /// Ozones (offline mailboxes): info and quotas.
     #[command(subcommand)]
     Ozone(messaging::OzoneCmd),
-    /// Local mesh flood benchmark: N in-process nodes over real QUIC on 127.0.0.1.
+    /// Local mesh flood benchmark: N echomesh-node processes over real QUIC on 127.0.0.1.
     Bench(bench::BenchArgs),
 }
 

@@ -8,15 +8,16 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use echomesh_ctl::e2e::{self, Content, Participant, Recipient};
+use echomesh_client::e2e::{self, Content, Participant, Recipient};
+use echomesh_client::{ClientReader, ClientSession, Followed, Follower};
 use echomesh_ctl::files::{self, Reassembler};
 use echomesh_ctl::keyfile;
-use echomesh_node::client::{ClientReader, ClientSession, Followed, Follower};
-use echomesh_node::echo::EchoPacket;
-use echomesh_node::keydir::{unix_now, BundleKind, Fingerprint, KeyBundle, ParticipantRef};
-use echomesh_node::ozone::OzoneProof;
-use echomesh_node::tags;
-use echomesh_node::wire::{ClientEvent, ClientRequest, MsgId, Position, SubscribeFilter};
+use echomesh_proto::clock::unix_now;
+use echomesh_proto::echo::EchoPacket;
+use echomesh_proto::keydir::{BundleKind, Fingerprint, KeyBundle, ParticipantRef};
+use echomesh_proto::ozone::OzoneProof;
+use echomesh_proto::tags;
+use echomesh_proto::wire::{ClientEvent, ClientRequest, MsgId, Position, SubscribeFilter};
 use std::collections::HashSet;
 
 use crate::target_node::{self, NodeTarget};
@@ -598,20 +599,20 @@ impl Delivery {
 async fn deposit_retrying(
     ep: &quinn::Endpoint,
     s: &mut ClientSession,
-    addr: echomesh_node::ozone::OzoneAddr,
+    addr: echomesh_proto::ozone::OzoneAddr,
     payload: Bytes,
 ) -> anyhow::Result<u8> {
     loop {
         match s.deposit(addr, payload.clone()).await {
             Ok((_, copies)) => return Ok(copies),
-            Err(e @ echomesh_node::client::ClientError::Io(_)) => {
+            Err(e @ echomesh_client::ClientError::Io(_)) => {
                 tracing::info!(error = %e, "deposit session lost; dialing again");
-                *s = echomesh_node::client::inject::redial(
+                *s = echomesh_client::inject::redial(
                     ep,
                     s.conn.remote_address(),
                     s.node_id,
                     target_node::AGENT,
-                    echomesh_node::client::follow::RESUME_FOR,
+                    echomesh_client::follow::RESUME_FOR,
                     e,
                 )
                 .await?;
@@ -642,12 +643,12 @@ async fn inject_all(
     if !cur.is_empty() {
         batches.push(cur);
     }
-    let r = echomesh_node::client::inject::inject_all(
+    let r = echomesh_client::inject::inject_all(
         ep,
         s,
         target_node::AGENT,
         batches.into_iter(),
-        echomesh_node::client::follow::RESUME_FOR,
+        echomesh_client::follow::RESUME_FOR,
         |_, _, _| {},
     )
     .await

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
-use echomesh_node::client::{self, ClientSession};
-use echomesh_node::identity::NodeId;
+use echomesh_client::identity::NodeId;
+use echomesh_client::{self as client, ClientSession};
 
 #[derive(Debug, Clone)]
 pub struct NodeTarget {
@@ -95,7 +95,7 @@ pub const AGENT: &str = concat!("echomeshctl/", env!("CARGO_PKG_VERSION"));
 /// Connect a client session to the target, verifying its identity. A draining node's redirect
 /// is followed.
 pub async fn connect(target: &NodeTarget) -> anyhow::Result<(quinn::Endpoint, ClientSession)> {
-    let addr: SocketAddr = echomesh_node::transport::resolve(&target.addr)
+    let addr: SocketAddr = echomesh_client::transport::resolve(&target.addr)
         .await
         .with_context(|| format!("resolving {}", target.addr))?;
     let bind: SocketAddr = if addr.is_ipv4() {
@@ -103,7 +103,7 @@ pub async fn connect(target: &NodeTarget) -> anyhow::Result<(quinn::Endpoint, Cl
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let endpoint = echomesh_node::transport::client_endpoint(bind)?;
+    let endpoint = echomesh_client::transport::client_endpoint(bind)?;
     let (expected, tofu) = match target.fingerprint {
         Some(fp) => (Some(fp), false),
         None => (lookup_known(&target.addr)?, true),

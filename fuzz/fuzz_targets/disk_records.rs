@@ -4,7 +4,7 @@
 
 use echomesh_node::ozone::store::{MessageValue, OzoneStats, StoredMessage};
 use echomesh_node::store::NeighborRecord;
-use echomesh_node::wire;
+use echomesh_proto::wire;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

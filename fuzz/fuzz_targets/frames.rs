@@ -4,7 +4,7 @@
 #![no_main]
 
 use echomesh_fuzz::read_frames;
-use echomesh_node::wire::{
+use echomesh_proto::wire::{
     ClientEvent, ClientRequest, JoinRequest, JoinResponse, PeerFrame, PeerReply, PeerRequest,
     TraceContext,
 };

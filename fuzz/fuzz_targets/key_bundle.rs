@@ -2,7 +2,7 @@
 //! full verification a node runs before it stores or floods one.
 #![no_main]
 
-use echomesh_node::keydir::KeyBundle;
+use echomesh_proto::keydir::KeyBundle;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

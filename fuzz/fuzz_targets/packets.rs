@@ -2,9 +2,9 @@
 //! traffic carried in their payloads: signed topology announcements.
 #![no_main]
 
-use echomesh_node::echo::{self, EchoPacket};
+use echomesh_proto::echo::{self, EchoPacket};
 use echomesh_node::topology::Announcement;
-use echomesh_node::wire;
+use echomesh_proto::wire;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

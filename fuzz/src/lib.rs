@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use echomesh_node::wire::FrameReader;
+use echomesh_client::framing::FrameReader;
 use serde::de::DeserializeOwned;
 
 /// Poll a future whose I/O is always ready (an in-memory reader) to completion.

@@ -9,8 +9,6 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::echo::EchoMode;
-use crate::identity::NodeId;
 use crate::rate::RateLimit;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -429,7 +427,12 @@ impl Config {
         if self.peer.keepalive_ms == 0 || self.peer.idle_timeout_ms <= self.peer.keepalive_ms {
             return bad("peer.idle_timeout_ms must be larger than peer.keepalive_ms (> 0)".into());
         }
-        if !["bbr", "cubic", "newreno"].contains(&self.peer.congestion_control.as_str()) {
+        if self
+            .peer
+            .congestion_control
+            .parse::<echomesh_client::transport::Congestion>()
+            .is_err()
+        {
             return bad(format!(
                 "peer.congestion_control: {:?} is not one of bbr, cubic, newreno",
                 self.peer.congestion_control
@@ -478,52 +481,24 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// Written by a running node: its bound addresses and identity (see `RuntimeInfo`).
 pub const RUNTIME_FILE: &str = "runtime.json";
 
-/// A neighbor given as `HOST:PORT#FINGERPRINT[@half]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NeighborSpec {
-    pub addr: String,
-    pub id: NodeId,
-    pub mode: EchoMode,
-}
+pub use echomesh_proto::identity::NeighborSpec;
 
-impl FromStr for NeighborSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, rest) = s.split_once('#').ok_or_else(|| {
-            format!(
-                "{s:?} is not HOST:PORT#FINGERPRINT (the fingerprint pins the neighbor's identity)"
-            )
-        })?;
-        let (fp, mode) = match rest.split_once('@') {
-            Some((fp, m)) => (fp, m.parse::<EchoMode>()?),
-            None => (rest, EchoMode::Full),
-        };
-        match addr.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
-            _ => return Err(format!("{addr:?} is not HOST:PORT")),
+impl PeerSection {
+    /// The QUIC connection timing and congestion control for this node's endpoint.
+    pub fn tuning(&self) -> echomesh_client::transport::Tuning {
+        echomesh_client::transport::Tuning {
+            keepalive: std::time::Duration::from_millis(self.keepalive_ms),
+            idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
+            // Validated in `Config::validate`.
+            congestion: self.congestion_control.parse().unwrap_or_default(),
         }
-        let id = fp.parse::<NodeId>().map_err(|e| format!("{s:?}: {e}"))?;
-        Ok(NeighborSpec {
-            addr: addr.to_string(),
-            id,
-            mode,
-        })
-    }
-}
-
-impl std::fmt::Display for NeighborSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}#{}", self.addr, self.id.fingerprint())?;
-        if self.mode == EchoMode::Half {
-            f.write_str("@half")?;
-        }
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::echo::EchoMode;
 
     #[test]
     fn defaults_are_valid_and_roundtrip() {

@@ -14,35 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::node::Ctx;
 use crate::ozone::service;
 use crate::peer::rpc;
 use crate::wire::{self, Departure, PeerRequest};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DrainStatus {
-    pub draining: bool,
-    /// `serving`, `moving_clients`, `handing_off`, `flushing`, `leaving`, `done` or
-    /// `timed_out`.
-    pub phase: String,
-    /// Subscribed client sessions when the drain started, and how many were redirected.
-    pub clients_total: usize,
-    pub clients_moved: usize,
-    /// Client sessions still connected (any kind).
-    pub clients_connected: usize,
-    pub ozones_total: usize,
-    pub ozones_done: usize,
-    /// Bytes still queued towards neighbors.
-    pub queued_bytes: usize,
-    /// Neighbors that confirmed they know this node is leaving.
-    pub neighbors_told: usize,
-    pub safe_to_stop: bool,
-    /// Seconds since the drain started.
-    pub elapsed_secs: u64,
-    pub detail: Option<String>,
-}
+pub use echomesh_proto::admin::DrainStatus;
 
 pub struct Drain {
     status: Mutex<DrainStatus>,

@@ -1,15 +1,15 @@
 //! echomesh relay node.
 //!
 //! Module map (see docs/ARCHITECTURE.md):
-//! - `identity`, `config`: who this node is and how it is configured.
-//! - `wire`: every byte on the wire (frames, messages) and on disk (records).
-//! - `echo`: the flooding state machine and seen-cache (sans-IO).
+//! The protocol (wire format, echo engine, key bundles, placement, the state machines) is the
+//! `echomesh-proto` crate; the QUIC transport and the client side are `echomesh-client`. This
+//! crate drives them with sockets, RocksDB and timers.
+//!
+//! - `config`: how the node is configured.
 //! - `router`: runs batches through the engine and fans out to queues.
-//! - `transport`: QUIC endpoint and pinned TLS.
 //! - `peer`: neighbor table, dialing, peer sessions, invite/join.
-//! - `client`: client sessions (node side) and the client library (client side).
+//! - `client`: client sessions (node side).
 //! - `keydir`: the key directory (EPKS): participant IDs, signed key bundles.
-//! - `tags`: epoch-rotating packet tags (inboxes, key directory, ozones).
 //! - `ozone`: ozone addressing, durable storage, placement, replication and repair.
 //! - `topology`: signed node announcements and the mesh map built from them.
 //! - `drain`, `reload`: taking a node out of service; applying a changed config file.
@@ -20,8 +20,6 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod drain;
-pub mod echo;
-pub mod identity;
 pub mod invite;
 pub mod keydir;
 pub mod metrics;
@@ -33,11 +31,13 @@ pub mod rate;
 pub mod reload;
 pub mod router;
 pub mod store;
-pub mod tags;
 pub mod telemetry;
 pub mod topology;
-pub mod transport;
-pub mod wire;
 
 pub use config::Config;
+
+// The protocol and transport modules under the names the node's modules use.
+use echomesh_client::{identity, transport};
+use echomesh_proto::{echo, tags, wire};
+
 pub use node::{start, NodeHandle, RuntimeInfo};

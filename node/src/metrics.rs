@@ -534,11 +534,8 @@ impl Metrics {
                 &crate::wire::PROTOCOL_VERSION.to_string(),
             ])
             .set(1);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        m.start_time.set(now);
+        m.start_time
+            .set(echomesh_proto::clock::unix_ms() as f64 / 1000.0);
         m
     }
 

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -85,16 +84,7 @@ impl Ctx {
     }
 }
 
-/// What a running node writes to `<data-dir>/runtime.json`, so tools and tests can find it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RuntimeInfo {
-    pub pid: u32,
-    pub version: String,
-    pub id: String,
-    pub fingerprint: String,
-    pub quic: SocketAddr,
-    pub admin: SocketAddr,
-}
+pub use echomesh_proto::admin::RuntimeInfo;
 
 /// A started node.
 pub struct NodeHandle {
@@ -194,7 +184,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     let store = Store::open(&cfg.data_dir).await?;
     let metrics = Arc::new(Metrics::new());
 
-    let endpoint = crate::transport::bind(&identity, cfg.listen, &cfg.peer)?;
+    let endpoint = crate::transport::bind(&identity, cfg.listen, &cfg.peer.tuning())?;
     let quic_addr = endpoint
         .local_addr()
         .context("reading bound QUIC address")?;
@@ -408,7 +398,7 @@ async fn accept_loop(ctx: Arc<Ctx>) {
                 }
             };
             drop(permit);
-            match crate::transport::tls::alpn(&conn).as_deref() {
+            match echomesh_client::tls::alpn(&conn).as_deref() {
                 Some(wire::ALPN_PEER) => peer::serve_inbound(c, conn).await,
                 Some(wire::ALPN_CLIENT) => crate::client::serve(c, conn).await,
                 Some(wire::ALPN_JOIN) => peer::join::serve_inbound(c, conn).await,

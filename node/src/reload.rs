@@ -6,8 +6,6 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::{Config, NeighborSpec, Overrides};
 use crate::node::Ctx;
 use crate::store::{NeighborOrigin, NeighborRecord};
@@ -25,13 +23,7 @@ pub struct LiveConfig {
     pub current: Mutex<Config>,
 }
 
-/// What a reload did.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ReloadReport {
-    pub applied: Vec<String>,
-    /// Settings that changed but take effect only after a restart.
-    pub restart_needed: Vec<String>,
-}
+pub use echomesh_proto::admin::ReloadReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {

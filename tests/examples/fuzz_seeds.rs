@@ -8,15 +8,15 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use echomesh_node::echo::{EchoMode, EchoPacket};
-use echomesh_node::identity::Identity;
+use echomesh_client::identity::Identity;
 use echomesh_node::invite::InviteToken;
-use echomesh_node::keydir::BundleKind;
 use echomesh_node::ozone::store::{MessageValue, OzoneStats, StoredMessage};
-use echomesh_node::ozone::OzoneProof;
 use echomesh_node::store::{NeighborOrigin, NeighborRecord};
 use echomesh_node::topology::{Announcement, Link};
-use echomesh_node::wire::{
+use echomesh_proto::echo::{EchoMode, EchoPacket};
+use echomesh_proto::keydir::BundleKind;
+use echomesh_proto::ozone::OzoneProof;
+use echomesh_proto::wire::{
     self, ClientEvent, ClientRequest, Departure, JoinRequest, MsgId, PeerFrame, PeerHello,
     PeerReply, PeerRequest, Position, SubscribeFilter, TraceContext,
 };
@@ -185,7 +185,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     // key bundle (RSA-3072 key generation takes a few seconds)
-    let p = echomesh_ctl::e2e::Participant::generate()?;
+    let p = echomesh_client::e2e::Participant::generate()?;
     write(
         &root.join("key_bundle"),
         "bundle",

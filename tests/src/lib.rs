@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 
 pub mod chaos;
-pub use echomesh_node::RuntimeInfo;
+pub use echomesh_proto::admin::RuntimeInfo;
 
 pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("ECHOMESH_BIN_DIR") {
@@ -529,18 +529,18 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
 pub async fn raw_connect(
     node: &RuntimeInfo,
     alpn: &[u8],
-    identity: Option<&echomesh_node::identity::Identity>,
+    identity: Option<&echomesh_client::identity::Identity>,
 ) -> anyhow::Result<quinn::Connection> {
-    let expected: echomesh_node::identity::NodeId = node.fingerprint.parse()?;
-    let ep = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse()?)?;
-    let (cfg, _) = echomesh_node::transport::dial_config(
+    let expected: echomesh_client::identity::NodeId = node.fingerprint.parse()?;
+    let ep = echomesh_client::transport::client_endpoint("127.0.0.1:0".parse()?)?;
+    let (cfg, _) = echomesh_client::transport::dial_config(
         identity,
         Some(expected),
         alpn,
-        &echomesh_node::config::PeerSection::default(),
+        &echomesh_client::transport::Tuning::default(),
     )?;
     let conn = ep
-        .connect_with(cfg, node.quic, echomesh_node::transport::SERVER_NAME)?
+        .connect_with(cfg, node.quic, echomesh_client::transport::SERVER_NAME)?
         .await?;
     Ok(conn)
 }
@@ -551,9 +551,9 @@ pub async fn request<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     msg: &Req,
 ) -> anyhow::Result<Resp> {
-    send.write_all(&echomesh_node::wire::encode(msg)?).await?;
+    send.write_all(&echomesh_proto::wire::encode(msg)?).await?;
     let mut buf = Vec::new();
-    echomesh_node::wire::read_frame(recv, 1 << 20, &mut buf)
+    echomesh_client::framing::read_frame(recv, 1 << 20, &mut buf)
         .await?
         .ok_or_else(|| anyhow!("stream closed before an answer"))
 }
@@ -573,7 +573,7 @@ pub type Shared = std::sync::Arc<std::sync::Mutex<TestNode>>;
 pub fn cluster_of_three(
     root: &Path,
     flags: &[String],
-) -> (Vec<Shared>, Vec<echomesh_node::identity::NodeId>) {
+) -> (Vec<Shared>, Vec<echomesh_client::identity::NodeId>) {
     let nodes: Vec<Shared> = ["a", "b", "c"]
         .iter()
         .map(|n| std::sync::Arc::new(std::sync::Mutex::new(TestNode::start(root, n, 0, flags))))
@@ -608,9 +608,9 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 }
 
 /// A client session to `n`, pinned by its fingerprint.
-pub async fn session_to(n: &Shared, ep: &quinn::Endpoint) -> echomesh_node::client::ClientSession {
+pub async fn session_to(n: &Shared, ep: &quinn::Endpoint) -> echomesh_client::ClientSession {
     let info = n.lock().unwrap().info.clone();
-    echomesh_node::client::connect(
+    echomesh_client::connect(
         ep,
         info.quic,
         Some(info.fingerprint.parse().unwrap()),

@@ -700,9 +700,9 @@ fn wait_converged(lab: &Lab, timeout: Duration) {
 /// through the mesh during and after it is delivered exactly once.
 #[test]
 fn hostile_neighbor_flooding_10x_and_sending_garbage_is_contained() {
-    use echomesh_node::echo::EchoPacket;
-    use echomesh_node::identity::Identity;
-    use echomesh_node::wire::{self, PeerFrame, PeerHello};
+    use echomesh_client::identity::Identity;
+    use echomesh_proto::echo::EchoPacket;
+    use echomesh_proto::wire::{self, PeerFrame, PeerHello};
 
     let name = "hostile_neighbor_flooding_10x_and_sending_garbage_is_contained";
     let limit = 200u64;

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use echomesh_ctl::e2e::{self, Body, Content, Participant, Recipient};
+use echomesh_client::e2e::{self, Body, Content, Participant, Recipient};
+use echomesh_client::{self as client, ClientError};
 use echomesh_ctl::keyfile;
-use echomesh_node::client::{self, ClientError};
-use echomesh_node::echo::EchoPacket;
-use echomesh_node::keydir::{unix_now, BundleKind, ParticipantRef};
-use echomesh_node::tags;
-use echomesh_node::wire::{ClientEvent, SubscribeFilter};
+use echomesh_proto::clock::unix_now;
+use echomesh_proto::echo::EchoPacket;
+use echomesh_proto::keydir::{BundleKind, ParticipantRef};
+use echomesh_proto::tags;
+use echomesh_proto::wire::{ClientEvent, SubscribeFilter};
 use echomesh_tests::{wait_for, TestNode};
 
 const PASS: (&str, &str) = ("ECHOMESH_PASSPHRASE", "correct horse battery");
@@ -234,7 +235,7 @@ fn two_people_and_a_group_across_three_nodes_and_no_node_sees_plaintext() {
 }
 
 async fn session(n: &TestNode) -> client::ClientSession {
-    let ep = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep = echomesh_client::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     let s = client::connect(
         &ep,
         n.info.quic,
@@ -359,7 +360,7 @@ async fn forgeries_and_junk_are_refused_and_counted() {
     tampered[at] ^= 0x40;
     let body = Body {
         recipient: bob.fingerprint(),
-        sent_at_ms: e2e::now_ms(),
+        sent_at_ms: echomesh_proto::clock::unix_ms(),
         nonce: rand::random(),
         content: Content::Text("send money to Eve".into()),
     };
@@ -447,7 +448,7 @@ async fn a_client_that_never_reads_stays_within_its_bound() {
     // 80 MB flowed. What escaped the drop is bounded: the client's queue, one frame being
     // written, and the client's QUIC stream window (data its stack accepted but it never read).
     let escaped =
-        (BOUND + (256 << 10) + echomesh_node::transport::STREAM_RECEIVE_WINDOW as usize) / 8192;
+        (BOUND + (256 << 10) + echomesh_client::transport::STREAM_RECEIVE_WINDOW as usize) / 8192;
     assert!(
         dropped >= (10_000 - escaped) as f64,
         "only {dropped} packets dropped for the slow client (at most {escaped} could escape)"

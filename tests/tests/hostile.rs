@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use echomesh_node::echo::EchoPacket;
-use echomesh_node::identity::{Identity, NodeId};
-use echomesh_node::wire::{self, ClientEvent, ClientRequest, PeerFrame, PeerHello};
+use echomesh_client::identity::{Identity, NodeId};
+use echomesh_proto::echo::EchoPacket;
+use echomesh_proto::wire::{self, ClientEvent, ClientRequest, PeerFrame, PeerHello};
 use echomesh_tests::{free_udp_port, raw_connect, request, wait_for, TestNode};
 
 fn closed_code(e: &quinn::ConnectionError) -> Option<u64> {

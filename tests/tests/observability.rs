@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use echomesh_node::client;
-use echomesh_node::ozone::OzoneProof;
+use echomesh_client as client;
+use echomesh_proto::ozone::OzoneProof;
 use echomesh_tests::{http_get, run_ok, wait_for, TestNode};
 
 fn repo() -> PathBuf {
@@ -216,7 +216,7 @@ async fn every_panel_and_rule_returns_data_from_a_real_prometheus() {
     // Traffic in two bursts a few scrapes apart, so that rates are not zero: flood packets,
     // ozone deposits (replicated), a subscribed client.
     let tail = nodes[2].tail(&["--timeout", "60"]);
-    let ep = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep = echomesh_client::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     let a = nodes[0].info.clone();
     for burst in 0..2 {
         nodes[0].ctl_ok(&["inject", "--node", &nodes[0].spec(), "--count", "300"]);

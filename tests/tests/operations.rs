@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use echomesh_node::client;
-use echomesh_node::echo::EchoPacket;
-use echomesh_node::ozone::OzoneProof;
-use echomesh_node::wire::{self, ClientEvent, ClientRequest};
+use echomesh_client as client;
+use echomesh_proto::echo::EchoPacket;
+use echomesh_proto::ozone::OzoneProof;
+use echomesh_proto::wire::{self, ClientEvent, ClientRequest};
 use echomesh_tests::{cluster_of_three, session_to, wait_for, Shared, TestNode};
 
 fn config(root: &Path, body: &str) -> Vec<String> {
@@ -139,7 +139,7 @@ async fn drain_moves_clients_and_ozones_without_loss_undrain_and_sigterm_under_l
     let (a, b, c) = (nodes[0].clone(), nodes[1].clone(), nodes[2].clone());
     let b_fp = b.lock().unwrap().fingerprint().to_string();
     let b_id = b.lock().unwrap().info.id.clone();
-    let ep = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep = echomesh_client::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
 
     // 200 ozone messages in 20 ozones, all deposited through B.
     let proofs: Vec<OzoneProof> = (0..20)
@@ -275,7 +275,9 @@ async fn drain_moves_clients_and_ozones_without_loss_undrain_and_sigterm_under_l
             .await
             .unwrap();
         let mut buf = Vec::new();
-        let ev = wire::read_frame::<_, ClientEvent>(&mut recv, 1 << 20, &mut buf).await;
+        let ev =
+            echomesh_client::framing::read_frame::<_, ClientEvent>(&mut recv, 1 << 20, &mut buf)
+                .await;
         assert!(
             !matches!(ev, Ok(Some(_))),
             "protocol 1 got an event: {ev:?}"
@@ -305,7 +307,7 @@ async fn drain_moves_clients_and_ozones_without_loss_undrain_and_sigterm_under_l
     }
     let b_first = (0..)
         .map(|k| OzoneProof::from_secret(format!("back-{k}").as_bytes()))
-        .find(|p| echomesh_node::ozone::placement::ranked(&p.address(), &ids)[0] == ids[1])
+        .find(|p| echomesh_proto::ozone::placement::ranked(&p.address(), &ids)[0] == ids[1])
         .unwrap();
     let mut s = session_to(&a, &ep).await;
     s.deposit(b_first.address(), Bytes::from_static(b"welcome back"))

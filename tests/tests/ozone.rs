@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use echomesh_node::client::{self, ClientError};
-use echomesh_node::ozone::OzoneProof;
+use echomesh_client::{self as client, ClientError};
+use echomesh_proto::ozone::OzoneProof;
 use echomesh_tests::{cluster_of_three, session_to, Shared, TestNode};
 
 fn keys(n: &TestNode, dir: &Path) -> (String, String, String) {
@@ -46,10 +46,10 @@ fn keys(n: &TestNode, dir: &Path) -> (String, String, String) {
 }
 
 /// The proof of an ozone that ranks the members exactly as `ids` (owners ids[0], ids[1]).
-fn ozone_ranked_as(ids: &[echomesh_node::identity::NodeId], prefix: &str) -> OzoneProof {
+fn ozone_ranked_as(ids: &[echomesh_client::identity::NodeId], prefix: &str) -> OzoneProof {
     (0..)
         .map(|k| OzoneProof::from_secret(format!("{prefix}-{k}").as_bytes()))
-        .find(|p| echomesh_node::ozone::placement::ranked(&p.address(), ids) == ids)
+        .find(|p| echomesh_proto::ozone::placement::ranked(&p.address(), ids) == ids)
         .unwrap()
 }
 
@@ -246,7 +246,7 @@ async fn quota_wrong_proof_and_missing_quorum_are_refused() {
     );
 
     // Wrong proof: the address of "q" with the proof of another secret.
-    let ep = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep = echomesh_client::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     let mut s = client::connect(
         &ep,
         a.info.quic,
@@ -257,7 +257,7 @@ async fn quota_wrong_proof_and_missing_quorum_are_refused() {
     .unwrap();
     let addr = OzoneProof::from_secret(b"q").address();
     let wrong = OzoneProof::from_secret(b"guess");
-    let req = echomesh_node::wire::ClientRequest::Fetch {
+    let req = echomesh_proto::wire::ClientRequest::Fetch {
         addr,
         proof: wrong,
         after: None,
@@ -266,7 +266,7 @@ async fn quota_wrong_proof_and_missing_quorum_are_refused() {
     let (conn, mut w, mut r) = s.split();
     w.send_request(&req).await.unwrap();
     match r.next_event().await.unwrap() {
-        Some(echomesh_node::wire::ClientEvent::Error { message, .. }) => {
+        Some(echomesh_proto::wire::ClientEvent::Error { message, .. }) => {
             assert!(message.contains("proof"), "{message}")
         }
         other => panic!("wrong proof accepted: {other:?}"),
@@ -379,9 +379,10 @@ async fn quota_wrong_proof_and_missing_quorum_are_refused() {
 /// receives what was deposited for it meanwhile — within 30 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_deposits_survive_the_loss_of_any_node_and_replicas_converge() {
-    use echomesh_ctl::e2e::{self, Content, Participant, Recipient};
-    use echomesh_node::keydir::{unix_now, BundleKind};
-    use echomesh_node::ozone::placement;
+    use echomesh_client::e2e::{self, Content, Participant, Recipient};
+    use echomesh_proto::clock::unix_now;
+    use echomesh_proto::keydir::BundleKind;
+    use echomesh_proto::ozone::placement;
     use std::sync::Arc;
 
     let root = tempfile::tempdir().unwrap();
@@ -424,7 +425,7 @@ async fn replicated_deposits_survive_the_loss_of_any_node_and_replicas_converge(
         })
         .collect();
     let late_bytes: usize = late.iter().map(|p| p.len()).sum();
-    let ep = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep = echomesh_client::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
 
     for victim in 0..3 {
         let secret = format!("bob-round-{victim}");
@@ -544,7 +545,7 @@ async fn periodic_repair_restores_r_copies_while_an_owner_is_down() {
         cluster_of_three(root.path(), &["--config".into(), cfg.display().to_string()]);
     // An ozone owned by a and b while all are up; c is next in line.
     let proof = ozone_ranked_as(&ids, "repair");
-    let ep = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep = echomesh_client::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     deposit_numbered(&nodes[1], &ep, proof, 20).await;
     nodes[0].lock().unwrap().kill9();
     wait_metric(
@@ -566,7 +567,7 @@ async fn drain_hands_off_ozones_so_stopping_loses_nothing() {
     let root = tempfile::tempdir().unwrap();
     let (nodes, ids) = cluster_of_three(root.path(), &[]);
     let proof = ozone_ranked_as(&ids, "drain");
-    let ep = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep = echomesh_client::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     deposit_numbered(&nodes[1], &ep, proof, 50).await;
 
     let a = nodes[0].clone();

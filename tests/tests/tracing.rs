@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use echomesh_node::client;
-use echomesh_node::ozone::OzoneProof;
+use echomesh_client as client;
+use echomesh_proto::ozone::OzoneProof;
 use echomesh_tests::{wait_for, TestNode};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
@@ -123,7 +123,7 @@ async fn a_join_and_a_replicated_deposit_are_each_one_trace_across_two_nodes() {
     .unwrap();
 
     // A deposit through a: with two members and R = 2 it is stored on a and replicated to b.
-    let ep = echomesh_node::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let ep = echomesh_client::transport::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     let mut s = client::connect(
         &ep,
         a.info.quic,

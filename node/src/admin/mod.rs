@@ -1,7 +1,7 @@
 //! The admin HTTP API. `/healthz`, `/readyz` and `/metrics` are open; everything under `/v1`
 //! needs `Authorization: Bearer <token>` with the token from `<data-dir>/admin.token`.
 
-pub mod api;
+pub use echomesh_proto::admin as api;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,9 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use crate::invite::{now_unix, InviteToken};
+use crate::invite::InviteToken;
 use crate::node::Ctx;
 use crate::peer::NeighborView;
+use echomesh_proto::clock::unix_now;
 
 struct AdminState {
     ctx: Arc<Ctx>,
@@ -222,7 +223,7 @@ async fn invite(State(s): St, body: Option<Json<api::InviteRequest>>) -> Respons
             "ttl_secs must be between 1 and 604800 (7 days)",
         );
     }
-    let now = now_unix();
+    let now = unix_now();
     let expires = now + ttl;
     let secret = match ctx
         .invites
@@ -296,9 +297,10 @@ async fn join(State(s): St, Json(req): Json<api::JoinRequest>) -> Response {
 
 /// The pinned neighbor with fingerprint `fp`, or the HTTP error to answer.
 fn neighbor_of(ctx: &Ctx, fp: &str) -> Result<Arc<crate::peer::Neighbor>, (StatusCode, String)> {
-    let id: crate::identity::NodeId = fp.parse().map_err(|e: crate::identity::IdentityError| {
-        (StatusCode::BAD_REQUEST, format!("{fp:?}: {e}"))
-    })?;
+    let id: crate::identity::NodeId =
+        fp.parse().map_err(|e: crate::identity::FingerprintError| {
+            (StatusCode::BAD_REQUEST, format!("{fp:?}: {e}"))
+        })?;
     ctx.neighbors().get(&id).ok_or_else(|| {
         (
             StatusCode::NOT_FOUND,
@@ -324,7 +326,7 @@ async fn neighbor_add(State(s): St, Json(req): Json<api::NeighborAddRequest>) ->
         addr: Some(spec.addr.clone()),
         mode: spec.mode,
         origin: crate::store::NeighborOrigin::Admin,
-        added_unix: now_unix(),
+        added_unix: unix_now(),
     };
     match ctx.add_neighbor(rec).await {
         Ok(n) => {
@@ -381,7 +383,7 @@ async fn neighbor_mode(
         addr: v.addr.clone(),
         mode,
         origin: v.origin,
-        added_unix: now_unix(),
+        added_unix: unix_now(),
     };
     if let Err(e) = ctx.neighbors().upsert(&rec) {
         return error(StatusCode::CONFLICT, e.to_string());

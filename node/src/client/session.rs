@@ -217,7 +217,7 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
     let mut buf = Vec::new();
     let client_version = match tokio::time::timeout(
         timeout,
-        wire::read_frame::<_, ClientRequest>(&mut recv, 4096, &mut buf),
+        echomesh_client::framing::read_frame::<_, ClientRequest>(&mut recv, 4096, &mut buf),
     )
     .await
     {
@@ -336,7 +336,11 @@ async fn read_requests(
     let mut buf = Vec::new();
     let bucket = Mutex::new(TokenBucket::new(ctx.cfg.limits.client_rate, Instant::now()));
     loop {
-        let req = match wire::read_frame::<_, ClientRequest>(recv, max, &mut buf).await {
+        let req = match echomesh_client::framing::read_frame::<_, ClientRequest>(
+            recv, max, &mut buf,
+        )
+        .await
+        {
             Ok(Some(r)) => r,
             Ok(None) => return "client finished".into(),
             Err(e) => {

@@ -13,15 +13,10 @@
 //! When a neighbor comes up, the whole directory is offered to it ([`KeyDirectory::page`]),
 //! paced by that neighbor's queue, so nodes that were down or partitioned catch up.
 
-mod bundle;
 pub mod flood;
-mod participant;
 
-pub use bundle::{
-    participant_key, unix_now, BundleError, BundleKind, KeyBundle, BUNDLE_FORMAT, BUNDLE_FORMAT_V1,
-    MAX_BUNDLE_BYTES, RSA_BITS,
-};
-pub use participant::{Fingerprint, IdError, ParticipantRef, ShortId, SHORT_LEN};
+use echomesh_proto::clock::unix_now;
+pub use echomesh_proto::keydir::*;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,52 +27,12 @@ use crate::store::{Store, StoreError};
 /// Most bundles returned for one short-ID lookup (more than one only on a 45-bit collision).
 pub const MAX_LOOKUP_RESULTS: usize = 8;
 
-/// What offering a valid bundle did to the directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offered {
-    /// First bundle for this key.
-    New,
-    /// Replaced an older bundle (or a publication by a revocation).
-    Replaced,
-    /// Already stored exactly; nothing to flood.
-    Unchanged,
-}
-
-impl Offered {
-    pub fn changed(self) -> bool {
-        !matches!(self, Offered::Unchanged)
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum OfferError {
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error("cannot store the bundle: {0}")]
     Store(#[from] StoreError),
-}
-
-/// The replacement rule, as a pure function of what is stored and what arrives.
-pub fn decide(existing: Option<&KeyBundle>, new: &KeyBundle) -> Result<Offered, BundleError> {
-    let Some(old) = existing else {
-        return Ok(Offered::New);
-    };
-    if old == new {
-        return Ok(Offered::Unchanged);
-    }
-    match (old.kind, new.kind) {
-        (BundleKind::Revoke, _) => Err(BundleError::Revoked),
-        (BundleKind::Publish, BundleKind::Revoke) => Ok(Offered::Replaced),
-        (BundleKind::Publish, BundleKind::Publish) => {
-            if new.created_at > old.created_at
-                || (new.created_at == old.created_at && new.digest() > old.digest())
-            {
-                Ok(Offered::Replaced)
-            } else {
-                Err(BundleError::Stale(old.created_at))
-            }
-        }
-    }
 }
 
 pub struct KeyDirectory {

@@ -66,12 +66,7 @@ impl ServiceError {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use echomesh_proto::clock::unix_ms;
 
 /// The cluster as this node sees it now.
 pub struct Members {
@@ -144,7 +139,7 @@ pub async fn deposit(
 ) -> Result<(StoredMessage, usize), ServiceError> {
     let m = &ctx.metrics;
     let _timer = m.ozone_deposit_seconds.start_timer();
-    let now = now_ms();
+    let now = unix_ms();
     let msg = StoredMessage {
         addr,
         seq: ctx.ozones.next_seq(now),
@@ -318,7 +313,7 @@ pub async fn ack(
         remote.spawn(async move { rpc::call(&ctx, &n, &req).await });
     }
     let asked = ids.len();
-    let mut removed = blocking(ctx, move |s| Ok(s.ack_blocking(&addr, &ids, now_ms())?)).await?;
+    let mut removed = blocking(ctx, move |s| Ok(s.ack_blocking(&addr, &ids, unix_ms())?)).await?;
     while let Some(r) = remote.join_next().await {
         match r {
             Ok(Ok(PeerReply::Acked { removed: n })) => removed = removed.max(u64::from(n)),
@@ -393,7 +388,7 @@ pub async fn serve_peer(ctx: &Arc<Ctx>, req: PeerRequest) -> PeerReply {
         PeerRequest::OzoneAck { addr, ids } => {
             let ids: Vec<[u8; 32]> = ids.into_iter().map(|i| i.0).collect();
             blocking(ctx, move |s| {
-                let n = s.ack_blocking(&addr, &ids, now_ms())?;
+                let n = s.ack_blocking(&addr, &ids, unix_ms())?;
                 Ok(PeerReply::Acked {
                     removed: n.min(u64::from(u32::MAX)) as u32,
                 })
@@ -566,7 +561,7 @@ pub async fn update_gauges(ctx: &Arc<Ctx>) {
 
 /// Evict what outlived its retention (housekeeping).
 pub async fn sweep(ctx: &Arc<Ctx>) {
-    match blocking(ctx, |s| Ok(s.sweep_expired_blocking(now_ms(), 10_000)?)).await {
+    match blocking(ctx, |s| Ok(s.sweep_expired_blocking(unix_ms(), 10_000)?)).await {
         Ok(sw) => {
             if sw.messages > 0 {
                 ctx.metrics

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::OzoneAddr;
 use crate::store::{synced, Store, StoreError, CF_MESSAGES, CF_NODE_STATE, CF_TOMBSTONES};
 use crate::wire;
+pub use echomesh_proto::ozone::{OzoneDigest, StoredMessage};
 
 /// Storage limits for ozones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,19 +48,6 @@ impl Default for OzoneLimits {
     }
 }
 
-/// One stored message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredMessage {
-    pub addr: OzoneAddr,
-    /// Order within the ozone (assigned by the accepting node).
-    pub seq: u64,
-    /// blake3 of the payload.
-    #[serde(with = "crate::wire::bytes32")]
-    pub id: [u8; 32],
-    pub expires_ms: u64,
-    pub payload: Bytes,
-}
-
 /// The value of a message record on disk (its key holds the address, sequence and ID).
 #[derive(Serialize, Deserialize)]
 pub struct MessageValue {
@@ -71,17 +59,6 @@ pub struct MessageValue {
 pub struct OzoneStats {
     pub messages: u64,
     pub bytes: u64,
-}
-
-/// Summary of one replica's view of an ozone (see [`OzoneStore::digest_blocking`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OzoneDigest {
-    pub messages: u64,
-    pub tombstones: u64,
-    #[serde(with = "crate::wire::bytes32")]
-    pub message_xor: [u8; 32],
-    #[serde(with = "crate::wire::bytes32")]
-    pub tombstone_xor: [u8; 32],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

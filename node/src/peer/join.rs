@@ -8,12 +8,14 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::echo::EchoMode;
-use crate::invite::{now_unix, InviteToken, TokenError};
+use crate::invite::{InviteToken, TokenError};
 use crate::metrics::handshake_reason;
 use crate::node::Ctx;
 use crate::store::{NeighborOrigin, NeighborRecord};
-use crate::transport::{self, tls};
+use crate::transport;
 use crate::wire::{self, close, JoinRefusal, JoinRequest, JoinResponse};
+use echomesh_client::tls;
+use echomesh_proto::clock::unix_now;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -36,7 +38,7 @@ pub enum JoinError {
 /// Joiner side: use `token` to pin ourselves to the inviter, then peer with it.
 #[tracing::instrument(name = "join", skip_all)]
 pub async fn join(ctx: &Arc<Ctx>, token: &str) -> Result<NeighborRecord, JoinError> {
-    let t = InviteToken::decode(token, now_unix())?;
+    let t = InviteToken::decode(token, unix_now())?;
     if t.id == ctx.identity.id {
         return Err(JoinError::OwnToken);
     }
@@ -51,7 +53,7 @@ pub async fn join(ctx: &Arc<Ctx>, token: &str) -> Result<NeighborRecord, JoinErr
         Some(&ctx.identity),
         Some(t.id),
         wire::ALPN_JOIN,
-        &ctx.cfg.peer,
+        &ctx.cfg.peer.tuning(),
     )
     .map_err(|e| JoinError::Protocol(e.to_string()))?;
     let connecting = ctx
@@ -89,7 +91,7 @@ pub async fn join(ctx: &Arc<Ctx>, token: &str) -> Result<NeighborRecord, JoinErr
         send.write_all(&frame).await.map_err(|e| e.to_string())?;
         let _ = send.finish();
         let mut buf = Vec::new();
-        wire::read_frame::<_, JoinResponse>(&mut recv, 64 * 1024, &mut buf)
+        echomesh_client::framing::read_frame::<_, JoinResponse>(&mut recv, 64 * 1024, &mut buf)
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| "inviter closed the stream without answering".to_string())
@@ -115,7 +117,7 @@ pub async fn join(ctx: &Arc<Ctx>, token: &str) -> Result<NeighborRecord, JoinErr
                 addr: Some(t.addr.clone()),
                 mode: EchoMode::Full,
                 origin: NeighborOrigin::Joined,
-                added_unix: now_unix(),
+                added_unix: unix_now(),
             };
             ctx.add_neighbor(rec.clone())
                 .await
@@ -146,18 +148,21 @@ pub async fn serve_inbound(ctx: Arc<Ctx>, conn: quinn::Connection) {
     let res = tokio::time::timeout(timeout, async {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| ("io", e.to_string()))?;
         let mut buf = Vec::new();
-        let req = match wire::read_frame::<_, JoinRequest>(&mut recv, 4096, &mut buf).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Err(("io", "closed before request".to_string())),
-            Err(e) => {
-                ctx.metrics
-                    .frame_errors
-                    .with_label_values(&[e.kind(), "join"])
-                    .inc();
-                return Err(("bad_frame", e.to_string()));
-            }
-        };
-        let tc = wire::read_frame::<_, wire::TraceContext>(
+        let req =
+            match echomesh_client::framing::read_frame::<_, JoinRequest>(&mut recv, 4096, &mut buf)
+                .await
+            {
+                Ok(Some(r)) => r,
+                Ok(None) => return Err(("io", "closed before request".to_string())),
+                Err(e) => {
+                    ctx.metrics
+                        .frame_errors
+                        .with_label_values(&[e.kind(), "join"])
+                        .inc();
+                    return Err(("bad_frame", e.to_string()));
+                }
+            };
+        let tc = echomesh_client::framing::read_frame::<_, wire::TraceContext>(
             &mut recv,
             wire::MAX_TRACE_CONTEXT_FRAME,
             &mut buf,
@@ -226,7 +231,7 @@ async fn accept_join(
     req: &JoinRequest,
     remote: std::net::SocketAddr,
 ) -> Result<(), JoinRefusal> {
-    let now = now_unix();
+    let now = unix_now();
     if joiner == ctx.identity.id {
         return Err(JoinRefusal::Internal);
     }

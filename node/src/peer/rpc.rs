@@ -48,7 +48,7 @@ pub async fn call(ctx: &Ctx, n: &Neighbor, req: &PeerRequest) -> Result<PeerRepl
             .map_err(|e| RpcError::Io(e.to_string()))?;
         let _ = send.finish();
         let mut buf = Vec::new();
-        match wire::read_frame::<_, PeerReply>(&mut recv, max, &mut buf).await {
+        match echomesh_client::framing::read_frame::<_, PeerReply>(&mut recv, max, &mut buf).await {
             Ok(Some(PeerReply::Error { message })) => Err(RpcError::Refused(message)),
             Ok(Some(r)) => Ok(r),
             Ok(None) => Err(RpcError::Io("stream closed without an answer".into())),
@@ -75,7 +75,7 @@ pub async fn serve(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection) {
             let mut buf = Vec::new();
             let req = match tokio::time::timeout(
                 RPC_TIMEOUT,
-                wire::read_frame::<_, PeerRequest>(&mut recv, max, &mut buf),
+                echomesh_client::framing::read_frame::<_, PeerRequest>(&mut recv, max, &mut buf),
             )
             .await
             {
@@ -94,7 +94,7 @@ pub async fn serve(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection) {
             // so this ends at once when there is none).
             let tc = tokio::time::timeout(
                 RPC_TIMEOUT,
-                wire::read_frame::<_, wire::TraceContext>(
+                echomesh_client::framing::read_frame::<_, wire::TraceContext>(
                     &mut recv,
                     wire::MAX_TRACE_CONTEXT_FRAME,
                     &mut buf,

@@ -11,8 +11,9 @@ use crate::metrics::{drop_reason, handshake_reason};
 use crate::node::Ctx;
 use crate::peer::Neighbor;
 use crate::router::Origin;
-use crate::transport::{self, tls};
+use crate::transport;
 use crate::wire::{self, close, PeerFrame, PeerFrameRef, PeerHello};
+use echomesh_client::tls;
 
 /// Largest batch of packets put in one frame.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
@@ -106,7 +107,7 @@ async fn dial(ctx: &Arc<Ctx>, n: &Arc<Neighbor>, addr: &str) -> Result<quinn::Co
         Some(&ctx.identity),
         Some(n.id),
         wire::ALPN_PEER,
-        &ctx.cfg.peer,
+        &ctx.cfg.peer.tuning(),
     )
     .map_err(|e| e.to_string())?;
     let connecting = ctx
@@ -204,17 +205,20 @@ async fn exchange_hello(
             .await
             .map_err(|e| (handshake_reason::HELLO, e.to_string()))?,
     };
-    let theirs = match wire::read_frame::<_, PeerFrame>(&mut recv, 64 * 1024, &mut buf).await {
-        Ok(Some(PeerFrame::Hello(h))) => h,
-        Ok(Some(_)) => {
-            return Err((
-                handshake_reason::HELLO,
-                "first frame was not a hello".into(),
-            ))
-        }
-        Ok(None) => return Err((handshake_reason::HELLO, "stream closed before hello".into())),
-        Err(e) => return Err((handshake_reason::HELLO, e.to_string())),
-    };
+    let theirs =
+        match echomesh_client::framing::read_frame::<_, PeerFrame>(&mut recv, 64 * 1024, &mut buf)
+            .await
+        {
+            Ok(Some(PeerFrame::Hello(h))) => h,
+            Ok(Some(_)) => {
+                return Err((
+                    handshake_reason::HELLO,
+                    "first frame was not a hello".into(),
+                ))
+            }
+            Ok(None) => return Err((handshake_reason::HELLO, "stream closed before hello".into())),
+            Err(e) => return Err((handshake_reason::HELLO, e.to_string())),
+        };
     if theirs.node_id != n.id {
         return Err((
             handshake_reason::HELLO,
@@ -327,7 +331,7 @@ async fn read_loop(ctx: &Ctx, n: &Neighbor, mut recv: quinn::RecvStream) -> Stri
     let max = ctx.cfg.limits.max_frame_bytes;
     let mut buf = Vec::new();
     loop {
-        match wire::read_frame::<_, PeerFrame>(&mut recv, max, &mut buf).await {
+        match echomesh_client::framing::read_frame::<_, PeerFrame>(&mut recv, max, &mut buf).await {
             Ok(Some(PeerFrame::Echo(mut batch))) => {
                 n.bytes_in.inc_by(buf.len() as u64 + 4);
                 let limited = n.admit(&mut batch, Instant::now());

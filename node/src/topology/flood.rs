@@ -22,12 +22,7 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// Least time between two of this node's announcements.
 const MIN_GAP: Duration = Duration::from_secs(1);
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use echomesh_proto::clock::unix_ms;
 
 /// This node as it would announce itself now.
 pub fn own_announcement(ctx: &Ctx, seq: u64) -> Announcement {
@@ -70,7 +65,7 @@ pub fn own_announcement(ctx: &Ctx, seq: u64) -> Announcement {
 /// The topology as this node sees it now.
 pub fn view(ctx: &Ctx) -> TopologyView {
     ctx.topology
-        .view(&own_announcement(ctx, now_ms()), Instant::now())
+        .view(&own_announcement(ctx, unix_ms()), Instant::now())
 }
 
 fn packet(ctx: &Ctx, raw: Vec<u8>) -> EchoPacket {
@@ -83,7 +78,7 @@ fn packet(ctx: &Ctx, raw: Vec<u8>) -> EchoPacket {
 
 /// Flood this node's announcement now.
 pub fn announce_now(ctx: &Ctx) {
-    let seq = ctx.topology.next_seq(now_ms());
+    let seq = ctx.topology.next_seq(unix_ms());
     match own_announcement(ctx, seq).seal(&ctx.identity) {
         Ok(raw) => {
             ctx.router
@@ -124,7 +119,7 @@ pub async fn run_verifier(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<(Origin, Vec<Ech
             },
         };
         for pkt in packets {
-            let result = ctx.topology.offer(&pkt.payload, Instant::now(), now_ms());
+            let result = ctx.topology.offer(&pkt.payload, Instant::now(), unix_ms());
             let label = match &result {
                 Ok(o) => o.label(),
                 Err(e) => e.label(),

@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use echomesh_node::client::follow::{Followed, Follower};
-use echomesh_node::client::ClientSession;
-use echomesh_node::echo::EchoPacket;
-use echomesh_node::ozone::OzoneProof;
-use echomesh_node::wire::{ClientEvent, Position, SubscribeFilter};
+use echomesh_client::follow::{Followed, Follower};
+use echomesh_client::ClientSession;
+use echomesh_proto::echo::EchoPacket;
+use echomesh_proto::ozone::OzoneProof;
+use echomesh_proto::wire::{ClientEvent, Position, SubscribeFilter};
 
 use super::Lab;
 
@@ -308,7 +308,7 @@ pub fn send_resilient(
         });
         let mut problem = None;
         let mut seq = 0u64;
-        let r = echomesh_node::client::inject::inject_all(
+        let r = echomesh_client::inject::inject_all(
             &ep,
             s,
             "chaos",
@@ -600,7 +600,7 @@ async fn deposit(
     let r = tokio::time::timeout(limit, s.deposit(proof.address(), payload)).await;
     match r {
         Ok(Ok((_, copies))) => Outcome::Acked(copies),
-        Ok(Err(echomesh_node::client::ClientError::Refused(m))) => Outcome::Refused(m),
+        Ok(Err(echomesh_client::ClientError::Refused(m))) => Outcome::Refused(m),
         Ok(Err(e)) => {
             sessions.remove(&node);
             Outcome::Failed(e.to_string())
@@ -628,7 +628,7 @@ pub async fn fetch_all(lab: &Lab, i: usize, proof: OzoneProof) -> Result<Vec<Byt
         if let Some(last) = page.last() {
             after = Some(Position {
                 seq: last.seq,
-                id: echomesh_node::wire::MsgId(last.id),
+                id: echomesh_proto::wire::MsgId(last.id),
             });
         }
         out.extend(page.into_iter().map(|m| m.payload));

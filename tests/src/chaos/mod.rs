@@ -182,7 +182,7 @@ impl Lab {
         let host_ip = host_ip(&net);
         let client = {
             let _g = rt.enter();
-            echomesh_node::transport::client_endpoint(SocketAddr::new(host_ip, 0))
+            echomesh_client::transport::client_endpoint(SocketAddr::new(host_ip, 0))
                 .expect("client endpoint")
         };
         let mut lab = Lab {
@@ -461,7 +461,7 @@ impl Lab {
     pub async fn session(
         &self,
         i: usize,
-    ) -> Result<echomesh_node::client::ClientSession, echomesh_node::client::ClientError> {
+    ) -> Result<echomesh_client::ClientSession, echomesh_client::ClientError> {
         connect(&self.client, self.node_addr(i), &self.fingerprints[i]).await
     }
 
@@ -474,21 +474,21 @@ impl Lab {
     pub async fn raw_peer(
         &self,
         i: usize,
-        identity: &echomesh_node::identity::Identity,
+        identity: &echomesh_client::identity::Identity,
     ) -> anyhow::Result<quinn::Connection> {
-        let expected: echomesh_node::identity::NodeId = self.fingerprints[i].parse()?;
-        let (cfg, _) = echomesh_node::transport::dial_config(
+        let expected: echomesh_client::identity::NodeId = self.fingerprints[i].parse()?;
+        let (cfg, _) = echomesh_client::transport::dial_config(
             Some(identity),
             Some(expected),
-            echomesh_node::wire::ALPN_PEER,
-            &echomesh_node::config::PeerSection::default(),
+            echomesh_proto::wire::ALPN_PEER,
+            &echomesh_client::transport::Tuning::default(),
         )?;
         Ok(self
             .client
             .connect_with(
                 cfg,
                 self.node_addr(i),
-                echomesh_node::transport::SERVER_NAME,
+                echomesh_client::transport::SERVER_NAME,
             )?
             .await?)
     }
@@ -558,9 +558,9 @@ pub async fn connect(
     ep: &quinn::Endpoint,
     addr: SocketAddr,
     fingerprint: &str,
-) -> Result<echomesh_node::client::ClientSession, echomesh_node::client::ClientError> {
+) -> Result<echomesh_client::ClientSession, echomesh_client::ClientError> {
     let id = fingerprint.parse().expect("fingerprint");
-    echomesh_node::client::connect(ep, addr, Some(id), "chaos").await
+    echomesh_client::connect(ep, addr, Some(id), "chaos").await
 }
 
 fn host_ip(net: &Net) -> IpAddr {

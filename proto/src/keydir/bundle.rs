@@ -2,8 +2,6 @@
 //! same key. Nodes verify bundles before they store or flood them; clients verify them again
 //! after a lookup (a node is never trusted to vouch for a key).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::Bytes;
 use rsa::pkcs8::DecodePublicKey;
 use rsa::pss::{Signature, VerifyingKey};
@@ -202,13 +200,6 @@ struct Signed<'a> {
 struct SignedV2<'a> {
     v1: Signed<'a>,
     mailbox: Option<&'a OzoneAddr>,
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl KeyBundle {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::connect::{connect, ClientError, ClientSession};
 use crate::echo::EchoPacket;
+use crate::session::{connect, ClientError, ClientSession};
 use crate::wire::ClientEvent;
 
 /// Batches in flight before waiting for acknowledgements.

@@ -1,94 +1,20 @@
-//! Node identity: a long-term key pair and self-signed certificate made on first start.
-//!
-//! The node ID is blake3 of the certificate's SubjectPublicKeyInfo. It is shown as a short
-//! form (first 10 characters of its Crockford base32 encoding) and as the full fingerprint
-//! (64 lowercase hex characters). Only the full fingerprint is accepted for pinning.
+//! Node identity: a long-term key pair and self-signed certificate made on first start. The
+//! node ID ([`NodeId`], in `echomesh-proto`) is blake3 of the certificate's SubjectPublicKeyInfo.
 
-use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use serde::{Deserialize, Serialize};
 
-/// Crockford base32 alphabet (no I, L, O, U).
-const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+pub use echomesh_proto::identity::{crockford_base32, FingerprintError, NodeId};
 
-/// Encode bytes as Crockford base32 (no padding, upper case).
-pub fn crockford_base32(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);
-    let mut buffer: u32 = 0;
-    let mut bits = 0;
-    for &b in bytes {
-        buffer = (buffer << 8) | u32::from(b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(CROCKFORD[((buffer >> bits) & 31) as usize] as char);
-        }
-    }
-    if bits > 0 {
-        out.push(CROCKFORD[((buffer << (5 - bits)) & 31) as usize] as char);
-    }
-    out
-}
-
-/// A node's identity: blake3 of its certificate's SubjectPublicKeyInfo.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct NodeId(#[serde(with = "crate::wire::bytes32")] pub [u8; 32]);
-
-impl NodeId {
-    /// The node ID of a DER certificate (blake3 of its SPKI).
-    pub fn from_cert_der(cert: &[u8]) -> Result<Self, IdentityError> {
-        let der = CertificateDer::from(cert);
-        let parsed = webpki::EndEntityCert::try_from(&der)
-            .map_err(|e| IdentityError::BadCertificate(format!("{e:?}")))?;
-        let spki = parsed.subject_public_key_info();
-        Ok(NodeId(*blake3::hash(spki.as_ref()).as_bytes()))
-    }
-
-    /// Short display form: first 10 Crockford base32 characters.
-    pub fn short(&self) -> String {
-        let mut s = crockford_base32(&self.0[..7]);
-        s.truncate(10);
-        s
-    }
-
-    /// Full fingerprint: 64 lowercase hex characters.
-    pub fn fingerprint(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.short())
-    }
-}
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId({})", self.short())
-    }
-}
-
-impl FromStr for NodeId {
-    type Err = IdentityError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.len() != 64 {
-            return Err(IdentityError::BadFingerprint(format!(
-                "expected a full fingerprint of 64 hex characters, got {} characters; \
-                 `echomeshctl status` on that node prints it",
-                s.len()
-            )));
-        }
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out)
-            .map_err(|e| IdentityError::BadFingerprint(format!("fingerprint is not hex ({e})")))?;
-        Ok(NodeId(out))
-    }
+/// The node ID of a DER certificate (blake3 of its SPKI).
+pub fn node_id_of_cert(cert: &[u8]) -> Result<NodeId, IdentityError> {
+    let der = CertificateDer::from(cert);
+    let parsed = webpki::EndEntityCert::try_from(&der)
+        .map_err(|e| IdentityError::BadCertificate(format!("{e:?}")))?;
+    let spki = parsed.subject_public_key_info();
+    Ok(NodeId(*blake3::hash(spki.as_ref()).as_bytes()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,8 +33,8 @@ pub enum IdentityError {
     BadCertificate(String),
     #[error("signature does not verify: {0}")]
     BadSignature(String),
-    #[error("bad fingerprint: {0}")]
-    BadFingerprint(String),
+    #[error(transparent)]
+    BadFingerprint(#[from] FingerprintError),
 }
 
 /// The node's certificate and private key, and the ID derived from them.
@@ -138,7 +64,7 @@ impl Identity {
             .map_err(|e| IdentityError::Generate(e.to_string()))?;
         let cert_der = ck.cert.der().clone();
         let key_der = ck.signing_key.serialize_der();
-        let id = NodeId::from_cert_der(&cert_der)?;
+        let id = node_id_of_cert(&cert_der)?;
         Ok(Identity {
             id,
             cert_der,
@@ -176,7 +102,7 @@ impl Identity {
             .ok_or_else(|| corrupt(cert_path, "no CERTIFICATE block".into()))?;
         let key_der = pem_decode(&read(key_path)?, "PRIVATE KEY")
             .ok_or_else(|| corrupt(key_path, "no PRIVATE KEY block".into()))?;
-        let id = NodeId::from_cert_der(&cert_der).map_err(|e| corrupt(cert_path, e.to_string()))?;
+        let id = node_id_of_cert(&cert_der).map_err(|e| corrupt(cert_path, e.to_string()))?;
         // The key must belong to the certificate: compare public keys.
         let kp = rcgen::KeyPair::try_from(key_der.as_slice())
             .map_err(|e| corrupt(key_path, e.to_string()))?;
@@ -288,14 +214,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crockford_known_vectors() {
-        assert_eq!(crockford_base32(&[]), "");
-        assert_eq!(crockford_base32(&[0]), "00");
-        assert_eq!(crockford_base32(&[0xff]), "ZW");
-        assert_eq!(crockford_base32(b"foobar"), "CSQPYRK1E8");
-    }
-
-    #[test]
     fn identity_persists_and_reloads() {
         let dir = tempfile::tempdir().unwrap();
         let a = Identity::load_or_create(dir.path()).unwrap();
@@ -333,20 +251,5 @@ mod tests {
         std::fs::write(d.path().join(CERT_FILE), "garbage").unwrap();
         let err = Identity::load_or_create(d.path()).err().unwrap();
         assert!(err.to_string().contains("corrupt"), "{err}");
-    }
-
-    #[test]
-    fn fingerprint_parse_errors_are_clear() {
-        assert!("abc"
-            .parse::<NodeId>()
-            .unwrap_err()
-            .to_string()
-            .contains("64 hex"));
-        let bad = "z".repeat(64);
-        assert!(bad
-            .parse::<NodeId>()
-            .unwrap_err()
-            .to_string()
-            .contains("not hex"));
     }
 }

@@ -2,12 +2,10 @@
 
 use std::net::SocketAddr;
 
-use crate::config::PeerSection;
 use crate::echo::EchoPacket;
 use crate::identity::NodeId;
 use crate::keydir::{KeyBundle, ParticipantRef};
-use crate::ozone::store::StoredMessage;
-use crate::ozone::{OzoneAddr, OzoneProof};
+use crate::ozone::{OzoneAddr, OzoneProof, StoredMessage};
 use crate::transport;
 use crate::wire::{self, ClientEvent, ClientRequest, ClientRequestRef, SubscribeFilter};
 use crate::wire::{MsgId, Position};
@@ -51,7 +49,7 @@ pub struct ClientWriter {
 
 pub struct ClientReader {
     recv: quinn::RecvStream,
-    frames: wire::FrameReader,
+    frames: crate::framing::FrameReader,
     max_frame: usize,
 }
 
@@ -63,12 +61,16 @@ pub async fn connect(
     expected: Option<NodeId>,
     agent: &str,
 ) -> Result<ClientSession, ClientError> {
-    let (cfg, verifier) =
-        transport::dial_config(None, expected, wire::ALPN_CLIENT, &PeerSection::default())
-            .map_err(|e| ClientError::Connect {
-                addr,
-                msg: e.to_string(),
-            })?;
+    let (cfg, verifier) = transport::dial_config(
+        None,
+        expected,
+        wire::ALPN_CLIENT,
+        &transport::Tuning::default(),
+    )
+    .map_err(|e| ClientError::Connect {
+        addr,
+        msg: e.to_string(),
+    })?;
     let connecting = endpoint
         .connect_with(cfg, addr, transport::SERVER_NAME)
         .map_err(|e| ClientError::Connect {
@@ -106,7 +108,7 @@ pub async fn connect(
     };
     let mut reader = ClientReader {
         recv,
-        frames: wire::FrameReader::default(),
+        frames: crate::framing::FrameReader::default(),
         max_frame: wire::ABSOLUTE_MAX_FRAME,
     };
     // A node that refuses the session (busy, draining) closes the connection with a reason:
@@ -191,7 +193,7 @@ pub async fn connect_any(
 ) -> Result<(ClientSession, String), ClientError> {
     let mut last = ClientError::Refused("the node suggested no other node".into());
     for spec in nodes {
-        let parsed: crate::config::NeighborSpec = match spec.parse() {
+        let parsed: echomesh_proto::identity::NeighborSpec = match spec.parse() {
             Ok(p) => p,
             Err(e) => {
                 last = ClientError::Protocol(format!("bad redirect target: {e}"));

@@ -12,11 +12,11 @@
 //! envelope per recipient: simple, and no recipient learns who else got the message.
 
 use bytes::Bytes;
-use echomesh_node::keydir::{
+use echomesh_proto::keydir::{
     participant_key, BundleKind, Fingerprint, KeyBundle, BUNDLE_FORMAT, RSA_BITS,
 };
-use echomesh_node::ozone::{OzoneAddr, OzoneProof};
-use echomesh_node::wire;
+use echomesh_proto::ozone::{OzoneAddr, OzoneProof};
+use echomesh_proto::wire;
 use rand::RngCore;
 use rsa::pkcs8::EncodePublicKey;
 use rsa::pss::{BlindedSigningKey, Signature, VerifyingKey};
@@ -204,7 +204,7 @@ pub enum Content {
 /// reassembly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileChunk {
-    #[serde(with = "echomesh_node::wire::bytes32")]
+    #[serde(with = "echomesh_proto::wire::bytes32")]
     pub file_id: [u8; 32],
     pub name: String,
     pub total_len: u64,
@@ -245,18 +245,13 @@ pub struct Opened {
     pub content: Content,
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use echomesh_proto::clock::unix_ms;
 
 /// Encrypt and sign `content` from `sender` to `to`.
 pub fn seal(sender: &Participant, to: &Recipient, content: Content) -> Result<Vec<u8>, E2eError> {
     let body = Body {
         recipient: to.fingerprint,
-        sent_at_ms: now_ms(),
+        sent_at_ms: unix_ms(),
         nonce: rand::random(),
         content,
     };
@@ -366,7 +361,7 @@ pub fn open(me: &Participant, payload: &[u8]) -> Result<Opened, OpenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use echomesh_node::keydir::unix_now;
+    use echomesh_proto::clock::unix_now;
     use std::sync::OnceLock;
 
     fn people() -> &'static (Participant, Participant, Participant) {

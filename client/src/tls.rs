@@ -95,7 +95,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let id = NodeId::from_cert_der(end_entity).map_err(|_| {
+        let id = crate::identity::node_id_of_cert(end_entity).map_err(|_| {
             rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
         })?;
         let mut o = self.observed.lock().unwrap_or_else(|p| p.into_inner());
@@ -138,7 +138,7 @@ impl ClientCertVerifier for AnyClientCertVerifier {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        NodeId::from_cert_der(end_entity).map_err(|_| {
+        crate::identity::node_id_of_cert(end_entity).map_err(|_| {
             rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
         })?;
         Ok(ClientCertVerified::assertion())
@@ -164,9 +164,9 @@ pub fn server_config(identity: &Identity) -> Result<rustls::ServerConfig, TlsErr
         .with_single_cert(vec![identity.cert_der.clone()], identity.private_key())
         .map_err(err)?;
     cfg.alpn_protocols = vec![
-        crate::wire::ALPN_PEER.to_vec(),
-        crate::wire::ALPN_CLIENT.to_vec(),
-        crate::wire::ALPN_JOIN.to_vec(),
+        echomesh_proto::wire::ALPN_PEER.to_vec(),
+        echomesh_proto::wire::ALPN_CLIENT.to_vec(),
+        echomesh_proto::wire::ALPN_JOIN.to_vec(),
     ];
     cfg.max_early_data_size = 0;
     Ok(cfg)
@@ -198,7 +198,7 @@ pub fn peer_id(conn: &quinn::Connection) -> Option<NodeId> {
     let any = conn.peer_identity()?;
     let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     let first = certs.first()?;
-    NodeId::from_cert_der(first).ok()
+    crate::identity::node_id_of_cert(first).ok()
 }
 
 /// The negotiated ALPN of an established connection.

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::connect::{connect_any, ClientError, ClientReader, ClientSession, ClientWriter};
 use crate::echo::EchoPacket;
 use crate::identity::NodeId;
+use crate::session::{connect_any, ClientError, ClientReader, ClientSession, ClientWriter};
 use crate::wire::{self, ClientEvent, LogPosition, SubscribeFilter};
 
 /// How long the old session is still read after moving.

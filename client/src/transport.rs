@@ -1,13 +1,11 @@
 //! QUIC endpoint setup: one UDP socket for neighbors, clients and joins, separated by ALPN.
 
-pub mod tls;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::PeerSection;
 use crate::identity::{Identity, NodeId};
+use crate::tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -40,16 +38,65 @@ pub const CLIENT_RECEIVE_WINDOW: u32 = 2 << 20;
 /// side offers the larger one and each dialer chooses.
 pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub fn transport_config(p: &PeerSection) -> Result<quinn::TransportConfig, TransportError> {
-    transport_config_idle(p, Duration::from_millis(p.idle_timeout_ms))
+/// QUIC congestion control for the data an endpoint sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// Models bandwidth and RTT; keeps links moving under random loss.
+    #[default]
+    Bbr,
+    /// Fairer to TCP on a shared, congested WAN; collapses under random loss.
+    Cubic,
+    NewReno,
+}
+
+impl Congestion {
+    pub const NAMES: [&'static str; 3] = ["bbr", "cubic", "newreno"];
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bbr" => Ok(Congestion::Bbr),
+            "cubic" => Ok(Congestion::Cubic),
+            "newreno" => Ok(Congestion::NewReno),
+            _ => Err(format!(
+                "{s:?} is not one of {}",
+                Congestion::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// The connection timing an endpoint uses (the node takes it from `[peer]` in its config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    pub keepalive: Duration,
+    /// Idle timeout of neighbor connections (how fast a dead neighbor is noticed).
+    pub idle_timeout: Duration,
+    pub congestion: Congestion,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            keepalive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(8),
+            congestion: Congestion::Bbr,
+        }
+    }
+}
+
+pub fn transport_config(p: &Tuning) -> Result<quinn::TransportConfig, TransportError> {
+    transport_config_idle(p, p.idle_timeout)
 }
 
 fn transport_config_idle(
-    p: &PeerSection,
+    p: &Tuning,
     idle: Duration,
 ) -> Result<quinn::TransportConfig, TransportError> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_millis(p.keepalive_ms)));
+    t.keep_alive_interval(Some(p.keepalive));
     let idle = quinn::IdleTimeout::try_from(idle)
         .map_err(|e| TransportError::Quic(format!("idle timeout: {e}")))?;
     t.max_idle_timeout(Some(idle));
@@ -63,15 +110,16 @@ fn transport_config_idle(
     // Cubic, random loss (bad Wi-Fi, mobile data, 30 % in the chaos suite) pins the window at
     // its two-packet minimum and loss recovery runs on timers: links fell to a few packets a
     // second and a flood over a nine-node mesh stalled for a minute (docs/DELIVERY.md).
-    match p.congestion_control.as_str() {
-        "cubic" => {
+    match p.congestion {
+        Congestion::Cubic => {
             t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
         }
-        "newreno" => {
+        Congestion::NewReno => {
             t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()))
         }
-        // "bbr" (validated in `Config`).
-        _ => t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
+        Congestion::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        }
     };
     Ok(t)
 }
@@ -82,7 +130,7 @@ fn transport_config_idle(
 pub fn bind(
     identity: &Identity,
     listen: SocketAddr,
-    p: &PeerSection,
+    p: &Tuning,
 ) -> Result<quinn::Endpoint, TransportError> {
     let socket = std::net::UdpSocket::bind(listen).map_err(|source| TransportError::Bind {
         addr: listen,
@@ -95,7 +143,7 @@ pub fn bind(
     let quic_server = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
         .map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
-    let server_idle = Duration::from_millis(p.idle_timeout_ms).max(CLIENT_IDLE_TIMEOUT);
+    let server_idle = p.idle_timeout.max(CLIENT_IDLE_TIMEOUT);
     server_cfg.transport_config(Arc::new(transport_config_idle(p, server_idle)?));
     quinn::Endpoint::new(
         endpoint_cfg,
@@ -119,17 +167,17 @@ pub fn dial_config(
     identity: Option<&Identity>,
     expected: Option<NodeId>,
     alpn: &[u8],
-    p: &PeerSection,
+    p: &Tuning,
 ) -> Result<(quinn::ClientConfig, Arc<tls::PinnedServerVerifier>), TransportError> {
     let verifier = tls::PinnedServerVerifier::new(expected);
     let tls_cfg = tls::client_config(identity, verifier.clone(), alpn)?;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls_cfg)
         .map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    let idle = if alpn == crate::wire::ALPN_CLIENT {
+    let idle = if alpn == echomesh_proto::wire::ALPN_CLIENT {
         CLIENT_IDLE_TIMEOUT
     } else {
-        Duration::from_millis(p.idle_timeout_ms)
+        p.idle_timeout
     };
     cfg.transport_config(Arc::new(transport_config_idle(p, idle)?));
     Ok((cfg, verifier))

@@ -1,0 +1,263 @@
+//! A mesh of real `echomesh-node` processes on 127.0.0.1, for `echomeshctl bench`: each node in
+//! its own data directory under a temporary directory, linked through the admin API exactly as
+//! an operator links nodes, measured through `/metrics`. The processes are killed when the mesh
+//! is dropped (their data is thrown away with the temporary directory).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use echomesh_client::identity::NodeId;
+use echomesh_proto::admin::{self, NeighborAddRequest, NeighborInfo, RuntimeInfo};
+
+use crate::admin_client::AdminClient;
+
+/// How long a node may take to write its `runtime.json`, and a mesh to bring its links up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Ozone replication of the bench nodes (the shipped defaults, written out so the report can
+/// state them).
+pub const BENCH_REPLICAS: usize = 2;
+pub const BENCH_WRITE_QUORUM: usize = 2;
+
+/// Settings every bench node runs with: rate limits and queues out of the way, so the figures
+/// are those of the forwarding path; everything else is the shipped default.
+const BENCH_CONFIG: &str = r#"cluster = "bench"
+
+[ozone]
+replicas = 2
+write_quorum = 2
+
+[limits]
+neighbor_queue_bytes = 67108864
+client_queue_bytes = 67108864
+
+[limits.client_rate]
+packets_per_sec = 10000000
+bytes_per_sec = 4294967296
+
+[limits.neighbor_rate]
+packets_per_sec = 10000000
+bytes_per_sec = 4294967296
+"#;
+
+/// The `echomesh-node` to run: `explicit` (`--node-bin`), else the one installed next to this
+/// `echomeshctl`.
+pub fn node_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        bail!("--node-bin {}: no such file", p.display());
+    }
+    let me = std::env::current_exe().context("finding this program's path")?;
+    let next_to_me = me.with_file_name("echomesh-node");
+    if next_to_me.is_file() {
+        return Ok(next_to_me);
+    }
+    bail!(
+        "no echomesh-node next to {} (build it with `cargo build --release -p echomesh-node`, \
+         or pass --node-bin PATH)",
+        me.display()
+    )
+}
+
+pub struct LocalNode {
+    child: tokio::process::Child,
+    pub runtime: RuntimeInfo,
+    pub id: NodeId,
+    pub admin: AdminClient,
+}
+
+impl LocalNode {
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.runtime.quic
+    }
+
+    /// `HOST:PORT#FINGERPRINT`, as a neighbor spec.
+    pub fn spec(&self) -> String {
+        format!("{}#{}", self.runtime.quic, self.runtime.fingerprint)
+    }
+
+    /// The sum of all series of metric `name` (all label values) in `/metrics`.
+    pub async fn metric_sum(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self.admin.text("/metrics").await?;
+        Ok(sum_metric(&text, name))
+    }
+}
+
+pub struct LocalMesh {
+    pub nodes: Vec<LocalNode>,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalMesh {
+    /// Start `n` nodes from `bin`, link them as `edges` (both ends pin each other, origin
+    /// `admin`) and wait until every link is up.
+    pub async fn start(bin: &Path, n: usize, edges: &[(usize, usize)]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let config = dir.path().join("bench.toml");
+        std::fs::write(&config, BENCH_CONFIG)
+            .with_context(|| format!("writing {}", config.display()))?;
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let data = dir.path().join(format!("node{i}"));
+            let node = spawn(bin, &config, &data)
+                .await
+                .with_context(|| format!("starting node {i}"))?;
+            nodes.push(node);
+        }
+        let mesh = LocalMesh { nodes, _dir: dir };
+        for &(i, j) in edges {
+            for (x, y) in [(i, j), (j, i)] {
+                let spec = mesh.nodes[y].spec();
+                let _: NeighborInfo = mesh.nodes[x]
+                    .admin
+                    .post(admin::PATH_NEIGHBORS, &NeighborAddRequest { spec })
+                    .await
+                    .with_context(|| format!("linking node {x} to node {y}"))?;
+            }
+        }
+        mesh.wait_links_up(edges.len() * 2).await?;
+        Ok(mesh)
+    }
+
+    async fn wait_links_up(&self, want: usize) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        loop {
+            let mut up = 0;
+            for n in &self.nodes {
+                let list: Vec<NeighborInfo> = n.admin.get(admin::PATH_NEIGHBORS).await?;
+                up += list.iter().filter(|x| x.state == "up").count();
+            }
+            if up == want {
+                return Ok(());
+            }
+            if t0.elapsed() > START_TIMEOUT {
+                bail!(
+                    "only {up} of {want} link ends came up within {} s",
+                    START_TIMEOUT.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The sum of metric `name` over all nodes.
+    pub async fn metric_sum(&self, name: &str) -> anyhow::Result<f64> {
+        let mut total = 0.0;
+        for n in &self.nodes {
+            total += n.metric_sum(name).await?;
+        }
+        Ok(total)
+    }
+}
+
+impl Drop for LocalMesh {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            // Throw-away nodes: no drain, no graceful stop needed.
+            let _ = n.child.start_kill();
+        }
+    }
+}
+
+async fn spawn(bin: &Path, config: &Path, data: &Path) -> anyhow::Result<LocalNode> {
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let log = data.join("node.log");
+    let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut cmd = tokio::process::Command::new(bin);
+    // The node must not pick up the caller's own node settings (ECHOMESH_* are config).
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("ECHOMESH_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("running {}", bin.display()))?;
+    let pid = child.id().unwrap_or(0);
+    let runtime_file = data.join("runtime.json");
+    let t0 = Instant::now();
+    let runtime = loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "echomesh-node exited ({status}) before it was up; its log:\n{}",
+                tail(&log)
+            );
+        }
+        if let Ok(text) = std::fs::read_to_string(&runtime_file) {
+            if let Ok(info) = serde_json::from_str::<RuntimeInfo>(&text) {
+                if info.pid == pid {
+                    break info;
+                }
+            }
+        }
+        if t0.elapsed() > START_TIMEOUT {
+            bail!(
+                "echomesh-node wrote no runtime.json within {} s; its log:\n{}",
+                START_TIMEOUT.as_secs(),
+                tail(&log)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let id: NodeId = runtime
+        .fingerprint
+        .parse()
+        .map_err(|e| anyhow!("runtime.json of {}: {e}", data.display()))?;
+    let admin = AdminClient::new(
+        &format!("http://{}", runtime.admin),
+        &data.join("admin.token"),
+    )?;
+    Ok(LocalNode {
+        child,
+        runtime,
+        id,
+        admin,
+    })
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Sum the samples of metric `name` in Prometheus text format (every label set).
+fn sum_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                return None;
+            }
+            l.rsplit(' ').next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metric_sums_cover_every_label_set_and_nothing_else() {
+        let text = "# HELP x_total a\n# TYPE x_total counter\nx_total{reason=\"a\"} 2\n\
+                    x_total{reason=\"b\"} 3\nx_total_other 100\nx_total 1\n";
+        assert_eq!(super::sum_metric(text, "x_total"), 6.0);
+        assert_eq!(super::sum_metric(text, "missing"), 0.0);
+    }
+}

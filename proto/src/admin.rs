@@ -1,0 +1,272 @@
+//! Admin API request and response types, shared by the node and `echomeshctl`.
+//! These JSON shapes are a documented contract (docs/OPERATIONS.md).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::echo::EchoMode;
+
+pub const PATH_STATUS: &str = "/v1/status";
+pub const PATH_NEIGHBORS: &str = "/v1/neighbors";
+pub const PATH_INVITES: &str = "/v1/invites";
+pub const PATH_JOIN: &str = "/v1/join";
+/// `POST`: re-read the configuration; answers [`ReloadReport`].
+pub const PATH_RELOAD: &str = "/v1/reload";
+/// `GET`: drain status; `POST {deadline_secs?}`: start draining.
+pub const PATH_DRAIN: &str = "/v1/drain";
+/// `POST`: serve again.
+pub const PATH_UNDRAIN: &str = "/v1/undrain";
+/// `GET`: the mesh as this node knows it ([`TopologyView`]).
+pub const PATH_TOPOLOGY: &str = "/v1/topology";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DrainRequest {
+    pub deadline_secs: Option<u64>,
+}
+/// `DELETE` unpins, `PUT …/mode` changes the echo mode; `{fingerprint}` is the 64-hex ID.
+pub const PATH_NEIGHBOR: &str = "/v1/neighbors/{fingerprint}";
+pub const PATH_NEIGHBOR_MODE: &str = "/v1/neighbors/{fingerprint}/mode";
+
+/// `POST /v1/neighbors`: pin a neighbor and start dialing it (persisted, origin `admin`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NeighborAddRequest {
+    /// `HOST:PORT#FINGERPRINT`, optionally `@half`.
+    pub spec: String,
+}
+
+/// `PUT /v1/neighbors/{fingerprint}/mode`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NeighborModeRequest {
+    /// `full` or `half`.
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// Short node ID.
+    pub id: String,
+    /// Full fingerprint (64 hex).
+    pub fingerprint: String,
+    pub version: String,
+    pub protocol: u16,
+    pub ready: bool,
+    pub draining: bool,
+    pub cluster: String,
+    pub listen: String,
+    pub advertise: String,
+    pub uptime_secs: u64,
+    pub neighbors_up: usize,
+    pub neighbors_total: usize,
+    pub client_sessions: usize,
+    /// The drain in progress or finished (phase `serving` when not draining).
+    pub drain: DrainStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NeighborInfo {
+    pub id: String,
+    pub fingerprint: String,
+    /// Configured dial address, or the remote address of its connection when it dials us.
+    pub addr: String,
+    /// `up`, `connecting` or `down`.
+    pub state: String,
+    /// `full` or `half`.
+    pub mode: String,
+    /// `static`, `joined` or `admin`.
+    pub origin: String,
+    pub rtt_ms: Option<f64>,
+    /// Seconds in the current state.
+    pub since_secs: u64,
+    pub queue_bytes: usize,
+    pub last_error: Option<String>,
+    /// What the neighbor said about itself: `up`, `draining` or `left`.
+    pub departure: String,
+    /// Protocol version from its hello (0 before the first connection).
+    pub protocol: u16,
+    /// QUIC's own view of each live connection to it (usually one; two for a moment when
+    /// both sides dialed at once): RTT estimate, congestion window, packets sent and lost.
+    #[serde(default)]
+    pub connections: Vec<QuicPathInfo>,
+}
+
+/// One QUIC connection's path statistics, as quinn reports them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QuicPathInfo {
+    pub rtt_ms: f64,
+    pub cwnd_bytes: u64,
+    pub congestion_events: u64,
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    pub mtu: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct InviteRequest {
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InviteResponse {
+    pub token: String,
+    pub addr: String,
+    pub expires_unix: u64,
+    /// Set when the advertised address is probably not reachable from other hosts.
+    pub warning: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub neighbor: NeighborInfo,
+}
+
+/// Body of every non-2xx answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReloadReport {
+    pub applied: Vec<String>,
+    /// Settings that changed but take effect only after a restart.
+    pub restart_needed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DrainStatus {
+    pub draining: bool,
+    /// `serving`, `moving_clients`, `handing_off`, `flushing`, `leaving`, `done` or
+    /// `timed_out`.
+    pub phase: String,
+    /// Subscribed client sessions when the drain started, and how many were redirected.
+    pub clients_total: usize,
+    pub clients_moved: usize,
+    /// Client sessions still connected (any kind).
+    pub clients_connected: usize,
+    pub ozones_total: usize,
+    pub ozones_done: usize,
+    /// Bytes still queued towards neighbors.
+    pub queued_bytes: usize,
+    /// Neighbors that confirmed they know this node is leaving.
+    pub neighbors_told: usize,
+    pub safe_to_stop: bool,
+    /// Seconds since the drain started.
+    pub elapsed_secs: u64,
+    pub detail: Option<String>,
+}
+
+/// The topology as shown by the admin API (`GET /v1/topology`) and `echomeshctl topology`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopologyView {
+    pub nodes: Vec<NodeView>,
+    pub links: Vec<LinkView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: String,
+    pub fingerprint: String,
+    pub addr: String,
+    pub cluster: String,
+    pub software: String,
+    pub protocol: u16,
+    /// `up`, `draining`, `left` or `failed`.
+    pub state: String,
+    /// Seconds since its last announcement arrived (0 for this node).
+    pub last_heard_secs: u64,
+    pub this_node: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkView {
+    pub a: String,
+    pub b: String,
+    /// `up`, `down`, or `left` (down because one end left).
+    pub state: String,
+    pub rtt_ms: Option<f64>,
+    pub mode: EchoMode,
+    /// The node whose announcement this link comes from.
+    pub reported_by: String,
+}
+
+impl TopologyView {
+    pub fn count(&self, state: &str) -> usize {
+        self.nodes.iter().filter(|n| n.state == state).count()
+    }
+
+    /// Graphviz: nodes grouped by cluster, links labelled with their RTT.
+    pub fn to_dot(&self) -> String {
+        let mut out =
+            String::from("graph echomesh {\n  node [shape=box, fontname=\"monospace\"];\n");
+        let mut clusters: BTreeMap<&str, Vec<&NodeView>> = BTreeMap::new();
+        for n in &self.nodes {
+            clusters.entry(n.cluster.as_str()).or_default().push(n);
+        }
+        for (i, (cluster, nodes)) in clusters.iter().enumerate() {
+            out.push_str(&format!(
+                "  subgraph cluster_{i} {{\n    label={};\n",
+                dot_quote(cluster)
+            ));
+            for n in nodes {
+                let style = match n.state.as_str() {
+                    "up" => "solid",
+                    "draining" => "dashed",
+                    _ => "dotted",
+                };
+                out.push_str(&format!(
+                    "    {} [label={}, style={style}];\n",
+                    dot_quote(&n.id),
+                    dot_quote(&format!("{}\n{}\n{}", n.id, n.addr, n.state))
+                ));
+            }
+            out.push_str("  }\n");
+        }
+        for l in &self.links {
+            let label = match l.rtt_ms {
+                Some(ms) => format!("{ms:.1} ms"),
+                None => l.state.clone(),
+            };
+            let style = if l.state == "up" { "solid" } else { "dotted" };
+            out.push_str(&format!(
+                "  {} -- {} [label={}, style={style}];\n",
+                dot_quote(&l.a),
+                dot_quote(&l.b),
+                dot_quote(&label)
+            ));
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+fn dot_quote(s: &str) -> String {
+    let escaped: String = s
+        .chars()
+        .flat_map(|c| match c {
+            '"' => vec!['\\', '"'],
+            '\\' => vec!['\\', '\\'],
+            '\n' => vec!['\\', 'n'],
+            c if c.is_control() => vec![],
+            c => vec![c],
+        })
+        .collect();
+    format!("\"{escaped}\"")
+}
+
+/// What a running node writes to `<data-dir>/runtime.json`, so tools and tests can find it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    pub pid: u32,
+    pub version: String,
+    pub id: String,
+    pub fingerprint: String,
+    pub quic: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+}

@@ -1,0 +1,22 @@
+//! echomesh-proto: the protocol core, without IO (quinn-proto is to quinn what this crate is to
+//! the node).
+//!
+//! Everything here is deterministic: no sockets, no tasks, no storage, no clock reads inside
+//! the machines. Callers feed events and the time in and carry the machines' out-events out.
+//! The node (`echomesh-node`) drives them over QUIC and RocksDB; the client library
+//! (`echomesh-client`) and `echomeshctl` use the types and the codec.
+//!
+//! - `identity`: node IDs.  `wire`: frames and every message enum.  `admin`: the admin API's
+//!   JSON types.  `clock`: the wall clock, read in one place.
+//! - `echo`: flooding with duplicate suppression, the seen-cache and the packet log.
+//! - `keydir`: key bundles, their verification and the replacement rule.  `tags`: epoch tags.
+//! - `ozone`: ozone addresses, stored messages, placement.
+
+pub mod admin;
+pub mod clock;
+pub mod echo;
+pub mod identity;
+pub mod keydir;
+pub mod ozone;
+pub mod tags;
+pub mod wire;

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use echomesh_client::{Followed, Follower};
 use echomesh_proto::admin as api;
+use echomesh_proto::drain::Phase;
 use echomesh_proto::echo::EchoPacket;
 use echomesh_proto::wire::{ClientEvent, SubscribeFilter};
 
@@ -152,7 +153,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             let mut last = String::new();
-            while wait && st.phase != "done" && st.phase != "timed_out" {
+            while wait && !matches!(st.phase, Phase::Done | Phase::TimedOut) {
                 let line = drain_line(&st);
                 if line != last {
                     eprintln!("drain: {line}");
@@ -168,7 +169,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "drained: safe to stop ({} ozones handed off)",
                     st.ozones_total
                 );
-            } else if st.phase == "timed_out" {
+            } else if st.phase == Phase::TimedOut {
                 println!(
                     "drain incomplete: {}",
                     st.detail.clone().unwrap_or_default()

@@ -9,10 +9,16 @@
 //! 6. neighbors are told it left (a planned absence, not a failure): "safe to stop".
 //!
 //! `undrain` reverses it. SIGTERM runs the same sequence with a deadline before the node exits.
+//!
+//! The sequence itself is `echomesh_proto::drain::Drain`, a state machine; this module is its
+//! driver: one task that turns the machine's actions into RPCs, redirects and storage calls,
+//! and feeds their results back as events.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use echomesh_proto::drain::{self as machine, In, Out, Phase};
+use tokio::sync::Notify;
 
 use crate::node::Ctx;
 use crate::ozone::service;
@@ -21,106 +27,184 @@ use crate::wire::{self, Departure, PeerRequest};
 
 pub use echomesh_proto::admin::DrainStatus;
 
+/// The drain machine, shared by the driver task and the readers of its state.
+#[derive(Default)]
 pub struct Drain {
-    status: Mutex<DrainStatus>,
-    started: Mutex<Option<Instant>>,
-    /// Bumped by every drain/undrain, so an older drain task stops touching the status.
-    generation: AtomicU64,
-}
-
-impl Default for Drain {
-    fn default() -> Self {
-        Drain {
-            status: Mutex::new(DrainStatus {
-                phase: "serving".into(),
-                ..Default::default()
-            }),
-            started: Mutex::new(None),
-            generation: AtomicU64::new(0),
-        }
-    }
+    machine: Mutex<machine::Drain>,
+    /// Wakes the driver after an event from outside it (start, undrain).
+    wake: Notify,
 }
 
 impl Drain {
+    fn machine(&self) -> std::sync::MutexGuard<'_, machine::Drain> {
+        self.machine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn status(&self) -> DrainStatus {
-        let mut s = self
-            .status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(t) = *self.started.lock().unwrap_or_else(|p| p.into_inner()) {
-            s.elapsed_secs = t.elapsed().as_secs();
-        }
-        s
+        self.machine().status(Instant::now())
     }
 
     /// What this node tells the mesh about itself.
     pub fn departure(&self) -> Departure {
-        let s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        match (s.draining, s.safe_to_stop || s.phase == "leaving") {
-            (false, _) => Departure::Up,
-            (true, false) => Departure::Draining,
-            (true, true) => Departure::Left,
-        }
+        self.machine().departure()
     }
 
-    fn update(&self, gen: u64, f: impl FnOnce(&mut DrainStatus)) -> bool {
-        if self.generation.load(Ordering::Acquire) != gen {
-            return false;
-        }
-        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
-        true
+    /// Draining (any phase but serving): not ready, no new ozone copies, clients redirected.
+    pub fn is_draining(&self) -> bool {
+        self.machine().is_draining()
     }
 
-    fn reset(&self, s: DrainStatus, started: Option<Instant>) -> u64 {
-        let gen = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = s;
-        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = started;
-        gen
+    fn handle(&self, e: In) {
+        self.machine().handle(e, Instant::now());
     }
 }
 
 /// Start draining (idempotent: a drain in progress keeps going).
 pub fn start(ctx: &Arc<Ctx>, deadline: Duration) -> DrainStatus {
-    let d = &ctx.drain;
-    if ctx.draining.swap(true, Ordering::SeqCst) {
-        return d.status();
+    if !ctx.drain.is_draining() {
+        tracing::info!(
+            deadline_secs = deadline.as_secs(),
+            "draining: not ready, redirecting clients, handing off ozones"
+        );
     }
-    ctx.metrics.ready.set(0);
-    let gen = d.reset(
-        DrainStatus {
-            draining: true,
-            phase: "moving_clients".into(),
-            ..Default::default()
-        },
-        Some(Instant::now()),
-    );
-    tracing::info!(
-        deadline_secs = deadline.as_secs(),
-        "draining: not ready, redirecting clients, handing off ozones"
-    );
-    let c = ctx.clone();
-    ctx.tasks.spawn(async move { run(c, deadline, gen).await });
-    d.status()
+    let grace = Duration::from_secs(ctx.cfg.drain_client_grace_secs);
+    ctx.drain.handle(In::Start { deadline, grace });
+    ctx.drain.wake.notify_one();
+    ctx.drain.status()
 }
 
 /// Serve again.
 pub fn undrain(ctx: &Arc<Ctx>) -> DrainStatus {
-    let d = &ctx.drain;
-    d.reset(
-        DrainStatus {
-            phase: "serving".into(),
-            ..Default::default()
-        },
-        None,
-    );
-    ctx.draining.store(false, Ordering::SeqCst);
-    ctx.metrics.ready.set(1);
+    ctx.drain.handle(In::Undrain);
+    ctx.drain.wake.notify_one();
     tracing::info!("undrained: serving again");
-    let c = ctx.clone();
-    ctx.tasks
-        .spawn(async move { tell_neighbors(&c, Departure::Up).await });
-    d.status()
+    ctx.drain.status()
+}
+
+/// The drain driver: runs for the node's lifetime.
+pub async fn run(ctx: Arc<Ctx>) {
+    let mut io: tokio::task::JoinSet<In> = tokio::task::JoinSet::new();
+    loop {
+        loop {
+            let next = ctx.drain.machine().poll();
+            let Some(action) = next else { break };
+            if let Some(e) = act(&ctx, action, &mut io) {
+                ctx.drain.handle(e);
+            }
+        }
+        let timeout = ctx.drain.machine().poll_timeout();
+        let sleep = async {
+            match timeout {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.drain.wake.notified() => {}
+            Some(r) = io.join_next(), if !io.is_empty() => match r {
+                Ok(e) => ctx.drain.handle(e),
+                Err(e) => tracing::error!(error = %e, "drain task failed"),
+            },
+            _ = sleep => ctx.drain.machine().handle_timeout(Instant::now()),
+        }
+    }
+}
+
+/// Carry out one action: answer a query at once, or start IO whose result comes back as an
+/// event through `io`.
+fn act(ctx: &Arc<Ctx>, action: Out, io: &mut tokio::task::JoinSet<In>) -> Option<In> {
+    match action {
+        Out::SetReady(ready) => {
+            ctx.metrics.ready.set(i64::from(ready));
+            None
+        }
+        Out::TellNeighbors { run, departure } => {
+            let c = ctx.clone();
+            io.spawn(async move {
+                let told = tell_neighbors(&c, departure).await;
+                In::NeighborsTold {
+                    run,
+                    departure,
+                    told,
+                }
+            });
+            None
+        }
+        Out::ListSessions { run } => Some(In::Sessions {
+            run,
+            sessions: ctx.router.subscribers.subscribed(),
+        }),
+        Out::FindTargets { run } => Some(In::Targets {
+            run,
+            targets: crate::topology::flood::redirect_targets(ctx, machine::MAX_REDIRECT_TARGETS),
+        }),
+        Out::Redirect {
+            run,
+            session,
+            targets,
+        } => {
+            let moved = ctx.router.subscribers.redirect(
+                session,
+                &targets,
+                "this node is draining for maintenance",
+            );
+            if moved {
+                ctx.metrics
+                    .clients_redirected
+                    .with_label_values(&["during_session"])
+                    .inc();
+            }
+            Some(In::Redirected { run, moved })
+        }
+        Out::ListOzones { run } => {
+            let c = ctx.clone();
+            io.spawn(async move {
+                let ozones = match service::list(&c).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "drain: cannot list the ozones to hand off");
+                        Vec::new()
+                    }
+                };
+                In::Ozones { run, ozones }
+            });
+            None
+        }
+        Out::HandOff { run, addr } => {
+            let c = ctx.clone();
+            io.spawn(async move {
+                let ok = service::hand_off(&c, addr).await;
+                In::HandedOff { run, ok }
+            });
+            None
+        }
+        Out::MeasureQueues { run } => Some(In::Queues {
+            run,
+            queued_bytes: ctx.neighbors().all().iter().map(|n| n.queue.bytes()).sum(),
+            clients_connected: ctx.router.subscribers.sessions(),
+        }),
+        Out::Announce => {
+            crate::topology::flood::announce_now(ctx);
+            None
+        }
+        Out::Finished(phase) => {
+            let st = ctx.drain.status();
+            let level_warn = phase == Phase::TimedOut;
+            if level_warn {
+                tracing::warn!(phase = phase.label(), ozones = st.ozones_total, clients_moved = st.clients_moved,
+                    detail = ?st.detail, "drain finished");
+            } else {
+                tracing::info!(
+                    phase = phase.label(),
+                    ozones = st.ozones_total,
+                    clients_moved = st.clients_moved,
+                    "drain finished"
+                );
+            }
+            None
+        }
+    }
 }
 
 /// Tell every connected neighbor that understands it what this node's state is; returns how
@@ -160,144 +244,4 @@ pub fn on_neighbor_up(ctx: &Arc<Ctx>, n: Arc<crate::peer::Neighbor>) {
             tracing::info!(neighbor = %n.id, error = %e, "cannot tell a neighbor about departure");
         }
     });
-}
-
-#[tracing::instrument(name = "drain", skip_all, fields(deadline_secs = deadline.as_secs()))]
-async fn run(ctx: Arc<Ctx>, deadline: Duration, gen: u64) {
-    let until = Instant::now() + deadline;
-    let d = &ctx.drain;
-    let told = tell_neighbors(&ctx, Departure::Draining).await;
-    d.update(gen, |s| s.neighbors_told = told);
-
-    move_clients(&ctx, gen, deadline).await;
-
-    if !d.update(gen, |s| s.phase = "handing_off".into()) {
-        return;
-    }
-    let addrs = service::list(&ctx).await.unwrap_or_default();
-    d.update(gen, |s| s.ozones_total = addrs.len());
-    let mut failed = 0usize;
-    for addr in addrs {
-        if Instant::now() > until || !d.update(gen, |_| {}) {
-            break;
-        }
-        let members = service::Members::now(&ctx);
-        let mut ok = !members.pool.is_empty() || members.known == 1;
-        for owner in members.owners(&addr) {
-            if let Some(n) = members.peers.iter().find(|n| n.id == owner) {
-                if service::sync_ozone(&ctx, n, addr).await.is_err() {
-                    ok = false;
-                }
-            }
-        }
-        if !ok {
-            failed += 1;
-        }
-        d.update(gen, |s| s.ozones_done += 1);
-    }
-    d.update(gen, |s| s.phase = "flushing".into());
-    loop {
-        let queued: usize = ctx.neighbors().all().iter().map(|n| n.queue.bytes()).sum();
-        let clients = ctx.router.subscribers.sessions();
-        d.update(gen, |s| {
-            s.queued_bytes = queued;
-            s.clients_connected = clients;
-        });
-        if queued == 0 || Instant::now() > until {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let timed_out = Instant::now() > until;
-    if timed_out || failed > 0 {
-        d.update(gen, |s| {
-            s.phase = "timed_out".into();
-            s.detail = Some(format!(
-                "{} of {} ozones not handed off, {} bytes still queued",
-                failed + s.ozones_total.saturating_sub(s.ozones_done),
-                s.ozones_total,
-                s.queued_bytes
-            ));
-        });
-    } else if d.update(gen, |s| s.phase = "leaving".into()) {
-        // Neighbors hear it directly, the rest of the mesh from the announcement, before
-        // anyone is told it is safe to stop.
-        let told = tell_neighbors(&ctx, Departure::Left).await;
-        crate::topology::flood::announce_now(&ctx);
-        d.update(gen, |s| {
-            s.neighbors_told = told;
-            s.phase = "done".into();
-            s.safe_to_stop = true;
-        });
-    }
-    let st = d.status();
-    tracing::info!(phase = %st.phase, ozones = st.ozones_total, clients_moved = st.clients_moved,
-        detail = ?st.detail, "drain finished");
-}
-
-/// How long a drain waits to learn of another serving node before it gives up moving clients.
-/// Neighbors announce themselves about a second after they come up, so a drain right after a
-/// start would otherwise find nobody to send its clients to.
-const TARGETS_WAIT: Duration = Duration::from_secs(5);
-
-/// Redirect targets, waiting (at most `limit`, while this drain is still the current one)
-/// until the topology knows at least one.
-async fn wait_for_targets(ctx: &Arc<Ctx>, gen: u64, limit: Duration) -> Vec<String> {
-    let until = tokio::time::Instant::now() + limit;
-    loop {
-        let targets = crate::topology::flood::redirect_targets(ctx, 8);
-        if !targets.is_empty()
-            || tokio::time::Instant::now() >= until
-            || !ctx.drain.update(gen, |_| {})
-        {
-            return targets;
-        }
-        tokio::select! {
-            _ = ctx.shutdown.cancelled() => return targets,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
-    }
-}
-
-/// Redirect every subscribed client session, spread evenly over the grace period so that the
-/// other nodes are not hit by all of them at once.
-async fn move_clients(ctx: &Arc<Ctx>, gen: u64, deadline: Duration) {
-    let d = &ctx.drain;
-    let subs = &ctx.router.subscribers;
-    let sessions = subs.subscribed();
-    d.update(gen, |s| s.clients_total = sessions.len());
-    if sessions.is_empty() {
-        return;
-    }
-    let grace = Duration::from_secs(ctx.cfg.drain_client_grace_secs).min(deadline / 3);
-    let step = grace / sessions.len() as u32;
-    let mut targets = wait_for_targets(ctx, gen, TARGETS_WAIT.min(deadline / 3)).await;
-    for (i, id) in sessions.into_iter().enumerate() {
-        if !d.update(gen, |_| {}) {
-            return;
-        }
-        if i % 16 == 0 || targets.is_empty() {
-            targets = crate::topology::flood::redirect_targets(ctx, 8);
-        }
-        if targets.is_empty() {
-            tracing::warn!(
-                "no other serving node known; connected clients stay until the node stops"
-            );
-            d.update(gen, |s| {
-                s.detail = Some("no other serving node to move clients to".into())
-            });
-            return;
-        }
-        // Rotate the list so that clients spread over the other nodes.
-        let k = i % targets.len();
-        let rotated: Vec<String> = targets[k..].iter().chain(&targets[..k]).cloned().collect();
-        if subs.redirect(id, &rotated, "this node is draining for maintenance") {
-            ctx.metrics
-                .clients_redirected
-                .with_label_values(&["during_session"])
-                .inc();
-            d.update(gen, |s| s.clients_moved += 1);
-        }
-        tokio::time::sleep(step).await;
-    }
 }

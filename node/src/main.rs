@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use echomesh_node::config::{Config, Overrides};
+use echomesh_proto::drain::Phase;
 
 /// echomesh relay node: peers with neighbors over QUIC, floods encrypted echo packets with
 /// duplicate suppression, and serves clients. Never sees plaintext.
@@ -179,7 +180,7 @@ async fn run(cfg: Config, source: echomesh_node::reload::ReloadSource) -> anyhow
         let finished = async {
             loop {
                 let st = ctx.drain.status();
-                if st.phase == "done" || st.phase == "timed_out" {
+                if matches!(st.phase, Phase::Done | Phase::TimedOut) {
                     return st;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;

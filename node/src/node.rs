@@ -42,7 +42,6 @@ pub struct Ctx {
     pub tasks: TaskTracker,
     pub started: Instant,
     pub ready: AtomicBool,
-    pub draining: AtomicBool,
     /// Address put in invite tokens.
     pub advertise: String,
     handshakes: Arc<tokio::sync::Semaphore>,
@@ -260,7 +259,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         tasks: TaskTracker::new(),
         started: Instant::now(),
         ready: AtomicBool::new(false),
-        draining: AtomicBool::new(false),
         advertise,
         next_conn: AtomicU64::new(1),
         cfg,
@@ -313,6 +311,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     {
         let c = ctx.clone();
         ctx.tasks.spawn(housekeeping(c));
+    }
+    {
+        let c = ctx.clone();
+        ctx.tasks.spawn(crate::drain::run(c));
     }
     {
         let c = ctx.clone();

@@ -144,7 +144,7 @@ pub struct DrainStatus {
     pub draining: bool,
     /// `serving`, `moving_clients`, `handing_off`, `flushing`, `leaving`, `done` or
     /// `timed_out`.
-    pub phase: String,
+    pub phase: crate::drain::Phase,
     /// Subscribed client sessions when the drain started, and how many were redirected.
     pub clients_total: usize,
     pub clients_moved: usize,

@@ -11,9 +11,11 @@
 //! - `echo`: flooding with duplicate suppression, the seen-cache and the packet log.
 //! - `keydir`: key bundles, their verification and the replacement rule.  `tags`: epoch tags.
 //! - `ozone`: ozone addresses, stored messages, placement.
+//! - The protocol state machines: `drain`.
 
 pub mod admin;
 pub mod clock;
+pub mod drain;
 pub mod echo;
 pub mod identity;
 pub mod keydir;

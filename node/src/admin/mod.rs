@@ -109,7 +109,7 @@ async fn auth(State(s): St, req: Request, next: Next) -> Response {
 
 async fn readyz(State(s): St) -> Response {
     let ctx = &s.ctx;
-    if ctx.draining.load(Ordering::SeqCst) {
+    if ctx.drain.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n").into_response()
     } else if !ctx.ready.load(Ordering::SeqCst) || ctx.shutdown.is_cancelled() {
         (
@@ -148,8 +148,8 @@ async fn status(State(s): St) -> Json<api::Status> {
         fingerprint: ctx.identity.id.fingerprint(),
         version: env!("CARGO_PKG_VERSION").into(),
         protocol: crate::wire::PROTOCOL_VERSION,
-        ready: ctx.ready.load(Ordering::SeqCst) && !ctx.draining.load(Ordering::SeqCst),
-        draining: ctx.draining.load(Ordering::SeqCst),
+        ready: ctx.ready.load(Ordering::SeqCst) && !ctx.drain.is_draining(),
+        draining: ctx.drain.is_draining(),
         cluster: ctx.cfg.cluster.clone(),
         listen: ctx
             .endpoint

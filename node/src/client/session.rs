@@ -259,7 +259,7 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
             return;
         }
     };
-    if ctx.draining.load(Ordering::SeqCst) {
+    if ctx.drain.is_draining() {
         refuse_while_draining(&ctx, &conn, &mut send, client_version).await;
         return;
     }

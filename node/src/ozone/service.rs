@@ -96,7 +96,7 @@ impl Members {
             .filter(|n| n.in_service())
             .map(|n| n.id)
             .collect();
-        if !ctx.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        if !ctx.drain.is_draining() {
             pool.push(ctx.identity.id);
         }
         let r = ctx.cfg.ozone.replicas.min(known);
@@ -362,7 +362,7 @@ pub async fn serve_peer(ctx: &Arc<Ctx>, req: PeerRequest) -> PeerReply {
         // A draining node takes no new copies, whatever a peer with an older view of it
         // thinks: what it stored after its hand-off would leave with it. The depositing node
         // counts this replica as missing (not durable there), so nothing is acknowledged on it.
-        PeerRequest::OzoneStore(_) if ctx.draining.load(std::sync::atomic::Ordering::SeqCst) => {
+        PeerRequest::OzoneStore(_) if ctx.drain.is_draining() => {
             ctx.metrics
                 .ozone_deposits
                 .with_label_values(&["refused_draining"])
@@ -519,6 +519,22 @@ pub async fn sync_ozone(ctx: &Arc<Ctx>, n: &Neighbor, addr: OzoneAddr) -> Result
         }
     }
     Ok(pushed)
+}
+
+/// Hand one ozone to its owners among the other in-service members (digest-compared, so only
+/// what they lack moves). True when every owner has it, or this node is the cluster's only
+/// member.
+pub async fn hand_off(ctx: &Arc<Ctx>, addr: OzoneAddr) -> bool {
+    let members = Members::now(ctx);
+    let mut ok = !members.pool.is_empty() || members.known == 1;
+    for owner in members.owners(&addr) {
+        if let Some(n) = members.peer(&owner) {
+            if sync_ozone(ctx, n, addr).await.is_err() {
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 /// Every ozone this node holds messages or tombstones of.

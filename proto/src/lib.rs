@@ -11,9 +11,13 @@
 //! - `echo`: flooding with duplicate suppression, the seen-cache and the packet log.
 //! - `keydir`: key bundles, their verification and the replacement rule.  `tags`: epoch tags.
 //! - `ozone`: ozone addresses, stored messages, placement.
-//! - The protocol state machines: `drain`.
+//! - The protocol state machines, each driven by events and the time with its timers as
+//!   `poll_timeout`/`handle_timeout`: `drain`, `backoff` (the dialer), `announce` (when a node
+//!   announces itself).
 
 pub mod admin;
+pub mod announce;
+pub mod backoff;
 pub mod clock;
 pub mod drain;
 pub mod echo;

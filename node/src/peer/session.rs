@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use tracing::Instrument;
 
 use crate::metrics::{drop_reason, handshake_reason};
@@ -14,6 +13,7 @@ use crate::router::Origin;
 use crate::transport;
 use crate::wire::{self, close, PeerFrame, PeerFrameRef, PeerHello};
 use echomesh_client::tls;
+use echomesh_proto::backoff::Backoff;
 
 /// Largest batch of packets put in one frame.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
@@ -35,9 +35,10 @@ fn hello(ctx: &Ctx) -> PeerHello {
 
 /// Keep one neighbor connected: dial when it is not up, back off with jitter on failure.
 pub async fn dial_loop(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
-    let min = Duration::from_millis(ctx.cfg.peer.backoff_min_ms);
-    let max = Duration::from_millis(ctx.cfg.peer.backoff_max_ms);
-    let mut backoff = min;
+    let mut backoff = Backoff::new(
+        Duration::from_millis(ctx.cfg.peer.backoff_min_ms),
+        Duration::from_millis(ctx.cfg.peer.backoff_max_ms),
+    );
     loop {
         // Wait while some connection (ours or theirs) is up.
         loop {
@@ -61,7 +62,6 @@ pub async fn dial_loop(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
             return;
         };
         n.set_dialing(true);
-        let started = Instant::now();
         let result = tokio::select! {
             _ = ctx.shutdown.cancelled() => { n.release_dialer(); return; }
             r = dial(&ctx, &n, &addr) => r,
@@ -69,11 +69,8 @@ pub async fn dial_loop(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
         match result {
             Ok(conn) => {
                 n.set_dialing(false);
+                backoff.connected(Instant::now());
                 run(ctx.clone(), n.clone(), conn, Direction::Outbound).await;
-                // A connection that lived long resets the backoff; a flapping one does not.
-                if started.elapsed() > Duration::from_secs(10) {
-                    backoff = min;
-                }
             }
             Err(reason) => {
                 n.set_dialing(false);
@@ -81,13 +78,7 @@ pub async fn dial_loop(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
                 n.set_error(reason);
             }
         }
-        // Full jitter: sleep uniformly in [backoff/2, backoff].
-        let sleep = {
-            let mut rng = rand::rng();
-            let ms = backoff.as_millis() as u64;
-            Duration::from_millis(rng.random_range(ms / 2..=ms.max(1)))
-        };
-        backoff = (backoff * 2).min(max);
+        let sleep = backoff.ended(Instant::now(), rand::random::<f64>());
         let changed = n.changed.notified();
         tokio::select! {
             _ = ctx.shutdown.cancelled() => { n.release_dialer(); return; }

@@ -3,10 +3,12 @@
 //! handing the whole table to a neighbor that just came up.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+
+use echomesh_proto::announce::Announcer;
 
 use super::{Announcement, Link, TopologyView, ANNOUNCE_EVERY, MAX_LINKS, TTL_SECS};
 use crate::echo::EchoPacket;
@@ -16,11 +18,6 @@ use crate::peer::{Neighbor, NeighborState};
 use crate::router::Origin;
 use crate::tags;
 use crate::wire::{self, Departure};
-
-/// Quiet time after a change before announcing, so that a burst of changes is one announcement.
-const SETTLE: Duration = Duration::from_millis(300);
-/// Least time between two of this node's announcements.
-const MIN_GAP: Duration = Duration::from_secs(1);
 
 use echomesh_proto::clock::unix_ms;
 
@@ -88,21 +85,21 @@ pub fn announce_now(ctx: &Ctx) {
     }
 }
 
-/// Announce this node every `ANNOUNCE_EVERY`, and soon after each local change.
+/// Announce this node every `ANNOUNCE_EVERY`, and soon after each local change (the timing is
+/// `echomesh_proto::announce::Announcer`).
 pub async fn announce_loop(ctx: Arc<Ctx>) {
+    let mut timing = Announcer::new(Instant::now());
     loop {
-        announce_now(&ctx);
-        let last_sent = Instant::now();
-        tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(ANNOUNCE_EVERY) => continue,
-            _ = ctx.topology.local_changed.notified() => {}
+        if timing.poll(Instant::now()) {
+            announce_now(&ctx);
         }
-        // Let a burst of changes settle, and keep at least MIN_GAP between announcements.
-        let at = (last_sent + MIN_GAP).max(Instant::now() + SETTLE);
+        let at = timing
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + ANNOUNCE_EVERY);
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(at.into()) => {}
+            _ = ctx.topology.local_changed.notified() => timing.changed(Instant::now()),
         }
     }
 }

@@ -25,9 +25,7 @@ use crate::echo::EchoMode;
 use crate::identity::{self, Identity, NodeId};
 use crate::wire::{self, Departure};
 
-pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(15);
-/// How long an announcement stays fresh (three announcement periods).
-pub const TTL_SECS: u32 = 45;
+pub use echomesh_proto::announce::{EVERY as ANNOUNCE_EVERY, TTL_SECS};
 pub const MAX_NODES: usize = 1024;
 pub const MAX_LINKS: usize = 128;
 pub const MAX_ANNOUNCEMENT_BYTES: usize = 16 * 1024;

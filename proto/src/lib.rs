@@ -12,11 +12,12 @@
 //! - `keydir`: key bundles, their verification and the replacement rule.  `tags`: epoch tags.
 //! - `ozone`: ozone addresses, stored messages, placement.
 //! - The protocol state machines, each driven by events and the time with its timers as
-//!   `poll_timeout`/`handle_timeout`: `drain`, `backoff` (the dialer), `announce` (when a node
+//!   `poll_timeout`/`handle_timeout`: `drain`, `antientropy` (one session per peer and ozone), `backoff` (the dialer), `announce` (when a node
 //!   announces itself).
 
 pub mod admin;
 pub mod announce;
+pub mod antientropy;
 pub mod backoff;
 pub mod clock;
 pub mod drain;

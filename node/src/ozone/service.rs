@@ -15,6 +15,7 @@
 //!   replica converges without an operator.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::Instrument;
 
@@ -66,6 +67,7 @@ impl ServiceError {
     }
 }
 
+use echomesh_proto::antientropy::{self as ae, Pushed, Session};
 use echomesh_proto::clock::unix_ms;
 
 /// The cluster as this node sees it now.
@@ -446,22 +448,6 @@ pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
     report_repair(&ctx, &n, total);
 }
 
-/// What one repair or hand-off pushed.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Pushed {
-    pub ozones_differing: usize,
-    pub tombstones: usize,
-    pub messages: usize,
-}
-
-impl Pushed {
-    fn add(&mut self, o: Pushed) {
-        self.ozones_differing += o.ozones_differing;
-        self.tombstones += o.tombstones;
-        self.messages += o.messages;
-    }
-}
-
 fn report_repair(ctx: &Ctx, n: &Neighbor, p: Pushed) {
     ctx.metrics
         .ozone_repair_items
@@ -475,50 +461,70 @@ fn report_repair(ctx: &Ctx, n: &Neighbor, p: Pushed) {
     }
 }
 
-/// Bring one neighbor up to date on one ozone: compare digests (counts and ID hashes of
-/// messages and tombstones); where they differ push our tombstones, then our messages, in
-/// pages. `Err` when the neighbor stopped answering.
+/// Bring one neighbor up to date on one ozone: drive an anti-entropy session
+/// (`echomesh_proto::antientropy`) over RPCs and the local store. `Err` when the neighbor
+/// stopped answering or refused.
 pub async fn sync_ozone(ctx: &Arc<Ctx>, n: &Neighbor, addr: OzoneAddr) -> Result<Pushed, ()> {
-    let mut pushed = Pushed::default();
-    let ours = blocking(ctx, move |s| Ok(s.digest_blocking(&addr)?)).await;
-    match (
-        ours,
-        rpc::call(ctx, n, &PeerRequest::OzoneDigest { addr }).await,
-    ) {
-        (Ok(a), Ok(PeerReply::Digest(b))) if a == b => return Ok(pushed),
-        (_, Err(_)) if !n.is_up() => return Err(()),
-        _ => pushed.ozones_differing = 1,
-    }
-    if let Ok(tombs) = blocking(ctx, move |s| Ok(s.tombstones_blocking(&addr)?)).await {
-        for chunk in tombs.chunks(1024) {
-            let req = PeerRequest::OzoneAck {
-                addr,
-                ids: chunk.iter().map(|i| MsgId(*i)).collect(),
-            };
-            rpc::call(ctx, n, &req).await.map_err(|_| ())?;
-            pushed.tombstones += chunk.len();
-        }
-    }
-    let mut after = None;
+    // Every call is bounded by `rpc::call` itself (RPC_TIMEOUT), so the session's own call
+    // timer never fires first here; it guards drivers without one.
+    let mut session = Session::new(addr, rpc::RPC_TIMEOUT, Instant::now());
     loop {
-        let Ok((page, more)) = local_page(ctx, addr, after, 256).await else {
-            break;
+        let Some(action) = session.poll() else {
+            // Every action answers before the next is asked for; a session without one is
+            // waiting for nothing.
+            return Err(());
         };
-        let Some(last) = page.last() else { break };
-        after = Some(Position {
-            seq: last.seq,
-            id: MsgId(last.id),
-        });
-        pushed.messages += page.len();
-        match rpc::call(ctx, n, &PeerRequest::OzoneStore(page)).await {
-            Ok(PeerReply::Stored { .. }) => {}
-            _ => return Err(()),
-        }
-        if !more {
-            break;
-        }
+        let event = match action {
+            ae::Out::Done(r) => return r.map_err(|_| ()),
+            ae::Out::LocalDigest => ae::In::LocalDigest(
+                blocking(ctx, move |s| Ok(s.digest_blocking(&addr)?))
+                    .await
+                    .ok(),
+            ),
+            ae::Out::LocalTombstones => ae::In::LocalTombstones(
+                blocking(ctx, move |s| Ok(s.tombstones_blocking(&addr)?))
+                    .await
+                    .ok()
+                    .map(|t| t.into_iter().map(MsgId).collect()),
+            ),
+            ae::Out::LocalPage { after, limit } => {
+                ae::In::LocalPage(local_page(ctx, addr, after, limit as u32).await.ok())
+            }
+            ae::Out::AskDigest => {
+                let r = rpc::call(ctx, n, &PeerRequest::OzoneDigest { addr }).await;
+                ae::In::PeerDigest(reply(n, r, |r| match r {
+                    PeerReply::Digest(d) => Some(d),
+                    _ => None,
+                }))
+            }
+            ae::Out::PushTombstones(ids) => {
+                let r = rpc::call(ctx, n, &PeerRequest::OzoneAck { addr, ids }).await;
+                ae::In::TombstonesPushed(reply(n, r, |_| Some(())))
+            }
+            ae::Out::PushMessages(page) => {
+                let r = rpc::call(ctx, n, &PeerRequest::OzoneStore(page)).await;
+                ae::In::MessagesPushed(reply(n, r, |r| match r {
+                    PeerReply::Stored { .. } => Some(()),
+                    _ => None,
+                }))
+            }
+        };
+        session.handle(event, Instant::now());
     }
-    Ok(pushed)
+}
+
+/// A peer's RPC answer as the anti-entropy session sees it.
+fn reply<T>(
+    n: &Neighbor,
+    r: Result<PeerReply, rpc::RpcError>,
+    want: impl FnOnce(PeerReply) -> Option<T>,
+) -> ae::Reply<T> {
+    match r {
+        Ok(r) => want(r).map_or(ae::Reply::Other, ae::Reply::Ok),
+        Err(_) => ae::Reply::Failed {
+            peer_gone: !n.is_up(),
+        },
+    }
 }
 
 /// Hand one ozone to its owners among the other in-service members (digest-compared, so only

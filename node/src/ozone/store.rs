@@ -748,14 +748,53 @@ mod tests {
         ]
     }
 
-    /// What repair pushes from one replica to another: tombstones first, then messages (as
-    /// `service::sync_ozone` does through `OzoneAck` and `OzoneStore`).
+    /// Repair `to` from `from` with the real anti-entropy session
+    /// (`echomesh_proto::antientropy`, as `service::sync_ozone` drives it), its peer calls
+    /// answered by `to` as `service::serve_peer` answers them.
     fn push(from: &OzoneStore, to: &OzoneStore, addr: &OzoneAddr) {
-        let tombs = from.tombstones_blocking(addr).unwrap();
-        to.ack_blocking(addr, &tombs, 1000).unwrap();
-        for m in from.fetch_blocking(addr, None, 10_000, usize::MAX).unwrap() {
-            to.deposit_blocking(&m).unwrap();
+        use echomesh_proto::antientropy::{In, Out, Reply, Session};
+        use echomesh_proto::wire::MsgId;
+        let now = std::time::Instant::now();
+        let mut s = Session::new(*addr, std::time::Duration::from_secs(5), now);
+        while let Some(action) = s.poll() {
+            let event = match action {
+                Out::Done(r) => {
+                    r.expect("session completes");
+                    return;
+                }
+                Out::LocalDigest => In::LocalDigest(from.digest_blocking(addr).ok()),
+                Out::AskDigest => In::PeerDigest(Reply::Ok(to.digest_blocking(addr).unwrap())),
+                Out::LocalTombstones => In::LocalTombstones(Some(
+                    from.tombstones_blocking(addr)
+                        .unwrap()
+                        .into_iter()
+                        .map(MsgId)
+                        .collect(),
+                )),
+                Out::PushTombstones(ids) => {
+                    let ids: Vec<[u8; 32]> = ids.iter().map(|i| i.0).collect();
+                    to.ack_blocking(addr, &ids, 1000).unwrap();
+                    In::TombstonesPushed(Reply::Ok(()))
+                }
+                Out::LocalPage { after, limit } => {
+                    let after = after.map(|p| (p.seq, p.id.0));
+                    let mut page = from
+                        .fetch_blocking(addr, after, limit + 1, usize::MAX)
+                        .unwrap();
+                    let more = page.len() > limit;
+                    page.truncate(limit);
+                    In::LocalPage(Some((page, more)))
+                }
+                Out::PushMessages(page) => {
+                    for m in &page {
+                        to.deposit_blocking(m).unwrap();
+                    }
+                    In::MessagesPushed(Reply::Ok(()))
+                }
+            };
+            s.handle(event, now);
         }
+        panic!("the session stopped without ending");
     }
 
     proptest::proptest! {

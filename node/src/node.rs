@@ -22,6 +22,7 @@ use crate::peer::{self, NeighborTable};
 use crate::router::{ControlChannel, Router};
 use crate::store::{NeighborOrigin, NeighborRecord, Store};
 use crate::{tags, wire};
+use echomesh_proto::membership;
 
 /// Everything the node's tasks share. Each field is its own component with its own lock.
 pub struct Ctx {
@@ -463,28 +464,21 @@ async fn housekeeping(ctx: Arc<Ctx>) {
 
 /// Cluster members and mesh nodes by state.
 fn update_membership_gauges(ctx: &Ctx) {
-    let me = match ctx.drain.departure() {
-        wire::Departure::Up => "alive",
-        d => d.label(),
-    };
-    let mut cluster = std::collections::HashMap::from([(me, 1i64)]);
-    for n in ctx.neighbors().all() {
-        if n.cluster().as_deref() != Some(ctx.cfg.cluster.as_str()) {
-            continue;
+    let neighbors = ctx.neighbors().all();
+    let now = Instant::now();
+    for n in &neighbors {
+        if n.member_timeout(now) == Some(membership::Change::ConfirmedFailed) {
+            tracing::warn!(neighbor = %n.id, "neighbor still down after {} s: confirmed failed",
+                membership::SUSPICION.as_secs());
         }
-        let st = match (n.is_up(), n.departure()) {
-            (_, wire::Departure::Left) => "left",
-            (true, wire::Departure::Draining) => "draining",
-            (true, wire::Departure::Up) => "alive",
-            (false, _) => "failed",
-        };
-        *cluster.entry(st).or_default() += 1;
     }
-    for st in ["alive", "draining", "left", "failed"] {
+    let members: Vec<_> = neighbors.iter().map(|n| n.member()).collect();
+    let me = membership::State::of_self(ctx.drain.departure());
+    for (st, count) in membership::counts(me, &ctx.cfg.cluster, &members) {
         ctx.metrics
             .cluster_members
-            .with_label_values(&[st])
-            .set(cluster.get(st).copied().unwrap_or(0));
+            .with_label_values(&[st.label()])
+            .set(count);
     }
     let view = crate::topology::flood::view(ctx);
     for st in ["up", "draining", "left", "failed"] {

@@ -12,7 +12,7 @@
 //! - `keydir`: key bundles, their verification and the replacement rule.  `tags`: epoch tags.
 //! - `ozone`: ozone addresses, stored messages, placement.
 //! - The protocol state machines, each driven by events and the time with its timers as
-//!   `poll_timeout`/`handle_timeout`: `drain`, `antientropy` (one session per peer and ozone), `backoff` (the dialer), `announce` (when a node
+//!   `poll_timeout`/`handle_timeout`: `drain`, `antientropy` (one session per peer and ozone), `membership` (member states and failure detection), `backoff` (the dialer), `announce` (when a node
 //!   announces itself).
 
 pub mod admin;
@@ -24,6 +24,7 @@ pub mod drain;
 pub mod echo;
 pub mod identity;
 pub mod keydir;
+pub mod membership;
 pub mod ozone;
 pub mod tags;
 pub mod wire;

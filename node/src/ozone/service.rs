@@ -69,6 +69,7 @@ impl ServiceError {
 
 use echomesh_proto::antientropy::{self as ae, Pushed, Session};
 use echomesh_proto::clock::unix_ms;
+use echomesh_proto::membership;
 
 /// The cluster as this node sees it now.
 pub struct Members {
@@ -85,27 +86,24 @@ pub struct Members {
 
 impl Members {
     pub fn now(ctx: &Ctx) -> Members {
-        let all: Vec<Arc<Neighbor>> = ctx
-            .neighbors()
-            .all()
+        let all = ctx.neighbors().all();
+        let records: Vec<_> = all.iter().map(|n| (n.id, n.member())).collect();
+        let me = membership::State::of_self(ctx.drain.departure());
+        let view = membership::pool(
+            ctx.identity.id,
+            me,
+            &ctx.cfg.cluster,
+            records.iter().map(|(id, m)| (*id, m)),
+        );
+        let peers = all
             .into_iter()
-            .filter(|n| n.cluster().as_deref() == Some(ctx.cfg.cluster.as_str()))
+            .filter(|n| view.up.contains(&n.id))
             .collect();
-        let known = all.len() + 1;
-        let peers: Vec<_> = all.into_iter().filter(|n| n.is_up()).collect();
-        let mut pool: Vec<NodeId> = peers
-            .iter()
-            .filter(|n| n.in_service())
-            .map(|n| n.id)
-            .collect();
-        if !ctx.drain.is_draining() {
-            pool.push(ctx.identity.id);
-        }
-        let r = ctx.cfg.ozone.replicas.min(known);
+        let r = ctx.cfg.ozone.replicas.min(view.known);
         Members {
-            known,
+            known: view.known,
             peers,
-            pool,
+            pool: view.pool,
             r,
             w: ctx.cfg.ozone.write_quorum.min(r),
         }

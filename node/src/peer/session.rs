@@ -265,9 +265,8 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
             return;
         }
     };
-    n.set_hello(theirs.cluster.clone(), theirs.version);
     let key = ctx.next_conn_key();
-    if !n.attach(key, conn.clone()) {
+    if !n.attach(key, conn.clone(), &theirs) {
         conn.close(quinn::VarInt::from_u32(close::REMOVED), b"neighbor removed");
         return;
     }

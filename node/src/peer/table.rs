@@ -15,7 +15,10 @@ use crate::metrics::Metrics;
 use crate::outq::OutQueue;
 use crate::rate::{RateLimit, TokenBucket};
 use crate::store::{NeighborOrigin, NeighborRecord};
-use crate::wire::Departure;
+use crate::wire::{Departure, PeerHello};
+use echomesh_proto::membership::{
+    self, Change, Event as MemberEvent, Member, State as MemberState,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,12 +68,9 @@ struct Inner {
     dialer_running: bool,
     removed: bool,
     last_error: Option<String>,
-    /// Cluster the neighbor announced in its last hello.
-    cluster: Option<String>,
-    /// Protocol version from its last hello (0 before the first connection).
-    version: u16,
-    /// What the neighbor last said about being in service (`Departure`).
-    departure: Departure,
+    /// The neighbor as a member of the mesh: its hello, its departure, failure detection
+    /// (`echomesh_proto::membership`). Its link is up exactly while `conns` is not empty.
+    member: Member,
     since: Instant,
 }
 
@@ -156,40 +156,45 @@ impl Neighbor {
         self.inner().conns.first().map(|(_, c)| c.clone())
     }
 
-    /// Record what the neighbor said in its hello. A first connection (after none) means it
-    /// serves again unless it says otherwise (a draining node repeats its `Departure` on every
-    /// connection). An extra connection while another is up comes from the same process: what
-    /// it already told us stands — resetting it would let ozone copies be placed on a node that
-    /// is draining, in the moment before it repeats itself.
-    pub fn set_hello(&self, cluster: String, version: u16) {
-        let mut i = self.inner();
-        i.cluster = Some(cluster);
-        i.version = version;
-        if i.conns.is_empty() {
-            i.departure = Departure::Up;
-        }
-    }
-
+    /// Protocol version from its last hello (0 before the first connection).
     pub fn version(&self) -> u16 {
-        self.inner().version
+        self.inner().member.protocol()
     }
 
     pub fn departure(&self) -> Departure {
-        self.inner().departure
+        self.inner().member.departure()
     }
 
-    pub fn set_departure(&self, d: Departure) {
-        self.inner().departure = d;
+    /// It told us its state (a `Departure` request).
+    pub fn set_departure(&self, d: Departure) -> Option<Change> {
+        self.inner()
+            .member
+            .handle(MemberEvent::Departed(d), Instant::now())
+    }
+
+    /// Alive, draining, left or failed (`echomesh_proto::membership`).
+    pub fn member_state(&self) -> MemberState {
+        self.inner().member.state()
     }
 
     /// Up and serving: a member that new ozones may be placed on.
     pub fn in_service(&self) -> bool {
-        self.is_up() && self.departure() == Departure::Up
+        self.member_state().in_service()
+    }
+
+    /// A copy of its member record (for cluster-wide queries).
+    pub fn member(&self) -> Member {
+        self.inner().member.clone()
+    }
+
+    /// Run the member's failure-detection timer.
+    pub fn member_timeout(&self, now: Instant) -> Option<Change> {
+        self.inner().member.handle_timeout(now)
     }
 
     /// The cluster named in the neighbor's last hello (None before the first connection).
     pub fn cluster(&self) -> Option<String> {
-        self.inner().cluster.clone()
+        self.inner().member.cluster().map(str::to_string)
     }
 
     pub fn set_error(&self, e: String) {
@@ -214,14 +219,27 @@ impl Neighbor {
 
     /// Register an established, hello-checked connection. Returns its key, or `None` when
     /// the neighbor was removed meanwhile.
-    pub fn attach(&self, key: u64, conn: quinn::Connection) -> bool {
+    pub fn attach(&self, key: u64, conn: quinn::Connection, hello: &PeerHello) -> bool {
         let mut i = self.inner();
         if i.removed {
             return false;
         }
-        if i.conns.is_empty() {
-            i.since = Instant::now();
+        let now = Instant::now();
+        let first = i.conns.is_empty();
+        if first {
+            i.since = now;
         }
+        // A first connection (after none) means it serves again unless it says otherwise (a
+        // draining node repeats its `Departure` on every connection); an extra one comes from
+        // the same process, and what it already told us stands.
+        i.member.handle(
+            MemberEvent::Connected {
+                cluster: hello.cluster.clone(),
+                protocol: hello.version,
+                first,
+            },
+            now,
+        );
         i.conns.push((key, conn));
         i.last_error = None;
         self.up.store(i.conns.len(), Ordering::Release);
@@ -235,7 +253,9 @@ impl Neighbor {
             i.conns.retain(|(k, _)| *k != key);
             self.up.store(i.conns.len(), Ordering::Release);
             if i.conns.is_empty() {
-                i.since = Instant::now();
+                let now = Instant::now();
+                i.since = now;
+                i.member.handle(MemberEvent::Disconnected, now);
             }
             i.conns.is_empty()
         };
@@ -275,8 +295,8 @@ impl Neighbor {
             since: i.since.elapsed(),
             last_error: i.last_error.clone(),
             queue_bytes: self.queue.bytes(),
-            departure: i.departure,
-            version: i.version,
+            departure: i.member.departure(),
+            version: i.member.protocol(),
             paths: i.conns.iter().map(|(_, c)| c.stats().path).collect(),
         }
     }
@@ -375,9 +395,7 @@ impl NeighborTable {
                 dialer_running: false,
                 removed: false,
                 last_error: None,
-                cluster: None,
-                version: 0,
-                departure: Departure::Up,
+                member: Member::new(membership::SUSPICION),
                 since: Instant::now(),
             }),
             up: AtomicUsize::new(0),

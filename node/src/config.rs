@@ -481,6 +481,19 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// Written by a running node: its bound addresses and identity (see `RuntimeInfo`).
 pub const RUNTIME_FILE: &str = "runtime.json";
 
+/// Where the configuration came from, so it can be read again.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadSource {
+    pub file: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+/// The applied configuration and how to re-read it (`reload`).
+pub struct LiveConfig {
+    pub source: std::sync::Mutex<Option<ReloadSource>>,
+    pub current: std::sync::Mutex<Config>,
+}
+
 pub use echomesh_proto::identity::NeighborSpec;
 
 impl PeerSection {

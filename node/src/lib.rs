@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod ctx;
 pub mod drain;
 pub mod invite;
 pub mod keydir;

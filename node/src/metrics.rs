@@ -468,7 +468,7 @@ impl Metrics {
         for k in ["deliver", "reply", "error", "lagged"] {
             m.client_events.with_label_values(&[k]);
         }
-        for r in crate::keydir::BundleError::LABELS {
+        for r in echomesh_proto::keydir::BundleError::LABELS {
             m.key_bundles_rejected.with_label_values(&[r]);
         }
         for src in ["client", "neighbor"] {

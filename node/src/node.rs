@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::client::Subscribers;
 use crate::config::{Config, NeighborSpec, ADMIN_TOKEN_FILE, RUNTIME_FILE};
+use crate::ctx::Ctx;
 use crate::echo::{EchoConfig, EchoEngine};
 use crate::identity::{write_private, Identity, NodeId};
 use crate::invite::InviteBook;
@@ -23,66 +24,6 @@ use crate::router::{ControlChannel, Router};
 use crate::store::{NeighborOrigin, NeighborRecord, Store};
 use crate::{tags, wire};
 use echomesh_proto::membership;
-
-/// Everything the node's tasks share. Each field is its own component with its own lock.
-pub struct Ctx {
-    pub cfg: Config,
-    pub identity: Identity,
-    pub endpoint: quinn::Endpoint,
-    pub router: Arc<Router>,
-    pub store: Store,
-    pub keydir: KeyDirectory,
-    pub ozones: crate::ozone::store::OzoneStore,
-    /// The applied configuration and how to re-read it (reload).
-    pub live: crate::reload::LiveConfig,
-    pub drain: crate::drain::Drain,
-    pub topology: crate::topology::Topology,
-    pub metrics: Arc<Metrics>,
-    pub invites: Mutex<InviteBook>,
-    pub shutdown: CancellationToken,
-    pub tasks: TaskTracker,
-    pub started: Instant,
-    pub ready: AtomicBool,
-    /// Address put in invite tokens.
-    pub advertise: String,
-    handshakes: Arc<tokio::sync::Semaphore>,
-    next_conn: AtomicU64,
-}
-
-impl Ctx {
-    pub fn neighbors(&self) -> &NeighborTable {
-        &self.router.neighbors
-    }
-
-    pub fn next_conn_key(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Pin a neighbor, persist it unless static, and start dialing it if it has an address.
-    pub async fn add_neighbor(
-        self: &Arc<Self>,
-        rec: NeighborRecord,
-    ) -> anyhow::Result<Arc<peer::Neighbor>> {
-        let n = self.neighbors().upsert(&rec)?;
-        if rec.origin != NeighborOrigin::Static {
-            self.store
-                .put_neighbor(n.record(rec.added_unix))
-                .await
-                .context("persisting neighbor")?;
-        }
-        self.spawn_dialer(&n);
-        Ok(n)
-    }
-
-    pub fn spawn_dialer(self: &Arc<Self>, n: &Arc<peer::Neighbor>) {
-        if n.claim_dialer() {
-            let ctx = self.clone();
-            let n = n.clone();
-            self.tasks
-                .spawn(async move { peer::dial_loop(ctx, n).await });
-        }
-    }
-}
 
 pub use echomesh_proto::admin::RuntimeInfo;
 
@@ -271,7 +212,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         tracing::error!(error = %e, "skipping corrupt neighbor record");
     }
     for rec in persisted {
-        if let Err(e) = ctx.add_neighbor(rec).await {
+        if let Err(e) = crate::peer::session::add_neighbor(&ctx, rec).await {
             tracing::error!(error = %e, "cannot restore neighbor");
         }
     }
@@ -281,13 +222,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
             tracing::warn!(neighbor = %spec, "ignoring a static neighbor that is this node itself");
             continue;
         }
-        ctx.add_neighbor(NeighborRecord {
-            id: spec.id,
-            addr: Some(spec.addr.clone()),
-            mode: spec.mode,
-            origin: NeighborOrigin::Static,
-            added_unix: 0,
-        })
+        crate::peer::session::add_neighbor(
+            &ctx,
+            NeighborRecord {
+                id: spec.id,
+                addr: Some(spec.addr.clone()),
+                mode: spec.mode,
+                origin: NeighborOrigin::Static,
+                added_unix: 0,
+            },
+        )
         .await?;
     }
 
@@ -402,7 +346,7 @@ async fn accept_loop(ctx: Arc<Ctx>) {
             };
             drop(permit);
             match echomesh_client::tls::alpn(&conn).as_deref() {
-                Some(wire::ALPN_PEER) => peer::serve_inbound(c, conn).await,
+                Some(wire::ALPN_PEER) => peer::session::serve_inbound(c, conn).await,
                 Some(wire::ALPN_CLIENT) => crate::client::serve(c, conn).await,
                 Some(wire::ALPN_JOIN) => peer::join::serve_inbound(c, conn).await,
                 _ => {

@@ -3,25 +3,13 @@
 //! what can change at run time — static neighbors, the per-neighbor rate limit, the log level.
 //! Everything else is reported as needing a restart. An invalid configuration changes nothing.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use crate::config::{Config, NeighborSpec, Overrides};
-use crate::node::Ctx;
+use crate::config::{Config, NeighborSpec};
+use crate::ctx::Ctx;
 use crate::store::{NeighborOrigin, NeighborRecord};
 
-/// Where the configuration came from, so it can be read again.
-#[derive(Debug, Clone, Default)]
-pub struct ReloadSource {
-    pub file: Option<PathBuf>,
-    pub overrides: Overrides,
-}
-
-/// The applied configuration and how to re-read it.
-pub struct LiveConfig {
-    pub source: Mutex<Option<ReloadSource>>,
-    pub current: Mutex<Config>,
-}
+pub use crate::config::{LiveConfig, ReloadSource};
 
 pub use echomesh_proto::admin::ReloadReport;
 
@@ -90,7 +78,7 @@ pub async fn reload(ctx: &Arc<Ctx>) -> Result<ReloadReport, ReloadError> {
             origin: NeighborOrigin::Static,
             added_unix: 0,
         };
-        match ctx.add_neighbor(rec).await {
+        match crate::peer::session::add_neighbor(&ctx, rec).await {
             Ok(_) => report.applied.push(format!(
                 "neighbor {} {}",
                 n.id.short(),

@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::client::Subscribers;
+use crate::client::subscribers::Subscribers;
 use crate::echo::{self, EchoEngine, EchoMode, EchoPacket, Offer, PacketLog, Source};
 use crate::identity::NodeId;
 use crate::metrics::{drop_reason, Metrics};

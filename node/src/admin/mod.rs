@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use crate::ctx::Ctx;
 use crate::invite::InviteToken;
-use crate::node::Ctx;
 use crate::peer::NeighborView;
 use echomesh_proto::clock::unix_now;
 
@@ -328,7 +328,7 @@ async fn neighbor_add(State(s): St, Json(req): Json<api::NeighborAddRequest>) ->
         origin: crate::store::NeighborOrigin::Admin,
         added_unix: unix_now(),
     };
-    match ctx.add_neighbor(rec).await {
+    match crate::peer::session::add_neighbor(&ctx, rec).await {
         Ok(n) => {
             tracing::info!(neighbor = %n.id, addr = %spec.addr, mode = %spec.mode, "neighbor added through the admin API");
             Json(neighbor_info(&n.view())).into_response()

@@ -2,5 +2,7 @@
 //! registry. The client side is the `echomesh-client` crate.
 
 mod session;
+pub mod subscribers;
 
-pub use session::{serve, Subscribers};
+pub use session::serve;
+pub use subscribers::Subscribers;

@@ -2,17 +2,16 @@
 //! outgoing packets go through a bounded queue; a client that does not read loses packets
 //! (counted, and told with `Lagged`) instead of growing the node's memory.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::echo::EchoPacket;
+use super::subscribers::{Filter, Subscriber};
+use crate::ctx::Ctx;
 use crate::keydir::{self, OfferError};
 use crate::metrics::{drop_reason, handshake_reason, Metrics};
-use crate::node::Ctx;
 use crate::outq::OutQueue;
 use crate::ozone::{self, service::ServiceError};
 use crate::rate::TokenBucket;
@@ -30,158 +29,6 @@ const FRAME_ERROR: &str = "frame error";
 const MAX_DELIVER_BATCH: usize = 256 * 1024;
 /// How often a position subscription hears from an idle node (see `client::follow::STALLED`).
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
-
-enum Filter {
-    None,
-    All,
-    Tags(HashSet<[u8; 32]>),
-}
-
-struct Subscriber {
-    id: u64,
-    filter: RwLock<Filter>,
-    /// Packets with their position in the node's packet log.
-    queue: OutQueue<(u64, EchoPacket)>,
-    /// Deliver as `DeliverAt` with log positions (the client subscribed with `SubscribeAt`).
-    positions: std::sync::atomic::AtomicBool,
-    /// The packet log's epoch (positions are only meaningful with it).
-    epoch: AtomicU64,
-    lagged: AtomicU64,
-    /// Protocol version from the client's hello.
-    version: u16,
-    /// Events for the session's writer (a redirect when the node drains). Weak, so that the
-    /// writer still ends when the reader does.
-    ctrl: mpsc::WeakSender<ClientEvent>,
-}
-
-/// All subscribed client sessions of this node.
-pub struct Subscribers {
-    list: RwLock<Vec<Arc<Subscriber>>>,
-    sessions: AtomicUsize,
-    max_sessions: usize,
-    next_id: AtomicU64,
-}
-
-struct SessionSlot<'a>(&'a Subscribers);
-
-impl Drop for SessionSlot<'_> {
-    fn drop(&mut self) {
-        self.0.sessions.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Subscribers {
-    pub fn new(max_sessions: usize) -> Self {
-        Subscribers {
-            list: RwLock::new(Vec::new()),
-            sessions: AtomicUsize::new(0),
-            max_sessions,
-            next_id: AtomicU64::new(1),
-        }
-    }
-
-    pub fn sessions(&self) -> usize {
-        self.sessions.load(Ordering::Acquire)
-    }
-
-    fn try_open(&self) -> Option<SessionSlot<'_>> {
-        let prev = self.sessions.fetch_add(1, Ordering::AcqRel);
-        if prev >= self.max_sessions {
-            self.sessions.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(SessionSlot(self))
-    }
-
-    fn register(&self, s: Arc<Subscriber>) {
-        let mut l = self.list.write().unwrap_or_else(|p| p.into_inner());
-        if !l.iter().any(|x| x.id == s.id) {
-            l.push(s);
-        }
-    }
-
-    fn unregister(&self, id: u64) {
-        self.list
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|s| s.id != id);
-    }
-
-    /// Subscribed sessions (the long-lived ones a drain moves to other nodes).
-    pub fn subscribed(&self) -> Vec<u64> {
-        let list = self.list.read().unwrap_or_else(|p| p.into_inner());
-        list.iter().map(|s| s.id).collect()
-    }
-
-    /// Tell one subscribed session to move to other nodes. Returns false when the session is
-    /// gone, or its client is too old to understand a redirect (it stays until the node
-    /// stops).
-    pub fn redirect(&self, id: u64, nodes: &[String], reason: &str) -> bool {
-        let list = self.list.read().unwrap_or_else(|p| p.into_inner());
-        let Some(s) = list.iter().find(|s| s.id == id) else {
-            return false;
-        };
-        if s.version < wire::since::REDIRECT {
-            return false;
-        }
-        s.ctrl.upgrade().is_some_and(|tx| {
-            tx.try_send(ClientEvent::Redirect {
-                nodes: nodes.to_vec(),
-                reason: reason.into(),
-            })
-            .is_ok()
-        })
-    }
-
-    /// Bytes waiting in all sessions' queues.
-    pub fn queued_bytes(&self) -> usize {
-        let list = self.list.read().unwrap_or_else(|p| p.into_inner());
-        list.iter().map(|s| s.queue.bytes()).sum()
-    }
-
-    /// Queue accepted packets (with their log positions) for every session whose filter
-    /// matches. Called with the packet log locked, so positions arrive in order. (A session's
-    /// log epoch is set once, when it subscribes with positions.)
-    pub fn deliver(&self, packets: &[(u64, EchoPacket)], m: &Metrics) {
-        let list = self.list.read().unwrap_or_else(|p| p.into_inner());
-        let mut matched = Vec::new();
-        for s in list.iter() {
-            let filter = s.filter.read().unwrap_or_else(|p| p.into_inner());
-            let dropped = match &*filter {
-                Filter::None => continue,
-                Filter::All => {
-                    let d = s.queue.push_all(packets);
-                    m.packets_delivered.inc_by(packets.len() as u64 - d);
-                    d
-                }
-                Filter::Tags(_) => {
-                    matched.clear();
-                    matched.extend(packets.iter().filter(|(_, p)| filter.matches(p)).cloned());
-                    if matched.is_empty() {
-                        continue;
-                    }
-                    let d = s.queue.push_all(&matched);
-                    m.packets_delivered.inc_by(matched.len() as u64 - d);
-                    d
-                }
-            };
-            if dropped > 0 {
-                s.lagged.fetch_add(dropped, Ordering::Relaxed);
-                m.count_drop(drop_reason::CLIENT_QUEUE_FULL, dropped);
-            }
-        }
-    }
-}
-
-impl Filter {
-    fn matches(&self, p: &EchoPacket) -> bool {
-        match self {
-            Filter::None => false,
-            Filter::All => true,
-            Filter::Tags(tags) => p.tag.is_some_and(|t| tags.contains(&t)),
-        }
-    }
-}
 
 /// Serve one client connection until it ends.
 pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {

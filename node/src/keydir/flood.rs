@@ -9,9 +9,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{Fingerprint, KeyBundle, OfferError, Offered};
+use crate::ctx::Ctx;
 use crate::echo::EchoPacket;
 use crate::metrics::drop_reason;
-use crate::node::Ctx;
 use crate::peer::Neighbor;
 use crate::router::Origin;
 use crate::tags;

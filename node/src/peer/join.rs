@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+use crate::ctx::Ctx;
 use crate::echo::EchoMode;
 use crate::invite::{InviteToken, TokenError};
 use crate::metrics::handshake_reason;
-use crate::node::Ctx;
 use crate::store::{NeighborOrigin, NeighborRecord};
 use crate::transport;
 use crate::wire::{self, close, JoinRefusal, JoinRequest, JoinResponse};
@@ -119,7 +119,7 @@ pub async fn join(ctx: &Arc<Ctx>, token: &str) -> Result<NeighborRecord, JoinErr
                 origin: NeighborOrigin::Joined,
                 added_unix: unix_now(),
             };
-            ctx.add_neighbor(rec.clone())
+            crate::peer::session::add_neighbor(&ctx, rec.clone())
                 .await
                 .map_err(|e| JoinError::Local(format!("{e:#}")))?;
             tracing::info!(neighbor = %t.id, addr = %t.addr, "joined; neighbor pinned");
@@ -257,7 +257,7 @@ async fn accept_join(
         origin: NeighborOrigin::Joined,
         added_unix: now,
     };
-    if let Err(e) = ctx.add_neighbor(rec).await {
+    if let Err(e) = crate::peer::session::add_neighbor(&ctx, rec).await {
         tracing::error!(error = %format!("{e:#}"), "cannot pin joining node");
         return Err(JoinRefusal::Internal);
     }

@@ -4,8 +4,10 @@
 pub mod join;
 pub mod repair;
 pub mod rpc;
-mod session;
-mod table;
+pub mod serve;
+pub mod session;
+pub mod table;
 
-pub use session::{dial_loop, serve_inbound};
+// Only the leaf is re-exported: the session imports most of the node, so naming it through
+// `peer` would tie every user of `peer::Neighbor` into one import circle.
 pub use table::{Neighbor, NeighborState, NeighborTable, NeighborView};

@@ -17,8 +17,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::ctx::Ctx;
 use crate::metrics::drop_reason;
-use crate::node::Ctx;
 use crate::peer::rpc::{self, RpcError};
 use crate::peer::Neighbor;
 use crate::wire::{self, MsgId, PeerReply, PeerRequest};

@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
+use crate::ctx::Ctx;
 use crate::metrics::{drop_reason, handshake_reason};
-use crate::node::Ctx;
 use crate::peer::Neighbor;
 use crate::router::Origin;
+use crate::store::{NeighborOrigin, NeighborRecord};
 use crate::transport;
 use crate::wire::{self, close, PeerFrame, PeerFrameRef, PeerHello};
+use anyhow::Context as _;
 use echomesh_client::tls;
 use echomesh_proto::backoff::Backoff;
 
@@ -30,6 +32,27 @@ fn hello(ctx: &Ctx) -> PeerHello {
         node_id: ctx.identity.id,
         cluster: ctx.cfg.cluster.clone(),
         software: format!("echomesh-node/{}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// Pin a neighbor, persist it unless static, and start dialing it if it has an address.
+pub async fn add_neighbor(ctx: &Arc<Ctx>, rec: NeighborRecord) -> anyhow::Result<Arc<Neighbor>> {
+    let n = ctx.neighbors().upsert(&rec)?;
+    if rec.origin != NeighborOrigin::Static {
+        ctx.store
+            .put_neighbor(n.record(rec.added_unix))
+            .await
+            .context("persisting neighbor")?;
+    }
+    spawn_dialer(ctx, &n);
+    Ok(n)
+}
+
+pub fn spawn_dialer(ctx: &Arc<Ctx>, n: &Arc<Neighbor>) {
+    if n.claim_dialer() {
+        let c = ctx.clone();
+        let n = n.clone();
+        ctx.tasks.spawn(async move { dial_loop(c, n).await });
     }
 }
 
@@ -276,7 +299,7 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
         .spawn(crate::keydir::flood::sync_neighbor(ctx.clone(), n.clone()));
     crate::topology::flood::sync_neighbor(&ctx, &n);
     crate::drain::on_neighbor_up(&ctx, n.clone());
-    ctx.tasks.spawn(crate::peer::rpc::serve(
+    ctx.tasks.spawn(crate::peer::serve::run(
         ctx.clone(),
         n.clone(),
         conn.clone(),

@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 use echomesh_proto::announce::Announcer;
 
 use super::{Announcement, Link, TopologyView, ANNOUNCE_EVERY, MAX_LINKS, TTL_SECS};
+use crate::ctx::Ctx;
 use crate::echo::EchoPacket;
 use crate::metrics::drop_reason;
-use crate::node::Ctx;
 use crate::peer::{Neighbor, NeighborState};
 use crate::router::Origin;
 use crate::tags;

@@ -14,50 +14,20 @@
 //! driver: one task that turns the machine's actions into RPCs, redirects and storage calls,
 //! and feeds their results back as events.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use echomesh_proto::drain::{self as machine, In, Out, Phase};
-use tokio::sync::Notify;
 
-use crate::node::Ctx;
+use crate::ctx::Ctx;
 use crate::ozone::service;
 use crate::peer::rpc;
 use crate::wire::{self, Departure, PeerRequest};
 
+pub mod state;
+
 pub use echomesh_proto::admin::DrainStatus;
-
-/// The drain machine, shared by the driver task and the readers of its state.
-#[derive(Default)]
-pub struct Drain {
-    machine: Mutex<machine::Drain>,
-    /// Wakes the driver after an event from outside it (start, undrain).
-    wake: Notify,
-}
-
-impl Drain {
-    fn machine(&self) -> std::sync::MutexGuard<'_, machine::Drain> {
-        self.machine.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn status(&self) -> DrainStatus {
-        self.machine().status(Instant::now())
-    }
-
-    /// What this node tells the mesh about itself.
-    pub fn departure(&self) -> Departure {
-        self.machine().departure()
-    }
-
-    /// Draining (any phase but serving): not ready, no new ozone copies, clients redirected.
-    pub fn is_draining(&self) -> bool {
-        self.machine().is_draining()
-    }
-
-    fn handle(&self, e: In) {
-        self.machine().handle(e, Instant::now());
-    }
-}
+pub use state::Drain;
 
 /// Start draining (idempotent: a drain in progress keeps going).
 pub fn start(ctx: &Arc<Ctx>, deadline: Duration) -> DrainStatus {

@@ -21,7 +21,7 @@ use echomesh_proto::drain::{self as machine, In, Out, Phase};
 
 use crate::ctx::Ctx;
 use crate::ozone::service;
-use crate::peer::rpc;
+use crate::peer::rpc::{self, FanOut};
 use crate::wire::{self, Departure, PeerRequest};
 
 pub mod state;
@@ -181,21 +181,24 @@ fn act(ctx: &Arc<Ctx>, action: Out, io: &mut tokio::task::JoinSet<In>) -> Option
 /// many confirmed. The next announcement carries the same news to the rest of the mesh.
 pub async fn tell_neighbors(ctx: &Arc<Ctx>, d: Departure) -> usize {
     ctx.topology.local_changed.notify_one();
-    let mut calls = tokio::task::JoinSet::new();
-    for n in ctx.neighbors().all() {
-        if !n.is_up() || n.version() < wire::since::DEPARTURE {
-            continue;
-        }
-        let c = ctx.clone();
-        calls.spawn(async move { rpc::call(&c, &n, &PeerRequest::Departure(d)).await });
-    }
+    let listening = ctx
+        .neighbors()
+        .all()
+        .into_iter()
+        .filter(|n| n.is_up() && n.version() >= wire::since::DEPARTURE);
+    let mut calls = FanOut::start(ctx, listening, &PeerRequest::Departure(d), |_| {
+        tracing::Span::none()
+    });
     let mut told = 0;
-    while let Some(r) = calls.join_next().await {
+    while let Some((id, r)) = calls.next().await {
         match r {
-            Ok(Ok(wire::PeerReply::Noted)) => told += 1,
-            Ok(Ok(other)) => tracing::info!(reply = ?other, "neighbor did not note departure"),
-            Ok(Err(e)) => tracing::info!(error = %e, "cannot tell a neighbor about departure"),
-            Err(e) => tracing::error!(error = %e, "departure task failed"),
+            Ok(wire::PeerReply::Noted) => told += 1,
+            Ok(other) => {
+                tracing::info!(neighbor = %id, reply = ?other, "neighbor did not note departure")
+            }
+            Err(e) => {
+                tracing::info!(neighbor = %id, error = %e, "cannot tell a neighbor about departure")
+            }
         }
     }
     tracing::info!(state = d.label(), told, "told neighbors");

@@ -17,8 +17,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::Instrument;
-
 use bytes::Bytes;
 
 use super::placement;
@@ -27,7 +25,8 @@ use super::{OzoneAddr, OzoneProof};
 use crate::ctx::Ctx;
 use crate::echo::EchoPacket;
 use crate::identity::NodeId;
-use crate::peer::{rpc, Neighbor};
+use crate::peer::rpc::{self, FanOut};
+use crate::peer::Neighbor;
 use crate::router::Origin;
 use crate::store::StoreError;
 use crate::tags;
@@ -153,18 +152,13 @@ pub async fn deposit(
     let mut copies = 0usize;
     let mut outcome = None;
     let mut last_err: Option<ServiceError> = None;
-    let mut remote = tokio::task::JoinSet::new();
-    for owner in &owners {
-        if let Some(n) = members.peer(owner) {
-            let (ctx, n, req) = (
-                ctx.clone(),
-                n.clone(),
-                PeerRequest::OzoneStore(vec![msg.clone()]),
-            );
-            let span = tracing::info_span!("ozone.replicate", neighbor = %n.id);
-            remote.spawn(async move { rpc::call(&ctx, &n, &req).await }.instrument(span));
-        }
-    }
+    let replicas = owners.iter().filter_map(|o| members.peer(o).cloned());
+    let mut remote = FanOut::start(
+        ctx,
+        replicas,
+        &PeerRequest::OzoneStore(vec![msg.clone()]),
+        |n| tracing::info_span!("ozone.replicate", neighbor = %n.id),
+    );
     if owners.contains(&me) {
         let m2 = msg.clone();
         match blocking(ctx, move |s| Ok(s.deposit_blocking(&m2)?)).await {
@@ -175,16 +169,15 @@ pub async fn deposit(
             Err(e) => last_err = Some(e),
         }
     }
-    while let Some(r) = remote.join_next().await {
+    while let Some((_, r)) = remote.next().await {
         match r {
-            Ok(Ok(PeerReply::Stored { durable })) if durable >= 1 => copies += 1,
-            Ok(Ok(other)) => {
+            Ok(PeerReply::Stored { durable }) if durable >= 1 => copies += 1,
+            Ok(other) => {
                 tracing::warn!(ozone = %addr.short(), reply = ?other, "replica did not store")
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::info!(ozone = %addr.short(), error = %e, "replica unreachable for a deposit")
             }
-            Err(e) => tracing::error!(error = %e, "deposit task failed"),
         }
     }
     let result = if copies >= members.w {
@@ -246,24 +239,19 @@ pub async fn fetch(
     check_proof(ctx, &addr, &proof)?;
     let limit = limit.clamp(1, MAX_FETCH_MESSAGES);
     let members = Members::now(ctx);
-    let mut remote = tokio::task::JoinSet::new();
-    for n in &members.peers {
-        let (ctx, n) = (ctx.clone(), n.clone());
-        let req = PeerRequest::OzoneFetch { addr, after, limit };
-        remote.spawn(async move { rpc::call(&ctx, &n, &req).await });
-    }
+    let req = PeerRequest::OzoneFetch { addr, after, limit };
+    let mut remote = FanOut::start(ctx, members.peers, &req, |_| tracing::Span::none());
     let (mut merged, mut more) = local_page(ctx, addr, after, limit).await?;
-    while let Some(r) = remote.join_next().await {
+    while let Some((_, r)) = remote.next().await {
         match r {
-            Ok(Ok(PeerReply::Messages { messages, more: m })) => {
+            Ok(PeerReply::Messages { messages, more: m }) => {
                 merged.extend(messages.into_iter().filter(|x| x.addr == addr));
                 more |= m;
             }
-            Ok(Ok(other)) => tracing::warn!(reply = ?other, "unexpected fetch reply"),
-            Ok(Err(e)) => {
+            Ok(other) => tracing::warn!(reply = ?other, "unexpected fetch reply"),
+            Err(e) => {
                 tracing::info!(ozone = %addr.short(), error = %e, "replica unreachable for a fetch")
             }
-            Err(e) => tracing::error!(error = %e, "fetch task failed"),
         }
     }
     merged.sort_by_key(|m| (m.seq, m.id));
@@ -303,26 +291,21 @@ pub async fn ack(
 ) -> Result<u64, ServiceError> {
     check_proof(ctx, &addr, &proof)?;
     let members = Members::now(ctx);
-    let mut remote = tokio::task::JoinSet::new();
-    for n in &members.peers {
-        let (ctx, n) = (ctx.clone(), n.clone());
-        let req = PeerRequest::OzoneAck {
-            addr,
-            ids: ids.iter().map(|i| MsgId(*i)).collect(),
-        };
-        remote.spawn(async move { rpc::call(&ctx, &n, &req).await });
-    }
+    let req = PeerRequest::OzoneAck {
+        addr,
+        ids: ids.iter().map(|i| MsgId(*i)).collect(),
+    };
+    let mut remote = FanOut::start(ctx, members.peers, &req, |_| tracing::Span::none());
     let asked = ids.len();
     let mut removed = blocking(ctx, move |s| Ok(s.ack_blocking(&addr, &ids, unix_ms())?)).await?;
-    while let Some(r) = remote.join_next().await {
+    while let Some((_, r)) = remote.next().await {
         match r {
-            Ok(Ok(PeerReply::Acked { removed: n })) => removed = removed.max(u64::from(n)),
-            Ok(Ok(other)) => tracing::warn!(reply = ?other, "unexpected ack reply"),
+            Ok(PeerReply::Acked { removed: n }) => removed = removed.max(u64::from(n)),
+            Ok(other) => tracing::warn!(reply = ?other, "unexpected ack reply"),
             // A member that misses it gets the tombstones when it reconnects.
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::info!(ozone = %addr.short(), error = %e, "replica unreachable for an acknowledgement")
             }
-            Err(e) => tracing::error!(error = %e, "ack task failed"),
         }
     }
     tracing::debug!(ozone = %addr.short(), asked, removed, "ozone acknowledgement");

@@ -2,11 +2,15 @@
 //! the existing peer connection after the hello. The echo stream is never blocked by them, the
 //! number in flight is bounded by QUIC's stream limit, and each has a deadline.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tracing::Instrument;
 
 use crate::ctx::Ctx;
 use crate::peer::Neighbor;
 
+use crate::identity::NodeId;
 use crate::wire::{self, PeerReply, PeerRequest};
 
 /// Deadline of one request, answer included.
@@ -56,4 +60,43 @@ pub async fn call(ctx: &Ctx, n: &Neighbor, req: &PeerRequest) -> Result<PeerRepl
     tokio::time::timeout(RPC_TIMEOUT, fut)
         .await
         .map_err(|_| RpcError::Timeout)?
+}
+
+/// One request to several neighbors at once: the calls run concurrently while the caller does
+/// its local part, then their answers are collected one by one as they arrive.
+pub struct FanOut {
+    calls: tokio::task::JoinSet<(NodeId, Result<PeerReply, RpcError>)>,
+}
+
+impl FanOut {
+    /// Send `req` to each of `peers`; each call runs in the span `span` makes for it.
+    pub fn start(
+        ctx: &Arc<Ctx>,
+        peers: impl IntoIterator<Item = Arc<Neighbor>>,
+        req: &PeerRequest,
+        span: impl Fn(&Neighbor) -> tracing::Span,
+    ) -> Self {
+        let mut calls = tokio::task::JoinSet::new();
+        for n in peers {
+            let (ctx, req, span) = (ctx.clone(), req.clone(), span(&n));
+            calls.spawn(async move { (n.id, call(&ctx, &n, &req).await) }.instrument(span));
+        }
+        FanOut { calls }
+    }
+
+    /// The next answer, or `None` when every call has answered or failed.
+    pub async fn next(&mut self) -> Option<(NodeId, Result<PeerReply, RpcError>)> {
+        loop {
+            match self.calls.join_next().await? {
+                Ok(answer) => return Some(answer),
+                // A call task that panicked: counted as no answer.
+                Err(e) => tracing::error!(error = %e, "RPC task failed"),
+            }
+        }
+    }
+
+    /// Stop waiting; the calls still in flight finish on their own.
+    pub fn detach_all(&mut self) {
+        self.calls.detach_all();
+    }
 }

@@ -34,6 +34,7 @@ pub mod router;
 pub mod store;
 pub mod telemetry;
 pub mod topology;
+pub mod verify;
 
 pub use config::Config;
 

@@ -263,12 +263,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     }
     {
         let c = ctx.clone();
-        ctx.tasks.spawn(keydir::flood::run_verifier(c, keydir_rx));
+        ctx.tasks
+            .spawn(crate::verify::run(c, keydir_rx, keydir::flood::verify));
     }
     {
         let c = ctx.clone();
-        ctx.tasks
-            .spawn(crate::topology::flood::run_verifier(c, topology_rx));
+        ctx.tasks.spawn(crate::verify::run(
+            c,
+            topology_rx,
+            crate::topology::flood::verify,
+        ));
     }
 
     let info = RuntimeInfo {

@@ -23,6 +23,16 @@ pub enum Origin {
     Client,
 }
 
+impl Origin {
+    /// The `source` label of the packet metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Origin::Neighbor(..) => "neighbor",
+            Origin::Client => "client",
+        }
+    }
+}
+
 /// The echo engine and the packet log, under one lock: a packet is in the log exactly when
 /// the engine accepted it, and client deliveries take log positions in log order.
 pub struct EchoState {
@@ -115,10 +125,7 @@ impl Router {
     /// Validate, deduplicate, deliver and forward one batch.
     pub fn dispatch(&self, origin: Origin, mut batch: Vec<EchoPacket>) -> Accepted {
         let m = &self.metrics;
-        let label = match origin {
-            Origin::Neighbor(..) => "neighbor",
-            Origin::Client => "client",
-        };
+        let label = origin.label();
         let received = batch.len();
         m.packets_received
             .with_label_values(&[label])
@@ -173,10 +180,7 @@ impl Router {
     /// Deduplicate, deliver and forward packets that already passed every check.
     pub fn forward_verified(&self, origin: Origin, batch: Vec<EchoPacket>) -> Accepted {
         let m = &self.metrics;
-        let label = match origin {
-            Origin::Neighbor(..) => "neighbor",
-            Origin::Client => "client",
-        };
+        let label = origin.label();
         let source = match origin {
             Origin::Neighbor(_, mode) => Source::Neighbor(mode),
             Origin::Client => Source::Client,

@@ -5,9 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::mpsc;
-
 use super::{Fingerprint, KeyBundle, OfferError, Offered};
 use crate::ctx::Ctx;
 use crate::echo::EchoPacket;
@@ -15,40 +12,25 @@ use crate::metrics::drop_reason;
 use crate::peer::Neighbor;
 use crate::router::Origin;
 use crate::tags;
+use bytes::Bytes;
 
 /// Bundles per page when offering the directory to a neighbor.
 const SYNC_PAGE: usize = 64;
 
-/// Verify key-bundle packets handed over by the router; flood those that changed the
-/// directory. Runs until the node stops.
-pub async fn run_verifier(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<(Origin, Vec<EchoPacket>)>) {
-    loop {
-        let (origin, packets) = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            next = rx.recv() => match next {
-                Some(x) => x,
-                None => return,
-            },
-        };
-        let source = match origin {
-            Origin::Neighbor(..) => "neighbor",
-            Origin::Client => "client",
-        };
-        for pkt in packets {
-            let bundle = match KeyBundle::decode(&pkt.payload) {
-                Ok(b) => b,
-                Err(e) => {
-                    ctx.keydir.count_rejected(&e);
-                    tracing::info!(?origin, error = %e, "undecodable key bundle packet dropped");
-                    continue;
-                }
-            };
-            if let Ok(o) = ctx.keydir.offer(bundle, source).await {
-                if o.changed() {
-                    ctx.router.forward_verified(origin, vec![pkt]);
-                }
-            }
+/// Verify one key-bundle packet handed over by the router (`verify::run`): it travels on only
+/// if it changed the directory.
+pub async fn verify(ctx: Arc<Ctx>, origin: Origin, pkt: EchoPacket) -> Option<EchoPacket> {
+    let bundle = match KeyBundle::decode(&pkt.payload) {
+        Ok(b) => b,
+        Err(e) => {
+            ctx.keydir.count_rejected(&e);
+            tracing::info!(?origin, error = %e, "undecodable key bundle packet dropped");
+            return None;
         }
+    };
+    match ctx.keydir.offer(bundle, origin.label()).await {
+        Ok(o) if o.changed() => Some(pkt),
+        _ => None,
     }
 }
 

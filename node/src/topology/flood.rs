@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-
 use echomesh_proto::announce::Announcer;
 
 use super::{Announcement, Link, TopologyView, ANNOUNCE_EVERY, MAX_LINKS, TTL_SECS};
@@ -104,36 +102,24 @@ pub async fn announce_loop(ctx: Arc<Ctx>) {
     }
 }
 
-/// Verify announcement packets handed over by the router; forward those that changed the
-/// table. Runs until the node stops.
-pub async fn run_verifier(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<(Origin, Vec<EchoPacket>)>) {
-    loop {
-        let (origin, packets) = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            next = rx.recv() => match next {
-                Some(x) => x,
-                None => return,
-            },
-        };
-        for pkt in packets {
-            let result = ctx.topology.offer(&pkt.payload, Instant::now(), unix_ms());
-            let label = match &result {
-                Ok(o) => o.label(),
-                Err(e) => e.label(),
-            };
-            ctx.metrics
-                .topology_announcements
-                .with_label_values(&[label])
-                .inc();
-            match result {
-                Ok(super::Offered::Accepted) => {
-                    ctx.router.forward_verified(origin, vec![pkt]);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::info!(?origin, error = %e, "node announcement refused");
-                }
-            }
+/// Verify one announcement packet handed over by the router (`verify::run`): it travels on
+/// only if it changed the table.
+pub async fn verify(ctx: Arc<Ctx>, origin: Origin, pkt: EchoPacket) -> Option<EchoPacket> {
+    let result = ctx.topology.offer(&pkt.payload, Instant::now(), unix_ms());
+    let label = match &result {
+        Ok(o) => o.label(),
+        Err(e) => e.label(),
+    };
+    ctx.metrics
+        .topology_announcements
+        .with_label_values(&[label])
+        .inc();
+    match result {
+        Ok(super::Offered::Accepted) => Some(pkt),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::info!(?origin, error = %e, "node announcement refused");
+            None
         }
     }
 }

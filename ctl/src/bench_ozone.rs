@@ -1,4 +1,4 @@
-//! `echomeshctl bench ozone`: N in-process nodes in one cluster (full mesh, real QUIC, real
+//! `echomeshctl bench ozone`: N `echomesh-node` processes in one cluster (full mesh, real QUIC, real
 //! RocksDB with synced writes), C clients depositing M messages of S bytes through node 0 —
 //! each acknowledged only after W durable copies — then every ozone fetched back through node
 //! 1 (merged from the replicas).

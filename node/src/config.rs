@@ -228,7 +228,7 @@ impl Default for EchoSection {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_frame_bytes: 4 << 20,
+            max_frame_bytes: crate::limits::DEFAULT_MAX_FRAME,
             neighbor_queue_bytes: 16 << 20,
             client_queue_bytes: 4 << 20,
             max_neighbors: 64,

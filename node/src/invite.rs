@@ -10,11 +10,10 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeId;
+use crate::limits::INVITES_USED_MEMORY as USED_MEMORY;
 use crate::wire::{self, JoinRefusal};
 
 const PREFIX: &str = "EM1-";
-/// How many used tokens are remembered (to say "already used" rather than "unknown").
-const USED_MEMORY: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InviteToken {

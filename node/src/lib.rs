@@ -23,6 +23,7 @@ pub mod ctx;
 pub mod drain;
 pub mod invite;
 pub mod keydir;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod outq;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+pub use crate::limits::CONTROL_BACKLOG;
 use crate::tags::Tag;
 
 /// Where a batch entered this node.
@@ -77,9 +78,6 @@ impl ControlChannel {
         )
     }
 }
-
-/// Batches of control packets that may wait for verification, per channel.
-pub const CONTROL_BACKLOG: usize = 256;
 
 /// Counts returned to the injecting client.
 #[derive(Debug, Default, Clone, Copy)]

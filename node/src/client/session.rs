@@ -11,6 +11,10 @@ use tokio::sync::mpsc;
 use super::subscribers::{Filter, Subscriber};
 use crate::ctx::Ctx;
 use crate::keydir::{self, OfferError};
+pub use crate::limits::CLIENT_HEARTBEAT as HEARTBEAT;
+use crate::limits::MAX_ACK_IDS;
+use crate::limits::MAX_DELIVER_BATCH;
+use crate::limits::MAX_TAGS;
 use crate::metrics::{drop_reason, handshake_reason, Metrics};
 use crate::outq::OutQueue;
 use crate::ozone::{self, service::ServiceError};
@@ -21,14 +25,8 @@ use crate::wire::{
     SubscribeFilter,
 };
 
-const MAX_TAGS: usize = 1024;
-/// Most message IDs acknowledged in one request (the rest are ignored; clients page).
-const MAX_ACK_IDS: usize = 4096;
 const READER_ENDED_BY_WRITER: &str = "writer ended";
 const FRAME_ERROR: &str = "frame error";
-const MAX_DELIVER_BATCH: usize = 256 * 1024;
-/// How often a position subscription hears from an idle node (see `client::follow::STALLED`).
-pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// Serve one client connection until it ends.
 pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {

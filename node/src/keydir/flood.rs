@@ -8,14 +8,12 @@ use std::time::Duration;
 use super::{Fingerprint, KeyBundle, OfferError, Offered};
 use crate::ctx::Ctx;
 use crate::echo::EchoPacket;
+use crate::limits::KEYDIR_SYNC_PAGE as SYNC_PAGE;
 use crate::metrics::drop_reason;
 use crate::peer::Neighbor;
 use crate::router::Origin;
 use crate::tags;
 use bytes::Bytes;
-
-/// Bundles per page when offering the directory to a neighbor.
-const SYNC_PAGE: usize = 64;
 
 /// Verify one key-bundle packet handed over by the router (`verify::run`): it travels on only
 /// if it changed the directory.

@@ -21,11 +21,9 @@ pub use echomesh_proto::keydir::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use crate::limits::MAX_LOOKUP_RESULTS;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
-
-/// Most bundles returned for one short-ID lookup (more than one only on a 45-bit collision).
-pub const MAX_LOOKUP_RESULTS: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OfferError {

@@ -33,11 +33,6 @@ use crate::tags;
 use crate::wire::Position;
 use crate::wire::{MsgId, OzoneInfo, PeerReply, PeerRequest};
 
-/// Largest page of a fetch, in bytes of payload.
-pub const MAX_FETCH_BYTES: usize = 1 << 20;
-/// Most messages per fetch page.
-pub const MAX_FETCH_MESSAGES: u32 = 512;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(transparent)]
@@ -66,6 +61,8 @@ impl ServiceError {
     }
 }
 
+pub use crate::limits::MAX_FETCH_BYTES;
+pub use crate::limits::MAX_FETCH_MESSAGES;
 use echomesh_proto::antientropy::{self as ae, Pushed, Session};
 use echomesh_proto::clock::unix_ms;
 use echomesh_proto::membership;

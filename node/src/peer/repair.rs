@@ -18,22 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::ctx::Ctx;
+pub use crate::limits::MAX_OFFER;
+use crate::limits::MAX_SCAN;
+pub use crate::limits::OWED_WINDOW_FACTOR;
+use crate::limits::REPAIR_TICK as TICK;
 use crate::metrics::drop_reason;
 use crate::peer::rpc::{self, RpcError};
 use crate::peer::Neighbor;
 use crate::wire::{self, MsgId, PeerReply, PeerRequest};
-
-/// Most IDs offered in one `EchoHave` (32 B each: 128 KiB).
-pub const MAX_OFFER: usize = 4096;
-/// Most log entries looked at for one page (entries that came from the neighbor itself are
-/// skipped), so that a walk holds the log lock briefly.
-const MAX_SCAN: usize = 16 * MAX_OFFER;
-/// How often owed neighbors are looked at without a wake-up (queue drained, retry after a
-/// failed offer).
-const TICK: Duration = Duration::from_millis(250);
-/// At a connection's end, the neighbor is owed what was accepted this many idle timeouts
-/// before: data written earlier was acknowledged, or the connection would have timed out.
-pub const OWED_WINDOW_FACTOR: u32 = 2;
 
 /// Mark what a neighbor may have lost with a connection that just ended.
 pub fn connection_ended(ctx: &Ctx, n: &Neighbor) {

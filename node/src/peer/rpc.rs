@@ -3,7 +3,6 @@
 //! number in flight is bounded by QUIC's stream limit, and each has a deadline.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tracing::Instrument;
 
@@ -11,10 +10,8 @@ use crate::ctx::Ctx;
 use crate::peer::Neighbor;
 
 use crate::identity::NodeId;
+pub use crate::limits::RPC_TIMEOUT;
 use crate::wire::{self, PeerReply, PeerRequest};
-
-/// Deadline of one request, answer included.
-pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {

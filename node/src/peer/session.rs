@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::ctx::Ctx;
+use crate::limits::MAX_ECHO_BATCH_BYTES as MAX_BATCH_BYTES;
 use crate::metrics::{drop_reason, handshake_reason};
 use crate::peer::Neighbor;
 use crate::router::Origin;
@@ -16,9 +17,6 @@ use crate::wire::{self, close, PeerFrame, PeerFrameRef, PeerHello};
 use anyhow::Context as _;
 use echomesh_client::tls;
 use echomesh_proto::backoff::Backoff;
-
-/// Largest batch of packets put in one frame.
-const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {

@@ -26,15 +26,6 @@ use crate::identity::{self, Identity, NodeId};
 use crate::wire::{self, Departure};
 
 pub use echomesh_proto::announce::{EVERY as ANNOUNCE_EVERY, TTL_SECS};
-pub const MAX_NODES: usize = 1024;
-pub const MAX_LINKS: usize = 128;
-pub const MAX_ANNOUNCEMENT_BYTES: usize = 16 * 1024;
-/// A node's announcements are accepted at most this often (its own pace is ≥ 1 s).
-pub const MIN_ACCEPT_GAP: Duration = Duration::from_millis(500);
-/// Nodes not heard from for this long are dropped from the table.
-pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
-/// Announcements stamped further in the future than this are refused (clock skew bound).
-const MAX_FUTURE_MS: u64 = 10 * 60 * 1000;
 const DOMAIN: &[u8] = b"echomesh node announcement v1\0";
 
 /// What travels in an echo packet: the node's certificate, the encoded announcement, and the
@@ -382,6 +373,12 @@ impl Topology {
     }
 }
 
+pub use crate::limits::FORGET_AFTER;
+pub use crate::limits::MAX_ANNOUNCEMENT_BYTES;
+use crate::limits::MAX_FUTURE_MS;
+pub use crate::limits::MAX_LINKS;
+pub use crate::limits::MAX_NODES;
+pub use crate::limits::MIN_ACCEPT_GAP;
 pub use echomesh_proto::admin::{LinkView, NodeView, TopologyView};
 
 #[cfg(test)]

@@ -544,7 +544,8 @@ async fn refuse_while_draining(
         .connections_rejected
         .with_label_values(&["draining"])
         .inc();
-    let nodes = crate::topology::flood::redirect_targets(ctx, 8);
+    let nodes =
+        crate::topology::flood::redirect_targets(ctx, echomesh_proto::drain::MAX_REDIRECT_TARGETS);
     if client_version >= wire::since::REDIRECT && !nodes.is_empty() {
         ctx.metrics
             .clients_redirected

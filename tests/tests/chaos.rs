@@ -617,8 +617,31 @@ fn flapping_link_keeps_delivery_exact() {
     while flap < 3 || flows.iter().any(|f| !f.is_finished()) {
         lab.partition(0, 1);
         // The first outage outlasts the idle timeout: the connection must die and come back.
+        // Meanwhile n0's packets reach n1 the other way round, through n2, at once: not
+        // only later, from echo repair after the heal.
         if flap == 0 {
-            lab.pause(3500, 4500);
+            lab.pause(1000, 1000);
+            let cut_from = log.all().len();
+            lab.pause(2000, 3000);
+            let sent: Vec<[u8; 32]> = log.all()[cut_from..]
+                .iter()
+                .filter(|s| s.origin == 0)
+                .map(|s| s.id)
+                .collect();
+            lab.pause(500, 500);
+            let via_n2 = sent.iter().filter(|id| subs[1].has(id)).count();
+            lab.log(format!(
+                "while n0–n1 was cut, n1 got {via_n2} of the {} packets n0 sent (through n2)",
+                sent.len()
+            ));
+            if sent.is_empty() || via_n2 * 2 < sent.len() {
+                lab.dump_counters();
+                panic!(
+                    "NOT FORWARDED: while n0–n1 was cut, n1 got only {via_n2} of the {} packets \
+                     n0 sent (they had n2 to go through)",
+                    sent.len()
+                );
+            }
         } else {
             lab.pause(300, 4000);
         }

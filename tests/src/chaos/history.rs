@@ -176,6 +176,11 @@ impl Subscriber {
         lock(&self.got).len()
     }
 
+    /// Whether packet `id` has arrived.
+    pub fn has(&self, id: &[u8; 32]) -> bool {
+        self.count(id) > 0
+    }
+
     fn count(&self, id: &[u8; 32]) -> u32 {
         lock(&self.got).get(id).copied().unwrap_or(0)
     }

@@ -78,7 +78,7 @@ pub async fn reload(ctx: &Arc<Ctx>) -> Result<ReloadReport, ReloadError> {
             origin: NeighborOrigin::Static,
             added_unix: 0,
         };
-        match crate::peer::session::add_neighbor(&ctx, rec).await {
+        match crate::peer::session::add_neighbor(ctx, rec).await {
             Ok(_) => report.applied.push(format!(
                 "neighbor {} {}",
                 n.id.short(),

@@ -328,7 +328,7 @@ async fn neighbor_add(State(s): St, Json(req): Json<api::NeighborAddRequest>) ->
         origin: crate::store::NeighborOrigin::Admin,
         added_unix: unix_now(),
     };
-    match crate::peer::session::add_neighbor(&ctx, rec).await {
+    match crate::peer::session::add_neighbor(ctx, rec).await {
         Ok(n) => {
             tracing::info!(neighbor = %n.id, addr = %spec.addr, mode = %spec.mode, "neighbor added through the admin API");
             Json(neighbor_info(&n.view())).into_response()

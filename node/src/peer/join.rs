@@ -119,7 +119,7 @@ pub async fn join(ctx: &Arc<Ctx>, token: &str) -> Result<NeighborRecord, JoinErr
                 origin: NeighborOrigin::Joined,
                 added_unix: unix_now(),
             };
-            crate::peer::session::add_neighbor(&ctx, rec.clone())
+            crate::peer::session::add_neighbor(ctx, rec.clone())
                 .await
                 .map_err(|e| JoinError::Local(format!("{e:#}")))?;
             tracing::info!(neighbor = %t.id, addr = %t.addr, "joined; neighbor pinned");
@@ -257,7 +257,7 @@ async fn accept_join(
         origin: NeighborOrigin::Joined,
         added_unix: now,
     };
-    if let Err(e) = crate::peer::session::add_neighbor(&ctx, rec).await {
+    if let Err(e) = crate::peer::session::add_neighbor(ctx, rec).await {
         tracing::error!(error = %format!("{e:#}"), "cannot pin joining node");
         return Err(JoinRefusal::Internal);
     }

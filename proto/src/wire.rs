@@ -308,6 +308,24 @@ pub enum ClientRequest {
     },
 }
 
+impl ClientRequest {
+    /// The `kind` label of `echomesh_client_requests_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientRequest::Hello { .. } => "hello",
+            ClientRequest::Inject(_) => "inject",
+            ClientRequest::Subscribe(_) => "subscribe",
+            ClientRequest::PublishKey(_) => "publish_key",
+            ClientRequest::LookupKey(_) => "lookup_key",
+            ClientRequest::Deposit { .. } => "deposit",
+            ClientRequest::Fetch { .. } => "fetch",
+            ClientRequest::Ack { .. } => "ack",
+            ClientRequest::OzoneInfo { .. } => "ozone_info",
+            ClientRequest::SubscribeAt { .. } => "subscribe_at",
+        }
+    }
+}
+
 /// What `OzoneInfo` reports.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OzoneInfo {

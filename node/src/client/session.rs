@@ -205,165 +205,136 @@ async fn read_requests(
                 return format!("{FRAME_ERROR}: {e}");
             }
         };
-        let kind = match &req {
-            ClientRequest::Hello { .. } => "hello",
-            ClientRequest::Inject(_) => "inject",
-            ClientRequest::Subscribe(_) => "subscribe",
-            ClientRequest::PublishKey(_) => "publish_key",
-            ClientRequest::LookupKey(_) => "lookup_key",
-            ClientRequest::Deposit { .. } => "deposit",
-            ClientRequest::Fetch { .. } => "fetch",
-            ClientRequest::Ack { .. } => "ack",
-            ClientRequest::OzoneInfo { .. } => "ozone_info",
-            ClientRequest::SubscribeAt { .. } => "subscribe_at",
-        };
-        ctx.metrics.client_requests.with_label_values(&[kind]).inc();
-        match req {
-            ClientRequest::Deposit { addr, payload } => {
-                let ev = match ozone::service::deposit(ctx, addr, payload).await {
-                    Ok((msg, copies)) => ClientEvent::Deposited {
-                        id: MsgId(msg.id),
-                        copies: copies.min(255) as u8,
-                    },
-                    Err(e) => service_error(e),
-                };
-                if ctrl.send(ev).await.is_err() {
-                    return READER_ENDED_BY_WRITER.into();
-                }
-            }
-            ClientRequest::Fetch {
-                addr,
-                proof,
-                after,
-                limit,
-            } => {
-                let ev = match ozone::service::fetch(ctx, addr, proof, after, limit).await {
-                    Ok((messages, more)) => ClientEvent::Fetched { messages, more },
-                    Err(e) => service_error(e),
-                };
-                if ctrl.send(ev).await.is_err() {
-                    return READER_ENDED_BY_WRITER.into();
-                }
-            }
-            ClientRequest::Ack { addr, proof, ids } => {
-                let ids = ids.into_iter().take(MAX_ACK_IDS).map(|i| i.0).collect();
-                let ev = match ozone::service::ack(ctx, addr, proof, ids).await {
-                    Ok(n) => ClientEvent::Acked {
-                        removed: n.min(u64::from(u32::MAX)) as u32,
-                    },
-                    Err(e) => service_error(e),
-                };
-                if ctrl.send(ev).await.is_err() {
-                    return READER_ENDED_BY_WRITER.into();
-                }
-            }
-            ClientRequest::OzoneInfo { addr, proof } => {
-                let ev = match ozone::service::info(ctx, addr, proof).await {
-                    Ok(i) => ClientEvent::OzoneInfo(i),
-                    Err(e) => service_error(e),
-                };
-                if ctrl.send(ev).await.is_err() {
-                    return READER_ENDED_BY_WRITER.into();
-                }
-            }
-            ClientRequest::PublishKey(bundle) => {
-                let fp = bundle.fingerprint();
-                let ev = match keydir::flood::publish(ctx, bundle).await {
-                    Ok(o) => {
-                        tracing::info!(participant = %fp.short_id(), outcome = ?o, "key bundle published by client");
-                        ClientEvent::KeyPublished {
-                            changed: o.changed(),
-                        }
-                    }
-                    Err(OfferError::Bundle(e)) => ClientEvent::Error {
-                        code: ClientErrorCode::Rejected,
-                        message: e.to_string(),
-                    },
-                    Err(e @ OfferError::Store(_)) => ClientEvent::Error {
-                        code: ClientErrorCode::Unavailable,
-                        message: format!("{e}; try again or use another node"),
-                    },
-                };
-                if ctrl.send(ev).await.is_err() {
-                    return READER_ENDED_BY_WRITER.into();
-                }
-            }
-            ClientRequest::LookupKey(who) => {
-                let ev = match ctx.keydir.lookup(who).await {
-                    Ok(mut found) => {
-                        if sub.version < wire::since::MAILBOX {
-                            found.retain(|b| b.format < keydir::BUNDLE_FORMAT);
-                        }
-                        ClientEvent::KeyLookup(found)
-                    }
-                    Err(e) => ClientEvent::Error {
-                        code: ClientErrorCode::Unavailable,
-                        message: format!("key directory unavailable: {e}"),
-                    },
-                };
-                if ctrl.send(ev).await.is_err() {
-                    return READER_ENDED_BY_WRITER.into();
-                }
-            }
-            ClientRequest::Inject(batch) => {
-                let bytes: usize = batch.iter().map(|p| p.payload.len()).sum();
-                // Backpressure, not loss: a fast client is slowed down by not being read.
-                let delay = bucket
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take_and_delay(batch.len(), bytes, Instant::now());
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                let acc = ctx.router.dispatch(Origin::Client, batch);
-                let ev = ClientEvent::Injected {
-                    accepted: acc.accepted,
-                    duplicates: acc.duplicates,
-                    rejected: acc.rejected,
-                };
-                if ctrl.send(ev).await.is_err() {
-                    return READER_ENDED_BY_WRITER.into();
-                }
-            }
-            ClientRequest::Subscribe(filter) => {
-                let f = match parse_filter(filter) {
-                    Ok(f) => f,
-                    Err(ev) => {
-                        let _ = ctrl.send(ev).await;
-                        continue;
-                    }
-                };
+        ctx.metrics
+            .client_requests
+            .with_label_values(&[req.kind()])
+            .inc();
+        let ev = answer(ctx, sub, &bucket, req).await;
+        if ctrl.send(ev).await.is_err() {
+            return READER_ENDED_BY_WRITER.into();
+        }
+    }
+}
+
+/// Serve one request; every request has exactly one answer.
+async fn answer(
+    ctx: &Arc<Ctx>,
+    sub: &Arc<Subscriber>,
+    bucket: &Mutex<TokenBucket>,
+    req: ClientRequest,
+) -> ClientEvent {
+    match req {
+        ClientRequest::Inject(batch) => inject(ctx, bucket, batch).await,
+        ClientRequest::Subscribe(filter) => match parse_filter(filter) {
+            Ok(f) => {
                 *sub.filter.write().unwrap_or_else(|p| p.into_inner()) = f;
                 ctx.router.subscribers.register(sub.clone());
-                if ctrl.send(ClientEvent::Subscribed).await.is_err() {
-                    return READER_ENDED_BY_WRITER.into();
-                }
+                ClientEvent::Subscribed
             }
-            ClientRequest::SubscribeAt { filter, after } => {
-                let f = match parse_filter(filter) {
-                    Ok(f) => f,
-                    Err(ev) => {
-                        let _ = ctrl.send(ev).await;
-                        continue;
-                    }
-                };
-                let ev = resume(ctx, sub, f, after);
-                if ctrl.send(ev).await.is_err() {
-                    return READER_ENDED_BY_WRITER.into();
-                }
-            }
-            ClientRequest::Hello { .. } => {
-                ctx.metrics
-                    .frame_errors
-                    .with_label_values(&["unexpected", "client"])
-                    .inc();
-                let ev = ClientEvent::Error {
-                    code: ClientErrorCode::BadRequest,
-                    message: "hello sent twice".into(),
-                };
-                let _ = ctrl.send(ev).await;
+            Err(ev) => ev,
+        },
+        ClientRequest::SubscribeAt { filter, after } => match parse_filter(filter) {
+            Ok(f) => resume(ctx, sub, f, after),
+            Err(ev) => ev,
+        },
+        ClientRequest::Deposit { addr, payload } => {
+            match ozone::service::deposit(ctx, addr, payload).await {
+                Ok((msg, copies)) => ClientEvent::Deposited {
+                    id: MsgId(msg.id),
+                    copies: copies.min(255) as u8,
+                },
+                Err(e) => service_error(e),
             }
         }
+        ClientRequest::Fetch {
+            addr,
+            proof,
+            after,
+            limit,
+        } => match ozone::service::fetch(ctx, addr, proof, after, limit).await {
+            Ok((messages, more)) => ClientEvent::Fetched { messages, more },
+            Err(e) => service_error(e),
+        },
+        ClientRequest::Ack { addr, proof, ids } => {
+            let ids = ids.into_iter().take(MAX_ACK_IDS).map(|i| i.0).collect();
+            match ozone::service::ack(ctx, addr, proof, ids).await {
+                Ok(n) => ClientEvent::Acked {
+                    removed: n.min(u64::from(u32::MAX)) as u32,
+                },
+                Err(e) => service_error(e),
+            }
+        }
+        ClientRequest::OzoneInfo { addr, proof } => {
+            match ozone::service::info(ctx, addr, proof).await {
+                Ok(i) => ClientEvent::OzoneInfo(i),
+                Err(e) => service_error(e),
+            }
+        }
+        ClientRequest::PublishKey(bundle) => publish_key(ctx, bundle).await,
+        ClientRequest::LookupKey(who) => match ctx.keydir.lookup(who).await {
+            Ok(mut found) => {
+                if sub.version < wire::since::MAILBOX {
+                    found.retain(|b| b.format < keydir::BUNDLE_FORMAT);
+                }
+                ClientEvent::KeyLookup(found)
+            }
+            Err(e) => ClientEvent::Error {
+                code: ClientErrorCode::Unavailable,
+                message: format!("key directory unavailable: {e}"),
+            },
+        },
+        ClientRequest::Hello { .. } => {
+            ctx.metrics
+                .frame_errors
+                .with_label_values(&["unexpected", "client"])
+                .inc();
+            ClientEvent::Error {
+                code: ClientErrorCode::BadRequest,
+                message: "hello sent twice".into(),
+            }
+        }
+    }
+}
+
+/// Inject a batch. Backpressure, not loss: a fast client is slowed down by not being read.
+async fn inject(
+    ctx: &Arc<Ctx>,
+    bucket: &Mutex<TokenBucket>,
+    batch: Vec<crate::echo::EchoPacket>,
+) -> ClientEvent {
+    let bytes: usize = batch.iter().map(|p| p.payload.len()).sum();
+    let delay = bucket
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take_and_delay(batch.len(), bytes, Instant::now());
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let acc = ctx.router.dispatch(Origin::Client, batch);
+    ClientEvent::Injected {
+        accepted: acc.accepted,
+        duplicates: acc.duplicates,
+        rejected: acc.rejected,
+    }
+}
+
+async fn publish_key(ctx: &Arc<Ctx>, bundle: keydir::KeyBundle) -> ClientEvent {
+    let fp = bundle.fingerprint();
+    match keydir::flood::publish(ctx, bundle).await {
+        Ok(o) => {
+            tracing::info!(participant = %fp.short_id(), outcome = ?o, "key bundle published by client");
+            ClientEvent::KeyPublished {
+                changed: o.changed(),
+            }
+        }
+        Err(OfferError::Bundle(e)) => ClientEvent::Error {
+            code: ClientErrorCode::Rejected,
+            message: e.to_string(),
+        },
+        Err(e @ OfferError::Store(_)) => ClientEvent::Error {
+            code: ClientErrorCode::Unavailable,
+            message: format!("{e}; try again or use another node"),
+        },
     }
 }
 

@@ -18,7 +18,7 @@ use crate::echo::{EchoConfig, EchoEngine};
 use crate::identity::{write_private, Identity, NodeId};
 use crate::invite::InviteBook;
 use crate::keydir::{self, KeyDirectory};
-use crate::metrics::{drop_reason, handshake_reason, Metrics};
+use crate::metrics::{DropReason, HandshakeReason, Metrics};
 use crate::peer::{self, NeighborTable};
 use crate::router::{ControlChannel, Router};
 use crate::store::{NeighborOrigin, NeighborRecord, Store};
@@ -167,9 +167,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     metrics
         .ozone_budget_bytes
         .set(i64::try_from(cfg.ozone.max_total_bytes).unwrap_or(i64::MAX));
-    let (keydir_ch, keydir_rx) = ControlChannel::new(tags::keydir_tag(), drop_reason::KEYDIR_BUSY);
+    let (keydir_ch, keydir_rx) = ControlChannel::new(tags::keydir_tag(), DropReason::KeydirBusy);
     let (topology_ch, topology_rx) =
-        ControlChannel::new(tags::topology_tag(), drop_reason::TOPOLOGY_BUSY);
+        ControlChannel::new(tags::topology_tag(), DropReason::TopologyBusy);
     let log = crate::echo::PacketLog::new(cfg.echo.log_bytes, cfg.echo.log_ttl(), rand::random());
     let router = Arc::new(Router::new(
         engine,
@@ -339,11 +339,11 @@ async fn accept_loop(ctx: Arc<Ctx>) {
                 Ok(Err(e)) => {
                     let reason = classify_accept_error(&e);
                     c.metrics.handshake_failed(reason);
-                    tracing::info!(%remote, reason, error = %e, "incoming handshake failed");
+                    tracing::info!(%remote, reason = reason.label(), error = %e, "incoming handshake failed");
                     return;
                 }
                 Err(_) => {
-                    c.metrics.handshake_failed(handshake_reason::TIMEOUT);
+                    c.metrics.handshake_failed(HandshakeReason::Timeout);
                     tracing::info!(%remote, "incoming handshake timed out");
                     return;
                 }
@@ -354,7 +354,7 @@ async fn accept_loop(ctx: Arc<Ctx>) {
                 Some(wire::ALPN_CLIENT) => crate::client::serve(c, conn).await,
                 Some(wire::ALPN_JOIN) => peer::join::serve_inbound(c, conn).await,
                 _ => {
-                    c.metrics.handshake_failed(handshake_reason::ALPN);
+                    c.metrics.handshake_failed(HandshakeReason::Alpn);
                     tracing::info!(%remote, "refusing connection without a known ALPN");
                     conn.close(quinn::VarInt::from_u32(wire::close::ALPN), b"unknown ALPN");
                 }
@@ -363,17 +363,17 @@ async fn accept_loop(ctx: Arc<Ctx>) {
     }
 }
 
-fn classify_accept_error(e: &quinn::ConnectionError) -> &'static str {
+fn classify_accept_error(e: &quinn::ConnectionError) -> HandshakeReason {
     // TLS alert 120: no_application_protocol.
     let alpn = quinn::TransportErrorCode::crypto(120);
     if matches!(e, quinn::ConnectionError::TransportError(t) if t.code == alpn)
         || matches!(e, quinn::ConnectionError::ConnectionClosed(c) if c.error_code == alpn)
     {
-        handshake_reason::ALPN
+        HandshakeReason::Alpn
     } else if matches!(e, quinn::ConnectionError::TimedOut) {
-        handshake_reason::TIMEOUT
+        HandshakeReason::Timeout
     } else {
-        handshake_reason::TLS
+        HandshakeReason::Tls
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::client::subscribers::Subscribers;
 use crate::echo::{self, EchoEngine, EchoMode, EchoPacket, Offer, PacketLog, Source};
 use crate::identity::NodeId;
-use crate::metrics::{drop_reason, Metrics};
+use crate::metrics::{DropReason, Metrics};
 use crate::peer::NeighborTable;
 use std::sync::Arc;
 
@@ -58,14 +58,14 @@ pub struct ControlChannel {
     pub tag: Tag,
     pub tx: mpsc::Sender<(Origin, Vec<EchoPacket>)>,
     /// Drop reason counted when the verifier's backlog is full.
-    pub busy_reason: &'static str,
+    pub busy_reason: DropReason,
 }
 
 impl ControlChannel {
     /// A channel for `tag` with the standard backlog, and its receiving end.
     pub fn new(
         tag: Tag,
-        busy_reason: &'static str,
+        busy_reason: DropReason,
     ) -> (Self, mpsc::Receiver<(Origin, Vec<EchoPacket>)>) {
         let (tx, rx) = mpsc::channel(CONTROL_BACKLOG);
         (
@@ -137,7 +137,7 @@ impl Router {
             Ok(()) => true,
             Err(r) => {
                 rejected += 1;
-                m.count_drop(r.label(), 1);
+                m.count_drop(r.into(), 1);
                 false
             }
         });
@@ -163,7 +163,7 @@ impl Router {
                     tracing::debug!(
                         ?origin,
                         n,
-                        reason = c.busy_reason,
+                        reason = c.busy_reason.label(),
                         "verifier backlog full; dropping control packets"
                     );
                 }
@@ -240,7 +240,7 @@ impl Router {
                 m.packets_forwarded.inc_by(forward.len() as u64 - dropped);
                 if dropped > 0 {
                     // Not lost: the repair loop offers this batch again once there is room.
-                    m.count_drop(drop_reason::NEIGHBOR_QUEUE_FULL, dropped);
+                    m.count_drop(DropReason::NeighborQueueFull, dropped);
                     n.owe_from(first_seq);
                     tracing::debug!(neighbor = %n.id, dropped, "neighbor queue full; owed for repair");
                 }

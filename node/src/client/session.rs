@@ -15,7 +15,7 @@ pub use crate::limits::CLIENT_HEARTBEAT as HEARTBEAT;
 use crate::limits::MAX_ACK_IDS;
 use crate::limits::MAX_DELIVER_BATCH;
 use crate::limits::MAX_TAGS;
-use crate::metrics::{drop_reason, handshake_reason, Metrics};
+use crate::metrics::{DropReason, HandshakeReason, Metrics};
 use crate::outq::OutQueue;
 use crate::ozone::{self, service::ServiceError};
 use crate::rate::TokenBucket;
@@ -54,7 +54,7 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
     let (mut send, mut recv) = match tokio::time::timeout(timeout, conn.accept_bi()).await {
         Ok(Ok(s)) => s,
         _ => {
-            ctx.metrics.handshake_failed(handshake_reason::HELLO);
+            ctx.metrics.handshake_failed(HandshakeReason::Hello);
             conn.close(quinn::VarInt::from_u32(close::PROTOCOL), b"no hello");
             return;
         }
@@ -77,7 +77,7 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
             version
         }
         Ok(Ok(Some(ClientRequest::Hello { version, .. }))) => {
-            ctx.metrics.handshake_failed(handshake_reason::VERSION);
+            ctx.metrics.handshake_failed(HandshakeReason::Version);
             let ev = ClientEvent::Error {
                 code: ClientErrorCode::VersionUnsupported,
                 message: format!(
@@ -98,7 +98,7 @@ pub async fn serve(ctx: Arc<Ctx>, conn: quinn::Connection) {
                     .with_label_values(&[e.kind(), "client"])
                     .inc();
             }
-            ctx.metrics.handshake_failed(handshake_reason::HELLO);
+            ctx.metrics.handshake_failed(HandshakeReason::Hello);
             tracing::info!(%remote, "client did not start with a hello; closing");
             conn.close(quinn::VarInt::from_u32(close::PROTOCOL), b"expected hello");
             return;
@@ -473,7 +473,7 @@ fn resume(
         let dropped = sub.queue.push_all(&r.packets);
         if dropped > 0 {
             sub.lagged.fetch_add(dropped, Ordering::Relaxed);
-            m.count_drop(drop_reason::CLIENT_QUEUE_FULL, dropped);
+            m.count_drop(DropReason::ClientQueueFull, dropped);
         }
         m.packets_delivered.inc_by(replayed - dropped);
         let result = if r.stale_epoch {

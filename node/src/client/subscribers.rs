@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 
 use crate::echo::EchoPacket;
-use crate::metrics::{drop_reason, Metrics};
+use crate::metrics::{DropReason, Metrics};
 use crate::outq::OutQueue;
 use crate::wire::{self, ClientEvent};
 
@@ -148,7 +148,7 @@ impl Subscribers {
             };
             if dropped > 0 {
                 s.lagged.fetch_add(dropped, Ordering::Relaxed);
-                m.count_drop(drop_reason::CLIENT_QUEUE_FULL, dropped);
+                m.count_drop(DropReason::ClientQueueFull, dropped);
             }
         }
     }

@@ -9,7 +9,7 @@ use super::{Fingerprint, KeyBundle, OfferError, Offered};
 use crate::ctx::Ctx;
 use crate::echo::EchoPacket;
 use crate::limits::KEYDIR_SYNC_PAGE as SYNC_PAGE;
-use crate::metrics::drop_reason;
+use crate::metrics::DropReason;
 use crate::peer::Neighbor;
 use crate::router::Origin;
 use crate::tags;
@@ -89,7 +89,7 @@ pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
         }
         let dropped = n.queue.push_all(&packets);
         ctx.metrics
-            .count_drop(drop_reason::NEIGHBOR_QUEUE_FULL, dropped);
+            .count_drop(DropReason::NeighborQueueFull, dropped);
         sent += packets.len() - dropped as usize;
     }
     if sent > 0 {

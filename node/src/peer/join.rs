@@ -10,7 +10,7 @@ use tracing::Instrument;
 use crate::ctx::Ctx;
 use crate::echo::EchoMode;
 use crate::invite::{InviteToken, TokenError};
-use crate::metrics::handshake_reason;
+use crate::metrics::HandshakeReason;
 use crate::store::{NeighborOrigin, NeighborRecord};
 use crate::transport;
 use crate::wire::{self, close, JoinRefusal, JoinRequest, JoinResponse};
@@ -66,7 +66,7 @@ pub async fn join(ctx: &Arc<Ctx>, token: &str) -> Result<NeighborRecord, JoinErr
         Ok(Err(e)) => {
             if verifier.observed().1 {
                 ctx.metrics
-                    .handshake_failed(handshake_reason::WRONG_FINGERPRINT);
+                    .handshake_failed(HandshakeReason::WrongFingerprint);
                 return Err(JoinError::WrongNode {
                     addr: t.addr.clone(),
                 });
@@ -132,8 +132,7 @@ pub async fn join(ctx: &Arc<Ctx>, token: &str) -> Result<NeighborRecord, JoinErr
 pub async fn serve_inbound(ctx: Arc<Ctx>, conn: quinn::Connection) {
     let remote = conn.remote_address();
     let Some(joiner) = tls::peer_id(&conn) else {
-        ctx.metrics
-            .handshake_failed(handshake_reason::NO_CERTIFICATE);
+        ctx.metrics.handshake_failed(HandshakeReason::NoCertificate);
         ctx.metrics
             .joins
             .with_label_values(&["no_certificate"])
@@ -207,7 +206,7 @@ pub async fn serve_inbound(ctx: Arc<Ctx>, conn: quinn::Connection) {
         }
         Err(_) => {
             ctx.metrics.joins.with_label_values(&["timeout"]).inc();
-            ctx.metrics.handshake_failed(handshake_reason::TIMEOUT);
+            ctx.metrics.handshake_failed(HandshakeReason::Timeout);
         }
     }
     // Let the answer reach the joiner before the connection goes away.

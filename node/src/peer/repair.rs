@@ -22,7 +22,7 @@ pub use crate::limits::MAX_OFFER;
 use crate::limits::MAX_SCAN;
 pub use crate::limits::OWED_WINDOW_FACTOR;
 use crate::limits::REPAIR_TICK as TICK;
-use crate::metrics::drop_reason;
+use crate::metrics::DropReason;
 use crate::peer::rpc::{self, RpcError};
 use crate::peer::Neighbor;
 use crate::wire::{self, MsgId, PeerReply, PeerRequest};
@@ -92,7 +92,7 @@ async fn page(ctx: &Ctx, n: &Neighbor, from: u64) -> Result<Option<u64>, RpcErro
             m.echo_repair_resent.inc_by(packets.len() as u64 - dropped);
             tracing::debug!(neighbor = %n.id, offered = offer.ids.len(), resent = packets.len(), "echo repair");
             if dropped > 0 {
-                m.count_drop(drop_reason::NEIGHBOR_QUEUE_FULL, dropped);
+                m.count_drop(DropReason::NeighborQueueFull, dropped);
                 // Offer the page again once the queue has room.
                 return Ok(Some(from));
             }

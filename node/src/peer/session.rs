@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use crate::ctx::Ctx;
 use crate::limits::MAX_ECHO_BATCH_BYTES as MAX_BATCH_BYTES;
-use crate::metrics::{drop_reason, handshake_reason};
+use crate::metrics::{DropReason, HandshakeReason};
 use crate::peer::Neighbor;
 use crate::router::Origin;
 use crate::store::{NeighborOrigin, NeighborRecord};
@@ -112,7 +112,7 @@ pub async fn dial_loop(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
 
 async fn dial(ctx: &Arc<Ctx>, n: &Arc<Neighbor>, addr: &str) -> Result<quinn::Connection, String> {
     let remote = transport::resolve(addr).await.map_err(|e| {
-        ctx.metrics.handshake_failed(handshake_reason::UNREACHABLE);
+        ctx.metrics.handshake_failed(HandshakeReason::Unreachable);
         format!("cannot resolve {addr}: {e}")
     })?;
     let (cfg, verifier) = transport::dial_config(
@@ -133,13 +133,13 @@ async fn dial(ctx: &Arc<Ctx>, n: &Arc<Neighbor>, addr: &str) -> Result<quinn::Co
             let (seen, mismatch) = verifier.observed();
             if mismatch {
                 ctx.metrics
-                    .handshake_failed(handshake_reason::WRONG_FINGERPRINT);
+                    .handshake_failed(HandshakeReason::WrongFingerprint);
                 let got = seen.map(|s| s.fingerprint()).unwrap_or_default();
                 tracing::warn!(neighbor = %n.id, %remote, presented = %got,
                     "neighbor presented a different identity than pinned; refusing (was it re-installed? re-pin it)");
                 Err(format!("wrong fingerprint: {remote} presented {got}"))
             } else if matches!(e, quinn::ConnectionError::TimedOut) {
-                ctx.metrics.handshake_failed(handshake_reason::UNREACHABLE);
+                ctx.metrics.handshake_failed(HandshakeReason::Unreachable);
                 Err(format!("{remote} did not answer"))
             } else {
                 ctx.metrics.handshake_failed(classify(&e));
@@ -147,25 +147,25 @@ async fn dial(ctx: &Arc<Ctx>, n: &Arc<Neighbor>, addr: &str) -> Result<quinn::Co
             }
         }
         Err(_) => {
-            ctx.metrics.handshake_failed(handshake_reason::UNREACHABLE);
+            ctx.metrics.handshake_failed(HandshakeReason::Unreachable);
             Err(format!("{remote} did not answer within {timeout:?}"))
         }
     }
 }
 
-fn classify(e: &quinn::ConnectionError) -> &'static str {
+fn classify(e: &quinn::ConnectionError) -> HandshakeReason {
     match e {
         quinn::ConnectionError::ApplicationClosed(c)
             if c.error_code == quinn::VarInt::from_u32(close::UNPINNED) =>
         {
-            handshake_reason::UNPINNED
+            HandshakeReason::Unpinned
         }
         quinn::ConnectionError::ApplicationClosed(c)
             if c.error_code == quinn::VarInt::from_u32(close::VERSION) =>
         {
-            handshake_reason::VERSION
+            HandshakeReason::Version
         }
-        _ => handshake_reason::TLS,
+        _ => HandshakeReason::Tls,
     }
 }
 
@@ -173,8 +173,7 @@ fn classify(e: &quinn::ConnectionError) -> &'static str {
 pub async fn serve_inbound(ctx: Arc<Ctx>, conn: quinn::Connection) {
     let remote = conn.remote_address();
     let Some(peer) = tls::peer_id(&conn) else {
-        ctx.metrics
-            .handshake_failed(handshake_reason::NO_CERTIFICATE);
+        ctx.metrics.handshake_failed(HandshakeReason::NoCertificate);
         tracing::info!(%remote, "refusing peer without a certificate");
         conn.close(
             quinn::VarInt::from_u32(close::UNPINNED),
@@ -183,7 +182,7 @@ pub async fn serve_inbound(ctx: Arc<Ctx>, conn: quinn::Connection) {
         return;
     };
     let Some(n) = ctx.neighbors().get(&peer) else {
-        ctx.metrics.handshake_failed(handshake_reason::UNPINNED);
+        ctx.metrics.handshake_failed(HandshakeReason::Unpinned);
         tracing::warn!(%remote, fingerprint = %peer.fingerprint(),
             "refusing unpinned peer (pin it with invite/join or a static neighbor entry)");
         conn.close(quinn::VarInt::from_u32(close::UNPINNED), b"not pinned");
@@ -197,25 +196,25 @@ async fn exchange_hello(
     n: &Neighbor,
     conn: &quinn::Connection,
     dir: Direction,
-) -> Result<(quinn::SendStream, quinn::RecvStream, PeerHello), (&'static str, String)> {
+) -> Result<(quinn::SendStream, quinn::RecvStream, PeerHello), (HandshakeReason, String)> {
     let own = wire::encode(&PeerFrameRef::Hello(&hello(ctx)))
-        .map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
+        .map_err(|e| (HandshakeReason::Hello, e.to_string()))?;
     let mut buf = Vec::new();
     let (mut send, mut recv) = match dir {
         Direction::Outbound => {
             let (mut s, r) = conn
                 .open_bi()
                 .await
-                .map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
+                .map_err(|e| (HandshakeReason::Hello, e.to_string()))?;
             s.write_all(&own)
                 .await
-                .map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
+                .map_err(|e| (HandshakeReason::Hello, e.to_string()))?;
             (s, r)
         }
         Direction::Inbound => conn
             .accept_bi()
             .await
-            .map_err(|e| (handshake_reason::HELLO, e.to_string()))?,
+            .map_err(|e| (HandshakeReason::Hello, e.to_string()))?,
     };
     let theirs =
         match echomesh_client::framing::read_frame::<_, PeerFrame>(&mut recv, 64 * 1024, &mut buf)
@@ -223,23 +222,20 @@ async fn exchange_hello(
         {
             Ok(Some(PeerFrame::Hello(h))) => h,
             Ok(Some(_)) => {
-                return Err((
-                    handshake_reason::HELLO,
-                    "first frame was not a hello".into(),
-                ))
+                return Err((HandshakeReason::Hello, "first frame was not a hello".into()))
             }
-            Ok(None) => return Err((handshake_reason::HELLO, "stream closed before hello".into())),
-            Err(e) => return Err((handshake_reason::HELLO, e.to_string())),
+            Ok(None) => return Err((HandshakeReason::Hello, "stream closed before hello".into())),
+            Err(e) => return Err((HandshakeReason::Hello, e.to_string())),
         };
     if theirs.node_id != n.id {
         return Err((
-            handshake_reason::HELLO,
+            HandshakeReason::Hello,
             "hello names another node than the certificate".into(),
         ));
     }
     if theirs.version < wire::MIN_PROTOCOL_VERSION {
         return Err((
-            handshake_reason::VERSION,
+            HandshakeReason::Version,
             format!(
                 "peer speaks protocol {} (< {}); upgrade it",
                 theirs.version,
@@ -250,7 +246,7 @@ async fn exchange_hello(
     if dir == Direction::Inbound {
         send.write_all(&own)
             .await
-            .map_err(|e| (handshake_reason::HELLO, e.to_string()))?;
+            .map_err(|e| (HandshakeReason::Hello, e.to_string()))?;
     }
     Ok((send, recv, theirs))
 }
@@ -269,9 +265,9 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
         Ok(Ok(x)) => x,
         Ok(Err((reason, msg))) => {
             ctx.metrics.handshake_failed(reason);
-            tracing::warn!(neighbor = %n.id, %remote, reason, error = %msg, "peer hello failed");
+            tracing::warn!(neighbor = %n.id, %remote, reason = reason.label(), error = %msg, "peer hello failed");
             n.set_error(msg);
-            let code = if reason == handshake_reason::VERSION {
+            let code = if reason == HandshakeReason::Version {
                 close::VERSION
             } else {
                 close::PROTOCOL
@@ -280,7 +276,7 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
             return;
         }
         Err(_) => {
-            ctx.metrics.handshake_failed(handshake_reason::TIMEOUT);
+            ctx.metrics.handshake_failed(HandshakeReason::Timeout);
             n.set_error("hello timed out".into());
             conn.close(quinn::VarInt::from_u32(close::PROTOCOL), b"hello timeout");
             return;
@@ -325,10 +321,10 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
     // What this connection carried lately may not have arrived: offer it again (repair).
     crate::peer::repair::connection_ended(&ctx, &n);
     ctx.metrics
-        .count_drop(drop_reason::SEND_FAILED, in_flight.len() as u64);
+        .count_drop(DropReason::SendFailed, in_flight.len() as u64);
     if n.detach(key) {
         let dropped = n.queue.clear();
-        ctx.metrics.count_drop(drop_reason::NEIGHBOR_DOWN, dropped);
+        ctx.metrics.count_drop(DropReason::NeighborDown, dropped);
         tracing::info!(neighbor = %n.id, %remote, %reason, dropped_queued = dropped,
             departure = n.departure().label(), "neighbor down");
         n.set_error(reason);
@@ -348,7 +344,7 @@ async fn read_loop(ctx: &Ctx, n: &Neighbor, mut recv: quinn::RecvStream) -> Stri
                 let limited = n.admit(&mut batch, Instant::now());
                 if limited > 0 {
                     ctx.metrics
-                        .count_drop(drop_reason::NEIGHBOR_RATE_LIMITED, limited);
+                        .count_drop(DropReason::NeighborRateLimited, limited);
                     tracing::debug!(neighbor = %n.id, limited, "neighbor over its rate limit");
                 }
                 if !batch.is_empty() {
@@ -392,7 +388,7 @@ async fn write_loop(
         buf.clear();
         if let Err(e) = wire::encode_into(&PeerFrameRef::Echo(batch), &mut buf) {
             ctx.metrics
-                .count_drop(drop_reason::SEND_FAILED, batch.len() as u64);
+                .count_drop(DropReason::SendFailed, batch.len() as u64);
             batch.clear();
             tracing::error!(error = %e, "cannot encode echo batch");
             continue;

@@ -11,7 +11,7 @@ use echomesh_proto::announce::Announcer;
 use super::{Announcement, Link, TopologyView, ANNOUNCE_EVERY, MAX_LINKS, TTL_SECS};
 use crate::ctx::Ctx;
 use crate::echo::EchoPacket;
-use crate::metrics::drop_reason;
+use crate::metrics::DropReason;
 use crate::peer::{Neighbor, NeighborState};
 use crate::router::Origin;
 use crate::tags;
@@ -135,7 +135,7 @@ pub fn sync_neighbor(ctx: &Ctx, n: &Neighbor) {
         .collect();
     let dropped = n.queue.push_all(&packets);
     ctx.metrics
-        .count_drop(drop_reason::NEIGHBOR_QUEUE_FULL, dropped);
+        .count_drop(DropReason::NeighborQueueFull, dropped);
     ctx.topology.local_changed.notify_one();
 }
 

@@ -302,9 +302,21 @@ pub fn send_resilient(
     let (ep, addr, fp) = sender_target(lab, origin);
     let seed = lab.seed;
     lab.rt.spawn(async move {
-        let s = super::connect(&ep, addr, &fp)
+        // On a lossy client leg the first handshake can fail too; a resilient client dials
+        // again, as it does after a lost connection.
+        let s = match super::connect(&ep, addr, &fp).await {
+            Ok(s) => s,
+            Err(e) => echomesh_client::inject::redial(
+                &ep,
+                addr,
+                fp.parse().expect("fingerprint"),
+                "chaos",
+                echomesh_client::follow::RESUME_FOR,
+                e,
+            )
             .await
-            .map_err(|e| format!("sender to n{origin}: {e}"))?;
+            .map_err(|e| format!("sender to n{origin}: {e}"))?,
+        };
         let batches = (0..count.div_ceil(batch as u64)).map(move |b| {
             let first = b * batch as u64;
             (first..(first + batch as u64).min(count))

@@ -11,6 +11,11 @@ use tokio::time::Instant;
 
 use crate::echo::EchoPacket;
 use crate::session::{connect, ClientError, ClientSession};
+use echomesh_proto::backoff::Backoff;
+
+/// Redial backoff: from 200 ms, doubling up to 5 s, each wait drawn in [b/2, b].
+const REDIAL_MIN: Duration = Duration::from_millis(200);
+const REDIAL_MAX: Duration = Duration::from_secs(5);
 use crate::wire::ClientEvent;
 
 /// Batches in flight before waiting for acknowledgements.
@@ -116,7 +121,7 @@ pub async fn redial(
     why: ClientError,
 ) -> Result<ClientSession, ClientError> {
     let give_up = Instant::now() + for_;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(REDIAL_MIN, REDIAL_MAX);
     let mut last = why;
     loop {
         if Instant::now() >= give_up {
@@ -129,8 +134,7 @@ pub async fn redial(
             }
             Err(e) => last = e,
         }
-        let jitter = rand::random::<f64>() * 0.5 + 0.5;
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        let wait = backoff.ended(std::time::Instant::now(), rand::random::<f64>());
+        tokio::time::sleep(wait).await;
     }
 }

@@ -593,6 +593,20 @@ mod tests {
         d
     }
 
+    /// A started drain with no client sessions, now handing off `ozones`.
+    fn handing_off(t0: Instant, ozones: Vec<OzoneAddr>) -> Drain {
+        let mut d = started(t0);
+        d.handle(
+            In::Sessions {
+                run: 1,
+                sessions: vec![],
+            },
+            t0,
+        );
+        d.handle(In::Ozones { run: 1, ozones }, t0);
+        d
+    }
+
     #[test]
     fn a_drain_moves_clients_hands_off_flushes_and_leaves() {
         let t0 = Instant::now();
@@ -734,21 +748,7 @@ mod tests {
     #[test]
     fn an_owner_that_never_answers_ends_in_timed_out_at_the_deadline() {
         let t0 = Instant::now();
-        let mut d = started(t0);
-        d.handle(
-            In::Sessions {
-                run: 1,
-                sessions: vec![],
-            },
-            t0,
-        );
-        d.handle(
-            In::Ozones {
-                run: 1,
-                ozones: vec![addr(1), addr(2), addr(3)],
-            },
-            t0,
-        );
+        let mut d = handing_off(t0, vec![addr(1), addr(2), addr(3)]);
         drain_all(&mut d);
         d.handle(In::HandedOff { run: 1, ok: true }, t0);
         drain_all(&mut d);
@@ -774,21 +774,7 @@ mod tests {
     #[test]
     fn a_failed_hand_off_is_not_safe_to_stop() {
         let t0 = Instant::now();
-        let mut d = started(t0);
-        d.handle(
-            In::Sessions {
-                run: 1,
-                sessions: vec![],
-            },
-            t0,
-        );
-        d.handle(
-            In::Ozones {
-                run: 1,
-                ozones: vec![addr(1)],
-            },
-            t0,
-        );
+        let mut d = handing_off(t0, vec![addr(1)]);
         d.handle(In::HandedOff { run: 1, ok: false }, t0);
         d.handle(
             In::Queues {

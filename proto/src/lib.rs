@@ -11,6 +11,8 @@
 //! - `echo`: flooding with duplicate suppression, the seen-cache and the packet log.
 //! - `keydir`: key bundles, their verification and the replacement rule.  `tags`: epoch tags.
 //! - `ozone`: ozone addresses, stored messages, placement.
+//! - `bridge`: the Echo protocol (Spot-On-Lite, Smoke): frames, the identity filter, the
+//!   frame memory that breaks loops, link addresses.
 //! - The protocol state machines, each driven by events and the time with its timers as
 //!   `poll_timeout`/`handle_timeout`: `drain`, `antientropy` (one session per peer and ozone), `membership` (member states and failure detection), `backoff` (the dialer), `announce` (when a node
 //!   announces itself).
@@ -19,6 +21,7 @@ pub mod admin;
 pub mod announce;
 pub mod antientropy;
 pub mod backoff;
+pub mod bridge;
 pub mod clock;
 pub mod drain;
 pub mod echo;

@@ -40,6 +40,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 println!("clients      {}", s.client_sessions);
                 println!("uptime       {}", crate::render::duration(s.uptime_secs));
+                if let Some(b) = &s.bridge {
+                    if let Some(l) = &b.listen {
+                        println!(
+                            "echo         {l} ({}), {} clients",
+                            if b.tls { "TLS" } else { "plain TCP" },
+                            b.clients
+                        );
+                    }
+                    if let Some(c) = &b.cert_sha256 {
+                        println!("echo cert    sha256 {c} (Smoke users compare this)");
+                    }
+                    println!("echo links   {} up of {}", b.links_up, b.links_total);
+                }
                 if s.draining {
                     println!("drain        {}", drain_line(&s.drain));
                 }

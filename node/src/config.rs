@@ -38,6 +38,165 @@ pub struct Config {
     pub invite: InviteSection,
     pub ozone: OzoneSection,
     pub telemetry: Telemetry,
+    pub bridge: BridgeSection,
+}
+
+/// The Echo bridge: Smoke and Spot-On clients and Spot-On-Lite daemons (docs/ECHO.md). The
+/// `[echo]` section configures echomesh's own flooding.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeSection {
+    /// TCP address of the Echo listener (TLS 1.2 and 1.3; Echo clients' default port is 4710).
+    /// Unset: no listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Serve plain TCP instead of TLS on `listen` (only for networks that are private anyway).
+    pub plain: bool,
+    /// Outgoing links to Spot-On-Lite or Spot-On listeners:
+    /// `echo+tls://HOST:PORT?cert-sha256=HEX` (pinned), `echo+tls://HOST:PORT` (pinned on first
+    /// use) or `echo+tcp://HOST:PORT` (plain).
+    pub neighbors: Vec<String>,
+    /// Source networks (CIDR, e.g. `10.20.0.0/16`) whose connections may announce themselves
+    /// as Spot-On-Lite servers (`0111`) and get the unfiltered stream.
+    pub neighbor_networks: Vec<String>,
+    /// SHA-256 (64 hex) of client certificates that may do the same from anywhere.
+    pub neighbor_certs: Vec<String>,
+    /// Concurrent Echo connections accepted (clients and incoming neighbors).
+    pub max_connections: usize,
+    /// Largest frame accepted, EOM included (at most `echo.max_payload_bytes`).
+    pub max_frame_bytes: usize,
+    /// A started frame must be complete within this time.
+    pub frame_timeout_secs: u64,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Capabilities (`0014`) are sent this often on every Echo connection (keep-alive).
+    pub keepalive_secs: u64,
+    /// Nothing is written on a new connection before this delay (a Spot-On-Lite child drops
+    /// what arrives in its first 2.5 s); frames wait in the connection's queue.
+    pub start_delay_ms: u64,
+    /// How long an identity (`0095a`) stays registered after it was last announced.
+    pub identity_lifetime_secs: u64,
+    pub max_identities_per_connection: usize,
+    /// How long every Echo frame's hash is remembered (at least 600 s: longer than any Echo
+    /// software's duplicate cache, so that echomesh breaks every loop).
+    pub memory_secs: u64,
+    /// Frames remembered at most; when full of live entries, new frames are refused (counted).
+    pub memory_frames: usize,
+    /// Outgoing queue per Echo connection.
+    pub queue_bytes: usize,
+    /// Incoming traffic per Echo connection; excess is slowed down (backpressure).
+    pub rate: RateLimit,
+}
+
+impl Default for BridgeSection {
+    fn default() -> Self {
+        BridgeSection {
+            listen: None,
+            plain: false,
+            neighbors: Vec::new(),
+            neighbor_networks: Vec::new(),
+            neighbor_certs: Vec::new(),
+            max_connections: 256,
+            max_frame_bytes: 256 * 1024,
+            frame_timeout_secs: 10,
+            idle_timeout_secs: 120,
+            keepalive_secs: 30,
+            start_delay_ms: 3_000,
+            identity_lifetime_secs: 60,
+            max_identities_per_connection: 64,
+            memory_secs: 900,
+            memory_frames: 262_144,
+            queue_bytes: 4 << 20,
+            rate: RateLimit {
+                packets_per_sec: 2_000,
+                bytes_per_sec: 8 << 20,
+                burst_secs: 2.0,
+            },
+        }
+    }
+}
+
+impl BridgeSection {
+    /// The allowed neighbor networks, parsed (validated by `Config::validate`).
+    pub fn networks(&self) -> Vec<ipnet::IpNet> {
+        self.neighbor_networks
+            .iter()
+            .filter_map(|n| parse_net(n).ok())
+            .collect()
+    }
+
+    /// The allowed neighbor certificates, parsed (validated by `Config::validate`).
+    pub fn certs(&self) -> Vec<[u8; 32]> {
+        self.neighbor_certs
+            .iter()
+            .filter_map(|c| parse_sha256(c).ok())
+            .collect()
+    }
+
+    fn validate(&self, max_payload: usize) -> Result<(), String> {
+        for n in &self.neighbors {
+            n.parse::<echomesh_proto::bridge::EchoUrl>()
+                .map_err(|e| format!("bridge.neighbors: {e}"))?;
+        }
+        for n in &self.neighbor_networks {
+            parse_net(n).map_err(|e| format!("bridge.neighbor_networks: {e}"))?;
+        }
+        for c in &self.neighbor_certs {
+            parse_sha256(c).map_err(|e| format!("bridge.neighbor_certs: {e}"))?;
+        }
+        if self.memory_secs < 600 {
+            return Err(
+                "bridge.memory_secs: must be at least 600 (longer than any Echo duplicate cache)"
+                    .into(),
+            );
+        }
+        if self.memory_frames == 0
+            || self.max_connections == 0
+            || self.max_identities_per_connection == 0
+        {
+            return Err("bridge.memory_frames, max_connections and max_identities_per_connection must be positive".into());
+        }
+        if self.max_frame_bytes < 1024 || self.max_frame_bytes > max_payload {
+            return Err(format!("bridge.max_frame_bytes: must be between 1024 and echo.max_payload_bytes ({max_payload})"));
+        }
+        if self.queue_bytes < self.max_frame_bytes {
+            return Err(
+                "bridge.queue_bytes: must hold at least one frame of bridge.max_frame_bytes".into(),
+            );
+        }
+        if self.keepalive_secs == 0 || self.idle_timeout_secs <= self.keepalive_secs {
+            return Err(
+                "bridge.idle_timeout_secs must be larger than bridge.keepalive_secs (> 0)".into(),
+            );
+        }
+        if self.frame_timeout_secs == 0 || self.identity_lifetime_secs == 0 {
+            return Err(
+                "bridge.frame_timeout_secs and identity_lifetime_secs must be positive".into(),
+            );
+        }
+        let r = &self.rate;
+        if r.packets_per_sec == 0
+            || r.bytes_per_sec == 0
+            || r.burst_secs.is_nan()
+            || r.burst_secs <= 0.0
+        {
+            return Err("bridge.rate: rates and burst_secs must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or a network like 10.0.0.0/8"))
+}
+
+fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
+    hex::decode(s.replace(':', ""))
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| format!("{s:?} is not a SHA-256 (64 hex digits)"))
 }
 
 /// Ozones: replication and storage limits.
@@ -199,6 +358,7 @@ impl Default for Config {
             drain_deadline_secs: 60,
             drain_client_grace_secs: 10,
             telemetry: Telemetry::default(),
+            bridge: BridgeSection::default(),
         }
     }
 }
@@ -317,6 +477,25 @@ pub struct Overrides {
     pub advertise: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub neighbors: Vec<String>,
+    #[serde(skip_serializing_if = "BridgeOverrides::is_empty")]
+    pub bridge: BridgeOverrides,
+}
+
+/// `--bridge-*` flags.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct BridgeOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plain: Option<bool>,
+    #[serde(skip)]
+    pub neighbors: Vec<String>,
+}
+
+impl BridgeOverrides {
+    fn is_empty(&self) -> bool {
+        self.listen.is_none() && self.plain.is_none()
+    }
 }
 
 impl Config {
@@ -344,6 +523,11 @@ impl Config {
                 if !cfg.neighbors.contains(n) {
                     cfg.neighbors.push(n.clone());
                 }
+            }
+        }
+        for n in &overrides.bridge.neighbors {
+            if !cfg.bridge.neighbors.contains(n) {
+                cfg.bridge.neighbors.push(n.clone());
             }
         }
         cfg.validate()?;
@@ -460,6 +644,9 @@ impl Config {
                 "log.format: {:?} is not human or json",
                 self.log.format
             ));
+        }
+        if let Err(e) = self.bridge.validate(self.echo.max_payload_bytes) {
+            return bad(e);
         }
         if !self.advertise.is_empty() && self.advertise.rsplit_once(':').is_none() {
             return bad(format!("advertise: {:?} is not HOST:PORT", self.advertise));

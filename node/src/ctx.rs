@@ -32,6 +32,8 @@ pub struct Ctx {
     pub live: crate::config::LiveConfig,
     pub drain: crate::drain::state::Drain,
     pub topology: crate::topology::Topology,
+    /// The Echo bridge's connections, links and frame memory.
+    pub bridge: crate::bridge::hub::Hub,
     pub metrics: Arc<Metrics>,
     pub invites: Mutex<InviteBook>,
     pub shutdown: CancellationToken,

@@ -13,10 +13,12 @@
 //! - `ozone`: ozone addressing, durable storage, placement, replication and repair.
 //! - `topology`: signed node announcements and the mesh map built from them.
 //! - `drain`, `reload`: taking a node out of service; applying a changed config file.
+//! - `bridge`: Echo clients and Spot-On-Lite daemons (TLS/TCP) on the mesh.
 //! - `admin`: admin HTTP API and its JSON types.
 //! - `store`: RocksDB.  `metrics`: Prometheus.  `node`: assembly and lifecycle.
 
 pub mod admin;
+pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod ctx;

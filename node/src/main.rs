@@ -19,7 +19,7 @@ use echomesh_proto::drain::Phase;
 #[command(
     name = "echomesh-node",
     version,
-    after_help = "Examples:\n  echomesh-node\n  echomesh-node --data-dir /var/lib/echomesh --listen 0.0.0.0:4710 --advertise node-a.example.org:4710\n  echomesh-node --neighbor 10.0.0.2:4710#<64-hex fingerprint>\n  echomesh-node --print-config > echomesh.toml"
+    after_help = "Examples:\n  echomesh-node\n  echomesh-node --data-dir /var/lib/echomesh --listen 0.0.0.0:4710 --advertise node-a.example.org:4710\n  echomesh-node --neighbor 10.0.0.2:4710#<64-hex fingerprint>\n  echomesh-node --bridge-listen 0.0.0.0:4710 --bridge-neighbor echo+tls://10.0.0.9:5710\n  echomesh-node --print-config > echomesh.toml"
 )]
 struct Args {
     /// TOML configuration file.
@@ -43,6 +43,18 @@ struct Args {
     /// Static neighbor HOST:PORT#FINGERPRINT (repeatable; append @half for half echo).
     #[arg(long = "neighbor", value_name = "HOST:PORT#FINGERPRINT")]
     neighbors: Vec<String>,
+    /// Serve Echo clients (Smoke, Spot-On) and Spot-On-Lite daemons on this TCP address, TLS
+    /// 1.2/1.3 with a certificate made on first start and kept (docs/ECHO.md). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    bridge_listen: Option<SocketAddr>,
+    /// Make the Echo listener plain TCP instead of TLS.
+    #[arg(long)]
+    bridge_plain: bool,
+    /// Outgoing Echo link to a Spot-On-Lite or Spot-On listener (repeatable):
+    /// echo+tls://HOST:PORT?cert-sha256=HEX, echo+tls://HOST:PORT (pinned on first use) or
+    /// echo+tcp://HOST:PORT.
+    #[arg(long = "bridge-neighbor", value_name = "URL")]
+    bridge_neighbors: Vec<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -71,6 +83,11 @@ fn main() -> ExitCode {
         cluster: args.cluster,
         advertise: args.advertise,
         neighbors: args.neighbors,
+        bridge: echomesh_node::config::BridgeOverrides {
+            listen: args.bridge_listen,
+            plain: args.bridge_plain.then_some(true),
+            neighbors: args.bridge_neighbors,
+        },
     };
     let cfg = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,

@@ -64,6 +64,7 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub build_info: IntGaugeVec,
     pub start_time: Gauge,
+    pub bridge: BridgeMetrics,
 }
 
 /// Reasons a packet is dropped (label `reason` of `echomesh_packets_dropped_total`).
@@ -80,10 +81,12 @@ pub enum DropReason {
     KeydirBusy,
     /// Node announcements arriving faster than they can be verified.
     TopologyBusy,
+    /// Echo frames from the mesh arriving faster than the bridge takes them.
+    BridgeBusy,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::NeighborQueueFull,
         DropReason::ClientQueueFull,
         DropReason::NeighborRateLimited,
@@ -93,6 +96,7 @@ impl DropReason {
         DropReason::TooLarge,
         DropReason::KeydirBusy,
         DropReason::TopologyBusy,
+        DropReason::BridgeBusy,
     ];
 
     pub fn label(self) -> &'static str {
@@ -106,6 +110,7 @@ impl DropReason {
             DropReason::TooLarge => "too_large",
             DropReason::KeydirBusy => "keydir_busy",
             DropReason::TopologyBusy => "topology_busy",
+            DropReason::BridgeBusy => "bridge_busy",
         }
     }
 }
@@ -117,6 +122,20 @@ impl From<echomesh_proto::echo::Rejection> for DropReason {
             echomesh_proto::echo::Rejection::TooLarge => DropReason::TooLarge,
         }
     }
+}
+
+/// The Echo bridge's metrics (docs/ECHO.md).
+pub struct BridgeMetrics {
+    pub links: IntGaugeVec,
+    pub clients: IntGauge,
+    pub frames: IntCounterVec,
+    pub junk: IntCounterVec,
+    pub duplicates: IntCounterVec,
+    pub dropped: IntCounterVec,
+    pub identities: IntGauge,
+    pub memory_entries: IntGauge,
+    pub connections_rejected: IntCounterVec,
+    pub markers_refused: IntCounter,
 }
 
 /// Reasons a handshake fails (label `reason` of `echomesh_handshake_failures_total`).
@@ -266,7 +285,7 @@ impl Metrics {
             ),
             packets_dropped: counter_vec(
                 "echomesh_packets_dropped_total",
-                "Echo packets dropped, by reason (neighbor_queue_full, client_queue_full, neighbor_rate_limited, neighbor_down, send_failed, bad_id, too_large, keydir_busy, topology_busy).",
+                "Echo packets dropped, by reason (neighbor_queue_full, client_queue_full, neighbor_rate_limited, neighbor_down, send_failed, bad_id, too_large, keydir_busy, topology_busy, bridge_busy).",
                 &["reason"],
             ),
             seen_cache_entries: reg.add(IntGauge::new("echomesh_seen_cache_entries", "Packet IDs in the seen-cache.").expect("static metric"),
@@ -474,6 +493,41 @@ impl Metrics {
             ),
             start_time: reg.add(Gauge::new("echomesh_start_time_seconds", "Unix time the node started.").expect("static metric"),
             ),
+            bridge: BridgeMetrics {
+                links: reg.add(IntGaugeVec::new(Opts::new("echomesh_bridge_links", "Echo neighbor links (outgoing to Spot-On-Lite/Spot-On listeners, and incoming connections allowed as neighbors) by state (up, connecting, down)."), &["state"]).expect("static metric")),
+                clients: reg.add(IntGauge::new("echomesh_bridge_clients", "Echo client connections (Smoke, Spot-On) on the Echo listener.").expect("static metric")),
+                frames: counter_vec(
+                    "echomesh_bridge_frames_total",
+                    "Echo data frames received from (in) and written to (out) Echo connections.",
+                    &["direction"],
+                ),
+                junk: counter_vec(
+                    "echomesh_bridge_junk_total",
+                    "Echo connections closed for junk, by reason (no_eom, oversize, incomplete, no_content, bad_base64); junk is never flooded.",
+                    &["reason"],
+                ),
+                duplicates: counter_vec(
+                    "echomesh_bridge_duplicates_total",
+                    "Echo frames dropped because the bridge's frame memory held them, by where they came from (link, mesh).",
+                    &["source"],
+                ),
+                dropped: counter_vec(
+                    "echomesh_bridge_dropped_total",
+                    "Echo frames or identities not taken, by reason (memory_full: frame memory full of live entries; queue_full: a connection's queue; bad_frame: malformed frame from the mesh; identities_full; bad_identity).",
+                    &["reason"],
+                ),
+                identities: reg.add(IntGauge::new("echomesh_bridge_identities", "Identities registered by Echo clients (0095a) for the filter, all connections together.").expect("static metric")),
+                memory_entries: reg.add(IntGauge::new("echomesh_bridge_memory_entries", "Echo frame hashes remembered (bridge.memory_frames at most).").expect("static metric")),
+                connections_rejected: counter_vec(
+                    "echomesh_bridge_connections_rejected_total",
+                    "Echo connections refused or closed before serving, by reason (limit, tls, pin_mismatch, timeout).",
+                    &["reason"],
+                ),
+                markers_refused: counter(
+                    "echomesh_bridge_markers_refused_total",
+                    "Spot-On-Lite markers (0111) from connections not allowed as Echo neighbors (they stay filtered clients).",
+                ),
+            },
             registry: r.clone(),
             catalogue: Vec::new(),
         };
@@ -492,7 +546,31 @@ impl Metrics {
         for reason in HandshakeReason::ALL.map(HandshakeReason::label) {
             m.handshake_failures.with_label_values(&[reason]);
         }
-        for s in ["neighbor", "client"] {
+        for s in ["up", "connecting", "down"] {
+            m.bridge.links.with_label_values(&[s]);
+        }
+        for d in ["in", "out"] {
+            m.bridge.frames.with_label_values(&[d]);
+        }
+        for j in echomesh_proto::bridge::Junk::ALL {
+            m.bridge.junk.with_label_values(&[j.label()]);
+        }
+        for s in ["link", "mesh"] {
+            m.bridge.duplicates.with_label_values(&[s]);
+        }
+        for r in [
+            "memory_full",
+            "queue_full",
+            "bad_frame",
+            "identities_full",
+            "bad_identity",
+        ] {
+            m.bridge.dropped.with_label_values(&[r]);
+        }
+        for r in ["limit", "tls", "pin_mismatch", "timeout"] {
+            m.bridge.connections_rejected.with_label_values(&[r]);
+        }
+        for s in ["neighbor", "client", "bridge"] {
             m.packets_received.with_label_values(&[s]);
             m.packets_accepted.with_label_values(&[s]);
         }

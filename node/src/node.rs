@@ -170,6 +170,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     let (keydir_ch, keydir_rx) = ControlChannel::new(tags::keydir_tag(), DropReason::KeydirBusy);
     let (topology_ch, topology_rx) =
         ControlChannel::new(tags::topology_tag(), DropReason::TopologyBusy);
+    let (bridge_ch, bridge_rx) = ControlChannel::new(tags::bridge_tag(), DropReason::BridgeBusy);
     let log = crate::echo::PacketLog::new(cfg.echo.log_bytes, cfg.echo.log_ttl(), rand::random());
     let router = Arc::new(Router::new(
         engine,
@@ -178,7 +179,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         Subscribers::new(cfg.limits.max_clients),
         metrics.clone(),
         cfg.echo.max_payload_bytes,
-        vec![keydir_ch, topology_ch],
+        vec![keydir_ch, topology_ch, bridge_ch],
     ));
     let me = identity.id;
     let ctx = Arc::new(Ctx {
@@ -192,6 +193,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         ozones,
         drain: crate::drain::Drain::default(),
         topology: crate::topology::Topology::new(me),
+        bridge: crate::bridge::hub::Hub::new(cfg.bridge.clone(), metrics.clone()),
         live: crate::reload::LiveConfig {
             source: Mutex::new(None),
             current: Mutex::new(cfg.clone()),
@@ -234,6 +236,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         )
         .await?;
     }
+
+    {
+        let c = ctx.clone();
+        ctx.tasks
+            .spawn(crate::verify::run(c, bridge_rx, crate::bridge::verify));
+    }
+    crate::bridge::start(&ctx).await?;
 
     let admin_listener = tokio::net::TcpListener::bind(ctx.cfg.admin)
         .await
@@ -397,6 +406,7 @@ async fn housekeeping(ctx: Arc<Ctx>) {
             crate::ozone::service::update_gauges(&ctx).await;
         }
         ctx.router.tick();
+        ctx.bridge.tick(Instant::now());
         ctx.neighbors().update_gauges();
         ctx.metrics
             .client_sessions

@@ -29,6 +29,13 @@ impl Queued for (u64, EchoPacket) {
     }
 }
 
+/// An Echo frame (bridge connections).
+impl Queued for bytes::Bytes {
+    fn cost(&self) -> usize {
+        self.len()
+    }
+}
+
 pub struct OutQueue<T = EchoPacket> {
     inner: Mutex<Inner<T>>,
     notify: Notify,

@@ -22,6 +22,8 @@ use crate::tags::Tag;
 pub enum Origin {
     Neighbor(NodeId, EchoMode),
     Client,
+    /// A frame from an Echo connection (the bridge).
+    Bridge,
 }
 
 impl Origin {
@@ -30,6 +32,7 @@ impl Origin {
         match self {
             Origin::Neighbor(..) => "neighbor",
             Origin::Client => "client",
+            Origin::Bridge => "bridge",
         }
     }
 }
@@ -181,13 +184,13 @@ impl Router {
         let label = origin.label();
         let source = match origin {
             Origin::Neighbor(_, mode) => Source::Neighbor(mode),
-            Origin::Client => Source::Client,
+            Origin::Client | Origin::Bridge => Source::Client,
         };
         let mut deliver = Vec::with_capacity(batch.len());
         let mut forward: Vec<EchoPacket> = Vec::with_capacity(batch.len());
         let from = match origin {
             Origin::Neighbor(id, _) => Some(id),
-            Origin::Client => None,
+            Origin::Client | Origin::Bridge => None,
         };
         let now = Instant::now();
         let (out, seen_len, first_seq) = {

@@ -186,6 +186,48 @@ impl Store {
         .await
     }
 
+    /// A small value in `node_state` (bridge pins and links), synced.
+    pub async fn put_state(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
+        self.blocking(move |s| {
+            s.db.put_cf_opt(s.cf(CF_NODE_STATE)?, key, value, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn get_state(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
+        self.blocking(move |s| Ok(s.db.get_cf(s.cf(CF_NODE_STATE)?, key)?))
+            .await
+    }
+
+    pub async fn delete_state(&self, key: Vec<u8>) -> Result<(), StoreError> {
+        self.blocking(move |s| {
+            s.db.delete_cf_opt(s.cf(CF_NODE_STATE)?, key, &synced())?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every `node_state` entry whose key starts with `prefix`.
+    pub async fn scan_state(&self, prefix: Vec<u8>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.blocking(move |s| {
+            let mut out = Vec::new();
+            let it = s.db.iterator_cf(
+                s.cf(CF_NODE_STATE)?,
+                rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+            );
+            for item in it {
+                let (k, v) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                out.push((k.to_vec(), v.to_vec()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Blocking: the stored bundle for a fingerprint (raw record bytes).
     pub fn get_bundle_blocking(&self, fp: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get_cf(self.cf(CF_KEY_BUNDLES)?, fp)?)

@@ -24,14 +24,16 @@ pub const PATH_TOPOLOGY: &str = "/v1/topology";
 pub struct DrainRequest {
     pub deadline_secs: Option<u64>,
 }
-/// `DELETE` unpins, `PUT …/mode` changes the echo mode; `{fingerprint}` is the 64-hex ID.
+/// `DELETE` unpins (or, with an Echo link's `echo-…` ID, removes that link), `PUT …/mode`
+/// changes the echo mode; `{fingerprint}` is the 64-hex ID.
 pub const PATH_NEIGHBOR: &str = "/v1/neighbors/{fingerprint}";
 pub const PATH_NEIGHBOR_MODE: &str = "/v1/neighbors/{fingerprint}/mode";
 
 /// `POST /v1/neighbors`: pin a neighbor and start dialing it (persisted, origin `admin`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NeighborAddRequest {
-    /// `HOST:PORT#FINGERPRINT`, optionally `@half`.
+    /// `HOST:PORT#FINGERPRINT`, optionally `@half`; or an Echo link
+    /// `echo+tls://HOST:PORT[?cert-sha256=HEX]` / `echo+tcp://HOST:PORT`.
     pub spec: String,
 }
 
@@ -61,10 +63,46 @@ pub struct Status {
     pub client_sessions: usize,
     /// The drain in progress or finished (phase `serving` when not draining).
     pub drain: DrainStatus,
+    /// The Echo bridge, when this node has an Echo listener or Echo links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<BridgeStatus>,
+}
+
+/// The Echo bridge in `status` (docs/ECHO.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BridgeStatus {
+    /// The Echo listener's TCP address, if it listens.
+    pub listen: Option<String>,
+    /// Whether the listener speaks TLS.
+    pub tls: bool,
+    /// SHA-256 of the listener's certificate (64 hex): what Smoke users compare when they
+    /// first connect; it never changes.
+    pub cert_sha256: Option<String>,
+    pub links_up: usize,
+    pub links_total: usize,
+    pub clients: usize,
+}
+
+/// Echo-link details of a `neighbors` entry of kind `echo`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EchoLinkInfo {
+    /// `out` (this node dials it) or `in` (it dialed this node's Echo listener).
+    pub direction: String,
+    /// The configured address (`echo+tls://…`), for outgoing links.
+    pub url: Option<String>,
+    /// SHA-256 of the peer's certificate (64 hex), when it presented one.
+    pub cert_sha256: Option<String>,
+    pub frames_in: u64,
+    pub frames_out: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NeighborInfo {
+    /// `quic` (an echomesh node) or `echo` (an Echo link: Spot-On-Lite or Spot-On).
+    #[serde(default = "kind_quic")]
+    pub kind: String,
+    /// For `quic`: the short node ID. For `echo`: the link's identifier (`echo-` and ten hex
+    /// digits), which `DELETE /v1/neighbors/{id}` takes.
     pub id: String,
     pub fingerprint: String,
     /// Configured dial address, or the remote address of its connection when it dials us.
@@ -88,6 +126,13 @@ pub struct NeighborInfo {
     /// both sides dialed at once): RTT estimate, congestion window, packets sent and lost.
     #[serde(default)]
     pub connections: Vec<QuicPathInfo>,
+    /// Echo links only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo: Option<EchoLinkInfo>,
+}
+
+fn kind_quic() -> String {
+    "quic".into()
 }
 
 /// One QUIC connection's path statistics, as quinn reports them.

@@ -22,6 +22,13 @@ use std::sync::LazyLock;
 
 use crate::keydir::Fingerprint;
 
+/// The fixed tag of Echo frames crossing the mesh (the bridge, docs/ECHO.md): every node's
+/// bridge takes them, echomesh clients never get them.
+pub fn bridge_tag() -> Tag {
+    static T: LazyLock<Tag> = LazyLock::new(|| blake3::derive_key("echomesh echo bridge v1", b""));
+    *T
+}
+
 /// Length of a tag epoch.
 pub const EPOCH_SECS: u64 = 3600;
 

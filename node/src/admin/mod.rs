@@ -162,11 +162,104 @@ async fn status(State(s): St) -> Json<api::Status> {
         neighbors_total: all.len(),
         client_sessions: ctx.router.subscribers.sessions(),
         drain: ctx.drain.status(),
+        bridge: bridge_status(ctx),
     })
+}
+
+fn bridge_status(ctx: &Ctx) -> Option<api::BridgeStatus> {
+    let b = &ctx.bridge;
+    let listen = *b.listen_addr.lock().unwrap_or_else(|p| p.into_inner());
+    let links = echo_links(ctx);
+    if listen.is_none() && links.is_empty() {
+        return None;
+    }
+    let cert = *b.listener_cert.lock().unwrap_or_else(|p| p.into_inner());
+    Some(api::BridgeStatus {
+        listen: listen.map(|a| a.to_string()),
+        tls: listen.is_some() && !b.cfg.plain,
+        cert_sha256: cert.map(hex::encode),
+        links_up: links.iter().filter(|l| l.state == "up").count(),
+        links_total: links.len(),
+        clients: b.links().iter().filter(|l| !l.is_neighbor()).count(),
+    })
+}
+
+/// The Echo links as `neighbors` entries of kind `echo`: configured outgoing links, and
+/// incoming connections allowed as neighbors.
+fn echo_links(ctx: &Ctx) -> Vec<api::NeighborInfo> {
+    use crate::bridge::hub::{Direction, Link};
+    let b = &ctx.bridge;
+    let entry = |id: String,
+                 state: &str,
+                 origin: &str,
+                 since: std::time::Duration,
+                 err: Option<String>,
+                 addr: String,
+                 url: Option<String>,
+                 cert: Option<[u8; 32]>,
+                 link: Option<&Link>| api::NeighborInfo {
+        kind: "echo".into(),
+        fingerprint: id.clone(),
+        id,
+        addr,
+        state: state.into(),
+        mode: "full".into(),
+        origin: origin.into(),
+        rtt_ms: None,
+        since_secs: since.as_secs(),
+        queue_bytes: link.map_or(0, |l| l.queue.bytes()),
+        last_error: err,
+        departure: "up".into(),
+        protocol: 0,
+        connections: Vec::new(),
+        echo: Some(api::EchoLinkInfo {
+            direction: match link.map(|l| l.direction) {
+                Some(Direction::In) => "in".into(),
+                _ => "out".into(),
+            },
+            url,
+            cert_sha256: cert.map(hex::encode),
+            frames_in: link.map_or(0, |l| l.frames_in.load(Ordering::Relaxed)),
+            frames_out: link.map_or(0, |l| l.frames_out.load(Ordering::Relaxed)),
+        }),
+    };
+    let mut out = Vec::new();
+    for (id, o) in b.outgoing() {
+        let link = o.link.and_then(|k| b.link(k));
+        out.push(entry(
+            id,
+            o.state.label(),
+            o.origin,
+            o.since.elapsed(),
+            o.last_error.clone(),
+            o.url.addr.clone(),
+            Some(o.url.to_string()),
+            o.cert_sha256,
+            link.as_deref(),
+        ));
+    }
+    for l in b.links() {
+        if l.direction == Direction::In && l.is_neighbor() {
+            out.push(entry(
+                format!("echo-in-{}", l.key),
+                "up",
+                "incoming",
+                l.since.elapsed(),
+                None,
+                l.remote.to_string(),
+                None,
+                l.peer_cert,
+                Some(&l),
+            ));
+        }
+    }
+    out
 }
 
 pub fn neighbor_info(v: &NeighborView) -> api::NeighborInfo {
     api::NeighborInfo {
+        kind: "quic".into(),
+        echo: None,
         id: v.id.short(),
         fingerprint: v.id.fingerprint(),
         addr: v
@@ -202,14 +295,15 @@ pub fn neighbor_info(v: &NeighborView) -> api::NeighborInfo {
 }
 
 async fn neighbors(State(s): St) -> Json<Vec<api::NeighborInfo>> {
-    Json(
-        s.ctx
-            .neighbors()
-            .all()
-            .iter()
-            .map(|n| neighbor_info(&n.view()))
-            .collect(),
-    )
+    let mut list: Vec<api::NeighborInfo> = s
+        .ctx
+        .neighbors()
+        .all()
+        .iter()
+        .map(|n| neighbor_info(&n.view()))
+        .collect();
+    list.extend(echo_links(&s.ctx));
+    Json(list)
 }
 
 async fn invite(State(s): St, body: Option<Json<api::InviteRequest>>) -> Response {
@@ -311,6 +405,24 @@ fn neighbor_of(ctx: &Ctx, fp: &str) -> Result<Arc<crate::peer::Neighbor>, (Statu
 
 async fn neighbor_add(State(s): St, Json(req): Json<api::NeighborAddRequest>) -> Response {
     let ctx = &s.ctx;
+    if echomesh_proto::bridge::EchoUrl::is_echo(&req.spec) {
+        return match crate::bridge::dial::add(ctx, &req.spec, "admin").await {
+            Ok(id) => {
+                tracing::info!(link = %id, url = %req.spec, "Echo link added through the admin API");
+                match echo_links(ctx).into_iter().find(|l| l.id == id) {
+                    Some(l) => Json(l).into_response(),
+                    None => error(StatusCode::INTERNAL_SERVER_ERROR, "the link vanished"),
+                }
+            }
+            Err(e)
+                if e.downcast_ref::<echomesh_proto::bridge::url::EchoUrlError>()
+                    .is_some() =>
+            {
+                error(StatusCode::BAD_REQUEST, format!("{e:#}"))
+            }
+            Err(e) => error(StatusCode::CONFLICT, format!("{e:#}")),
+        };
+    }
     let spec: crate::config::NeighborSpec = match req.spec.parse() {
         Ok(x) => x,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -339,6 +451,23 @@ async fn neighbor_add(State(s): St, Json(req): Json<api::NeighborAddRequest>) ->
 
 async fn neighbor_remove(State(s): St, Path(fp): Path<String>) -> Response {
     let ctx = &s.ctx;
+    if fp.starts_with("echo-") {
+        let before = echo_links(ctx).into_iter().find(|l| l.id == fp);
+        return match crate::bridge::dial::remove(ctx, &fp).await {
+            Ok(_) => match before {
+                Some(mut l) => {
+                    l.state = "down".into();
+                    Json(l).into_response()
+                }
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    format!("{fp} is not an Echo link of this node"),
+                ),
+            },
+            Err(e) if before.is_none() => error(StatusCode::NOT_FOUND, format!("{e:#}")),
+            Err(e) => error(StatusCode::CONFLICT, format!("{e:#}")),
+        };
+    }
     let n = match neighbor_of(ctx, &fp) {
         Ok(n) => n,
         Err((code, msg)) => return error(code, msg),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 
 pub mod chaos;
+pub mod echo;
 pub use echomesh_proto::admin::RuntimeInfo;
 
 pub fn bin_dir() -> PathBuf {

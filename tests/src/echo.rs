@@ -242,7 +242,11 @@ impl Sol {
 impl Drop for Sol {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- Spot-On-Lite log {} ---\n{}", self.dir.display(), self.log_tail());
+            eprintln!(
+                "--- Spot-On-Lite log {} ---\n{}",
+                self.dir.display(),
+                self.log_tail()
+            );
         }
         self.stop();
     }
@@ -349,7 +353,9 @@ impl EchoClient {
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let (in_tx, in_rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let mut keepalive = tokio::time::interval(Duration::from_secs(5));
+            let period = Duration::from_secs(5);
+            let mut keepalive =
+                tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             loop {
                 let f = tokio::select! {
                     _ = keepalive.tick() => control_frame("0014", b"dGVzdA==").to_vec(),

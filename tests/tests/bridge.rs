@@ -57,7 +57,10 @@ async fn wait_path(from: &EchoClient, to: &mut EchoClient, what: &str) {
                 return;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "no path for {what} after 60 s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no path for {what} after 60 s"
+        );
     }
 }
 
@@ -96,7 +99,10 @@ fn assert_each_once(sent: &[Vec<u8>], got: &[Bytes], who: &str) {
         }
         *counts.entry(g.as_ref()).or_default() += 1;
     }
-    let missing = sent.iter().filter(|s| !counts.contains_key(s.as_slice())).count();
+    let missing = sent
+        .iter()
+        .filter(|s| !counts.contains_key(s.as_slice()))
+        .count();
     let dups: usize = counts.values().map(|c| c - 1).sum();
     let strangers = counts
         .keys()
@@ -133,7 +139,10 @@ async fn wait_filter(from: &EchoClient, c: &mut EchoClient, id: &[u8]) {
                 break;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "identity filter not in force after 60 s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "identity filter not in force after 60 s"
+        );
     }
 }
 
@@ -182,14 +191,27 @@ async fn through_two_nodes(echomesh_dials: bool) {
     wait_echo_links(&b, 1);
 
     let tls = EchoTls::Any;
-    let c1 = EchoClient::connect(_sol1.listeners[0], tls).await.expect("c1");
-    let mut c2 = EchoClient::connect(_sol2.listeners[0], tls).await.expect("c2");
-    let mut c3 = EchoClient::connect(_sol2.listeners[0], tls).await.expect("c3");
+    let c1 = EchoClient::connect(_sol1.listeners[0], tls)
+        .await
+        .expect("c1");
+    let mut c2 = EchoClient::connect(_sol2.listeners[0], tls)
+        .await
+        .expect("c2");
+    let mut c3 = EchoClient::connect(_sol2.listeners[0], tls)
+        .await
+        .expect("c3");
     c1.send(&marker_frame());
     c2.send(&marker_frame());
     let me = [7u8; 64];
     wait_path(&c1, &mut c2, "SOL1 → SOL2").await;
-    wait_path(&c2, &mut EchoClient::connect(_sol1.listeners[0], tls).await.expect("c1b"), "SOL2 → SOL1").await;
+    wait_path(
+        &c2,
+        &mut EchoClient::connect(_sol1.listeners[0], tls)
+            .await
+            .expect("c1b"),
+        "SOL2 → SOL1",
+    )
+    .await;
     wait_filter(&c1, &mut c3, &me).await;
     // Let the probes settle, then start clean.
     c2.drain_data(Duration::from_secs(2)).await;
@@ -201,7 +223,12 @@ async fn through_two_nodes(echomesh_dials: bool) {
     let got3 = c3.drain_data(Duration::from_secs(1)).await;
     for (n, name) in [(&a, "a"), (&b, "b")] {
         let (_, m) = n.http_get("/metrics");
-        let lines: Vec<&str> = m.lines().filter(|l| l.starts_with("echomesh_bridge") || l.starts_with("echomesh_packets_dropped")).collect();
+        let lines: Vec<&str> = m
+            .lines()
+            .filter(|l| {
+                l.starts_with("echomesh_bridge") || l.starts_with("echomesh_packets_dropped")
+            })
+            .collect();
         eprintln!("{name}:\n{}", lines.join("\n"));
     }
     assert_each_once(&sent, &got2, "SOL2's 0111 client");
@@ -209,7 +236,9 @@ async fn through_two_nodes(echomesh_dials: bool) {
     assert_each_once(&mine, &got3, "SOL2's client with a 0095a identity");
 
     // The other direction.
-    let mut c4 = EchoClient::connect(_sol1.listeners[0], tls).await.expect("c4");
+    let mut c4 = EchoClient::connect(_sol1.listeners[0], tls)
+        .await
+        .expect("c4");
     c4.send(&marker_frame());
     wait_path(&c2, &mut c4, "SOL2 → SOL1 (new client)").await;
     c4.drain_data(Duration::from_secs(2)).await;
@@ -228,11 +257,18 @@ async fn through_two_nodes(echomesh_dials: bool) {
         .collect();
     assert_eq!(links.len(), 1, "{links:?}");
     let l = &links[0];
-    assert_eq!(l["echo"]["direction"], if echomesh_dials { "out" } else { "in" });
+    assert_eq!(
+        l["echo"]["direction"],
+        if echomesh_dials { "out" } else { "in" }
+    );
     assert!(l["echo"]["frames_in"].as_u64().unwrap_or(0) >= 1000, "{l}");
     assert!(l["echo"]["frames_out"].as_u64().unwrap_or(0) >= 1000, "{l}");
     if echomesh_dials {
-        assert_eq!(l["echo"]["cert_sha256"].as_str().map(str::len), Some(64), "{l}");
+        assert_eq!(
+            l["echo"]["cert_sha256"].as_str().map(str::len),
+            Some(64),
+            "{l}"
+        );
     }
 }
 
@@ -244,4 +280,338 @@ async fn spot_on_lite_through_two_nodes_when_echomesh_dials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spot_on_lite_through_two_nodes_when_spot_on_lite_dials() {
     through_two_nodes(false).await;
+}
+
+/// Echo clients directly on echomesh: a TLS 1.2-only client (Smoke on Android 14+) on B gets
+/// what a client on A addresses to its identity, and nothing else; a client that claims to be
+/// Spot-On-Lite (`0111`) without being allowed stays filtered; B's listener certificate is
+/// byte-identical after a restart, and `status` shows its SHA-256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn echo_clients_on_echomesh_nodes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path();
+    let (ea, eb) = (free_tcp_port(), free_tcp_port());
+    let plan = Plan::new(root, &["a", "b"]);
+    let mut fa = bridge_config(
+        root,
+        "a",
+        &format!("listen = \"127.0.0.1:{ea}\"\nstart_delay_ms = 200"),
+    );
+    fa.extend(Plan::neighbor_flags(&[plan.spec(1)]));
+    let mut fb = bridge_config(
+        root,
+        "b",
+        &format!("listen = \"127.0.0.1:{eb}\"\nstart_delay_ms = 200"),
+    );
+    fb.extend(Plan::neighbor_flags(&[plan.spec(0)]));
+    let a = plan.start(0, &fa);
+    let mut b = plan.start(1, &fb);
+    a.wait_neighbor_up(&b);
+    let (la, lb) = (
+        format!("127.0.0.1:{ea}").parse().expect("addr"),
+        format!("127.0.0.1:{eb}").parse().expect("addr"),
+    );
+
+    let sender = EchoClient::connect(la, EchoTls::Any).await.expect("sender");
+    let mut smoke = EchoClient::connect(lb, EchoTls::Tls12Only)
+        .await
+        .expect("TLS 1.2 client");
+    assert_eq!(smoke.tls_version, Some(rustls::ProtocolVersion::TLSv1_2));
+    let mut pretender = EchoClient::connect(lb, EchoTls::Any)
+        .await
+        .expect("pretender");
+    pretender.send(&marker_frame());
+    let (me, other) = ([7u8; 64], [8u8; 64]);
+    wait_filter(&sender, &mut smoke, &me).await;
+    wait_filter(&sender, &mut pretender, &other).await;
+    smoke.drain_data(Duration::from_millis(500)).await;
+    pretender.drain_data(Duration::from_millis(500)).await;
+
+    let mut sent = Vec::new();
+    for i in 0..100 {
+        sent.push(addressed_frame(
+            if i % 2 == 0 { &me } else { &other },
+            &format!("d-{i}"),
+        ));
+    }
+    for f in &sent {
+        sender.send(f);
+    }
+    let got = smoke.drain_data(Duration::from_secs(3)).await;
+    let mine: Vec<Vec<u8>> = sent.iter().step_by(2).cloned().collect();
+    assert_each_once(&mine, &got, "TLS 1.2 client with an identity");
+    let got = pretender.drain_data(Duration::from_secs(1)).await;
+    let theirs: Vec<Vec<u8>> = sent.iter().skip(1).step_by(2).cloned().collect();
+    assert_each_once(&theirs, &got, "client that sent 0111 without being allowed");
+    assert!(b.metric("echomesh_bridge_markers_refused_total") >= 1.0);
+    assert_eq!(b.metric("echomesh_bridge_identities"), 2.0);
+
+    // The listener certificate is kept across a restart, and status shows its hash.
+    let before = smoke.server_cert.clone().expect("certificate");
+    let status: serde_json::Value =
+        serde_json::from_str(&b.ctl_ok(&["--json", "status"])).expect("status json");
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&before));
+    assert_eq!(status["bridge"]["cert_sha256"], sha.as_str(), "{status}");
+    assert!(b.ctl_ok(&["status"]).contains(&sha));
+    b.restart();
+    let again = EchoClient::connect(lb, EchoTls::Tls12Only)
+        .await
+        .expect("after restart");
+    assert_eq!(
+        again.server_cert.as_deref(),
+        Some(before.as_slice()),
+        "certificate changed across a restart"
+    );
+}
+
+/// Two bridges into one Spot-On-Lite network: SOL1 is linked to both A and B (which are
+/// neighbors), its duplicate lifetime is short (10 s; it forgets within 25 s), and traffic
+/// runs for well over twice that. Every client gets each frame once and no link carries
+/// more than each frame once per direction: echomesh's frame memory outlives SOL's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_bridges_into_one_spot_on_lite_network_make_no_loop() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path();
+    let s1 = free_tcp_port();
+    let sol = Sol::start(
+        &root.join("sol1"),
+        &SolConfig {
+            listeners: vec![s1],
+            peers: vec![],
+            congestion_lifetime: 10,
+            silence: 15,
+        },
+    );
+    let (ea, eb) = (free_tcp_port(), free_tcp_port());
+    let plan = Plan::new(root, &["a", "b"]);
+    let link = format!("neighbors = [\"echo+tls://127.0.0.1:{s1}\"]");
+    let mut fa = bridge_config(root, "a", &format!("listen = \"127.0.0.1:{ea}\"\n{link}"));
+    fa.extend(Plan::neighbor_flags(&[plan.spec(1)]));
+    let mut fb = bridge_config(root, "b", &format!("listen = \"127.0.0.1:{eb}\"\n{link}"));
+    fb.extend(Plan::neighbor_flags(&[plan.spec(0)]));
+    let a = plan.start(0, &fa);
+    let b = plan.start(1, &fb);
+    a.wait_neighbor_up(&b);
+    wait_echo_links(&a, 1);
+    wait_echo_links(&b, 1);
+
+    let sender = EchoClient::connect(sol.listeners[0], EchoTls::Any)
+        .await
+        .expect("sender");
+    let mut on_sol = EchoClient::connect(sol.listeners[0], EchoTls::Any)
+        .await
+        .expect("sol client");
+    on_sol.send(&marker_frame());
+    sender.send(&marker_frame());
+    let mut on_a = EchoClient::connect(format!("127.0.0.1:{ea}").parse().expect("a"), EchoTls::Any)
+        .await
+        .expect("a client");
+    let mut on_b = EchoClient::connect(format!("127.0.0.1:{eb}").parse().expect("b"), EchoTls::Any)
+        .await
+        .expect("b client");
+    wait_path(&sender, &mut on_sol, "SOL1 client → SOL1 client").await;
+    wait_path(&sender, &mut on_a, "SOL1 → A").await;
+    wait_path(&sender, &mut on_b, "SOL1 → B").await;
+    for c in [&mut on_sol, &mut on_a, &mut on_b] {
+        c.drain_data(Duration::from_secs(2)).await;
+    }
+    let links_before = echo_link_frames(&a) + echo_link_frames(&b);
+
+    // 55 s of traffic, 10 frames a second.
+    let sent: Vec<Vec<u8>> = (0..550)
+        .map(|i| addressed_frame(&[3u8; 64], &format!("loop-{i}")))
+        .collect();
+    let receivers = async {
+        let mut got = vec![Vec::new(), Vec::new(), Vec::new()];
+        loop {
+            let mut any = false;
+            for (i, c) in [&mut on_sol, &mut on_a, &mut on_b].into_iter().enumerate() {
+                while let Some(f) = c.recv_data(Duration::from_millis(20)).await {
+                    got[i].push(f);
+                    any = true;
+                }
+            }
+            if !any && got.iter().all(|g| g.len() >= 550) {
+                return got;
+            }
+            if !any {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let sender_task = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        for f in &sent {
+            tick.tick().await;
+            sender.send(f);
+        }
+    };
+    let (_, got) = tokio::join!(
+        sender_task,
+        tokio::time::timeout(Duration::from_secs(120), receivers)
+    );
+    let mut got = got.expect("every client received the traffic within 120 s");
+    // A quiet spell past SOL's memory: nothing comes back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (i, c) in [&mut on_sol, &mut on_a, &mut on_b].into_iter().enumerate() {
+        got[i].extend(c.drain_data(Duration::from_secs(1)).await);
+    }
+    for (g, who) in got
+        .iter()
+        .zip(["SOL1's client", "A's client", "B's client"])
+    {
+        assert_each_once(&sent, g, who);
+    }
+    // Each frame crosses each Echo link at most once per direction (SOL → A and B, and at
+    // most one copy back towards SOL from the node that got it over the mesh first).
+    let carried = echo_link_frames(&a) + echo_link_frames(&b) - links_before;
+    assert!(
+        carried <= 4 * 550,
+        "Echo links carried {carried} frames for 550 sent: a loop"
+    );
+    // Each frame reaches one node twice or both (from SOL1 and over the mesh); a second
+    // copy stops at the seen-cache or at the bridge's frame memory.
+    let dups: f64 = [&a, &b]
+        .iter()
+        .map(|n| {
+            n.metric("echomesh_bridge_duplicates_total")
+                + n.metric("echomesh_duplicates_dropped_total")
+        })
+        .sum();
+    assert!(
+        dups >= 550.0,
+        "only {dups} duplicates stopped for 550 frames"
+    );
+}
+
+/// Frames in plus out on a node's Echo links.
+fn echo_link_frames(n: &TestNode) -> u64 {
+    n.neighbors()
+        .iter()
+        .filter(|e| e["kind"] == "echo")
+        .map(|e| {
+            e["echo"]["frames_in"].as_u64().unwrap_or(0)
+                + e["echo"]["frames_out"].as_u64().unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Junk on A's Echo listener (bytes without an end-of-message marker past the bound, an
+/// oversize frame, bad base64, a frame without content, a frame never finished) is refused,
+/// counted by reason and disconnected; it reaches no client, no Echo link and no mesh
+/// neighbor, and Spot-On-Lite's own clients keep working through A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn junk_is_refused_counted_and_never_flooded() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path();
+    let s1 = free_tcp_port();
+    let sol = Sol::start(
+        &root.join("sol1"),
+        &SolConfig {
+            listeners: vec![s1],
+            peers: vec![],
+            congestion_lifetime: 30,
+            silence: 15,
+        },
+    );
+    let ea = free_tcp_port();
+    let plan = Plan::new(root, &["a", "b"]);
+    let mut fa = bridge_config(
+        root,
+        "a",
+        &format!(
+            "listen = \"127.0.0.1:{ea}\"\nplain = true\nmax_frame_bytes = 16384\nframe_timeout_secs = 2\nstart_delay_ms = 200\nneighbors = [\"echo+tls://127.0.0.1:{s1}\"]"
+        ),
+    );
+    fa.extend(Plan::neighbor_flags(&[plan.spec(1)]));
+    let mut fb = bridge_config(root, "b", "");
+    fb.extend(Plan::neighbor_flags(&[plan.spec(0)]));
+    let a = plan.start(0, &fa);
+    let b = plan.start(1, &fb);
+    a.wait_neighbor_up(&b);
+    wait_echo_links(&a, 1);
+    let la = format!("127.0.0.1:{ea}").parse().expect("addr");
+    let mut watcher = EchoClient::connect(la, EchoTls::Plain)
+        .await
+        .expect("watcher");
+    let sender = EchoClient::connect(sol.listeners[0], EchoTls::Any)
+        .await
+        .expect("sol sender");
+    let mut sol_client = EchoClient::connect(sol.listeners[0], EchoTls::Any)
+        .await
+        .expect("sol client");
+    sol_client.send(&marker_frame());
+    sender.send(&marker_frame());
+    wait_path(&sender, &mut watcher, "SOL1 → A's client").await;
+    wait_path(&sender, &mut sol_client, "SOL1 client → SOL1 client").await;
+    watcher.drain_data(Duration::from_secs(2)).await;
+    sol_client.drain_data(Duration::from_millis(500)).await;
+    let mesh_before = b.metric("echomesh_bridge_memory_entries");
+
+    let oversize = {
+        let mut f =
+            b"POST HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\ncontent="
+                .to_vec();
+        f.extend(std::iter::repeat_n(b'A', 20_000));
+        f.extend_from_slice(b"\r\n\r\n\r\n");
+        f
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("no_eom", vec![b'x'; 20_000]),
+        ("oversize", oversize),
+        (
+            "bad_base64",
+            b"POST HTTP/1.1\r\n\r\ncontent=this is *not* base64\r\n\r\n\r\n".to_vec(),
+        ),
+        (
+            "no_content",
+            b"POST HTTP/1.1\r\nContent-Type: text/plain\r\n\r\nhello there\r\n\r\n\r\n".to_vec(),
+        ),
+        (
+            "incomplete",
+            b"POST HTTP/1.1\r\nContent-Length: 9999\r\n\r\ncontent=aGVs".to_vec(),
+        ),
+    ];
+    for (reason, bytes) in &cases {
+        let before = a.metric(&format!(
+            "echomesh_bridge_junk_total{{reason=\"{reason}\"}}"
+        ));
+        let mut c = EchoClient::connect(la, EchoTls::Plain)
+            .await
+            .expect("junk client");
+        c.send(bytes);
+        assert!(
+            c.closed_within(Duration::from_secs(10)).await,
+            "{reason}: connection not closed"
+        );
+        let after = a.metric(&format!(
+            "echomesh_bridge_junk_total{{reason=\"{reason}\"}}"
+        ));
+        assert_eq!(after, before + 1.0, "{reason} counted once");
+    }
+    // Nothing of it went anywhere.
+    assert!(
+        watcher.drain_data(Duration::from_secs(1)).await.is_empty(),
+        "junk reached a client"
+    );
+    assert!(
+        sol_client
+            .drain_data(Duration::from_millis(200))
+            .await
+            .is_empty(),
+        "junk reached Spot-On-Lite"
+    );
+    assert_eq!(
+        b.metric("echomesh_bridge_memory_entries"),
+        mesh_before,
+        "junk reached the mesh"
+    );
+    // Spot-On-Lite's clients keep working through A.
+    let good = addressed_frame(&[4u8; 64], "after-junk");
+    sender.send(&good);
+    let f = watcher
+        .recv_data(Duration::from_secs(10))
+        .await
+        .expect("good frame after junk");
+    assert_eq!(f.as_ref(), good.as_slice());
 }

@@ -84,13 +84,9 @@ async fn read_loop<R: AsyncRead + Unpin>(ctx: &Ctx, link: &Link, mut rd: R) -> E
             .deadline()
             .map_or(silent_until, |d| d.min(silent_until));
         let n = match tokio::time::timeout_at(deadline.into(), rd.read(&mut buf)).await {
-            Err(_) => {
-                let now = Instant::now();
-                if let Err(j) = split.check_deadline(now) {
-                    return End::Junk(j);
-                }
-                return End::Idle(idle);
-            }
+            // The timer woke at the earlier deadline: the frame's, or the silence's.
+            Err(_) if deadline < silent_until => return End::Junk(Junk::Incomplete),
+            Err(_) => return End::Idle(idle),
             Ok(Ok(0)) => return End::Closed,
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return End::Io(e),

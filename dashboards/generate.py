@@ -204,6 +204,27 @@ def node_detail():
                  "reqps"), 12, 8)
     L.add(series("Client queue bytes",
                  [(f"echomesh_client_queue_bytes{{{sel}}}", "{{instance}}")], "bytes"), 12, 8)
+    L.row("Echo bridge (Smoke, Spot-On, Spot-On-Lite)")
+    L.add(series("Echo links by state",
+                 [(f"sum by (instance, state) (echomesh_bridge_links{{{sel}}})", "{{instance}} {{state}}")],
+                 "none", "Links to Spot-On-Lite/Spot-On listeners and allowed incoming Echo neighbors; down ones: `echomeshctl neighbors`."), 6, 8)
+    L.add(series("Echo frames in and out",
+                 [(f"sum by (instance, direction) (rate(echomesh_bridge_frames_total{{{sel}}}[{RATE}]))", "{{instance}} {{direction}}")],
+                 "pps"), 6, 8)
+    L.add(series("Echo junk refused, by reason",
+                 [(f"sum by (instance, reason) (increase(echomesh_bridge_junk_total{{{sel}}}[{RATE}]))", "{{instance}} {{reason}}")],
+                 "none", "Each closes the connection that sent it; junk is never flooded."), 6, 8)
+    L.add(series("Echo duplicates and drops",
+                 [(f"sum by (instance, source) (rate(echomesh_bridge_duplicates_total{{{sel}}}[{RATE}]))", "{{instance}} duplicate from {{source}}"),
+                  (f"sum by (instance, reason) (rate(echomesh_bridge_dropped_total{{{sel}}}[{RATE}]))", "{{instance}} dropped {{reason}}")],
+                 "pps", "memory_full means bridge.memory_frames is too small for the Echo traffic."), 6, 8)
+    L.add(series("Echo clients and identities",
+                 [(f"sum by (instance) (echomesh_bridge_clients{{{sel}}})", "{{instance}} clients"),
+                  (f"sum by (instance) (echomesh_bridge_identities{{{sel}}})", "{{instance}} identities")],
+                 "none"), 12, 8)
+    L.add(series("Echo frame memory",
+                 [(f"sum by (instance) (echomesh_bridge_memory_entries{{{sel}}})", "{{instance}} frames remembered")],
+                 "none"), 12, 8)
     L.row("Process")
     L.add(series("CPU", [(f"rate(process_cpu_seconds_total{{{sel}}}[{RATE}])", "{{instance}}")], "percentunit"), 8, 8)
     L.add(series("Resident memory", [(f"process_resident_memory_bytes{{{sel}}}", "{{instance}}")], "bytes"), 8, 8)

@@ -98,8 +98,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("no neighbors yet: run `echomeshctl invite` here and `echomeshctl join TOKEN` on the other node");
             } else {
                 println!(
-                    "{:<11} {:<16} {:<5} {:<7} {:>9}  {:<22} ERROR",
-                    "ID", "STATE", "MODE", "ORIGIN", "RTT", "ADDR"
+                    "{:<15} {:<4} {:<16} {:<5} {:<8} {:>9}  {:<22} ERROR",
+                    "ID", "KIND", "STATE", "MODE", "ORIGIN", "RTT", "ADDR"
                 );
                 for n in list {
                     let rtt = n
@@ -111,8 +111,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         d => format!("{} ({d})", n.state),
                     };
                     println!(
-                        "{:<11} {:<16} {:<5} {:<7} {:>9}  {:<22} {}",
+                        "{:<15} {:<4} {:<16} {:<5} {:<8} {:>9}  {:<22} {}",
                         n.id,
+                        n.kind,
                         state,
                         n.mode,
                         n.origin,

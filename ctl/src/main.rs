@@ -153,14 +153,18 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum NeighborsCmd {
     /// Pin a neighbor and dial it (kept across restarts). The other node must pin this one
-    /// too (its own `neighbors add`, or use invite/join which does both).
+    /// too (its own `neighbors add`, or use invite/join which does both). An Echo address
+    /// adds a link to a Spot-On-Lite or Spot-On listener instead (docs/ECHO.md).
     Add {
-        /// `HOST:PORT#FINGERPRINT`, optionally ending in `@half`.
+        /// `HOST:PORT#FINGERPRINT`, optionally ending in `@half`; or
+        /// `echo+tls://HOST:PORT?cert-sha256=HEX` (pinned), `echo+tls://HOST:PORT` (pinned on
+        /// first use) or `echo+tcp://HOST:PORT` (plain TCP).
         spec: String,
     },
-    /// Unpin a neighbor (joined or added here) and close its connections.
+    /// Unpin a neighbor (joined or added here) and close its connections; or remove an Echo
+    /// link added here (by its `echo-…` ID).
     Remove {
-        /// Fingerprint or short ID, as `neighbors` lists them.
+        /// Fingerprint or short ID, as `neighbors` lists them (`echo-…` for Echo links).
         id: String,
     },
     /// Change how packets from a neighbor are treated: `full` (forward) or `half` (deliver

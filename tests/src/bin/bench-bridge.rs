@@ -202,23 +202,53 @@ async fn main() {
     warm(&mut bridged).await;
     let t0 = Instant::now();
     println!(
-        "{:<8} {:>6} {:>5} {:>9} {:>5} {:>10} {:>8} {:>8}",
-        "path", "rate", "round", "delivered", "dups", "frames/s", "p50 ms", "p99 ms"
+        "{:<8} {:>6} {:>5} {:>9} {:>5} {:>10} {:>8} {:>8} {:>6} {:>6} {:>6}",
+        "path",
+        "rate",
+        "round",
+        "delivered",
+        "dups",
+        "frames/s",
+        "p50 ms",
+        "p99 ms",
+        "A in",
+        "B out",
+        "drops"
     );
+    // What echomesh itself took in from SOL3 and wrote to SOL4, and dropped, per bridged run:
+    // where a loss happened (keep-alives are not counted as frames).
+    let counters = || {
+        (
+            a.metric("echomesh_bridge_frames_total{direction=\"in\"}"),
+            b.metric("echomesh_bridge_frames_total{direction=\"out\"}"),
+            a.metric("echomesh_bridge_dropped_total")
+                + b.metric("echomesh_bridge_dropped_total")
+                + a.metric("echomesh_packets_dropped_total")
+                + b.metric("echomesh_packets_dropped_total"),
+        )
+    };
     for &rate in &rates {
         for round in 0..rounds {
             for p in [&mut direct, &mut bridged] {
+                let before = counters();
                 let o = run(p, rate, count, t0, round).await;
+                let after = counters();
                 let fps = o.delivered as f64 / o.secs.max(1e-9);
+                let mesh = (p.name == "bridged")
+                    .then(|| (after.0 - before.0, after.1 - before.1, after.2 - before.2));
+                let col = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v}"));
                 println!(
-                    "{:<8} {:>6} {:>5} {:>5}/{:<4} {:>4} {:>10.0} {:>8.1} {:>8.1}",
-                    p.name, rate, round, o.delivered, o.sent, o.duplicates, fps, o.p50_ms, o.p99_ms
+                    "{:<8} {:>6} {:>5} {:>5}/{:<4} {:>4} {:>10.0} {:>8.1} {:>8.1} {:>6} {:>6} {:>6}",
+                    p.name, rate, round, o.delivered, o.sent, o.duplicates, fps, o.p50_ms, o.p99_ms,
+                    col(mesh.map(|m| m.0)), col(mesh.map(|m| m.1)), col(mesh.map(|m| m.2))
                 );
                 eprintln!(
                     "{}",
                     serde_json::json!({"path": p.name, "offered_per_sec": rate, "round": round, "sent": o.sent,
                         "delivered": o.delivered, "duplicates": o.duplicates, "delivered_per_sec": fps,
-                        "p50_ms": o.p50_ms, "p99_ms": o.p99_ms})
+                        "p50_ms": o.p50_ms, "p99_ms": o.p99_ms,
+                        "echomesh_in": mesh.map(|m| m.0), "echomesh_out": mesh.map(|m| m.1),
+                        "echomesh_dropped": mesh.map(|m| m.2)})
                 );
             }
         }

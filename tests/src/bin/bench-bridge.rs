@@ -66,7 +66,7 @@ async fn warm(p: &mut Path) {
 
 fn frame(label: &str, t0: Instant, now: Instant) -> Vec<u8> {
     // label \0 send time (µs since t0) and padding: about a Smoke chat message's size.
-    let mut data = format!("{label}").into_bytes();
+    let mut data = label.as_bytes().to_vec();
     data.push(0);
     data.extend_from_slice(&(now - t0).as_micros().to_be_bytes());
     data.extend_from_slice(&rand::random::<[u8; 32]>());
@@ -234,8 +234,11 @@ async fn main() {
                 let o = run(p, rate, count, t0, round).await;
                 let after = counters();
                 let fps = o.delivered as f64 / o.secs.max(1e-9);
-                let mesh = (p.name == "bridged")
-                    .then(|| (after.0 - before.0, after.1 - before.1, after.2 - before.2));
+                let mesh = (p.name == "bridged").then_some((
+                    after.0 - before.0,
+                    after.1 - before.1,
+                    after.2 - before.2,
+                ));
                 let col = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v}"));
                 println!(
                     "{:<8} {:>6} {:>5} {:>5}/{:<4} {:>4} {:>10.0} {:>8.1} {:>8.1} {:>6} {:>6} {:>6}",

@@ -63,7 +63,8 @@ pub struct BridgeSection {
     pub neighbor_certs: Vec<String>,
     /// Concurrent Echo connections accepted (clients and incoming neighbors).
     pub max_connections: usize,
-    /// Largest frame accepted, EOM included (at most `echo.max_payload_bytes`).
+    /// Largest frame accepted, EOM included (a frame crosses the mesh as one packet, so at
+    /// most `echo.max_payload_bytes` takes effect).
     pub max_frame_bytes: usize,
     /// A started frame must be complete within this time.
     pub frame_timeout_secs: u64,
@@ -133,7 +134,16 @@ impl BridgeSection {
             .collect()
     }
 
-    fn validate(&self, max_payload: usize) -> Result<(), String> {
+    /// This section with `max_frame_bytes` capped at the echo payload limit (what the bridge
+    /// applies).
+    pub fn effective(&self, max_payload: usize) -> BridgeSection {
+        BridgeSection {
+            max_frame_bytes: self.max_frame_bytes.min(max_payload),
+            ..self.clone()
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
         for n in &self.neighbors {
             n.parse::<echomesh_proto::bridge::EchoUrl>()
                 .map_err(|e| format!("bridge.neighbors: {e}"))?;
@@ -156,8 +166,8 @@ impl BridgeSection {
         {
             return Err("bridge.memory_frames, max_connections and max_identities_per_connection must be positive".into());
         }
-        if self.max_frame_bytes < 1024 || self.max_frame_bytes > max_payload {
-            return Err(format!("bridge.max_frame_bytes: must be between 1024 and echo.max_payload_bytes ({max_payload})"));
+        if self.max_frame_bytes < 1024 {
+            return Err("bridge.max_frame_bytes: must be at least 1024".into());
         }
         if self.queue_bytes < self.max_frame_bytes {
             return Err(
@@ -645,7 +655,7 @@ impl Config {
                 self.log.format
             ));
         }
-        if let Err(e) = self.bridge.validate(self.echo.max_payload_bytes) {
+        if let Err(e) = self.bridge.validate() {
             return bad(e);
         }
         if !self.advertise.is_empty() && self.advertise.rsplit_once(':').is_none() {

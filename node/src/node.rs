@@ -193,7 +193,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         ozones,
         drain: crate::drain::Drain::default(),
         topology: crate::topology::Topology::new(me),
-        bridge: crate::bridge::hub::Hub::new(cfg.bridge.clone(), metrics.clone()),
+        bridge: crate::bridge::hub::Hub::new(
+            cfg.bridge.effective(cfg.echo.max_payload_bytes),
+            metrics.clone(),
+        ),
         live: crate::reload::LiveConfig {
             source: Mutex::new(None),
             current: Mutex::new(cfg.clone()),

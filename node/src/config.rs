@@ -752,6 +752,45 @@ mod tests {
     }
 
     #[test]
+    fn bridge_settings_are_checked_with_reasons() {
+        let ok = Config::from_toml_str(
+            "[bridge]\nlisten = \"0.0.0.0:4710\"\nneighbors = [\"echo+tls://10.0.0.5:5710\"]\nneighbor_networks = [\"10.20.0.0/16\", \"192.0.2.7\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.bridge.networks().len(), 2);
+        for (text, says) in [
+            ("[bridge]\nmemory_secs = 60\n", "memory_secs"),
+            ("[bridge]\nneighbors = [\"tls://x:1\"]\n", "bridge.neighbors"),
+            ("[bridge]\nneighbor_networks = [\"10.0.0.0/99\"]\n", "neighbor_networks"),
+            ("[bridge]\nneighbor_certs = [\"abc\"]\n", "neighbor_certs"),
+            ("[bridge]\nkeepalive_secs = 200\n", "keepalive_secs"),
+            ("[bridge]\nlisten = \"4710\"\n", "bridge"),
+        ] {
+            let e = Config::from_toml_str(text).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        // A frame crosses the mesh as one packet: the payload limit caps the frame bound.
+        let small = Config::from_toml_str("[echo]\nmax_payload_bytes = 65536\n").unwrap();
+        assert_eq!(small.bridge.effective(65536).max_frame_bytes, 65536);
+        // Flags add links to the configured ones.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[bridge]\nneighbors = [\"echo+tcp://a:1\"]\n").unwrap();
+        let o = Overrides {
+            bridge: BridgeOverrides {
+                listen: Some("127.0.0.1:4712".parse().unwrap()),
+                plain: Some(true),
+                neighbors: vec!["echo+tcp://b:2".into()],
+            },
+            ..Overrides::default()
+        };
+        let c = Config::load(Some(&f), &o).unwrap();
+        assert_eq!(c.bridge.neighbors, vec!["echo+tcp://a:1", "echo+tcp://b:2"]);
+        assert!(c.bridge.plain);
+        assert_eq!(c.bridge.listen, Some("127.0.0.1:4712".parse().unwrap()));
+    }
+
+    #[test]
     fn neighbor_specs() {
         let fp = "ab".repeat(32);
         let n: NeighborSpec = format!("10.0.0.1:4710#{fp}").parse().unwrap();

@@ -760,8 +760,14 @@ mod tests {
         assert_eq!(ok.bridge.networks().len(), 2);
         for (text, says) in [
             ("[bridge]\nmemory_secs = 60\n", "memory_secs"),
-            ("[bridge]\nneighbors = [\"tls://x:1\"]\n", "bridge.neighbors"),
-            ("[bridge]\nneighbor_networks = [\"10.0.0.0/99\"]\n", "neighbor_networks"),
+            (
+                "[bridge]\nneighbors = [\"tls://x:1\"]\n",
+                "bridge.neighbors",
+            ),
+            (
+                "[bridge]\nneighbor_networks = [\"10.0.0.0/99\"]\n",
+                "neighbor_networks",
+            ),
             ("[bridge]\nneighbor_certs = [\"abc\"]\n", "neighbor_certs"),
             ("[bridge]\nkeepalive_secs = 200\n", "keepalive_secs"),
             ("[bridge]\nlisten = \"4710\"\n", "bridge"),

@@ -119,6 +119,7 @@ pub struct Hub {
     /// SHA-256 of the Echo listener's certificate (TLS listener only).
     pub listener_cert: Mutex<Option<[u8; 32]>>,
     pub listen_addr: Mutex<Option<SocketAddr>>,
+    full_warned: AtomicBool,
 }
 
 impl Hub {
@@ -134,6 +135,7 @@ impl Hub {
             metrics,
             listener_cert: Mutex::new(None),
             listen_addr: Mutex::new(None),
+            full_warned: AtomicBool::new(false),
         }
     }
 
@@ -147,17 +149,20 @@ impl Hub {
         let b = &self.metrics.bridge;
         b.memory_entries.set(len as i64);
         match v {
-            Verdict::New => {}
+            Verdict::New => self.full_warned.store(false, Ordering::Relaxed),
             Verdict::Duplicate => b
                 .duplicates
                 .with_label_values(&[if from_mesh { "mesh" } else { "link" }])
                 .inc(),
             Verdict::Full => {
                 b.dropped.with_label_values(&["memory_full"]).inc();
-                tracing::warn!(
+                // Once per spell of refusals, not once per frame.
+                if !self.full_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
                     capacity = self.cfg.memory_frames,
                     "Echo frame memory is full of frames younger than bridge.memory_secs; refusing new Echo frames (raise bridge.memory_frames)"
-                );
+                    );
+                }
             }
         }
         v

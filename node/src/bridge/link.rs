@@ -43,14 +43,22 @@ pub async fn run<S>(ctx: Arc<Ctx>, link: Arc<Link>, stream: S) -> End
 where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
+    // Registered while this runs, also when the caller drops it (a removed outgoing link).
+    struct Registered<'a>(&'a Ctx, u64);
+    impl Drop for Registered<'_> {
+        fn drop(&mut self) {
+            self.0.bridge.remove_link(self.1);
+        }
+    }
     ctx.bridge.add_link(link.clone());
+    let registered = Registered(&ctx, link.key);
     let (rd, wr) = tokio::io::split(stream);
     let end = tokio::select! {
         _ = ctx.shutdown.cancelled() => End::Shutdown,
         e = read_loop(&ctx, &link, rd) => e,
         e = write_loop(&ctx, &link, wr) => e,
     };
-    ctx.bridge.remove_link(link.key);
+    drop(registered);
     match &end {
         End::Junk(j) => {
             ctx.metrics

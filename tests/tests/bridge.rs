@@ -43,6 +43,32 @@ fn wait_echo_links(n: &TestNode, want: usize) {
     );
 }
 
+/// Nodes A and B, QUIC neighbors, with `[bridge]` lines for each; both up and linked.
+fn nodes_a_b(root: &Path, bridge_a: &str, bridge_b: &str) -> (TestNode, TestNode) {
+    let plan = Plan::new(root, &["a", "b"]);
+    let mut fa = bridge_config(root, "a", bridge_a);
+    fa.extend(Plan::neighbor_flags(&[plan.spec(1)]));
+    let mut fb = bridge_config(root, "b", bridge_b);
+    fb.extend(Plan::neighbor_flags(&[plan.spec(0)]));
+    let a = plan.start(0, &fa);
+    let b = plan.start(1, &fb);
+    a.wait_neighbor_up(&b);
+    (a, b)
+}
+
+/// A Spot-On-Lite daemon with one TLS listener on a free port and no peers.
+fn sol_listening(root: &Path, name: &str, congestion_lifetime: u64) -> Sol {
+    Sol::start(
+        &root.join(name),
+        &SolConfig {
+            listeners: vec![free_tcp_port()],
+            peers: vec![],
+            congestion_lifetime,
+            silence: 15,
+        },
+    )
+}
+
 /// Send probes from `from` until `to` receives one: every hop (Spot-On-Lite children,
 /// Echo links, the mesh) is past its start-up window. Returns nothing; the probes that
 /// arrive late are drained by the caller.
@@ -179,14 +205,7 @@ async fn through_two_nodes(echomesh_dials: bool) {
     };
     let _sol1 = Sol::start(&root.join("sol1"), &sol1);
     let _sol2 = Sol::start(&root.join("sol2"), &sol2);
-    let plan = Plan::new(root, &["a", "b"]);
-    let mut flags_a = bridge_config(root, "a", &extra_a);
-    flags_a.extend(Plan::neighbor_flags(&[plan.spec(1)]));
-    let mut flags_b = bridge_config(root, "b", &extra_b);
-    flags_b.extend(Plan::neighbor_flags(&[plan.spec(0)]));
-    let a = plan.start(0, &flags_a);
-    let b = plan.start(1, &flags_b);
-    a.wait_neighbor_up(&b);
+    let (a, b) = nodes_a_b(root, &extra_a, &extra_b);
     wait_echo_links(&a, 1);
     wait_echo_links(&b, 1);
 
@@ -291,22 +310,11 @@ async fn echo_clients_on_echomesh_nodes() {
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path();
     let (ea, eb) = (free_tcp_port(), free_tcp_port());
-    let plan = Plan::new(root, &["a", "b"]);
-    let mut fa = bridge_config(
+    let (_a, mut b) = nodes_a_b(
         root,
-        "a",
         &format!("listen = \"127.0.0.1:{ea}\"\nstart_delay_ms = 200"),
-    );
-    fa.extend(Plan::neighbor_flags(&[plan.spec(1)]));
-    let mut fb = bridge_config(
-        root,
-        "b",
         &format!("listen = \"127.0.0.1:{eb}\"\nstart_delay_ms = 200"),
     );
-    fb.extend(Plan::neighbor_flags(&[plan.spec(0)]));
-    let a = plan.start(0, &fa);
-    let mut b = plan.start(1, &fb);
-    a.wait_neighbor_up(&b);
     let (la, lb) = (
         format!("127.0.0.1:{ea}").parse().expect("addr"),
         format!("127.0.0.1:{eb}").parse().expect("addr"),
@@ -372,26 +380,15 @@ async fn echo_clients_on_echomesh_nodes() {
 async fn two_bridges_into_one_spot_on_lite_network_make_no_loop() {
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path();
-    let s1 = free_tcp_port();
-    let sol = Sol::start(
-        &root.join("sol1"),
-        &SolConfig {
-            listeners: vec![s1],
-            peers: vec![],
-            congestion_lifetime: 10,
-            silence: 15,
-        },
-    );
+    let sol = sol_listening(root, "sol1", 10);
+    let s1 = sol.listeners[0].port();
     let (ea, eb) = (free_tcp_port(), free_tcp_port());
-    let plan = Plan::new(root, &["a", "b"]);
     let link = format!("neighbors = [\"echo+tls://127.0.0.1:{s1}\"]");
-    let mut fa = bridge_config(root, "a", &format!("listen = \"127.0.0.1:{ea}\"\n{link}"));
-    fa.extend(Plan::neighbor_flags(&[plan.spec(1)]));
-    let mut fb = bridge_config(root, "b", &format!("listen = \"127.0.0.1:{eb}\"\n{link}"));
-    fb.extend(Plan::neighbor_flags(&[plan.spec(0)]));
-    let a = plan.start(0, &fa);
-    let b = plan.start(1, &fb);
-    a.wait_neighbor_up(&b);
+    let (a, b) = nodes_a_b(
+        root,
+        &format!("listen = \"127.0.0.1:{ea}\"\n{link}"),
+        &format!("listen = \"127.0.0.1:{eb}\"\n{link}"),
+    );
     wait_echo_links(&a, 1);
     wait_echo_links(&b, 1);
 
@@ -504,31 +501,16 @@ fn echo_link_frames(n: &TestNode) -> u64 {
 async fn junk_is_refused_counted_and_never_flooded() {
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path();
-    let s1 = free_tcp_port();
-    let sol = Sol::start(
-        &root.join("sol1"),
-        &SolConfig {
-            listeners: vec![s1],
-            peers: vec![],
-            congestion_lifetime: 30,
-            silence: 15,
-        },
-    );
+    let sol = sol_listening(root, "sol1", 30);
+    let s1 = sol.listeners[0].port();
     let ea = free_tcp_port();
-    let plan = Plan::new(root, &["a", "b"]);
-    let mut fa = bridge_config(
+    let (a, b) = nodes_a_b(
         root,
-        "a",
         &format!(
             "listen = \"127.0.0.1:{ea}\"\nplain = true\nmax_frame_bytes = 16384\nframe_timeout_secs = 2\nstart_delay_ms = 200\nneighbors = [\"echo+tls://127.0.0.1:{s1}\"]"
         ),
+        "",
     );
-    fa.extend(Plan::neighbor_flags(&[plan.spec(1)]));
-    let mut fb = bridge_config(root, "b", "");
-    fb.extend(Plan::neighbor_flags(&[plan.spec(0)]));
-    let a = plan.start(0, &fa);
-    let b = plan.start(1, &fb);
-    a.wait_neighbor_up(&b);
     wait_echo_links(&a, 1);
     let la = format!("127.0.0.1:{ea}").parse().expect("addr");
     let mut watcher = EchoClient::connect(la, EchoTls::Plain)

@@ -63,6 +63,9 @@ pub struct BridgeSection {
     pub neighbor_certs: Vec<String>,
     /// Concurrent Echo connections accepted (clients and incoming neighbors).
     pub max_connections: usize,
+    /// Echo links (outgoing ones and incoming Spot-On-Lite neighbors) at most; counted apart
+    /// from QUIC neighbors (`limits.max_neighbors`).
+    pub max_links: usize,
     /// Largest frame accepted, EOM included (a frame crosses the mesh as one packet, so at
     /// most `echo.max_payload_bytes` takes effect).
     pub max_frame_bytes: usize,
@@ -98,6 +101,7 @@ impl Default for BridgeSection {
             neighbor_networks: Vec::new(),
             neighbor_certs: Vec::new(),
             max_connections: 256,
+            max_links: 32,
             max_frame_bytes: 256 * 1024,
             frame_timeout_secs: 10,
             idle_timeout_secs: 120,
@@ -162,9 +166,10 @@ impl BridgeSection {
         }
         if self.memory_frames == 0
             || self.max_connections == 0
+            || self.max_links == 0
             || self.max_identities_per_connection == 0
         {
-            return Err("bridge.memory_frames, max_connections and max_identities_per_connection must be positive".into());
+            return Err("bridge.memory_frames, max_connections, max_links and max_identities_per_connection must be positive".into());
         }
         if self.max_frame_bytes < 1024 {
             return Err("bridge.max_frame_bytes: must be at least 1024".into());

@@ -627,7 +627,7 @@ async fn echo_links_through_the_admin_api() {
         &bridge_config(
             root,
             "a",
-            &format!("neighbors = [\"echo+tcp://127.0.0.1:{dead}\"]"),
+            &format!("neighbors = [\"echo+tcp://127.0.0.1:{dead}\"]\nmax_links = 3"),
         ),
     );
 
@@ -687,6 +687,13 @@ async fn echo_links_through_the_admin_api() {
     let out = a.ctl(&["neighbors", "remove", &stat_id]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("configuration"));
+    // Echo links have their own limit (here 3: the configured one and the two added).
+    let out = a.ctl(&["neighbors", "add", "echo+tcp://127.0.0.1:9"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_links"),
+        "{out:?}"
+    );
     let out = a.ctl(&["neighbors", "add", "echo+tls://nowhere"]);
     assert!(!out.status.success());
     assert!(

@@ -34,9 +34,9 @@ pub async fn add(ctx: &Arc<Ctx>, spec: &str, origin: &'static str) -> anyhow::Re
         cert_sha256: url.cert_sha256,
         stop: stop.clone(),
     };
-    if !ctx.bridge.add_outgoing(id.clone(), st) {
-        bail!("an Echo link to {} exists already ({id})", url.addr);
-    }
+    ctx.bridge
+        .add_outgoing(id.clone(), st)
+        .map_err(anyhow::Error::msg)?;
     if origin == "admin" {
         if let Err(e) = ctx
             .store

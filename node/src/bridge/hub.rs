@@ -93,6 +93,15 @@ pub struct OutgoingState {
     pub stop: tokio_util::sync::CancellationToken,
 }
 
+/// What an allowed `0111` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Promotion {
+    Done,
+    Already,
+    /// `bridge.max_links` reached: the connection stays a filtered client.
+    LinksFull,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
     Connecting,
@@ -246,9 +255,26 @@ impl Hub {
         lock(&self.links).get(&key).cloned()
     }
 
-    /// Mark an incoming connection as an Echo neighbor (its `0111` was allowed).
-    pub fn promote(&self, link: &Link) -> bool {
-        !link.neighbor.swap(true, Ordering::Relaxed)
+    /// Echo links: configured outgoing ones and incoming neighbors.
+    fn link_count(&self) -> usize {
+        let incoming = lock(&self.links)
+            .values()
+            .filter(|l| l.direction == Direction::In && l.is_neighbor())
+            .count();
+        lock(&self.outgoing).len() + incoming
+    }
+
+    /// Mark an incoming connection as an Echo neighbor (its `0111` was allowed), unless
+    /// `bridge.max_links` Echo links exist already.
+    pub fn promote(&self, link: &Link) -> Promotion {
+        if link.is_neighbor() {
+            return Promotion::Already;
+        }
+        if self.link_count() >= self.cfg.max_links {
+            return Promotion::LinksFull;
+        }
+        link.neighbor.store(true, Ordering::Relaxed);
+        Promotion::Done
     }
 
     pub fn new_link(
@@ -279,14 +305,22 @@ impl Hub {
 
     // Outgoing links (configured).
 
-    /// Register an outgoing link; false when one with this ID exists.
-    pub fn add_outgoing(&self, id: String, st: OutgoingState) -> bool {
-        let mut o = lock(&self.outgoing);
-        if o.contains_key(&id) {
-            return false;
+    /// Register an outgoing link; `Err` says why not (exists, or `bridge.max_links`).
+    pub fn add_outgoing(&self, id: String, st: OutgoingState) -> Result<(), String> {
+        if lock(&self.outgoing).contains_key(&id) {
+            return Err(format!(
+                "an Echo link to {} exists already ({id})",
+                st.url.addr
+            ));
         }
-        o.insert(id, st);
-        true
+        if self.link_count() >= self.cfg.max_links {
+            return Err(format!(
+                "this node has bridge.max_links ({}) Echo links already; remove one or raise the limit",
+                self.cfg.max_links
+            ));
+        }
+        lock(&self.outgoing).insert(id, st);
+        Ok(())
     }
 
     pub fn update_outgoing(&self, id: &str, f: impl FnOnce(&mut OutgoingState)) {

@@ -14,7 +14,7 @@ use echomesh_proto::bridge::frame::{self, Frame, TYPE_IDENTITY, TYPE_SPOT_ON_LIT
 use echomesh_proto::bridge::{Junk, Splitter};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::hub::{Direction, Link};
+use super::hub::{Direction, Link, Promotion};
 use crate::ctx::Ctx;
 use crate::rate::TokenBucket;
 
@@ -137,8 +137,15 @@ async fn on_frame(ctx: &Ctx, link: &Link, f: Bytes, bucket: &mut TokenBucket) ->
         Frame::Control { ty, .. } if ty == TYPE_SPOT_ON_LITE => {
             if link.direction == Direction::In && !link.is_neighbor() {
                 if super::neighbor_allowed(ctx, link) {
-                    if ctx.bridge.promote(link) {
-                        tracing::info!(remote = %link.remote, "Echo neighbor (Spot-On-Lite) connected; it gets the unfiltered stream");
+                    match ctx.bridge.promote(link) {
+                        Promotion::Done => {
+                            tracing::info!(remote = %link.remote, "Echo neighbor (Spot-On-Lite) connected; it gets the unfiltered stream")
+                        }
+                        Promotion::Already => {}
+                        Promotion::LinksFull => {
+                            m.markers_refused.inc();
+                            tracing::warn!(remote = %link.remote, limit = ctx.bridge.cfg.max_links, "Echo neighbor refused: bridge.max_links reached; it stays a filtered client");
+                        }
                     }
                 } else {
                     m.markers_refused.inc();

@@ -286,7 +286,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node,
             count,
             timeout,
-        } => return tail(&node, count, timeout, json).await,
+            echo_frames,
+        } => {
+            let filter = if echo_frames {
+                SubscribeFilter::Tags(vec![echomesh_proto::tags::bridge_tag()])
+            } else {
+                SubscribeFilter::All
+            };
+            return tail(&node, count, timeout, filter, json).await;
+        }
         Command::Bench(args) => return crate::bench::run(args, json).await,
         Command::Keys(cmd) => return crate::messaging::keys(cmd, json).await,
         Command::Send(args) => return crate::messaging::send(args, json).await,
@@ -436,17 +444,13 @@ async fn tail(
     node: &crate::target_node::NodeTarget,
     count: Option<u64>,
     timeout: Option<f64>,
+    filter: SubscribeFilter,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let (ep, mut session) = crate::target_node::connect(node).await?;
-    session.subscribe(SubscribeFilter::All).await?;
+    session.subscribe(filter.clone()).await?;
     eprintln!("tail: subscribed to {} ({})", node.addr, session.node_id);
-    let mut session = Follower::new(
-        ep.clone(),
-        session,
-        crate::target_node::AGENT,
-        Some(SubscribeFilter::All),
-    );
+    let mut session = Follower::new(ep.clone(), session, crate::target_node::AGENT, Some(filter));
     let r = tail_follow(&mut session, count, timeout, json).await;
     // Say goodbye, so the node frees the session now rather than at its idle timeout.
     session.close();

@@ -135,6 +135,10 @@ pub enum Command {
         /// Stop after SECS seconds.
         #[arg(long)]
         timeout: Option<f64>,
+        /// Print the Echo frames crossing the mesh (Smoke, Spot-On, Spot-On-Lite traffic of
+        /// the bridge) instead of echomesh packets; plain `tail` never shows them.
+        #[arg(long)]
+        echo_frames: bool,
     },
     /// Participant keys: generate, publish, look up, revoke.
     #[command(subcommand)]

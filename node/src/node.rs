@@ -170,7 +170,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     let (keydir_ch, keydir_rx) = ControlChannel::new(tags::keydir_tag(), DropReason::KeydirBusy);
     let (topology_ch, topology_rx) =
         ControlChannel::new(tags::topology_tag(), DropReason::TopologyBusy);
-    let (bridge_ch, bridge_rx) = ControlChannel::new(tags::bridge_tag(), DropReason::BridgeBusy);
+    let (mut bridge_ch, bridge_rx) =
+        ControlChannel::new(tags::bridge_tag(), DropReason::BridgeBusy);
+    // Echo frames reach a client that subscribes to the bridge tag by name (`tail --echo-frames`).
+    bridge_ch.on_request = true;
     let log = crate::echo::PacketLog::new(cfg.echo.log_bytes, cfg.echo.log_ttl(), rand::random());
     let router = Arc::new(Router::new(
         engine,

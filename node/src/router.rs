@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::client::subscribers::Subscribers;
+use crate::client::subscribers::{Filter, Subscribers};
 use crate::echo::{self, EchoEngine, EchoMode, EchoPacket, Offer, PacketLog, Source};
 use crate::identity::NodeId;
 use crate::metrics::{DropReason, Metrics};
@@ -62,6 +62,9 @@ pub struct ControlChannel {
     pub tx: mpsc::Sender<(Origin, Vec<EchoPacket>)>,
     /// Drop reason counted when the verifier's backlog is full.
     pub busy_reason: DropReason,
+    /// Clients that subscribe to this tag by name get these packets (never `tail`'s
+    /// subscribe-to-everything): the bridge's Echo frames.
+    pub on_request: bool,
 }
 
 impl ControlChannel {
@@ -76,6 +79,7 @@ impl ControlChannel {
                 tag,
                 tx,
                 busy_reason,
+                on_request: false,
             },
             rx,
         )
@@ -110,9 +114,17 @@ impl Router {
         }
     }
 
-    /// Whether packets with this tag are the mesh's own control traffic (never for clients).
-    pub fn is_control_tag(&self, tag: Option<Tag>) -> bool {
-        self.is_control(tag)
+    /// Whether a client with filter `f` gets `p`: control packets only when they are
+    /// delivered on request and `f` names their tag.
+    pub(crate) fn client_gets(&self, f: &Filter, p: &EchoPacket) -> bool {
+        if !self.is_control(p.tag) {
+            return f.matches(p);
+        }
+        matches!(f, Filter::Tags(_)) && f.matches(p) && self.is_on_request(p.tag)
+    }
+
+    fn is_on_request(&self, tag: Option<Tag>) -> bool {
+        tag.is_some_and(|t| self.control.iter().any(|c| c.on_request && c.tag == t))
     }
 
     fn is_control(&self, tag: Option<Tag>) -> bool {
@@ -214,14 +226,15 @@ impl Router {
                     }
                     _ => st.log.push(p.clone(), from, false, now),
                 };
-                if !self.is_control(p.tag) {
+                if !self.is_control(p.tag) || self.is_on_request(p.tag) {
                     to_clients.push((seq, p));
                 }
             }
             // Client deliveries under the same lock, so that their log positions arrive in
             // order and a resumed subscription misses nothing.
             if !to_clients.is_empty() {
-                self.subscribers.deliver(&to_clients, m);
+                self.subscribers
+                    .deliver(&to_clients, m, |f, p| self.client_gets(f, p));
             }
             m.packet_log_bytes.set(st.log.bytes() as i64);
             m.packet_log_evictions.inc_by(st.log.take_evicted());

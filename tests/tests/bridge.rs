@@ -354,6 +354,31 @@ async fn echo_clients_on_echomesh_nodes() {
     assert!(b.metric("echomesh_bridge_markers_refused_total") >= 1.0);
     assert_eq!(b.metric("echomesh_bridge_identities"), 2.0);
 
+    // echomesh clients get Echo frames only when they ask for them by the bridge tag.
+    let echo_tail = b.tail(&["--echo-frames", "--count", "3", "--json"]);
+    let plain_tail = b.tail(&["--count", "1", "--timeout", "3"]);
+    let few: Vec<Vec<u8>> = (0..3)
+        .map(|i| addressed_frame(&other, &format!("tail-{i}")))
+        .collect();
+    for f in &few {
+        sender.send(f);
+    }
+    let (ok, lines) = echo_tail.finish(Duration::from_secs(15));
+    assert!(ok, "tail --echo-frames: {lines:?}");
+    let shown: Vec<Vec<u8>> = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            hex::decode(v["payload"].as_str().expect("payload")).expect("hex payload")
+        })
+        .collect();
+    assert_eq!(shown, few, "tail --echo-frames shows the exact frames");
+    let (ok, lines) = plain_tail.finish(Duration::from_secs(15));
+    assert!(
+        !ok && lines.is_empty(),
+        "plain tail saw Echo frames: {lines:?}"
+    );
+
     // The listener certificate is kept across a restart, and status shows its hash.
     let before = smoke.server_cert.clone().expect("certificate");
     let status: serde_json::Value =

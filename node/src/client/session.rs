@@ -449,13 +449,7 @@ fn resume(
     let m = &ctx.metrics;
     let budget = ctx.cfg.limits.client_queue_bytes;
     ctx.router.with_log(|log| {
-        let r = after.map(|a| {
-            log.replay(
-                a,
-                |p| f.matches(p) && !ctx.router.is_control_tag(p.tag),
-                budget,
-            )
-        });
+        let r = after.map(|a| log.replay(a, |p| ctx.router.client_gets(&f, p), budget));
         sub.epoch.store(log.epoch(), Ordering::Relaxed);
         sub.positions.store(true, Ordering::Relaxed);
         *sub.filter.write().unwrap_or_else(|p| p.into_inner()) = f;

@@ -123,21 +123,27 @@ impl Subscribers {
     /// Queue accepted packets (with their log positions) for every session whose filter
     /// matches. Called with the packet log locked, so positions arrive in order. (A session's
     /// log epoch is set once, when it subscribes with positions.)
-    pub fn deliver(&self, packets: &[(u64, EchoPacket)], m: &Metrics) {
+    /// Queue `packets` for every session whose filter `gets` them.
+    pub(crate) fn deliver(
+        &self,
+        packets: &[(u64, EchoPacket)],
+        m: &Metrics,
+        gets: impl Fn(&Filter, &EchoPacket) -> bool,
+    ) {
         let list = self.list.read().unwrap_or_else(|p| p.into_inner());
         let mut matched = Vec::new();
         for s in list.iter() {
             let filter = s.filter.read().unwrap_or_else(|p| p.into_inner());
             let dropped = match &*filter {
                 Filter::None => continue,
-                Filter::All => {
+                Filter::All if packets.iter().all(|(_, p)| gets(&filter, p)) => {
                     let d = s.queue.push_all(packets);
                     m.packets_delivered.inc_by(packets.len() as u64 - d);
                     d
                 }
-                Filter::Tags(_) => {
+                Filter::All | Filter::Tags(_) => {
                     matched.clear();
-                    matched.extend(packets.iter().filter(|(_, p)| filter.matches(p)).cloned());
+                    matched.extend(packets.iter().filter(|(_, p)| gets(&filter, p)).cloned());
                     if matched.is_empty() {
                         continue;
                     }

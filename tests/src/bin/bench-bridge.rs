@@ -162,7 +162,14 @@ async fn main() {
         .map(|s| s.split(',').filter_map(|r| r.parse().ok()).collect())
         .unwrap_or_else(|| vec![200, 500, 1000]);
     let tmp = tempfile::tempdir().expect("tmp");
-    let root = tmp.path();
+    // --keep leaves the daemons' and nodes' directories (logs) for a look afterwards.
+    let root = &if args.iter().any(|a| a == "--keep") {
+        let kept = tmp.keep();
+        eprintln!("bench-bridge: keeping {}", kept.display());
+        kept
+    } else {
+        tmp.path().to_path_buf()
+    };
     let ports: Vec<u16> = (0..4).map(|_| free_tcp_port()).collect();
     // Direct: SOL2 dials SOL1. Bridged: A dials SOL3, B dials SOL4, A and B are neighbors.
     let sol1 = sol(root, "sol1", ports[0], None);

@@ -412,6 +412,23 @@ impl EchoClient {
         }
     }
 
+    /// Every frame that is not a well-formed control or empty frame (data and junk alike)
+    /// arriving until `quiet` passes without one: what a relay must never have passed on.
+    pub async fn drain_non_control(&mut self, quiet: Duration) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Ok(Some(f)) = tokio::time::timeout(quiet, self.frames.recv()).await {
+            let control = matches!(
+                echomesh_proto::bridge::frame::classify(&f),
+                Ok(echomesh_proto::bridge::Frame::Control { .. }
+                    | echomesh_proto::bridge::Frame::Empty)
+            );
+            if !control {
+                out.push(f);
+            }
+        }
+        out
+    }
+
     /// Every data frame that arrives until `quiet` passes without one.
     pub async fn drain_data(&mut self, quiet: Duration) -> Vec<Bytes> {
         let mut out = Vec::new();

@@ -598,12 +598,15 @@ async fn junk_is_refused_counted_and_never_flooded() {
     }
     // Nothing of it went anywhere.
     assert!(
-        watcher.drain_data(Duration::from_secs(1)).await.is_empty(),
+        watcher
+            .drain_non_control(Duration::from_secs(1))
+            .await
+            .is_empty(),
         "junk reached a client"
     );
     assert!(
         sol_client
-            .drain_data(Duration::from_millis(200))
+            .drain_non_control(Duration::from_millis(200))
             .await
             .is_empty(),
         "junk reached Spot-On-Lite"
@@ -613,6 +616,22 @@ async fn junk_is_refused_counted_and_never_flooded() {
         mesh_before,
         "junk reached the mesh"
     );
+    // Spot-On-Lite floods junk its own clients send: A drops that frame from its link to
+    // SOL1 (counted), keeps the link, and floods none of it.
+    let relayed = a.metric("echomesh_bridge_junk_total{reason=\"no_content\"}");
+    sender.send(
+        b"POST HTTP/1.1\r\nContent-Type: text/plain\r\n\r\njunk via Spot-On-Lite\r\n\r\n\r\n",
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "A to drop the junk SOL1 relayed",
+        || (a.metric("echomesh_bridge_junk_total{reason=\"no_content\"}") > relayed).then_some(()),
+    );
+    assert_eq!(echo_links_up(&a), 1, "the link to SOL1 stayed up");
+    assert!(watcher
+        .drain_non_control(Duration::from_millis(500))
+        .await
+        .is_empty());
     // Spot-On-Lite's clients keep working through A.
     let good = addressed_frame(&[4u8; 64], "after-junk");
     sender.send(&good);

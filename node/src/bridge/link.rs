@@ -117,7 +117,19 @@ async fn read_loop<R: AsyncRead + Unpin>(ctx: &Ctx, link: &Link, mut rd: R) -> E
 
 async fn on_frame(ctx: &Ctx, link: &Link, f: Bytes, bucket: &mut TokenBucket) -> Result<(), Junk> {
     let m = &ctx.metrics.bridge;
-    match frame::classify(&f)? {
+    let kind = match frame::classify(&f) {
+        Ok(k) => k,
+        // Spot-On-Lite floods whatever its clients send, junk included: from a neighbor, a
+        // well-delimited junk frame is dropped (counted) and the link stays. A client that
+        // sends one is disconnected.
+        Err(j) if link.is_neighbor() => {
+            m.junk.with_label_values(&[j.label()]).inc();
+            tracing::debug!(remote = %link.remote, reason = j.label(), "dropped a junk frame relayed by an Echo neighbor");
+            return Ok(());
+        }
+        Err(j) => return Err(j),
+    };
+    match kind {
         Frame::Empty => {}
         Frame::Control { ty, content } if ty == TYPE_IDENTITY => {
             // Servers share their clients' identities with each other; a relay that is

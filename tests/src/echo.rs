@@ -119,6 +119,8 @@ pub struct SolConfig {
     pub congestion_lifetime: u64,
     /// Silence timeout of every link, seconds (capabilities go out every max(7.5, silence/2)).
     pub silence: u64,
+    /// Plain TCP instead of TLS on listeners and peers.
+    pub plain: bool,
 }
 
 pub struct Sol {
@@ -152,16 +154,21 @@ impl Sol {
             cfg.congestion_lifetime
         );
         let eom = r"\r\n\r\n\r\n";
+        let (ciphers, key) = if cfg.plain {
+            ("", "")
+        } else {
+            (CIPHERS, "384")
+        };
         for (i, port) in cfg.listeners.iter().enumerate() {
             conf.push_str(&format!(
-                "listener/{} = \"127.0.0.1,{port},16,{CIPHERS},384,{},5,{eom},65536,30,tcp,1095\"\n",
+                "listener/{} = \"127.0.0.1,{port},16,{ciphers},{key},{},5,{eom},65536,30,tcp,1095\"\n",
                 i + 1,
                 cfg.silence
             ));
         }
         for (i, p) in cfg.peers.iter().enumerate() {
             conf.push_str(&format!(
-                "peer/{} = \"{},{},1,{CIPHERS},384,{},-1,{eom},65536,30,tcp,1\"\n",
+                "peer/{} = \"{},{},1,{ciphers},{key},{},-1,{eom},65536,30,tcp,1\"\n",
                 i + 1,
                 p.ip(),
                 p.port(),

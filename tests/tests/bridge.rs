@@ -65,6 +65,7 @@ fn sol_listening(root: &Path, name: &str, congestion_lifetime: u64) -> Sol {
             peers: vec![],
             congestion_lifetime,
             silence: 15,
+            plain: false,
         },
     )
 }
@@ -186,6 +187,7 @@ async fn through_two_nodes(echomesh_dials: bool) {
             .unwrap_or_default(),
         congestion_lifetime: 30,
         silence: 15,
+        plain: false,
     };
     let (extra_a, extra_b, sol1, sol2) = if echomesh_dials {
         (

@@ -26,6 +26,13 @@ struct Outcome {
     p99_ms: f64,
 }
 
+/// `--plain`: plain TCP everywhere (daemons, clients, echomesh's links) instead of TLS.
+static PLAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+fn plain() -> bool {
+    PLAIN.get().copied().unwrap_or(false)
+}
+
 fn sol(root: &std::path::Path, name: &str, listen: u16, peer: Option<u16>) -> Sol {
     Sol::start(
         &root.join(name),
@@ -36,12 +43,18 @@ fn sol(root: &std::path::Path, name: &str, listen: u16, peer: Option<u16>) -> So
                 .unwrap_or_default(),
             congestion_lifetime: 30,
             silence: 90,
+            plain: plain(),
         },
     )
 }
 
 async fn connect(sol: &Sol) -> EchoClient {
-    let c = EchoClient::connect(sol.listeners[0], EchoTls::Any)
+    let tls = if plain() {
+        EchoTls::Plain
+    } else {
+        EchoTls::Any
+    };
+    let c = EchoClient::connect(sol.listeners[0], tls)
         .await
         .expect("connect to Spot-On-Lite");
     c.send(&marker_frame());
@@ -154,6 +167,7 @@ fn base64_payload(f: &[u8]) -> Vec<u8> {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let count: usize = arg(&args, "--frames").unwrap_or(2000);
+    let _ = PLAIN.set(args.iter().any(|a| a == "--plain"));
     let rounds: usize = arg(&args, "--rounds").unwrap_or(3);
     let rates: Vec<u32> = args
         .iter()
@@ -181,7 +195,10 @@ async fn main() {
         let p = root.join(format!("{name}.toml"));
         std::fs::write(
             &p,
-            format!("[bridge]\nneighbors = [\"echo+tls://127.0.0.1:{port}\"]\n"),
+            format!(
+                "[bridge]\nneighbors = [\"echo+{}://127.0.0.1:{port}\"]\n",
+                if plain() { "tcp" } else { "tls" }
+            ),
         )
         .expect("config");
         let mut f = vec!["--config".to_string(), p.display().to_string()];

@@ -25,32 +25,83 @@ fn algorithms() -> WebPkiSupportedAlgorithms {
     rustls::crypto::ring::default_provider().signature_verification_algorithms
 }
 
-/// The signature checks shared by both verifiers: TLS 1.3 only, ring's algorithms, the
-/// handshake signature checked against the presented certificate's key.
-macro_rules! tls13_signatures {
+/// Handshake signatures checked against the presented certificate's key with ring's
+/// algorithms; the certificate itself is trusted by a pin, not by a CA. QUIC allows TLS 1.3
+/// only; the Echo bridge (TCP) also TLS 1.2.
+#[derive(Debug, Clone)]
+pub struct HandshakeSignatures {
+    pub algs: WebPkiSupportedAlgorithms,
+    tls12: bool,
+}
+
+impl HandshakeSignatures {
+    pub fn tls13_only() -> Self {
+        HandshakeSignatures {
+            algs: algorithms(),
+            tls12: false,
+        }
+    }
+
+    pub fn tls12_and_13() -> Self {
+        HandshakeSignatures {
+            algs: algorithms(),
+            tls12: true,
+        }
+    }
+
+    pub fn verify_tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if !self.tls12 {
+            return Err(rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::Tls12NotOffered,
+            ));
+        }
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    pub fn verify_tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    pub fn schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The three signature methods of rustls's verifier traits, delegated to a
+/// [`HandshakeSignatures`] field named `sigs` (one definition for every verifier).
+#[macro_export]
+macro_rules! delegate_handshake_signatures {
     () => {
         fn verify_tls12_signature(
             &self,
-            _message: &[u8],
-            _cert: &CertificateDer<'_>,
-            _dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            Err(rustls::Error::PeerIncompatible(
-                rustls::PeerIncompatible::Tls12NotOffered,
-            ))
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.sigs.verify_tls12(message, cert, dss)
         }
 
         fn verify_tls13_signature(
             &self,
             message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.sigs.verify_tls13(message, cert, dss)
         }
 
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.algs.supported_schemes()
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.sigs.schemes()
         }
     };
 }
@@ -66,7 +117,7 @@ pub struct Observed {
 pub struct PinnedServerVerifier {
     expected: Option<NodeId>,
     observed: Mutex<Observed>,
-    algs: WebPkiSupportedAlgorithms,
+    sigs: HandshakeSignatures,
 }
 
 impl PinnedServerVerifier {
@@ -76,7 +127,7 @@ impl PinnedServerVerifier {
         Arc::new(PinnedServerVerifier {
             expected,
             observed: Mutex::new(Observed::default()),
-            algs: algorithms(),
+            sigs: HandshakeSignatures::tls13_only(),
         })
     }
 
@@ -111,12 +162,12 @@ impl ServerCertVerifier for PinnedServerVerifier {
         }
     }
 
-    tls13_signatures!();
+    crate::delegate_handshake_signatures!();
 }
 
 #[derive(Debug)]
 pub struct AnyClientCertVerifier {
-    algs: WebPkiSupportedAlgorithms,
+    sigs: HandshakeSignatures,
 }
 
 impl ClientCertVerifier for AnyClientCertVerifier {
@@ -144,7 +195,7 @@ impl ClientCertVerifier for AnyClientCertVerifier {
         Ok(ClientCertVerified::assertion())
     }
 
-    tls13_signatures!();
+    crate::delegate_handshake_signatures!();
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +211,9 @@ pub fn server_config(identity: &Identity) -> Result<rustls::ServerConfig, TlsErr
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(err)?
-        .with_client_cert_verifier(Arc::new(AnyClientCertVerifier { algs: algorithms() }))
+        .with_client_cert_verifier(Arc::new(AnyClientCertVerifier {
+            sigs: HandshakeSignatures::tls13_only(),
+        }))
         .with_single_cert(vec![identity.cert_der.clone()], identity.private_key())
         .map_err(err)?;
     cfg.alpn_protocols = vec![

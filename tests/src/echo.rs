@@ -279,8 +279,12 @@ pub struct EchoClient {
     pub tls_version: Option<rustls::ProtocolVersion>,
 }
 
+/// Accepts any server certificate (the tests compare it themselves); handshake signatures
+/// are still checked, TLS 1.2 and 1.3.
 #[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+struct AcceptAny {
+    sigs: echomesh_client::tls::HandshakeSignatures,
+}
 
 impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     fn verify_server_cert(
@@ -293,25 +297,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    echomesh_client::delegate_handshake_signatures!();
 }
 
 impl EchoClient {
@@ -331,7 +317,9 @@ impl EchoClient {
         let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_custom_certificate_verifier(Arc::new(AcceptAny {
+                sigs: echomesh_client::tls::HandshakeSignatures::tls12_and_13(),
+            }))
             .with_no_client_auth();
         let conn = tokio_rustls::TlsConnector::from(Arc::new(cfg));
         let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());

@@ -6,11 +6,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
+use echomesh_client::tls::HandshakeSignatures;
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::DistinguishedName;
 use sha2::Digest as _;
 
 /// File names in the data directory.
@@ -92,43 +92,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn algorithms() -> WebPkiSupportedAlgorithms {
-    rustls::crypto::ring::default_provider().signature_verification_algorithms
-}
-
-/// Handshake signatures (TLS 1.2 and 1.3) checked against the presented certificate's key;
-/// the certificate itself is trusted by its pin, not by a CA.
-macro_rules! echo_signatures {
-    () => {
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.algs.supported_schemes()
-        }
-    };
-}
-
 /// Accepts any client certificate (or none); whether its SHA-256 is allowed as a neighbor is
 /// decided when the connection announces itself (`0111`).
 #[derive(Debug)]
 struct AnyClient {
-    algs: WebPkiSupportedAlgorithms,
+    sigs: HandshakeSignatures,
 }
 
 impl ClientCertVerifier for AnyClient {
@@ -149,14 +117,16 @@ impl ClientCertVerifier for AnyClient {
     ) -> Result<ClientCertVerified, rustls::Error> {
         Ok(ClientCertVerified::assertion())
     }
-    echo_signatures!();
+    echomesh_client::delegate_handshake_signatures!();
 }
 
 /// The listener's TLS configuration: TLS 1.2 (Smoke on Android 14+) and 1.3.
 pub fn server_config(c: &ListenerCert) -> anyhow::Result<rustls::ServerConfig> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_client_cert_verifier(Arc::new(AnyClient { algs: algorithms() }))
+        .with_client_cert_verifier(Arc::new(AnyClient {
+            sigs: HandshakeSignatures::tls12_and_13(),
+        }))
         .with_single_cert(
             vec![c.cert.clone()],
             PrivateKeyDer::Pkcs8(c.key.clone_key()),
@@ -179,7 +149,7 @@ pub struct SeenCert {
 pub struct PinVerifier {
     pin: Option<[u8; 32]>,
     seen: Mutex<SeenCert>,
-    algs: WebPkiSupportedAlgorithms,
+    sigs: HandshakeSignatures,
 }
 
 impl PinVerifier {
@@ -187,7 +157,7 @@ impl PinVerifier {
         Arc::new(PinVerifier {
             pin,
             seen: Mutex::new(SeenCert::default()),
-            algs: algorithms(),
+            sigs: HandshakeSignatures::tls12_and_13(),
         })
     }
 
@@ -218,7 +188,7 @@ impl ServerCertVerifier for PinVerifier {
             _ => Ok(ServerCertVerified::assertion()),
         }
     }
-    echo_signatures!();
+    echomesh_client::delegate_handshake_signatures!();
 }
 
 /// The dialing side's TLS configuration (no client certificate).

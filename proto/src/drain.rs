@@ -593,8 +593,8 @@ mod tests {
         d
     }
 
-    /// A started drain with no client sessions, now handing off `ozones`.
-    fn handing_off(t0: Instant, ozones: Vec<OzoneAddr>) -> Drain {
+    /// A started drain told it has no client sessions.
+    fn without_sessions(t0: Instant) -> Drain {
         let mut d = started(t0);
         d.handle(
             In::Sessions {
@@ -603,6 +603,12 @@ mod tests {
             },
             t0,
         );
+        d
+    }
+
+    /// A started drain with no client sessions, now handing off `ozones`.
+    fn handing_off(t0: Instant, ozones: Vec<OzoneAddr>) -> Drain {
+        let mut d = without_sessions(t0);
         d.handle(In::Ozones { run: 1, ozones }, t0);
         d
     }
@@ -838,14 +844,7 @@ mod tests {
     #[test]
     fn undrain_mid_way_serves_again_and_ignores_the_old_runs_answers() {
         let t0 = Instant::now();
-        let mut d = started(t0);
-        d.handle(
-            In::Sessions {
-                run: 1,
-                sessions: vec![],
-            },
-            t0,
-        );
+        let mut d = without_sessions(t0);
         drain_all(&mut d);
         d.handle(In::Undrain, t0);
         assert_eq!(

@@ -336,6 +336,14 @@ impl EchoClient {
         Ok(Self::serve(s, cert, version))
     }
 
+    /// Connect and announce `0111` (as Spot-On-Lite servers do): a Spot-On-Lite daemon then
+    /// sends this client everything, unfiltered.
+    pub async fn connect_unfiltered(addr: SocketAddr, tls: EchoTls) -> anyhow::Result<EchoClient> {
+        let c = Self::connect(addr, tls).await?;
+        c.send(&marker_frame());
+        Ok(c)
+    }
+
     fn serve<S>(
         stream: S,
         server_cert: Option<Vec<u8>>,

@@ -117,6 +117,23 @@ fn traffic(count: usize, mine: &[u8], tag: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// What the nodes' Echo sides took in, wrote out and dropped: says where a loss happened.
+fn echomesh_counts(a: &TestNode, b: &TestNode) -> String {
+    let f = |n: &TestNode, d: &str| {
+        n.metric(&format!(
+            "echomesh_bridge_frames_total{{direction=\"{d}\"}}"
+        ))
+    };
+    format!(
+        "echomesh: A in {} out {}, B in {} out {}, dropped {}",
+        f(a, "in"),
+        f(a, "out"),
+        f(b, "in"),
+        f(b, "out"),
+        a.metric("echomesh_bridge_dropped_total") + b.metric("echomesh_bridge_dropped_total")
+    )
+}
+
 /// Each frame of `sent` arrived exactly once and byte-identical in `got` (probes ignored).
 fn assert_each_once(sent: &[Vec<u8>], got: &[Bytes], who: &str) {
     let mut counts: HashMap<&[u8], usize> = HashMap::new();
@@ -212,17 +229,15 @@ async fn through_two_nodes(echomesh_dials: bool) {
     wait_echo_links(&b, 1);
 
     let tls = EchoTls::Any;
-    let c1 = EchoClient::connect(_sol1.listeners[0], tls)
+    let c1 = EchoClient::connect_unfiltered(_sol1.listeners[0], tls)
         .await
         .expect("c1");
-    let mut c2 = EchoClient::connect(_sol2.listeners[0], tls)
+    let mut c2 = EchoClient::connect_unfiltered(_sol2.listeners[0], tls)
         .await
         .expect("c2");
     let mut c3 = EchoClient::connect(_sol2.listeners[0], tls)
         .await
         .expect("c3");
-    c1.send(&marker_frame());
-    c2.send(&marker_frame());
     let me = [7u8; 64];
     wait_path(&c1, &mut c2, "SOL1 → SOL2").await;
     wait_path(
@@ -242,31 +257,22 @@ async fn through_two_nodes(echomesh_dials: bool) {
     send_paced(&c1, &sent).await;
     let got2 = c2.drain_data(Duration::from_secs(5)).await;
     let got3 = c3.drain_data(Duration::from_secs(1)).await;
-    for (n, name) in [(&a, "a"), (&b, "b")] {
-        let (_, m) = n.http_get("/metrics");
-        let lines: Vec<&str> = m
-            .lines()
-            .filter(|l| {
-                l.starts_with("echomesh_bridge") || l.starts_with("echomesh_packets_dropped")
-            })
-            .collect();
-        eprintln!("{name}:\n{}", lines.join("\n"));
-    }
-    assert_each_once(&sent, &got2, "SOL2's 0111 client");
+    let at = echomesh_counts(&a, &b);
+    assert_each_once(&sent, &got2, &format!("SOL2's 0111 client ({at})"));
     let mine: Vec<Vec<u8>> = sent.iter().step_by(2).cloned().collect();
     assert_each_once(&mine, &got3, "SOL2's client with a 0095a identity");
 
     // The other direction.
-    let mut c4 = EchoClient::connect(_sol1.listeners[0], tls)
+    let mut c4 = EchoClient::connect_unfiltered(_sol1.listeners[0], tls)
         .await
         .expect("c4");
-    c4.send(&marker_frame());
     wait_path(&c2, &mut c4, "SOL2 → SOL1 (new client)").await;
     c4.drain_data(Duration::from_secs(2)).await;
     let back = traffic(1000, &me, "ba");
     send_paced(&c2, &back).await;
     let got4 = c4.drain_data(Duration::from_secs(5)).await;
-    assert_each_once(&back, &got4, "SOL1's 0111 client");
+    let at = echomesh_counts(&a, &b);
+    assert_each_once(&back, &got4, &format!("SOL1's 0111 client ({at})"));
 
     let frames_in = a.metric("echomesh_bridge_frames_total{direction=\"in\"}")
         + b.metric("echomesh_bridge_frames_total{direction=\"in\"}");
@@ -419,14 +425,12 @@ async fn two_bridges_into_one_spot_on_lite_network_make_no_loop() {
     wait_echo_links(&a, 1);
     wait_echo_links(&b, 1);
 
-    let sender = EchoClient::connect(sol.listeners[0], EchoTls::Any)
+    let sender = EchoClient::connect_unfiltered(sol.listeners[0], EchoTls::Any)
         .await
         .expect("sender");
-    let mut on_sol = EchoClient::connect(sol.listeners[0], EchoTls::Any)
+    let mut on_sol = EchoClient::connect_unfiltered(sol.listeners[0], EchoTls::Any)
         .await
         .expect("sol client");
-    on_sol.send(&marker_frame());
-    sender.send(&marker_frame());
     let mut on_a = EchoClient::connect(format!("127.0.0.1:{ea}").parse().expect("a"), EchoTls::Any)
         .await
         .expect("a client");
@@ -543,14 +547,12 @@ async fn junk_is_refused_counted_and_never_flooded() {
     let mut watcher = EchoClient::connect(la, EchoTls::Plain)
         .await
         .expect("watcher");
-    let sender = EchoClient::connect(sol.listeners[0], EchoTls::Any)
+    let sender = EchoClient::connect_unfiltered(sol.listeners[0], EchoTls::Any)
         .await
         .expect("sol sender");
-    let mut sol_client = EchoClient::connect(sol.listeners[0], EchoTls::Any)
+    let mut sol_client = EchoClient::connect_unfiltered(sol.listeners[0], EchoTls::Any)
         .await
         .expect("sol client");
-    sol_client.send(&marker_frame());
-    sender.send(&marker_frame());
     wait_path(&sender, &mut watcher, "SOL1 → A's client").await;
     wait_path(&sender, &mut sol_client, "SOL1 client → SOL1 client").await;
     watcher.drain_data(Duration::from_secs(2)).await;

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use echomesh_tests::echo::{
-    free_tcp_port, label_of, marker_frame, smoke_frame, EchoClient, EchoTls, Sol, SolConfig,
+    free_tcp_port, label_of, smoke_frame, EchoClient, EchoTls, Sol, SolConfig,
 };
 use echomesh_tests::{Plan, TestNode};
 
@@ -54,11 +54,9 @@ async fn connect(sol: &Sol) -> EchoClient {
     } else {
         EchoTls::Any
     };
-    let c = EchoClient::connect(sol.listeners[0], tls)
+    EchoClient::connect_unfiltered(sol.listeners[0], tls)
         .await
-        .expect("connect to Spot-On-Lite");
-    c.send(&marker_frame());
-    c
+        .expect("connect to Spot-On-Lite")
 }
 
 /// Wait until a probe crosses the path.

@@ -266,8 +266,42 @@ def ozones():
                      L, [datasource_var()])
 
 
+def gateway():
+    L = Layout()
+    L.add(stat("Node session", "min(echomesh_gateway_node_connected)",
+               description="1 while the gateway has a session with a node (0: outgoing messages queue, incoming wait in the mesh)."), 4, 4)
+    L.add(stat("Outbox", "sum(echomesh_gateway_outbox_messages)",
+               description="Accepted messages not yet deposited for every recipient."), 4, 4)
+    L.add(stat("Inbox waiting", "sum(echomesh_gateway_inbox_pending)",
+               description="Incoming messages the webhook (or a pull) has not accepted yet."), 4, 4)
+    L.add(stat("Dead letters", "sum(echomesh_gateway_dead_letters)",
+               description="Messages the webhook did not accept in time: replay them with the API."), 4, 4)
+    L.add(stat("Rejected (1h)", "sum(increase(echomesh_gateway_received_total{result=\"rejected\"}[1h]))",
+               description="Incoming messages that failed verification: never delivered, listed at /v1/rejected."), 4, 4)
+    L.add(stat("Refusals (1h)", "sum(increase(echomesh_gateway_refusals_total[1h]))",
+               description="API requests refused (problem+json), any reason."), 4, 4)
+    L.add(series("Messages",
+                 [(f"sum(rate(echomesh_gateway_messages_accepted_total[{RATE}]))", "accepted (202)"),
+                  (f"sum by (outcome) (rate(echomesh_gateway_recipient_outcomes_total[{RATE}]))", "sent: {{outcome}}"),
+                  (f"sum by (result) (rate(echomesh_gateway_received_total[{RATE}]))", "received: {{result}}")],
+                 "ops", "Outgoing copies by outcome; incoming messages by verification."), 12, 8)
+    L.add(series("Webhook attempts",
+                 [(f"sum by (result) (rate(echomesh_gateway_webhook_attempts_total[{RATE}]))", "{{result}}")],
+                 "ops", "ok, http_error (the receiver answered non-2xx), network (unreachable, timeout)."), 12, 8)
+    L.add(series("Latency",
+                 [(f"histogram_quantile(0.99, sum by (le) (rate(echomesh_gateway_send_seconds_bucket[{RATE}])))", "202 to deposited p99"),
+                  (f"histogram_quantile(0.99, sum by (le) (rate(echomesh_gateway_webhook_seconds_bucket[{RATE}])))", "webhook attempt p99")],
+                 "s"), 12, 8)
+    L.add(series("Refusals by reason",
+                 [(f"sum by (reason) (rate(echomesh_gateway_refusals_total[{RATE}]))", "{{reason}}")],
+                 "ops", "See docs/GATEWAY.md for each reason."), 12, 8)
+    return dashboard("echomesh-gateway", "echomesh / Gateway",
+                     "Is the city's software getting its messages through, both ways?",
+                     L, [datasource_var()])
+
+
 def main():
-    for name, d in [("mesh-overview", mesh_overview()), ("node-detail", node_detail()), ("ozones", ozones())]:
+    for name, d in [("mesh-overview", mesh_overview()), ("node-detail", node_detail()), ("ozones", ozones()), ("gateway", gateway())]:
         (HERE / f"{name}.json").write_text(json.dumps(d, indent=2) + "\n")
 
 

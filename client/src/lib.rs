@@ -8,16 +8,22 @@
 //! - `follow`, `inject`: riding out bad links: a follower that resumes from its last log
 //!   position, an injector that retries unacknowledged batches.
 //! - `e2e`: the end-to-end envelope (RSA-OAEP + AES-GCM, RSA-PSS signatures) that nodes never
-//!   open.
+//!   open; `keyfile`: participant key files; `files`: files split into chunks and reassembled.
+//! - `mail`: person-to-person messages (find a recipient, seal pieces, deposit durably);
+//!   `target`: `HOST:PORT[#FINGERPRINT]` with trust on first use.
 //!
 //! The wire types come from `echomesh-proto`; nothing here links RocksDB, axum or prometheus.
 
 pub mod e2e;
+pub mod files;
 pub mod follow;
 pub mod framing;
 pub mod identity;
 pub mod inject;
+pub mod keyfile;
+pub mod mail;
 pub mod session;
+pub mod target;
 pub mod tls;
 pub mod transport;
 
@@ -27,4 +33,4 @@ pub use session::{
 };
 
 // The protocol modules, under the names this crate's code uses.
-use echomesh_proto::{echo, keydir, ozone, wire};
+use echomesh_proto::{echo, keydir, ozone, tags, wire};

@@ -312,9 +312,32 @@ impl ClientSession {
                     | ClientEvent::Resumed { .. }
                     | ClientEvent::Lagged { .. },
                 ) => {}
+                // A node that starts draining mid-session points us elsewhere.
+                Some(ClientEvent::Redirect { nodes, reason }) => {
+                    return Err(ClientError::Redirected { nodes, reason })
+                }
                 Some(ev) => return Ok(ev),
                 None => return Err(ClientError::Io("node closed the session".into())),
             }
+        }
+    }
+
+    /// Inject one batch and wait for the node's answer: `(accepted, duplicates, rejected)`.
+    pub async fn inject_acked(
+        &mut self,
+        batch: &[EchoPacket],
+    ) -> Result<(u32, u32, u32), ClientError> {
+        self.writer.inject(batch).await?;
+        match self.reply().await? {
+            ClientEvent::Injected {
+                accepted,
+                duplicates,
+                rejected,
+            } => Ok((accepted, duplicates, rejected)),
+            ClientEvent::Error { message, .. } => Err(ClientError::Refused(message)),
+            other => Err(ClientError::Protocol(format!(
+                "expected an inject reply, got {other:?}"
+            ))),
         }
     }
 

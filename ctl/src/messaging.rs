@@ -6,12 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use bytes::Bytes;
 use clap::{Args, Subcommand};
-use echomesh_client::e2e::{self, Content, Participant, Recipient};
+use echomesh_client::e2e::{self, Content, Participant};
+use echomesh_client::files::{self, Reassembler};
+use echomesh_client::{keyfile, mail};
 use echomesh_client::{ClientReader, ClientSession, Followed, Follower};
-use echomesh_ctl::files::{self, Reassembler};
-use echomesh_ctl::keyfile;
 use echomesh_proto::clock::unix_now;
 use echomesh_proto::echo::EchoPacket;
 use echomesh_proto::keydir::{BundleKind, Fingerprint, KeyBundle, ParticipantRef};
@@ -24,12 +23,6 @@ use crate::target_node::{self, NodeTarget};
 
 /// Passphrase environment variable (also read by every command that opens a key file).
 const PASSPHRASE_ENV: &str = "ECHOMESH_PASSPHRASE";
-/// Largest file chunk; smaller when the node's payload limit requires.
-const MAX_CHUNK: usize = 192 * 1024;
-/// Room for the envelope around a chunk (wrapped key, sender key, signature, framing).
-const ENVELOPE_OVERHEAD: usize = 4 * 1024;
-/// Bytes of packets per inject request.
-const INJECT_BATCH_BYTES: usize = 1 << 20;
 
 #[derive(Subcommand, Debug)]
 pub enum KeysCmd {
@@ -292,7 +285,7 @@ pub async fn keys(cmd: KeysCmd, json: bool) -> anyhow::Result<ExitCode> {
         KeysCmd::Lookup { node, id } => {
             let who: ParticipantRef = id.parse()?;
             let (_ep, mut s) = target_node::connect(&node).await?;
-            let found = verified_bundles(&mut s, who).await?;
+            let found = mail::verified_bundles(&mut s, who).await?;
             if found.is_empty() {
                 bail!("no key published for {who} is known to {}; ask them to run `echomeshctl keys publish`", node.addr);
             }
@@ -390,33 +383,6 @@ async fn publish(
     Ok(())
 }
 
-/// Look up bundles and keep only those that verify here and match what was asked for.
-async fn verified_bundles(
-    s: &mut ClientSession,
-    who: ParticipantRef,
-) -> anyhow::Result<Vec<KeyBundle>> {
-    let found = s.lookup_key(who).await?;
-    let now = unix_now();
-    Ok(found
-        .into_iter()
-        .filter(|b| who.matches(&b.fingerprint()) && b.verify(now).is_ok())
-        .collect())
-}
-
-async fn resolve_recipient(s: &mut ClientSession, text: &str) -> anyhow::Result<Recipient> {
-    let who: ParticipantRef = text.parse()?;
-    let found = verified_bundles(s, who).await?;
-    match found.as_slice() {
-        [] => bail!("no key published for {who}; ask them to run `echomeshctl keys publish`, or check the ID"),
-        [b] => Ok(Recipient::from_bundle(b, unix_now())?),
-        many => bail!(
-            "{} keys share the short ID {who}; use the full fingerprint instead: {}",
-            many.len(),
-            many.iter().map(|b| b.fingerprint().hex()).collect::<Vec<_>>().join(", ")
-        ),
-    }
-}
-
 pub async fn send(a: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
     let me = load_key(&a.key)?;
     let contents = match (&a.file, &a.message) {
@@ -436,36 +402,21 @@ pub async fn send(a: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
     let (ep, mut s) = target_node::connect(&a.node).await?;
     let mut recipients = Vec::new();
     for t in &a.to {
-        recipients.push(resolve_recipient(&mut s, t).await?);
+        recipients.push(mail::resolve_recipient(&mut s, t).await?);
     }
-    let chunk = MAX_CHUNK
-        .min(s.max_payload.saturating_sub(ENVELOPE_OVERHEAD))
-        .max(1024);
     let content: Vec<Content> = match (&contents, &a.message) {
-        (Some((name, data)), _) => files::chunks(name, data, chunk),
-        (None, Some(text)) => vec![Content::Text(text.clone())],
+        (Some((name, data)), _) => {
+            mail::contents(None, Some((name, data)), mail::chunk_size(s.max_payload))
+        }
+        (None, Some(text)) => mail::contents(Some(text), None, 0),
         (None, None) => bail!("nothing to send: give a MESSAGE or --file"),
     };
-    let epoch = tags::epoch_of(unix_now());
     let n_pieces = content.len();
     let mut live_packets = Vec::new();
     let mut outcomes = Vec::new();
     for r in &recipients {
-        let tag = tags::tag(&tags::inbox_address(&r.fingerprint), epoch);
-        let mut pieces = Vec::new();
-        for c in &content {
-            let me_ref = &me;
-            let (r2, c2) = (r.clone(), c.clone());
-            let payload = tokio::task::block_in_place(|| e2e::seal(me_ref, &r2, c2))?;
-            if payload.len() > s.max_payload {
-                bail!(
-                    "message of {} bytes exceeds the node's limit of {} bytes; send it as --file",
-                    payload.len(),
-                    s.max_payload
-                );
-            }
-            pieces.push(Bytes::from(payload));
-        }
+        let pieces =
+            tokio::task::block_in_place(|| mail::seal_pieces(&me, r, &content, s.max_payload))?;
         // An explicit --ozone wins; else the recipient's mailbox; else live only.
         let mailbox = match &a.ozone {
             Some(secret) => Some(OzoneProof::from_secret(secret.as_bytes()).address()),
@@ -478,7 +429,7 @@ pub async fn send(a: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
                 let mut copies = u8::MAX;
                 let mut failed = None;
                 for p in pieces {
-                    match deposit_retrying(&ep, &mut s, addr, p).await {
+                    match mail::deposit_retrying(&ep, &mut s, addr, p, target_node::AGENT).await {
                         Ok(c) => copies = copies.min(c),
                         Err(e) => {
                             failed = Some(format!("{e:#}"));
@@ -492,11 +443,7 @@ pub async fn send(a: SendArgs, json: bool) -> anyhow::Result<ExitCode> {
                 }
             }
             None => {
-                live_packets.extend(
-                    pieces
-                        .into_iter()
-                        .map(|p| EchoPacket::new(p, 16, Some(tag))),
-                );
+                live_packets.extend(mail::live_packets(&r.fingerprint, pieces));
                 Delivery::Live
             }
         };
@@ -594,34 +541,6 @@ impl Delivery {
     }
 }
 
-/// Deposit one piece; a lost connection is dialed again and the same bytes deposited again
-/// (the ozone keeps one copy of a payload, so a retry is harmless).
-async fn deposit_retrying(
-    ep: &quinn::Endpoint,
-    s: &mut ClientSession,
-    addr: echomesh_proto::ozone::OzoneAddr,
-    payload: Bytes,
-) -> anyhow::Result<u8> {
-    loop {
-        match s.deposit(addr, payload.clone()).await {
-            Ok((_, copies)) => return Ok(copies),
-            Err(e @ echomesh_client::ClientError::Io(_)) => {
-                tracing::info!(error = %e, "deposit session lost; dialing again");
-                *s = echomesh_client::inject::redial(
-                    ep,
-                    s.conn.remote_address(),
-                    s.node_id,
-                    target_node::AGENT,
-                    echomesh_client::follow::RESUME_FOR,
-                    e,
-                )
-                .await?;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 /// Inject packets in batches of about 1 MiB, again after a lost connection; returns how many
 /// the node acknowledged (new or known).
 async fn inject_all(
@@ -629,20 +548,7 @@ async fn inject_all(
     s: ClientSession,
     packets: Vec<EchoPacket>,
 ) -> anyhow::Result<u64> {
-    let mut batches: Vec<Vec<EchoPacket>> = Vec::new();
-    let mut cur = Vec::new();
-    let mut cur_bytes = 0;
-    for p in packets {
-        if cur_bytes + p.payload.len() > INJECT_BATCH_BYTES && !cur.is_empty() {
-            batches.push(std::mem::take(&mut cur));
-            cur_bytes = 0;
-        }
-        cur_bytes += p.payload.len();
-        cur.push(p);
-    }
-    if !cur.is_empty() {
-        batches.push(cur);
-    }
+    let batches = mail::batches(packets);
     let r = echomesh_client::inject::inject_all(
         ep,
         s,

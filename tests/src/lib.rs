@@ -14,6 +14,7 @@ use anyhow::{anyhow, bail, Context};
 
 pub mod chaos;
 pub mod echo;
+pub mod gateway;
 pub use echomesh_proto::admin::RuntimeInfo;
 
 pub fn bin_dir() -> PathBuf {

@@ -32,6 +32,28 @@ fn key<'a>(keys: &'a [(String, String)], k: &str) -> &'a str {
         .unwrap_or_else(|| panic!("unit has no {k}"))
 }
 
+/// The gateway's unit verifies too (its start is what the gateway tests run).
+#[test]
+fn gateway_systemd_unit_verifies() {
+    let unit =
+        std::fs::read_to_string(repo().join("deploy/systemd/echomesh-gateway.service")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = unit.replace("/usr/local/bin/", &format!("{}/", bin_dir().display()));
+    let copy = dir.path().join("echomesh-gateway.service");
+    std::fs::write(&copy, &local).unwrap();
+    let out = Command::new("/usr/bin/systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(key(&service_keys(&local), "ExecStart").contains("echomesh-gateway --config"));
+}
+
 #[test]
 fn systemd_unit_verifies_and_its_start_reload_and_stop_work() {
     let unit = std::fs::read_to_string(repo().join("deploy/systemd/echomesh.service")).unwrap();

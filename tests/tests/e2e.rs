@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use echomesh_client::e2e::{self, Body, Content, Participant, Recipient};
+use echomesh_client::keyfile;
 use echomesh_client::{self as client, ClientError};
-use echomesh_ctl::keyfile;
 use echomesh_proto::clock::unix_now;
 use echomesh_proto::echo::EchoPacket;
 use echomesh_proto::keydir::{BundleKind, ParticipantRef};

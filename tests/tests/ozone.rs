@@ -398,7 +398,7 @@ async fn replicated_deposits_survive_the_loss_of_any_node_and_replicas_converge(
     .await
     .unwrap();
     let bob_file = root.path().join("bob.key");
-    echomesh_ctl::keyfile::save(&bob_file, &bob, None).unwrap();
+    echomesh_client::keyfile::save(&bob_file, &bob, None).unwrap();
     let to_bob = Recipient::from_bundle(
         &bob.bundle(BundleKind::Publish, "Bob", unix_now(), true),
         unix_now(),

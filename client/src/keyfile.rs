@@ -8,7 +8,7 @@ use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use rsa::rand_core::OsRng;
 use rsa::RsaPrivateKey;
 
-use echomesh_client::e2e::Participant;
+use crate::e2e::Participant;
 
 const UNPROTECTED_NOTE: &str =
     "# echomesh participant key WITHOUT passphrase: anyone who can read this file can read your messages\n";
@@ -64,7 +64,7 @@ pub fn save(path: &Path, who: &Participant, passphrase: Option<&str>) -> Result<
             format!("{UNPROTECTED_NOTE}{}", pem.as_str())
         }
     };
-    echomesh_client::identity::write_private(path, pem.as_bytes())
+    crate::identity::write_private(path, pem.as_bytes())
         .map_err(|e| KeyFileError::Write(name, e.to_string()))
 }
 

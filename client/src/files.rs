@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use echomesh_client::e2e::{Content, FileChunk};
+use crate::e2e::{Content, FileChunk};
 
 /// Default largest file `recv` accepts.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;

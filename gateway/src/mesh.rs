@@ -58,13 +58,14 @@ impl Nodes {
         *self.hints.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
     }
 
-    /// Open a session: a draining node's suggestions first, then the configured nodes from
-    /// the one that worked last. One pass; the caller decides when to try again.
+    /// Open a session: the nodes a draining node suggested first (remembered until another
+    /// redirect replaces them: the configured node may be gone for good), then the configured
+    /// nodes from the one that worked last. One pass; the caller decides when to try again.
     pub async fn connect(&self, why: &'static str) -> Result<ClientSession, String> {
-        let hints = std::mem::take(&mut *self.hints.lock().unwrap_or_else(|p| p.into_inner()));
+        let hints = self.hints.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if !hints.is_empty() {
             if let Ok((s, to)) = echomesh_client::connect_any(&self.endpoint, &hints, AGENT).await {
-                tracing::info!(node = %to, "session moved to the node a draining node suggested");
+                tracing::info!(node = %to, "session on a node a draining node suggested");
                 self.metrics
                     .node_changes
                     .with_label_values(&["redirect"])

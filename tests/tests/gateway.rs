@@ -143,6 +143,50 @@ fn city_software_and_citizens_reach_each_other_through_the_gateway() {
     assert_eq!(line["from"], hausmeister_id.as_str());
     assert_eq!(line["text"], "repair approved: window in room 204");
 
+    // The timetable form: multipart with a file.
+    let plan: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let form = reqwest::blocking::multipart::Form::new()
+        .text("from", "hausmeister-dienst")
+        .text("to", caretaker_id.clone())
+        .part(
+            "file",
+            reqwest::blocking::multipart::Part::bytes(plan.clone()).file_name("plan-7b.pdf"),
+        );
+    let r = client()
+        .post(gw.url("/v1/messages"))
+        .bearer_auth(&tickets)
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let id: serde_json::Value = r.json().unwrap();
+    wait_state(
+        &gw,
+        id["id"].as_str().unwrap(),
+        "deposited",
+        Duration::from_secs(30),
+    );
+    let files = people.path().join("caretaker-files");
+    let out = b.ctl(&[
+        "recv",
+        "--node",
+        &b.spec(),
+        "--key",
+        caretaker_key.to_str().unwrap(),
+        "--count",
+        "1",
+        "--timeout",
+        "30",
+        "--out-dir",
+        files.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(files.join("plan-7b.pdf")).unwrap() == plan);
+
     // 2. A citizen's photo to the Ordnungsamt arrives at the webhook, exact bytes, verified.
     wait_known(&c, &amt_id);
     let photo: Vec<u8> = (0..300 * 1024).map(|_| rand::random::<u8>()).collect();
@@ -271,6 +315,8 @@ fn city_software_and_citizens_reach_each_other_through_the_gateway() {
 
 /// Done-when 3: the webhook receiver is down for 30 s; every message arrives afterwards, each
 /// id delivered at least once, and the receiver (by the documented rule) records each once.
+/// Then the gateway's only configured node drains and stops: the gateway follows its
+/// redirect, and sending and receiving go on.
 #[test]
 fn a_webhook_outage_loses_nothing() {
     let root = tempfile::tempdir().unwrap();
@@ -356,6 +402,58 @@ fn a_webhook_outage_loses_nothing() {
     );
     assert!(failed_while_down >= 6.0);
     assert_eq!(gw.metric("echomesh_gateway_dead_letters"), 0.0);
+
+    // The node drains (clients redirected) and stops.
+    drop(a);
+    let mut a = nodes[0].lock().unwrap();
+    let b = nodes[1].lock().unwrap();
+    let out = a.ctl(&["drain", "--wait", "--deadline", "30"]);
+    assert!(
+        out.status.success(),
+        "drain: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(a.terminate().success());
+    b.ctl_ok(&[
+        "send",
+        "--node",
+        &b.spec(),
+        "--key",
+        citizen_key.to_str().unwrap(),
+        "--to",
+        &amt_id,
+        "nach dem Umzug",
+    ]);
+    wait_for(
+        Duration::from_secs(60),
+        "the message after the move",
+        || {
+            receiver
+                .recorded()
+                .iter()
+                .any(|m| m["text"] == "nach dem Umzug")
+                .then_some(())
+        },
+    );
+    let citizen_id = b.ctl_ok(&[
+        "--json",
+        "keys",
+        "show",
+        "--key",
+        citizen_key.to_str().unwrap(),
+    ]);
+    let citizen_id: serde_json::Value = serde_json::from_str(&citizen_id).unwrap();
+    let body = serde_json::json!({"from": "ordnungsamt", "to": [citizen_id["id"]], "text": "Vorgang 17 erledigt"});
+    let (s, _, v) = gw.post_json(&gw.token, "/v1/messages", &body.to_string());
+    assert_eq!(s, 202, "{v}\n{}", gw.log_tail());
+    wait_state(
+        &gw,
+        v["id"].as_str().unwrap(),
+        "deposited",
+        Duration::from_secs(60),
+    );
+    assert!(gw.metric("echomesh_gateway_node_sessions_total{why=\"redirect\"}") >= 1.0);
+    assert_eq!(receiver.recorded().len(), 7, "nothing twice");
 }
 
 /// Done-when 5 and 6: every bad request is a counted problem+json refusal and queues

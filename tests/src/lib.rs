@@ -291,6 +291,29 @@ impl TestNode {
         self.ctl_env_ok(&[], args)
     }
 
+    /// `echomeshctl keys gen --no-passphrase` into `dir/NAME.key`: (file, short ID).
+    pub fn gen_key(&self, dir: &Path, name: &str) -> (PathBuf, String) {
+        let file = dir.join(format!("{name}.key"));
+        let out = self.ctl_ok(&[
+            "--json",
+            "keys",
+            "gen",
+            "--out",
+            file.to_str().expect("utf-8 path"),
+            "--no-passphrase",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("keys gen JSON");
+        (file, v["id"].as_str().expect("id").to_string())
+    }
+
+    /// Wait until this node's key directory has a bundle for `id`.
+    pub fn wait_known(&self, id: &str) {
+        wait_for(Duration::from_secs(30), "bundle in the directory", || {
+            let out = self.ctl(&["--json", "keys", "lookup", "--node", &self.spec(), id]);
+            out.status.success().then_some(())
+        });
+    }
+
     pub fn neighbors(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.ctl_ok(&["--json", "neighbors"])).expect("neighbors json")
     }

@@ -8,20 +8,6 @@ use std::time::Duration;
 use echomesh_tests::gateway::{client, Receiver, TestGateway};
 use echomesh_tests::{bin, cluster_of_three, wait_for, TestNode};
 
-fn gen_key(n: &TestNode, dir: &Path, name: &str) -> (PathBuf, String) {
-    let file = dir.join(format!("{name}.key"));
-    let out = n.ctl_ok(&[
-        "--json",
-        "keys",
-        "gen",
-        "--out",
-        file.to_str().unwrap(),
-        "--no-passphrase",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    (file, v["id"].as_str().unwrap().to_string())
-}
-
 fn publish(n: &TestNode, key: &Path, name: &str) {
     n.ctl_ok(&[
         "keys",
@@ -35,11 +21,36 @@ fn publish(n: &TestNode, key: &Path, name: &str) {
     ]);
 }
 
-fn wait_known(n: &TestNode, id: &str) {
-    wait_for(Duration::from_secs(30), "bundle in the directory", || {
-        let out = n.ctl(&["--json", "keys", "lookup", "--node", &n.spec(), id]);
-        out.status.success().then_some(())
-    });
+/// `echomeshctl --json recv` of one message with `key` on `n` (`extra`: recv's own flags).
+fn recv_one(n: &TestNode, key: &Path, extra: &[&str]) -> std::process::Output {
+    let spec = n.spec();
+    let mut args = vec![
+        "--json",
+        "recv",
+        "--node",
+        &spec,
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    args.extend(["--count", "1", "--timeout", "30"]);
+    args.extend_from_slice(extra);
+    n.ctl(&args)
+}
+
+/// `echomeshctl send` with `key` on `n` to `to`: a text, or `--file PATH`.
+fn send(n: &TestNode, key: &Path, to: &str, what: &[&str]) {
+    let spec = n.spec();
+    let mut args = vec![
+        "send",
+        "--node",
+        &spec,
+        "--key",
+        key.to_str().unwrap(),
+        "--to",
+        to,
+    ];
+    args.extend_from_slice(what);
+    n.ctl_ok(&args);
 }
 
 fn secret_file(dir: &Path) -> PathBuf {
@@ -94,9 +105,9 @@ fn city_software_and_citizens_reach_each_other_through_the_gateway() {
     let a = nodes[0].lock().unwrap();
     let mut b = nodes[1].lock().unwrap();
     let mut c = nodes[2].lock().unwrap();
-    let (caretaker_key, caretaker_id) = gen_key(&a, people.path(), "caretaker");
+    let (caretaker_key, caretaker_id) = a.gen_key(people.path(), "caretaker");
     publish(&b, &caretaker_key, "Hausmeister Schmidt");
-    let (citizen_key, citizen_id) = gen_key(&a, people.path(), "citizen");
+    let (citizen_key, citizen_id) = a.gen_key(people.path(), "citizen");
     publish(&c, &citizen_key, "Erika Mustermann");
 
     let secret = secret_file(people.path());
@@ -119,26 +130,23 @@ fn city_software_and_citizens_reach_each_other_through_the_gateway() {
 
     // 1. The ticket system, with a token that may only send as the caretaker service.
     let tickets = gateway_token(&gw, "tickets", &["send:hausmeister-dienst"]);
-    wait_known(&a, &caretaker_id);
+    a.wait_known(&caretaker_id);
     let body = serde_json::json!({"from": "hausmeister-dienst", "to": [caretaker_id], "text": "repair approved: window in room 204"});
     let (s, _, v) = gw.post_json(&tickets, "/v1/messages", &body.to_string());
     assert_eq!(s, 202, "{v}\n{}", gw.log_tail());
     let id = v["id"].as_str().unwrap().to_string();
     wait_state(&gw, &id, "deposited", Duration::from_secs(30));
-    let out = b.ctl(&[
-        "--json",
-        "recv",
-        "--node",
-        &b.spec(),
-        "--key",
-        caretaker_key.to_str().unwrap(),
-        "--count",
-        "1",
-        "--timeout",
-        "30",
-    ]);
-    let line: serde_json::Value =
-        serde_json::from_slice(out.stdout.split(|c| *c == b'\n').next().unwrap()).unwrap();
+    let out = recv_one(&b, &caretaker_key, &[]);
+    let line: serde_json::Value = serde_json::from_slice(
+        out.stdout.split(|c| *c == b'\n').next().unwrap(),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "recv: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     assert_eq!(line["status"], "verified", "{line}");
     assert_eq!(line["from"], hausmeister_id.as_str());
     assert_eq!(line["text"], "repair approved: window in room 204");
@@ -167,19 +175,7 @@ fn city_software_and_citizens_reach_each_other_through_the_gateway() {
         Duration::from_secs(30),
     );
     let files = people.path().join("caretaker-files");
-    let out = b.ctl(&[
-        "recv",
-        "--node",
-        &b.spec(),
-        "--key",
-        caretaker_key.to_str().unwrap(),
-        "--count",
-        "1",
-        "--timeout",
-        "30",
-        "--out-dir",
-        files.to_str().unwrap(),
-    ]);
+    let out = recv_one(&b, &caretaker_key, &["--out-dir", files.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
@@ -188,21 +184,16 @@ fn city_software_and_citizens_reach_each_other_through_the_gateway() {
     assert!(std::fs::read(files.join("plan-7b.pdf")).unwrap() == plan);
 
     // 2. A citizen's photo to the Ordnungsamt arrives at the webhook, exact bytes, verified.
-    wait_known(&c, &amt_id);
+    c.wait_known(&amt_id);
     let photo: Vec<u8> = (0..300 * 1024).map(|_| rand::random::<u8>()).collect();
     let photo_path = people.path().join("falschparker.jpg");
     std::fs::write(&photo_path, &photo).unwrap();
-    c.ctl_ok(&[
-        "send",
-        "--node",
-        &c.spec(),
-        "--key",
-        citizen_key.to_str().unwrap(),
-        "--to",
+    send(
+        &c,
+        &citizen_key,
         &amt_id,
-        "--file",
-        photo_path.to_str().unwrap(),
-    ]);
+        &["--file", photo_path.to_str().unwrap()],
+    );
     let rec = wait_for(Duration::from_secs(60), "the photo at the webhook", || {
         receiver
             .recorded()
@@ -252,31 +243,11 @@ fn city_software_and_citizens_reach_each_other_through_the_gateway() {
         "Fahrrad am Geländer",
         "Müll am Straßenrand",
     ] {
-        c.ctl_ok(&[
-            "send",
-            "--node",
-            &c.spec(),
-            "--key",
-            citizen_key.to_str().unwrap(),
-            "--to",
-            &amt_id,
-            t,
-        ]);
+        send(&c, &citizen_key, &amt_id, &[t]);
     }
     gw.restart();
     wait_state(&gw, &id, "deposited", Duration::from_secs(60));
-    let out = b.ctl(&[
-        "--json",
-        "recv",
-        "--node",
-        &b.spec(),
-        "--key",
-        caretaker_key.to_str().unwrap(),
-        "--count",
-        "1",
-        "--timeout",
-        "30",
-    ]);
+    let out = recv_one(&b, &caretaker_key, &[]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("heating fixed"),
         "{}",
@@ -323,7 +294,7 @@ fn a_webhook_outage_loses_nothing() {
     let people = tempfile::tempdir().unwrap();
     let (nodes, _) = cluster_of_three(root.path(), &[]);
     let a = nodes[0].lock().unwrap();
-    let (citizen_key, _) = gen_key(&a, people.path(), "citizen");
+    let (citizen_key, _) = a.gen_key(people.path(), "citizen");
     publish(&a, &citizen_key, "Citizen");
     let secret = secret_file(people.path());
     let mut receiver = Receiver::start(&people.path().join("receiver"), &secret);
@@ -349,21 +320,12 @@ fn a_webhook_outage_loses_nothing() {
         ],
     );
     let amt_id = gw.identity_id("ordnungsamt");
-    wait_known(&a, &amt_id);
+    a.wait_known(&amt_id);
     receiver.down();
     let down_at = std::time::Instant::now();
     let texts: Vec<String> = (0..6).map(|i| format!("Meldung {i}")).collect();
     for t in &texts {
-        a.ctl_ok(&[
-            "send",
-            "--node",
-            &a.spec(),
-            "--key",
-            citizen_key.to_str().unwrap(),
-            "--to",
-            &amt_id,
-            t,
-        ]);
+        send(&a, &citizen_key, &amt_id, &[t]);
     }
     wait_for(
         Duration::from_secs(30),
@@ -414,16 +376,7 @@ fn a_webhook_outage_loses_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(a.terminate().success());
-    b.ctl_ok(&[
-        "send",
-        "--node",
-        &b.spec(),
-        "--key",
-        citizen_key.to_str().unwrap(),
-        "--to",
-        &amt_id,
-        "nach dem Umzug",
-    ]);
+    send(&b, &citizen_key, &amt_id, &["nach dem Umzug"]);
     wait_for(
         Duration::from_secs(60),
         "the message after the move",
@@ -463,7 +416,7 @@ fn bad_requests_are_clear_problems_and_the_openapi_document_matches() {
     let root = tempfile::tempdir().unwrap();
     let people = tempfile::tempdir().unwrap();
     let a = TestNode::start(root.path(), "a", 0, &[]);
-    let (_, unpublished_id) = gen_key(&a, people.path(), "nobody");
+    let (_, unpublished_id) = a.gen_key(people.path(), "nobody");
     let cfg = people.path().join("gateway.toml");
     std::fs::write(&cfg, "[limits]\nmax_body_bytes = 4096\n").unwrap();
     let gw = TestGateway::start(

@@ -1,24 +1,9 @@
 //! Personal mailboxes: a message to someone who is offline waits for them, durably, with real
 //! node processes and the real `echomeshctl`.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use echomesh_tests::{cluster_of_three, wait_for, TestNode};
-
-fn gen_key(n: &TestNode, dir: &Path, name: &str) -> (PathBuf, String) {
-    let file = dir.join(format!("{name}.key"));
-    let out = n.ctl_ok(&[
-        "--json",
-        "keys",
-        "gen",
-        "--out",
-        file.to_str().unwrap(),
-        "--no-passphrase",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    (file, v["id"].as_str().unwrap().to_string())
-}
+use echomesh_tests::{cluster_of_three, TestNode};
 
 fn publish(n: &TestNode, key: &Path, name: &str, extra: &[&str]) -> serde_json::Value {
     let spec = n.spec();
@@ -37,13 +22,6 @@ fn publish(n: &TestNode, key: &Path, name: &str, extra: &[&str]) -> serde_json::
     serde_json::from_str(&n.ctl_ok(&args)).unwrap()
 }
 
-fn wait_known(n: &TestNode, id: &str) {
-    wait_for(Duration::from_secs(20), "bundle in the directory", || {
-        let out = n.ctl(&["--json", "keys", "lookup", "--node", &n.spec(), id]);
-        out.status.success().then_some(())
-    });
-}
-
 /// Done-when 3 of "Nothing sent is lost": Alice sends 20 messages and a 1 MiB file to Bob
 /// while Bob's client is down; node C (not Alice's) is killed -9 after her last send returned;
 /// Bob reads on B and gets all of it once, verified; a second `recv` shows nothing; a
@@ -57,16 +35,16 @@ fn messages_to_someone_offline_wait_in_their_mailbox_and_survive_a_node() {
     let b = nodes[1].lock().unwrap();
     let mut c = nodes[2].lock().unwrap();
 
-    let (alice_key, _alice_id) = gen_key(&a, people.path(), "alice");
-    let (bob_key, bob_id) = gen_key(&b, people.path(), "bob");
-    let (carol_key, carol_id) = gen_key(&b, people.path(), "carol");
+    let (alice_key, _alice_id) = a.gen_key(people.path(), "alice");
+    let (bob_key, bob_id) = b.gen_key(people.path(), "bob");
+    let (carol_key, carol_id) = b.gen_key(people.path(), "carol");
     publish(&a, &alice_key, "Alice", &[]);
     let v = publish(&b, &bob_key, "Bob", &[]);
     assert_eq!(v["mailbox"], true, "{v}");
     let v = publish(&b, &carol_key, "Carol", &["--no-mailbox"]);
     assert_eq!(v["mailbox"], false, "{v}");
-    wait_known(&a, &bob_id);
-    wait_known(&a, &carol_id);
+    a.wait_known(&bob_id);
+    a.wait_known(&carol_id);
     let lookup: serde_json::Value = serde_json::from_str(&a.ctl_ok(&[
         "--json",
         "keys",

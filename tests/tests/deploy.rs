@@ -326,7 +326,7 @@ fn helm_chart_lints_validates_and_refuses_nonsense() {
     let out = run_ok(
         Command::new(repo().join("scripts/check-helm")).env("NODE_BIN", bin("echomesh-node")),
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("5 bad values refused"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("7 bad values refused"));
 }
 
 /// The Debian package: it builds (lintian finds no error), installs with `dpkg -i` (binaries,

@@ -604,7 +604,6 @@ fn page(
     gw: &Arc<Gateway>,
     t: &TokenEntry,
     q: InboxQuery,
-    state: InState,
 ) -> Result<(Option<String>, u64, usize, Vec<String>), Refusal> {
     if let Some(i) = &q.identity {
         if gw.identity_index(i).is_none() {
@@ -616,7 +615,6 @@ fn page(
         }
         allow(t, Action::Read, i)?;
     }
-    let _ = state;
     let readable: Vec<String> = gw
         .identities
         .iter()
@@ -638,7 +636,7 @@ async fn list_state(
     state: InState,
 ) -> Result<Json<InboxPage>, Refusal> {
     let t = auth(gw, headers)?;
-    let (only, after, limit, readable) = page(gw, &t, q, state)?;
+    let (only, after, limit, readable) = page(gw, &t, q)?;
     let msgs = gw
         .store
         .run(move |s| {
@@ -758,25 +756,30 @@ async fn ack_inbox(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<InStateView>, Refusal> {
-    let mut m = readable_message(&gw, &headers, id).await?;
-    if m.state != InState::Delivered {
-        if m.state == InState::Dead {
-            gw.metrics.dead_letters.dec();
+    let m = readable_message(&gw, &headers, id).await?;
+    let changed = gw
+        .store
+        .run(move |s| {
+            s.in_transition(m.seq, &[InState::Pending, InState::Dead], |m| {
+                m.state = InState::Delivered;
+                m.delivered_at_ms = Some(echomesh_proto::clock::unix_ms());
+            })
+        })
+        .await
+        .map_err(internal)?;
+    let (id, state) = match changed {
+        Some((before, m)) => {
+            if before == InState::Dead {
+                gw.metrics.dead_letters.dec();
+            }
+            gw.metrics.delivered.with_label_values(&["pull"]).inc();
+            gw.inbox_space.notify_one();
+            (m.id, m.state)
         }
-        m.state = InState::Delivered;
-        m.delivered_at_ms = Some(echomesh_proto::clock::unix_ms());
-        let m2 = m.clone();
-        gw.store
-            .run(move |s| s.in_update(&m2))
-            .await
-            .map_err(internal)?;
-        gw.metrics.delivered.with_label_values(&["pull"]).inc();
-        gw.inbox_space.notify_one();
-    }
-    Ok(Json(InStateView {
-        id: m.id,
-        state: m.state,
-    }))
+        // Delivered already (by the webhook, or an earlier ack): nothing to do.
+        None => (m.id, InState::Delivered),
+    };
+    Ok(Json(InStateView { id, state }))
 }
 
 /// Dead letters: messages the webhook did not accept in time.
@@ -798,20 +801,24 @@ async fn replay_dead(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<InStateView>, Refusal> {
-    let mut m = readable_message(&gw, &headers, id).await?;
-    if m.state != InState::Dead {
-        return Err(not_found("dead letter"));
-    }
-    m.state = InState::Pending;
-    m.attempts = 0;
-    m.queued_at_ms = echomesh_proto::clock::unix_ms();
-    let m2 = m.clone();
-    gw.store
-        .run(move |s| s.in_update(&m2))
+    let m = readable_message(&gw, &headers, id).await?;
+    let changed = gw
+        .store
+        .run(move |s| {
+            s.in_transition(m.seq, &[InState::Dead], |m| {
+                m.state = InState::Pending;
+                m.attempts = 0;
+                m.queued_at_ms = echomesh_proto::clock::unix_ms();
+            })
+        })
         .await
         .map_err(internal)?;
+    let Some((_, m)) = changed else {
+        return Err(not_found("dead letter"));
+    };
     gw.metrics.dead_letters.dec();
     gw.metrics.replayed.inc();
+    gw.webhook_reread.store(true, Ordering::Relaxed);
     gw.webhook_wake.notify_one();
     tracing::info!(id = %m.id, "dead letter replayed");
     Ok(Json(InStateView {

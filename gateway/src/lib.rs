@@ -53,6 +53,8 @@ pub struct Gateway {
     pub send_link: Link,
     pub outbox_wake: Notify,
     pub webhook_wake: Notify,
+    /// Set with `webhook_wake` when an older message re-enters the queue (a replay).
+    pub webhook_reread: std::sync::atomic::AtomicBool,
     /// Signalled when inbox messages leave `Pending`.
     pub inbox_space: Notify,
     pub in_flight: outbox::InFlight,
@@ -133,6 +135,7 @@ impl Gateway {
             nodes,
             outbox_wake: Notify::new(),
             webhook_wake: Notify::new(),
+            webhook_reread: Default::default(),
             inbox_space: Notify::new(),
             in_flight: Default::default(),
             shutdown,

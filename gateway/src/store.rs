@@ -58,6 +58,8 @@ pub struct Store {
     next_out: Arc<AtomicU64>,
     next_in: Arc<AtomicU64>,
     next_rej: Arc<AtomicU64>,
+    /// Serialises read-modify-write of incoming messages (webhook outcome, ack, replay).
+    in_lock: Arc<std::sync::Mutex<()>>,
     /// Unfinished outgoing messages.
     pub outq_len: Arc<AtomicU64>,
     /// Incoming messages waiting for the webhook or a pull.
@@ -124,6 +126,7 @@ impl Store {
             next_out: Arc::new(AtomicU64::new(0)),
             next_in: Arc::new(AtomicU64::new(0)),
             next_rej: Arc::new(AtomicU64::new(0)),
+            in_lock: Arc::default(),
             outq_len: Arc::new(AtomicU64::new(0)),
             pending_len: Arc::new(AtomicU64::new(0)),
         };
@@ -333,7 +336,7 @@ impl Store {
 
     /// Store a changed incoming message; leaving `Pending` takes it off the webhook queue,
     /// entering it puts it back.
-    pub fn in_update(&self, msg: &InMessage) -> Result<(), StoreError> {
+    fn in_update(&self, msg: &InMessage) -> Result<(), StoreError> {
         let was_pending = self.db.get_cf(self.cf("pend")?, be(msg.seq))?.is_some();
         let now_pending = msg.state == InState::Pending;
         let mut b = WriteBatch::default();
@@ -356,10 +359,36 @@ impl Store {
         Ok(())
     }
 
-    /// Sequence numbers of messages waiting for delivery, oldest first.
-    pub fn pending(&self, limit: usize) -> Result<Vec<u64>, StoreError> {
+    /// Change an incoming message if it is in one of the states `from` (else `None`): the
+    /// read, the change and the write happen under one lock, so a webhook outcome cannot
+    /// overwrite an acknowledgement made meanwhile. Returns the state before and the message.
+    pub fn in_transition(
+        &self,
+        seq: u64,
+        from: &[InState],
+        change: impl FnOnce(&mut InMessage),
+    ) -> Result<Option<(InState, InMessage)>, StoreError> {
+        let _g = self.in_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut m) = self.in_get_seq(seq)? else {
+            return Ok(None);
+        };
+        if !from.contains(&m.state) {
+            return Ok(None);
+        }
+        let before = m.state;
+        change(&mut m);
+        self.in_update(&m)?;
+        Ok(Some((before, m)))
+    }
+
+    /// Sequence numbers above `after` of messages waiting for delivery, oldest first.
+    pub fn pending(&self, after: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.db.iterator_cf(self.cf("pend")?, IteratorMode::Start) {
+        let start = be(after.saturating_add(1));
+        for kv in self.db.iterator_cf(
+            self.cf("pend")?,
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
             out.push(seq_of(&kv?.0)?);
             if out.len() >= limit {
                 break;

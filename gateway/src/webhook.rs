@@ -117,20 +117,26 @@ pub async fn run(gw: Arc<Gateway>) {
             return;
         }
     };
-    // seq → (due, attempts this run)
+    // seq → when it is due. New messages are read after the highest seq seen; a replayed
+    // dead letter (an older seq) asks for a full re-read.
     let mut schedule: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut in_flight: JoinSet<(u64, Option<Duration>)> = JoinSet::new();
     let mut busy = std::collections::HashSet::new();
     let mut refresh = true;
+    let mut seen_up_to = 0u64;
     loop {
         if refresh {
             refresh = false;
-            match gw.store.run(|s| s.pending(100_000)).await {
+            if gw.webhook_reread.swap(false, Ordering::Relaxed) {
+                seen_up_to = 0;
+            }
+            let after = seen_up_to;
+            let max = gw.config.limits.max_inbox_messages as usize;
+            match gw.store.run(move |s| s.pending(after, max)).await {
                 Ok(seqs) => {
                     let now = Instant::now();
-                    let keep: std::collections::HashSet<u64> = seqs.iter().copied().collect();
-                    schedule.retain(|s, _| keep.contains(s));
                     for s in seqs {
+                        seen_up_to = seen_up_to.max(s);
                         schedule.entry(s).or_insert(now);
                     }
                 }
@@ -204,7 +210,7 @@ async fn attempt(
             }))
         })
         .await;
-    let (mut m, file) = match loaded {
+    let (m, file) = match loaded {
         Ok(Some(x)) => x,
         Ok(None) => return None,
         Err(e) => {
@@ -244,48 +250,70 @@ async fn attempt(
             }
         }
     };
-    m.attempts += 1;
-    let retry = match result {
-        Ok(()) => {
-            gw.metrics.webhook_attempts.with_label_values(&["ok"]).inc();
-            gw.metrics.delivered.with_label_values(&["webhook"]).inc();
-            m.state = InState::Delivered;
-            m.delivered_at_ms = Some(unix_ms());
-            m.last_error = None;
-            None
-        }
-        Err((label, why)) => {
-            gw.metrics
-                .webhook_attempts
-                .with_label_values(&[label])
-                .inc();
-            m.last_error = Some(why.clone());
-            let waited = Duration::from_millis(unix_ms().saturating_sub(m.queued_at_ms));
-            if waited >= Duration::from_secs(gw.config.webhook.dead_letter_after_secs) {
-                m.state = InState::Dead;
-                gw.metrics.dead_lettered.inc();
-                gw.metrics.dead_letters.inc();
-                tracing::warn!(id = %m.id, attempts = m.attempts, error = %why, "dead-lettered: the webhook did not accept it in time (replay with POST /v1/dead-letters/ID/replay)");
-                None
-            } else {
-                let w = backoff(&gw.config.webhook, m.attempts);
-                tracing::info!(id = %m.id, attempts = m.attempts, error = %why, retry_in = ?w, "webhook attempt failed");
-                Some(w)
-            }
+    let dead_after = Duration::from_secs(gw.config.webhook.dead_letter_after_secs);
+    let outcome = result.clone();
+    let recorded = gw
+        .store
+        .run(move |s| {
+            s.in_transition(seq, &[InState::Pending], |m| {
+                m.attempts += 1;
+                match outcome {
+                    Ok(()) => {
+                        m.state = InState::Delivered;
+                        m.delivered_at_ms = Some(unix_ms());
+                        m.last_error = None;
+                    }
+                    Err((_, why)) => {
+                        m.last_error = Some(why);
+                        let waited =
+                            Duration::from_millis(unix_ms().saturating_sub(m.queued_at_ms));
+                        if waited >= dead_after {
+                            m.state = InState::Dead;
+                        }
+                    }
+                }
+            })
+        })
+        .await;
+    let m = match recorded {
+        Ok(Some((_, m))) => m,
+        // Acknowledged by a pull (or gone) meanwhile: nothing more to do.
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, id = %m.id, "cannot record the webhook outcome; it will be sent again");
+            return Some(Duration::from_secs(5));
         }
     };
-    let m2 = m.clone();
-    if let Err(e) = gw.store.run(move |s| s.in_update(&m2)).await {
-        tracing::error!(error = %e, id = %m.id, "cannot record the webhook outcome; it will be sent again");
-        return Some(Duration::from_secs(5));
-    }
+    let label = match &result {
+        Ok(()) => "ok",
+        Err((label, _)) => label,
+    };
+    gw.metrics
+        .webhook_attempts
+        .with_label_values(&[label])
+        .inc();
     gw.metrics
         .inbox_pending
         .set(gw.store.pending_len.load(Ordering::Relaxed) as i64);
-    if m.state != InState::Pending {
-        gw.inbox_space.notify_one();
+    match m.state {
+        InState::Delivered => {
+            gw.metrics.delivered.with_label_values(&["webhook"]).inc();
+            gw.inbox_space.notify_one();
+            None
+        }
+        InState::Dead => {
+            gw.metrics.dead_lettered.inc();
+            gw.metrics.dead_letters.inc();
+            gw.inbox_space.notify_one();
+            tracing::warn!(id = %m.id, attempts = m.attempts, error = ?m.last_error, "dead-lettered: the webhook did not accept it in time (replay with POST /v1/dead-letters/ID/replay)");
+            None
+        }
+        InState::Pending => {
+            let w = backoff(&gw.config.webhook, m.attempts);
+            tracing::info!(id = %m.id, attempts = m.attempts, error = ?m.last_error, retry_in = ?w, "webhook attempt failed");
+            Some(w)
+        }
     }
-    retry
 }
 
 /// Exponential backoff with jitter: `min · 2^(n-1)`, capped, each drawn in [b/2, b].

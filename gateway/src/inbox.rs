@@ -33,6 +33,8 @@ const PAGE: u32 = 64;
 const MAX_FILES_TRACKED: usize = 64;
 /// Display names remembered.
 const MAX_NAMES: usize = 10_000;
+/// A second look after a drain that found messages.
+const RECHECK: Duration = Duration::from_millis(200);
 
 /// Run until cancelled: keep a session, drain mailboxes, reconnect on failure.
 pub async fn run(gw: Arc<Gateway>) {
@@ -156,6 +158,9 @@ async fn receive_on(
     let mut file_pieces: HashMap<[u8; 32], HashSet<[u8; 32]>> = HashMap::new();
     let mut poll = tokio::time::interval(Duration::from_secs(gw.config.mesh.poll_secs));
     let mut full = false;
+    // A notice can race its message's replication: after a drain that found something, look
+    // once more shortly after.
+    let mut recheck: Option<tokio::time::Instant> = None;
     loop {
         if sess.dirty {
             let pending = gw.store.pending_len.load(Ordering::Relaxed);
@@ -169,9 +174,11 @@ async fn receive_on(
             } else {
                 full = false;
                 sess.dirty = false;
+                let mut found = 0;
                 for i in 0..gw.identities.len() {
-                    drain(gw, sess, i, &mut files, &mut file_pieces, names).await?;
+                    found += drain(gw, sess, i, &mut files, &mut file_pieces, names).await?;
                 }
+                recheck = (found > 0).then(|| tokio::time::Instant::now() + RECHECK);
                 if files.evicted > 0 {
                     gw.metrics.files_evicted.inc_by(files.evicted);
                     files.evicted = 0;
@@ -193,11 +200,16 @@ async fn receive_on(
                 }
             }
             _ = gw.inbox_space.notified(), if full => sess.dirty = true,
+            _ = tokio::time::sleep_until(recheck.unwrap_or_else(tokio::time::Instant::now)), if recheck.is_some() => {
+                recheck = None;
+                sess.dirty = true;
+            }
         }
     }
 }
 
 /// Read one identity's mailbox to the end: record what is new, acknowledge what is recorded.
+/// Returns how many messages the mailbox held.
 async fn drain(
     gw: &Arc<Gateway>,
     sess: &mut Session<'_>,
@@ -205,9 +217,10 @@ async fn drain(
     files: &mut Reassembler,
     file_pieces: &mut HashMap<[u8; 32], HashSet<[u8; 32]>>,
     names: &mut HashMap<Fingerprint, Option<String>>,
-) -> Result<(), String> {
+) -> Result<usize, String> {
     let proof = gw.identities[i].mailbox;
     let mut after = None;
+    let mut found = 0;
     loop {
         let ev = sess
             .request(
@@ -224,6 +237,7 @@ async fn drain(
             return Err("unexpected answer to a fetch".into());
         };
         let mut acks = Vec::new();
+        found += messages.len();
         for m in messages {
             after = Some(Position {
                 seq: m.seq,
@@ -243,11 +257,11 @@ async fn drain(
             .await?;
         }
         if !more {
-            return Ok(());
+            return Ok(found);
         }
         if gw.store.pending_len.load(Ordering::Relaxed) >= gw.config.limits.max_inbox_messages {
             sess.dirty = true;
-            return Ok(());
+            return Ok(found);
         }
     }
 }

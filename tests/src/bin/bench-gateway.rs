@@ -209,6 +209,9 @@ fn main() {
         p50s.push(p50);
         p99s.push(p99);
     }
+    if std::env::var_os("BENCH_GATEWAY_LOG").is_some() {
+        eprintln!("--- gateway log ---\n{}", gw.log_tail());
+    }
     println!(
         "median of {rounds} rounds: {:.1} msg/s, p50 {:.0} ms, p99 {:.0} ms",
         pct(&mut rates, 0.5),

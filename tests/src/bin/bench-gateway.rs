@@ -2,7 +2,8 @@
 //! /v1/messages` to the delivered webhook. Three release nodes, one gateway with two
 //! identities (`sender` → `receiver`, so every message makes the whole trip: seal, deposit on
 //! the write quorum, mailbox notice, fetch, open, inbox write, acknowledgement, signed
-//! webhook), and an in-process HTTP receiver. Prints one line per round and the medians.
+//! webhook), and an in-process HTTP receiver. `--rate R` paces the senders at R messages/s
+//! (default: as fast as `--concurrency` senders go). Prints one line per round and the medians.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -87,6 +88,8 @@ fn main() {
     let messages = arg("--messages", 300);
     let rounds = arg("--rounds", 3);
     let concurrency = arg("--concurrency", 8);
+    // Offered messages per second (0: as fast as the senders go).
+    let rate = arg("--rate", 0);
     let root = tempfile::tempdir().expect("tempdir");
     let (nodes, _) = cluster_of_three(root.path(), &[]);
     let spec = nodes[0].lock().unwrap().spec();
@@ -156,6 +159,10 @@ fn main() {
                         if i >= messages {
                             return;
                         }
+                        if rate > 0 {
+                            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                        }
                         let text = format!("r{round}-m{i}");
                         let body = serde_json::json!({"from": "sender", "to": [to], "text": text})
                             .to_string();
@@ -195,17 +202,22 @@ fn main() {
             })
             .collect();
         assert_eq!(lat.len(), messages, "every message delivered");
-        let rate = messages as f64 / total;
+        let got = messages as f64 / total;
+        let offered = if rate > 0 {
+            rate.to_string()
+        } else {
+            "max".into()
+        };
         let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
         println!(
-            "round {round}: {messages} messages, accepted in {:.2} s, delivered in {total:.2} s: {rate:.1} msg/s, POST→webhook p50 {p50:.0} ms p99 {p99:.0} ms",
+            "round {round}: {messages} messages offered at {offered}/s, accepted in {:.2} s, delivered in {total:.2} s: {got:.1} msg/s, POST→webhook p50 {p50:.0} ms p99 {p99:.0} ms",
             accepted_in.as_secs_f64()
         );
         println!(
             "{}",
-            serde_json::json!({"round": round, "messages": messages, "concurrency": concurrency, "msgs_per_s": rate, "p50_ms": p50, "p99_ms": p99})
+            serde_json::json!({"round": round, "messages": messages, "concurrency": concurrency, "offered_per_s": offered, "msgs_per_s": got, "p50_ms": p50, "p99_ms": p99})
         );
-        rates.push(rate);
+        rates.push(got);
         p50s.push(p50);
         p99s.push(p99);
     }

@@ -368,8 +368,31 @@ fn until_topology(
     check: impl Fn(&serde_json::Value) -> bool,
 ) -> Duration {
     let started = Instant::now();
-    wait_for(bound, what, || topology(n).filter(|t| check(t)).map(|_| ()));
-    started.elapsed()
+    let mut last = None;
+    while started.elapsed() < bound {
+        match topology(n) {
+            Some(t) if check(&t) => return started.elapsed(),
+            t => last = t.or(last),
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let t = last.map(|t| render_topology(&t)).unwrap_or_default();
+    panic!(
+        "timed out after {bound:?} waiting for {what} on {}; last view:\n{t}",
+        n.info.id
+    );
+}
+
+/// Nodes and links with their states, one per line (for a failure message).
+fn render_topology(t: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for n in t["nodes"].as_array().into_iter().flatten() {
+        out += &format!("node {} {}\n", n["id"], n["state"]);
+    }
+    for l in t["links"].as_array().into_iter().flatten() {
+        out += &format!("link {} {} {}\n", l["a"], l["b"], l["state"]);
+    }
+    out
 }
 
 #[test]

@@ -6,8 +6,12 @@
 //! changed their table, so a flood ends by itself.
 //!
 //! Bounded: at most [`MAX_NODES`] nodes, [`MAX_ANNOUNCEMENT_BYTES`] per announcement,
-//! [`MAX_LINKS`] links in one, and at most one accepted announcement per node per
-//! [`MIN_ACCEPT_GAP`]. An announcement is fresh for its TTL; a node whose announcement expired,
+//! [`MAX_LINKS`] links in one, and a node's announcements are accepted only when stamped at
+//! least [`MIN_ACCEPT_GAP`] apart by its own clock (its sequence number), never more than
+//! [`MAX_FUTURE_MS`] ahead: a node floods at most two per second on average. The spacing is the
+//! origin's, not the arrival's: two announcements delayed differently on the way (a busy
+//! neighbor) may arrive close together, and dropping the newer one would hide a change until
+//! the next periodic announcement. An announcement is fresh for its TTL; a node whose announcement expired,
 //! or to which no live node reports a link, is shown as failed; one that said it left stays
 //! "left" until it is forgotten after [`FORGET_AFTER`].
 
@@ -156,7 +160,7 @@ pub enum Offered {
     Accepted,
     /// Not newer than what the table has.
     Stale,
-    /// Newer, but sooner after the last accepted one than `MIN_ACCEPT_GAP`.
+    /// Newer, but stamped sooner after the last accepted one than `MIN_ACCEPT_GAP`.
     TooFrequent,
     /// This node's own announcement coming back.
     Own,
@@ -240,7 +244,7 @@ impl Topology {
         let mut t = self.table();
         match t.get(&ann.node) {
             Some(e) if e.ann.seq >= ann.seq => return Ok(Offered::Stale),
-            Some(e) if now.duration_since(e.received) < MIN_ACCEPT_GAP => {
+            Some(e) if ann.seq < e.ann.seq.saturating_add(MIN_ACCEPT_GAP.as_millis() as u64) => {
                 return Ok(Offered::TooFrequent)
             }
             Some(_) => {}
@@ -440,10 +444,10 @@ mod tests {
         assert_eq!(t.offer(&r1, t0, 1000).unwrap(), Offered::Accepted);
         assert_eq!(t.offer(&r1, t0, 1000).unwrap(), Offered::Stale);
         assert_eq!(t.offer(&r2, t0, 1000).unwrap(), Offered::TooFrequent);
-        assert_eq!(
-            t.offer(&r2, t0 + MIN_ACCEPT_GAP, 1000).unwrap(),
-            Offered::Accepted
-        );
+        // Spacing is by the origin's stamps: arriving at the same instant is fine.
+        let gap = MIN_ACCEPT_GAP.as_millis() as u64;
+        let r2 = ann(&a, 100 + gap, vec![], Departure::Up).seal(&a).unwrap();
+        assert_eq!(t.offer(&r2, t0, 1000).unwrap(), Offered::Accepted);
         assert_eq!(
             t.offer(&r1, t0 + MIN_ACCEPT_GAP * 4, 1000).unwrap(),
             Offered::Stale
@@ -490,8 +494,11 @@ mod tests {
         assert_eq!(v.links.len(), 3);
         // `gone` says it left: shown as left, its link as left, even after expiry.
         let later = now + MIN_ACCEPT_GAP;
-        let raw = ann(&gone, 2, vec![], Departure::Left).seal(&gone).unwrap();
-        assert_eq!(t.offer(&raw, later, 1).unwrap(), Offered::Accepted);
+        let seq = 1 + MIN_ACCEPT_GAP.as_millis() as u64;
+        let raw = ann(&gone, seq, vec![], Departure::Left)
+            .seal(&gone)
+            .unwrap();
+        assert_eq!(t.offer(&raw, later, seq).unwrap(), Offered::Accepted);
         let v = t.view(&own, later + Duration::from_secs(u64::from(TTL_SECS) + 1));
         let g = v.nodes.iter().find(|n| n.id == gone.id.short()).unwrap();
         assert_eq!(g.state, "left");

@@ -28,6 +28,11 @@ impl AdminClient {
         })
     }
 
+    /// The admin API's base URL (`http://HOST:PORT`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// `GET path` without a token (health endpoints): the status code, or an error when the
     /// node does not answer.
     pub async fn probe(&self, path: &str) -> anyhow::Result<u16> {

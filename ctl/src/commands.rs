@@ -220,6 +220,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_topology(&t);
             }
         }
+        Command::Console { no_browser } => {
+            let client = admin()?;
+            let code: api::ConsoleLoginCode = client
+                .post(api::PATH_CONSOLE_LOGIN_CODES, &serde_json::json!({}))
+                .await?;
+            let url = format!("{}{}", client.base(), code.path);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"url": url, "expires_in_secs": code.expires_in_secs})
+                );
+            } else {
+                eprintln!(
+                "one-time console login, valid for {} s and only once (the console then keeps its own session):",
+                code.expires_in_secs
+            );
+                if !no_browser && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    open_browser(&url);
+                }
+                println!("{url}");
+            }
+        }
         Command::Undrain => {
             let st: echomesh_proto::admin::DrainStatus = admin()?
                 .post(api::PATH_UNDRAIN, &serde_json::json!({}))
@@ -518,5 +540,26 @@ async fn tail_follow(
             Some(_) => {}
             None => bail!("node closed the session after {seen} packets"),
         }
+    }
+}
+
+/// Open `url` in the desktop's browser if there is one; silently nothing otherwise (the URL
+/// is printed anyway).
+fn open_browser(url: &str) {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    let has_display = cfg!(target_os = "macos")
+        || std::env::var_os("DISPLAY").is_some()
+        || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if has_display {
+        let _ = std::process::Command::new(opener)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
     }
 }

@@ -100,6 +100,15 @@ pub enum Command {
     },
     /// Serve again after a drain.
     Undrain,
+    /// Log in to the node's web console: prints a one-time login URL (valid 2 minutes, once)
+    /// on its last line, and opens it in a browser when there is one and stdout is a
+    /// terminal. For a node on another host, forward the admin port first:
+    /// `ssh -L 4711:127.0.0.1:4711 HOST`, then run this with `--admin http://127.0.0.1:4711`.
+    Console {
+        /// Only print the URL, never start a browser.
+        #[arg(long)]
+        no_browser: bool,
+    },
     /// Re-read the node's configuration (same as SIGHUP): static neighbors, neighbor rate
     /// limit and log level apply at once; what needs a restart is listed. An invalid file is
     /// refused and the running configuration stays.

@@ -39,6 +39,37 @@ pub struct Config {
     pub ozone: OzoneSection,
     pub telemetry: Telemetry,
     pub bridge: BridgeSection,
+    pub console: ConsoleSection,
+}
+
+/// The web console on the admin listener (docs/OPERATIONS.md, "The console").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSection {
+    /// Serve the console at `/console/` on the admin listener.
+    pub enabled: bool,
+    /// The admin listener has no TLS: on an address other than loopback the console stays off
+    /// (reach it with `ssh -L` or `kubectl port-forward`) unless this is set, e.g. behind a
+    /// TLS-terminating proxy on the same host.
+    pub allow_remote: bool,
+    /// Sessions logged in at once; a new login ends the least recently used one.
+    pub max_sessions: usize,
+    /// A session unused this long ends.
+    pub session_idle_secs: u64,
+    /// A session ends this long after login, used or not.
+    pub session_lifetime_secs: u64,
+}
+
+impl Default for ConsoleSection {
+    fn default() -> Self {
+        ConsoleSection {
+            enabled: true,
+            allow_remote: false,
+            max_sessions: 16,
+            session_idle_secs: 30 * 60,
+            session_lifetime_secs: 12 * 3600,
+        }
+    }
 }
 
 /// The Echo bridge: Smoke and Spot-On clients and Spot-On-Lite daemons (docs/ECHO.md). The
@@ -374,6 +405,7 @@ impl Default for Config {
             drain_client_grace_secs: 10,
             telemetry: Telemetry::default(),
             bridge: BridgeSection::default(),
+            console: ConsoleSection::default(),
         }
     }
 }
@@ -569,6 +601,16 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             return bad("telemetry.sample_ratio: must be between 0.0 and 1.0".into());
+        }
+        let c = &self.console;
+        if c.max_sessions == 0 || c.max_sessions > 1024 {
+            return bad("console.max_sessions: must be between 1 and 1024".into());
+        }
+        if c.session_idle_secs < 60 || c.session_lifetime_secs < c.session_idle_secs {
+            return bad("console.session_idle_secs: must be at least 60 and at most console.session_lifetime_secs".into());
+        }
+        if c.session_lifetime_secs > 7 * 24 * 3600 {
+            return bad("console.session_lifetime_secs: at most 604800 (7 days)".into());
         }
         if self.cluster.is_empty() || self.cluster.len() > 64 {
             return bad("cluster: must be 1 to 64 characters".into());

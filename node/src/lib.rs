@@ -21,6 +21,7 @@ pub mod admin;
 pub mod bridge;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod ctx;
 pub mod drain;
 pub mod invite;

@@ -61,6 +61,10 @@ pub struct Metrics {
     pub joins: IntCounterVec,
     pub invites_issued: IntCounter,
     pub admin_requests: IntCounterVec,
+    pub console_logins: IntCounterVec,
+    pub console_refused: IntCounterVec,
+    pub console_sessions: IntGauge,
+    pub console_sessions_ended: IntCounterVec,
     pub ready: IntGauge,
     pub build_info: IntGaugeVec,
     pub start_time: Gauge,
@@ -483,6 +487,23 @@ impl Metrics {
                 "Admin API requests, by result (ok, unauthorized, error).",
                 &["result"],
             ),
+            console_logins: counter_vec(
+                "echomesh_console_logins_total",
+                "Console login attempts, by result (ok, bad_token, bad_code, bad_csrf, rate_limited).",
+                &["result"],
+            ),
+            console_refused: counter_vec(
+                "echomesh_console_requests_refused_total",
+                "Console requests refused (403), by reason (no_session, csrf, disabled).",
+                &["reason"],
+            ),
+            console_sessions: reg.add(IntGauge::new("echomesh_console_sessions", "Console sessions logged in now (bounded; see docs/OPERATIONS.md).").expect("static metric"),
+            ),
+            console_sessions_ended: counter_vec(
+                "echomesh_console_sessions_ended_total",
+                "Console sessions ended, by reason (logout, expired, evicted: the oldest made room for a new login).",
+                &["reason"],
+            ),
             ready: reg.add(IntGauge::new("echomesh_ready", "1 when the node serves (readyz), else 0.").expect("static metric"),
             ),
             build_info: reg.add(IntGaugeVec::new(
@@ -619,6 +640,15 @@ impl Metrics {
         }
         for st in ["up", "draining", "left", "failed"] {
             m.topology_nodes.with_label_values(&[st]);
+        }
+        for r in ["ok", "bad_token", "bad_code", "bad_csrf", "rate_limited"] {
+            m.console_logins.with_label_values(&[r]);
+        }
+        for r in ["no_session", "csrf", "disabled"] {
+            m.console_refused.with_label_values(&[r]);
+        }
+        for r in ["logout", "expired", "evicted"] {
+            m.console_sessions_ended.with_label_values(&[r]);
         }
         for r in [
             "accepted",

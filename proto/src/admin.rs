@@ -19,6 +19,17 @@ pub const PATH_DRAIN: &str = "/v1/drain";
 pub const PATH_UNDRAIN: &str = "/v1/undrain";
 /// `GET`: the mesh as this node knows it ([`TopologyView`]).
 pub const PATH_TOPOLOGY: &str = "/v1/topology";
+/// `POST`: a one-time console login code ([`ConsoleLoginCode`]); `echomeshctl console`.
+pub const PATH_CONSOLE_LOGIN_CODES: &str = "/v1/console/login-codes";
+
+/// A short-lived, single-use code that logs a browser in to the console: open `path` (with
+/// the code in its query) on the admin listener within `expires_in_secs`. Never the admin
+/// token itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsoleLoginCode {
+    pub path: String,
+    pub expires_in_secs: u64,
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DrainRequest {

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 
 pub mod chaos;
+pub mod console;
 pub mod echo;
 pub mod gateway;
+pub mod webdriver;
 pub use echomesh_proto::admin::RuntimeInfo;
 
 pub fn bin_dir() -> PathBuf {

@@ -663,7 +663,10 @@ mod tests {
         let lan: SocketAddr = "10.1.2.3:4711".parse().unwrap();
         assert_eq!(off_reason(&on, Some(lo)), None);
         let why = off_reason(&on, Some(lan)).unwrap();
-        assert!(why.contains("ssh -L") && why.contains("allow_remote"), "{why}");
+        assert!(
+            why.contains("ssh -L") && why.contains("allow_remote"),
+            "{why}"
+        );
         let allowed = ConsoleSection {
             allow_remote: true,
             ..ConsoleSection::default()
@@ -679,7 +682,10 @@ mod tests {
     #[test]
     fn cookies_are_read_from_any_cookie_header() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; echomesh_console=xyz"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; echomesh_console=xyz"),
+        );
         h.append(header::COOKIE, HeaderValue::from_static("b=2"));
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("xyz"));
         assert_eq!(cookie(&h, "b"), Some("2"));

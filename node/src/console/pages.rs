@@ -284,7 +284,7 @@ pub fn overview_live(ctx: &Ctx, t: &Text, hist: &History, now: &Sample) -> Marku
             }
         }
         section aria-labelledby="drops-h" {
-            h2 #drops-h { (t.drops) " (" (minutes) " " (t.last_minutes) ")" }
+            h2 #drops-h { (t.drops) " (" (t.last_minutes) " " (minutes) " min)" }
             @if drops.is_empty() {
                 p { (t.drops_none) }
             } @else {
@@ -437,7 +437,7 @@ pub fn maintenance_live(ctx: &Ctx, t: &Text) -> Markup {
     let d = ops::drain_status(ctx);
     let yn = |b: bool| if b { t.yes } else { t.no };
     html! {
-        dl.facts #drain data-phase=(d.phase.label()) data-safe=(d.safe_to_stop) {
+        dl.facts #drain-status data-phase=(d.phase.label()) data-safe=(d.safe_to_stop) {
             dt { (t.phase) } dd #phase { (d.phase.label()) }
             dt { (t.clients_moved) }
             dd { progress max=(d.clients_total.max(1)) value=(if d.clients_total == 0 && d.draining { 1 } else { d.clients_moved }) {} " " (d.clients_moved) " / " (d.clients_total) }

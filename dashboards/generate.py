@@ -225,6 +225,17 @@ def node_detail():
     L.add(series("Echo frame memory",
                  [(f"sum by (instance) (echomesh_bridge_memory_entries{{{sel}}})", "{{instance}} frames remembered")],
                  "none"), 12, 8)
+    L.row("Console and admin API")
+    L.add(series("Console logins, by result",
+                 [(f"sum by (instance, result) (increase(echomesh_console_logins_total{{{sel}}}[{RATE}]))", "{{instance}} {{result}}")],
+                 "none", "bad_token or rate_limited rising: someone is guessing the admin token."), 8, 8)
+    L.add(series("Console requests refused, by reason",
+                 [(f"sum by (instance, reason) (increase(echomesh_console_requests_refused_total{{{sel}}}[{RATE}]))", "{{instance}} {{reason}}")],
+                 "none", "csrf: a form from another site, or a page open across a restart."), 8, 8)
+    L.add(series("Console sessions and admin requests",
+                 [(f"sum by (instance) (echomesh_console_sessions{{{sel}}})", "{{instance}} sessions"),
+                  (f"sum by (instance, result) (rate(echomesh_admin_requests_total{{{sel}}}[{RATE}]))", "{{instance}} admin {{result}}/s")],
+                 "none"), 8, 8)
     L.row("Process")
     L.add(series("CPU", [(f"rate(process_cpu_seconds_total{{{sel}}}[{RATE}])", "{{instance}}")], "percentunit"), 8, 8)
     L.add(series("Resident memory", [(f"process_resident_memory_bytes{{{sel}}}", "{{instance}}")], "bytes"), 8, 8)

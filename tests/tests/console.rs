@@ -141,7 +141,8 @@ fn in_a_browser_two_nodes_invite_join_see_each_other_and_one_drains() {
     let undrain = bb.wait_find("#undrain", Duration::from_secs(5));
     bb.click(&undrain);
     bb.wait_until(Duration::from_secs(10), "serving again", |br| {
-        br.find(r#"dl#drain-status[data-phase="serving"]"#).is_some()
+        br.find(r#"dl#drain-status[data-phase="serving"]"#)
+            .is_some()
     });
     assert_eq!(b.http_get("/readyz").0, 200);
     urls.push(bb.url());

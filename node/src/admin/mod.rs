@@ -67,9 +67,11 @@ pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, token: Stri
         token: Arc::new(auth::AdminToken::new(&token)),
     };
     let app = router(guard.clone())
-        .merge(crate::console::router(guard, listener.local_addr().ok()))
+        .merge(crate::console::router(guard))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024));
     let shutdown = ctx.shutdown.clone();
+    // The console answers only loopback peers unless allowed: it needs their address.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;

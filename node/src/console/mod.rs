@@ -7,7 +7,8 @@
 //! (`HttpOnly`, `SameSite=Strict`, `Secure` behind TLS) made by logging in with the admin token
 //! or a one-time code from `echomeshctl console` ([`auth`]); a CSRF token in every form; a
 //! Content-Security-Policy without inline scripts; failed logins rate-limited; every refusal
-//! counted. On a non-loopback admin address the console is off unless `console.allow_remote`.
+//! counted. The admin listener has no TLS, so the console answers only requests from loopback
+//! (this host, an `ssh -L` tunnel, `kubectl port-forward`) unless `console.allow_remote`.
 //! Every action calls the same function as its `/v1` route (`admin::ops`).
 
 pub mod auth;
@@ -17,7 +18,7 @@ pub mod pages;
 mod picture;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,27 +64,48 @@ pub struct Console {
     history: Arc<Mutex<History>>,
 }
 
-/// Why the console must stay off with this configuration on this admin address, if it must.
-fn off_reason(cfg: &ConsoleSection, admin: Option<SocketAddr>) -> Option<String> {
-    let loopback = admin.is_none_or(|a| a.ip().is_loopback());
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+    }
+}
+
+/// Why the console refuses a request from `peer`, if it does.
+fn refusal(cfg: &ConsoleSection, peer: Option<IpAddr>) -> Option<String> {
     if !cfg.enabled {
         Some("the console is disabled (console.enabled = false)".to_string())
-    } else if !loopback && !cfg.allow_remote {
+    } else if !cfg.allow_remote && !peer.is_some_and(is_loopback) {
         Some(format!(
-            "the admin listener is on {}, not loopback, and has no TLS: reach the console through \
-             `ssh -L 4711:127.0.0.1:4711` or `kubectl port-forward` with the admin listener on \
-             127.0.0.1, or set console.allow_remote = true behind a TLS-terminating proxy",
-            admin.map(|a| a.to_string()).unwrap_or_default()
+            "the console answers only on the node's own host (this request came from {}): the admin \
+             listener has no TLS. Use `ssh -L 4711:127.0.0.1:4711 NODE-HOST` or `kubectl port-forward`, \
+             or set console.allow_remote = true behind a TLS-terminating proxy",
+            peer.map(|p| p.to_string()).unwrap_or_else(|| "an unknown address".into())
         ))
     } else {
         None
     }
 }
 
+/// Middleware: every console route checks where the request comes from.
+async fn gate(State(s): St, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    match refusal(&s.ctx.cfg.console, peer) {
+        Some(why) => refuse(&s.ctx, "disabled", &why),
+        None => next.run(req).await,
+    }
+}
+
 impl Console {
-    fn new(ctx: Arc<Ctx>, token: Arc<AdminToken>, admin: Option<SocketAddr>) -> Self {
+    fn new(ctx: Arc<Ctx>, token: Arc<AdminToken>) -> Self {
         let cfg = &ctx.cfg.console;
-        let off = off_reason(cfg, admin);
+        let off =
+            (!cfg.enabled).then(|| "the console is disabled (console.enabled = false)".to_string());
         let auth = Auth::new(
             auth::Limits {
                 max_sessions: cfg.max_sessions,
@@ -93,7 +115,8 @@ impl Console {
             Instant::now(),
         );
         Console {
-            secure_cookie: !admin.is_none_or(|a| a.ip().is_loopback()),
+            // Allowed off loopback only behind a TLS-terminating proxy: the browser sees https.
+            secure_cookie: cfg.allow_remote,
             ctx,
             token,
             off,
@@ -123,8 +146,8 @@ impl Console {
 }
 
 /// The console's routes, and its `/v1` route for login codes (behind the bearer check).
-pub(crate) fn router(guard: Guard, admin: Option<SocketAddr>) -> Router {
-    let state = Arc::new(Console::new(guard.ctx.clone(), guard.token.clone(), admin));
+pub(crate) fn router(guard: Guard) -> Router {
+    let state = Arc::new(Console::new(guard.ctx.clone(), guard.token.clone()));
     match &state.off {
         None => {
             let ctx = state.ctx.clone();
@@ -149,6 +172,7 @@ pub(crate) fn router(guard: Guard, admin: Option<SocketAddr>) -> Router {
         .route("/console/live/{page}", get(live))
         .route("/console/act/{action}", post(act))
         .route("/console/{page}", get(page))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .layer(axum::middleware::map_response(security_headers))
         .merge(codes)
         .with_state(state)
@@ -213,12 +237,6 @@ fn refuse(ctx: &Ctx, reason: &'static str, msg: &str) -> Response {
     (StatusCode::FORBIDDEN, format!("{msg}\n")).into_response()
 }
 
-/// The console is off: say why (and count it).
-fn off(s: &Console) -> Option<Response> {
-    let why = s.off.as_ref()?;
-    Some(refuse(&s.ctx, "disabled", why))
-}
-
 fn update_sessions(s: &Console, a: &mut Auth) {
     let expired = a.expire(Instant::now());
     let m = &s.ctx.metrics;
@@ -260,9 +278,6 @@ async fn page(st: St, Path(slug): Path<String>, headers: HeaderMap) -> Response 
 }
 
 fn render(s: &Arc<Console>, headers: &HeaderMap, page: PageId) -> Response {
-    if let Some(r) = off(s) {
-        return r;
-    }
     let Some((csrf, flash)) = session(s, headers, true) else {
         return Redirect::to("/console/login").into_response();
     };
@@ -300,9 +315,6 @@ fn live_body(s: &Console, page: PageId, lang: Lang, csrf: &str) -> Markup {
 /// The live part of a page (console.js swaps it in). 401 without a session: the script then
 /// reloads the page, which leads to the login.
 async fn live(State(s): St, Path(slug): Path<String>, headers: HeaderMap) -> Response {
-    if let Some(r) = off(&s) {
-        return r;
-    }
     let Some(page) = PageId::from_slug(&slug) else {
         return (StatusCode::NOT_FOUND, "no such console page\n").into_response();
     };
@@ -387,9 +399,6 @@ async fn login_page(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(r) = off(&s) {
-        return r;
-    }
     let lang = lang(&headers);
     let t = lang.text();
     let Some(code) = q.get("code") else {
@@ -428,9 +437,6 @@ async fn login_page(
 
 /// `POST /console/login`: the pasted admin token.
 async fn login_token(State(s): St, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(r) = off(&s) {
-        return r;
-    }
     let lang = lang(&headers);
     let t = lang.text();
     let f = form(&body);
@@ -497,9 +503,6 @@ fn check_form(
 }
 
 async fn logout(State(s): St, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(r) = off(&s) {
-        return r;
-    }
     if let Err(r) = check_form(&s, &headers, &form(&body)) {
         return r;
     }
@@ -529,9 +532,6 @@ async fn act(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = off(&s) {
-        return r;
-    }
     let f = form(&body);
     if let Err(r) = check_form(&s, &headers, &f) {
         return r;
@@ -657,26 +657,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn off_on_a_non_loopback_address_unless_allowed() {
+    fn only_loopback_peers_unless_allowed() {
         let on = ConsoleSection::default();
-        let lo: SocketAddr = "127.0.0.1:4711".parse().unwrap();
-        let lan: SocketAddr = "10.1.2.3:4711".parse().unwrap();
-        assert_eq!(off_reason(&on, Some(lo)), None);
-        let why = off_reason(&on, Some(lan)).unwrap();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let lan: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(refusal(&on, Some(lo)), None);
+        assert_eq!(refusal(&on, Some(mapped)), None);
+        assert_eq!(refusal(&on, Some("::1".parse().unwrap())), None);
+        let why = refusal(&on, Some(lan)).unwrap();
         assert!(
             why.contains("ssh -L") && why.contains("allow_remote"),
             "{why}"
         );
+        assert!(refusal(&on, None).is_some());
         let allowed = ConsoleSection {
             allow_remote: true,
             ..ConsoleSection::default()
         };
-        assert_eq!(off_reason(&allowed, Some(lan)), None);
+        assert_eq!(refusal(&allowed, Some(lan)), None);
         let disabled = ConsoleSection {
             enabled: false,
             ..ConsoleSection::default()
         };
-        assert!(off_reason(&disabled, Some(lo)).is_some());
+        assert!(refusal(&disabled, Some(lo)).is_some());
     }
 
     #[test]

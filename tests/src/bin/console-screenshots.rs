@@ -10,7 +10,11 @@ use echomesh_tests::webdriver::Driver;
 use echomesh_tests::TestNode;
 
 fn main() {
-    let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "docs/console".into()));
+    let out = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "docs/console".into()),
+    );
     let root = tempfile::tempdir().expect("tempdir");
     let a = TestNode::start(root.path(), "school-a", 0, &[]);
     let b = TestNode::start(root.path(), "school-b", 0, &[]);

@@ -114,6 +114,7 @@ fn in_a_browser_two_nodes_invite_join_see_each_other_and_one_drains() {
         );
         let bytes = bytes.as_f64().unwrap_or(f64::MAX);
         assert!(bytes > 1000.0 && bytes < 300_000.0, "{path}: {bytes} bytes");
+        eprintln!("{path}: {bytes} bytes (HTML, CSS, JS)");
         let src = ba.source();
         assert!(!src.contains(&ta), "the admin token is never on a page");
         urls.push(ba.url());

@@ -478,23 +478,19 @@ async fn login_token(State(s): St, headers: HeaderMap, body: Bytes) -> Response 
     }
 }
 
-/// The session's CSRF token if the request has a live session and the form carries it; else
-/// the refusal to send.
-fn check_form(
-    s: &Console,
-    headers: &HeaderMap,
-    f: &HashMap<String, String>,
-) -> Result<(), Response> {
+/// The refusal to send unless the request has a live session and the form carries its CSRF
+/// token.
+fn form_refusal(s: &Console, headers: &HeaderMap, f: &HashMap<String, String>) -> Option<Response> {
     let Some((csrf, _)) = session(s, headers, false) else {
-        return Err(refuse(
+        return Some(refuse(
             &s.ctx,
             "no_session",
             "not logged in to the console (or the session ended): log in again",
         ));
     };
     match f.get("csrf") {
-        Some(c) if auth::same_secret(c, &csrf) => Ok(()),
-        _ => Err(refuse(
+        Some(c) if auth::same_secret(c, &csrf) => None,
+        _ => Some(refuse(
             &s.ctx,
             "csrf",
             "missing or wrong CSRF token: reload the page and try again",
@@ -503,7 +499,7 @@ fn check_form(
 }
 
 async fn logout(State(s): St, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = check_form(&s, &headers, &form(&body)) {
+    if let Some(r) = form_refusal(&s, &headers, &form(&body)) {
         return r;
     }
     if let Some(secret) = cookie(&headers, SESSION_COOKIE) {
@@ -533,7 +529,7 @@ async fn act(
     body: Bytes,
 ) -> Response {
     let f = form(&body);
-    if let Err(r) = check_form(&s, &headers, &f) {
+    if let Some(r) = form_refusal(&s, &headers, &f) {
         return r;
     }
     let ctx = &s.ctx;

@@ -19,6 +19,8 @@ pub struct Sample {
     pub packets_in: u64,
     pub packets_out: u64,
     pub drops: BTreeMap<&'static str, u64>,
+    /// Frame bytes received from and sent to each neighbor (by short ID).
+    pub neighbor_bytes: BTreeMap<String, (u64, u64)>,
 }
 
 impl Sample {
@@ -36,11 +38,18 @@ impl Sample {
                 (l, m.packets_dropped.with_label_values(&[l]).get())
             })
             .collect();
+        let neighbor_bytes = ctx
+            .neighbors()
+            .all()
+            .iter()
+            .map(|n| (n.id.short(), (n.bytes_in.get(), n.bytes_out.get())))
+            .collect();
         Sample {
             at: Instant::now(),
             packets_in,
             packets_out,
             drops,
+            neighbor_bytes,
         }
     }
 
@@ -86,6 +95,27 @@ impl History {
             Some(old) => rates(old, now),
             None => (0.0, 0.0),
         }
+    }
+
+    /// Bytes per second from and to each neighbor over the last ~10 s.
+    pub fn neighbor_rates(&self, now: &Sample) -> BTreeMap<String, (f64, f64)> {
+        let Some(old) = self.back(now.at, Duration::from_secs(10)) else {
+            return BTreeMap::new();
+        };
+        let dt = now.at.duration_since(old.at).as_secs_f64().max(0.001);
+        now.neighbor_bytes
+            .iter()
+            .filter_map(|(id, (i, o))| {
+                let (i0, o0) = old.neighbor_bytes.get(id)?;
+                Some((
+                    id.clone(),
+                    (
+                        i.saturating_sub(*i0) as f64 / dt,
+                        o.saturating_sub(*o0) as f64 / dt,
+                    ),
+                ))
+            })
+            .collect()
     }
 
     /// Drops by reason over the last `window` (as far back as the history goes), and how long
@@ -138,6 +168,7 @@ mod tests {
             packets_in: n,
             packets_out: 2 * n,
             drops: [("neighbor_queue_full", drops)].into_iter().collect(),
+            neighbor_bytes: [("N".to_string(), (10 * n, n))].into_iter().collect(),
         }
     }
 
@@ -157,6 +188,11 @@ mod tests {
         assert_eq!(span, Duration::from_secs(60));
         assert_eq!(d.get("neighbor_queue_full"), Some(&120));
         assert_eq!(h.drops_rising(&now), Some(120));
+        let r = h.neighbor_rates(&now)["N"];
+        assert!(
+            (r.0 - 1000.0).abs() < 0.01 && (r.1 - 100.0).abs() < 0.01,
+            "{r:?}"
+        );
         for _ in 0..KEEP + 5 {
             h.push(sample(t0, 0, 0));
         }

@@ -289,7 +289,7 @@ fn render(s: &Arc<Console>, headers: &HeaderMap, page: PageId) -> Response {
         flash,
     };
     let body = match page {
-        PageId::Neighbors => pages::neighbors(ctx, &f),
+        PageId::Neighbors => pages::neighbors(ctx, &f, live_body(s, page, f.lang, &csrf)),
         PageId::Maintenance => pages::maintenance(ctx, &f),
         p => pages::live(p, live_body(s, p, f.lang, &csrf)),
     };
@@ -305,7 +305,11 @@ fn live_body(s: &Console, page: PageId, lang: Lang, csrf: &str) -> Markup {
             let h = s.history();
             pages::overview_live(ctx, t, &h, &now)
         }
-        PageId::Neighbors => pages::neighbors_live(ctx, t, csrf),
+        PageId::Neighbors => {
+            let now = Sample::now(ctx);
+            let rates = s.history().neighbor_rates(&now);
+            pages::neighbors_live(ctx, t, csrf, &rates)
+        }
         PageId::Topology => pages::topology_live(ctx, t),
         PageId::Maintenance => pages::maintenance_live(ctx, t),
         PageId::Ozones => pages::ozones_live(ctx, t),

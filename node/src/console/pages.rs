@@ -297,7 +297,13 @@ pub fn overview_live(ctx: &Ctx, t: &Text, hist: &History, now: &Sample) -> Marku
     }
 }
 
-pub fn neighbors_live(ctx: &Ctx, t: &Text, csrf: &str) -> Markup {
+/// `rates`: bytes per second in and out by neighbor short ID.
+pub fn neighbors_live(
+    ctx: &Ctx,
+    t: &Text,
+    csrf: &str,
+    rates: &std::collections::BTreeMap<String, (f64, f64)>,
+) -> Markup {
     let list = ops::neighbors(ctx);
     html! {
         @if list.is_empty() {
@@ -306,7 +312,7 @@ pub fn neighbors_live(ctx: &Ctx, t: &Text, csrf: &str) -> Markup {
             table.neighbors {
                 thead { tr {
                     th scope="col" { (t.neighbor) } th scope="col" { (t.address) } th scope="col" { (t.state) }
-                    th scope="col" { (t.rtt) } th scope="col" { (t.mode) } th scope="col" { (t.queue) }
+                    th scope="col" { (t.rtt) } th scope="col" { (t.rate_in_out) } th scope="col" { (t.mode) } th scope="col" { (t.queue) }
                     th scope="col" { (t.since) } th scope="col" { (t.actions) }
                 } }
                 tbody {
@@ -317,6 +323,10 @@ pub fn neighbors_live(ctx: &Ctx, t: &Text, csrf: &str) -> Markup {
                             td { span class=(format!("state {}", n.state)) { (n.state) }
                                  @if let Some(e) = &n.last_error { @if n.state != "up" { br; small { (e) } } } }
                             td { @if let Some(r) = n.rtt_ms { (format!("{r:.1} ms")) } @else { "–" } }
+                            td { @match rates.get(&n.id) {
+                                Some((i, o)) => { (bytes(*i as u64)) "/s · " (bytes(*o as u64)) "/s" },
+                                None => "–",
+                            } }
                             td { (n.mode) }
                             td { (bytes(n.queue_bytes as u64)) }
                             td { (duration(n.since_secs)) }
@@ -349,11 +359,11 @@ pub fn neighbors_live(ctx: &Ctx, t: &Text, csrf: &str) -> Markup {
     }
 }
 
-pub fn neighbors(ctx: &Ctx, f: &Frame<'_>) -> Markup {
+pub fn neighbors(ctx: &Ctx, f: &Frame<'_>, live_part: Markup) -> Markup {
     let t = f.lang.text();
     let ttl_min = (ctx.cfg.invite.default_ttl_secs / 60).max(1);
     html! {
-        (live(PageId::Neighbors, neighbors_live(ctx, t, f.csrf)))
+        (live(PageId::Neighbors, live_part))
         div.forms {
             section aria-labelledby="invite-h" {
                 h2 #invite-h { (t.invite_title) }

@@ -411,32 +411,47 @@ async fn login_page(
         }
         return login_form(&s, lang, StatusCode::OK, None);
     };
+    attempt_login(
+        &s,
+        lang,
+        "one-time code",
+        |a, now| a.redeem_code(code, now),
+        ("bad_code", StatusCode::FORBIDDEN, t.login_code_failed),
+    )
+}
+
+/// One login attempt under the failed-login limiter: `check` says whether the credential is
+/// good; a failure uses up some of the allowance. `refused`: the result label, status and
+/// message for a bad credential.
+fn attempt_login(
+    s: &Console,
+    lang: Lang,
+    how: &'static str,
+    check: impl FnOnce(&mut Auth, Instant) -> bool,
+    refused: (&'static str, StatusCode, &str),
+) -> Response {
     let now = Instant::now();
-    let redeemed = {
+    let ok = {
         let mut a = s.auth();
         if !a.login_allowed(now) {
             drop(a);
             count_login(&s.ctx, "rate_limited");
-            return login_form(
-                &s,
-                lang,
-                StatusCode::TOO_MANY_REQUESTS,
-                Some(t.login_rate_limited),
-            );
+            let msg = lang.text().login_rate_limited;
+            return login_form(s, lang, StatusCode::TOO_MANY_REQUESTS, Some(msg));
         }
-        let ok = a.redeem_code(code, now);
+        let ok = check(&mut a, now);
         if !ok {
             a.login_failed(now);
         }
         ok
     };
-    if redeemed {
-        logged_in(&s, "one-time code")
-    } else {
-        count_login(&s.ctx, "bad_code");
-        tracing::info!("console login refused: unknown, used or expired login code");
-        login_form(&s, lang, StatusCode::FORBIDDEN, Some(t.login_code_failed))
+    if ok {
+        return logged_in(s, how);
     }
+    let (result, status, msg) = refused;
+    count_login(&s.ctx, result);
+    tracing::info!(how, result, "console login refused");
+    login_form(s, lang, status, Some(msg))
 }
 
 /// `POST /console/login`: the pasted admin token.
@@ -454,32 +469,14 @@ async fn login_token(State(s): St, headers: HeaderMap, body: Bytes) -> Response 
             "the login form is stale or came from another site: open /console/login again",
         );
     }
-    let now = Instant::now();
-    let ok = {
-        let mut a = s.auth();
-        if !a.login_allowed(now) {
-            drop(a);
-            count_login(&s.ctx, "rate_limited");
-            return login_form(
-                &s,
-                lang,
-                StatusCode::TOO_MANY_REQUESTS,
-                Some(t.login_rate_limited),
-            );
-        }
-        let ok = f.get("token").is_some_and(|tok| s.token.matches(tok));
-        if !ok {
-            a.login_failed(now);
-        }
-        ok
-    };
-    if ok {
-        logged_in(&s, "admin token")
-    } else {
-        count_login(&s.ctx, "bad_token");
-        tracing::info!("console login refused: wrong admin token");
-        login_form(&s, lang, StatusCode::UNAUTHORIZED, Some(t.login_failed))
-    }
+    let token = f.get("token").map(String::as_str).unwrap_or("");
+    attempt_login(
+        &s,
+        lang,
+        "admin token",
+        |_, _| s.token.matches(token),
+        ("bad_token", StatusCode::UNAUTHORIZED, t.login_failed),
+    )
 }
 
 /// The refusal to send unless the request has a live session and the form carries its CSRF

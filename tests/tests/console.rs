@@ -192,7 +192,23 @@ fn field(html: &str, name: &str) -> String {
 #[test]
 fn refuses_without_a_session_or_csrf_token_replayed_codes_and_guessing_and_counts_it() {
     let root = tempfile::tempdir().unwrap();
-    let n = TestNode::start(root.path(), "n", 0, &[]);
+    // With an Echo listener: the overview shows its address and certificate.
+    let cfg = root.path().join("n.toml");
+    let echo_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    std::fs::write(
+        &cfg,
+        format!("[bridge]\nlisten = \"127.0.0.1:{echo_port}\"\n"),
+    )
+    .unwrap();
+    let n = TestNode::start(
+        root.path(),
+        "n",
+        0,
+        &["--config".into(), cfg.display().to_string()],
+    );
     let token = console::admin_token(&n);
     let c = http();
     let refused = |reason: &str| {
@@ -258,6 +274,21 @@ fn refuses_without_a_session_or_csrf_token_replayed_codes_and_guessing_and_count
     let html = page.text().unwrap();
     assert!(!html.contains(&token));
     let csrf = field(&html, "csrf");
+    let status: serde_json::Value = serde_json::from_str(&n.ctl_ok(&["--json", "status"])).unwrap();
+    let cert = status["bridge"]["cert_sha256"]
+        .as_str()
+        .expect("bridge certificate");
+    let overview = c
+        .get(url(&n, "/console/"))
+        .header("cookie", &session)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        overview.contains(cert) && overview.contains(&format!("127.0.0.1:{echo_port}")),
+        "{overview}"
+    );
     for form in [vec![], vec![("csrf", "wrong")]] {
         let r = c
             .post(url(&n, "/console/act/drain"))

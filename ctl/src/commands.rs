@@ -318,6 +318,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return tail(&node, count, timeout, filter, json).await;
         }
         Command::Bench(args) => return crate::bench::run(args, json).await,
+        Command::Sim(args) => return crate::sim::run(args, json),
         Command::Keys(cmd) => return crate::messaging::keys(cmd, json).await,
         Command::Send(args) => return crate::messaging::send(args, json).await,
         Command::Recv(args) => return crate::messaging::recv(args, json).await,

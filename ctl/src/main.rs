@@ -7,6 +7,7 @@ mod commands;
 mod local_mesh;
 mod messaging;
 mod render;
+mod sim;
 mod target_node;
 
 use std::path::PathBuf;
@@ -161,6 +162,10 @@ pub enum Command {
     Ozone(messaging::OzoneCmd),
     /// Local mesh flood benchmark: N echomesh-node processes over real QUIC on 127.0.0.1.
     Bench(bench::BenchArgs),
+    /// Simulate a mesh of N nodes in this process (seeded, deterministic): delivery,
+    /// duplicates, hops, latency and bytes for flooding and lazy push, under loss, crashes and
+    /// a partition. No node needed.
+    Sim(sim::SimArgs),
 }
 
 #[derive(Subcommand, Debug)]

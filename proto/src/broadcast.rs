@@ -1,0 +1,436 @@
+//! Which neighbors get a packet: plain flooding, or lazy push in the spirit of Plumtree
+//! (Leitão, Pereira, Rodrigues, 2007) — a machine without I/O, generic over the peer type.
+//!
+//! **Flood**: every new packet is pushed to every neighbor but the one it came from.
+//!
+//! **Lazy**: each neighbor is *eager* or *lazy*. A new packet is pushed to the eager ones and
+//! only its ID is announced to the lazy ones (`IHave`). A packet arriving a second time over an
+//! eager link turns that link lazy at both ends (`Prune`), so the eager links thin out to a
+//! spanning tree formed from first arrivals. A node that hears of a packet only by `IHave`
+//! waits [`BroadcastConfig::graft_timeout`] for the tree to bring it, then asks an announcer
+//! for it (`Graft`), which also makes that link eager again: the tree heals itself around
+//! crashed or slow nodes. A neighbor that does not speak lazy push is always pushed to (a mixed
+//! mesh floods on those links). Pulling what a neighbor missed after a reconnection is the same
+//! `IHave`/`Graft` pair, without the wait ([`Broadcast::on_ihave`] with `urgent`).
+//!
+//! Every packet a node accepts is announced to every neighbor in one way or the other, so a
+//! packet reaches every node connected to its origin as long as announcements and grafts are
+//! delivered (the links are reliable QUIC streams, and a reconnection re-announces what the
+//! link may have lost).
+//!
+//! Bounded: at most [`BroadcastConfig::max_missing`] packets awaited at once (the oldest
+//! dropped, counted in [`Broadcast::missing_dropped`]), at most [`MAX_ANNOUNCERS`] announcers
+//! remembered per packet.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::echo::PacketId;
+
+/// Announcers remembered per awaited packet (graft candidates).
+pub const MAX_ANNOUNCERS: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Flood,
+    Lazy,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Flood => "flood",
+            Mode::Lazy => "lazy",
+        })
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "flood" => Ok(Mode::Flood),
+            "lazy" => Ok(Mode::Lazy),
+            other => Err(format!("unknown broadcast {other:?}: use flood or lazy")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BroadcastConfig {
+    pub mode: Mode,
+    /// How long an announced packet may take to arrive over the tree before it is pulled.
+    pub graft_timeout: Duration,
+    /// After a graft, how long before the next announcer is asked.
+    pub graft_retry: Duration,
+    pub max_missing: usize,
+}
+
+impl BroadcastConfig {
+    pub fn new(mode: Mode) -> Self {
+        BroadcastConfig {
+            mode,
+            graft_timeout: Duration::from_millis(100),
+            graft_retry: Duration::from_millis(250),
+            max_missing: 100_000,
+        }
+    }
+}
+
+/// What the driver sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Out<P> {
+    /// Send the packet itself.
+    Push { to: P, id: PacketId },
+    /// Announce packets by ID.
+    IHave { to: P, ids: Vec<PacketId> },
+    /// Ask for packets (and make the link eager).
+    Graft { to: P, ids: Vec<PacketId> },
+    /// Make the link lazy.
+    Prune { to: P },
+}
+
+#[derive(Debug)]
+struct Missing<P> {
+    announcers: VecDeque<P>,
+    due: Instant,
+}
+
+#[derive(Debug)]
+pub struct Broadcast<P: Ord + Copy> {
+    cfg: BroadcastConfig,
+    eager: BTreeSet<P>,
+    lazy: BTreeSet<P>,
+    /// Neighbors that do not speak lazy push: always pushed to.
+    flood_only: BTreeSet<P>,
+    missing: BTreeMap<PacketId, Missing<P>>,
+    timers: BTreeSet<(Instant, PacketId)>,
+    out: VecDeque<Out<P>>,
+    pub missing_dropped: u64,
+    pub grafts_sent: u64,
+    pub prunes_sent: u64,
+}
+
+impl<P: Ord + Copy> Broadcast<P> {
+    pub fn new(cfg: BroadcastConfig) -> Self {
+        Broadcast {
+            cfg,
+            eager: BTreeSet::new(),
+            lazy: BTreeSet::new(),
+            flood_only: BTreeSet::new(),
+            missing: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            out: VecDeque::new(),
+            missing_dropped: 0,
+            grafts_sent: 0,
+            prunes_sent: 0,
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.cfg.mode
+    }
+
+    /// A neighbor came up; `speaks_lazy`: its protocol has lazy push. New links start eager.
+    pub fn neighbor_up(&mut self, p: P, speaks_lazy: bool) {
+        self.lazy.remove(&p);
+        self.eager.insert(p);
+        if speaks_lazy {
+            self.flood_only.remove(&p);
+        } else {
+            self.flood_only.insert(p);
+        }
+    }
+
+    pub fn neighbor_down(&mut self, p: P) {
+        self.eager.remove(&p);
+        self.lazy.remove(&p);
+        self.flood_only.remove(&p);
+    }
+
+    pub fn is_eager(&self, p: &P) -> bool {
+        self.eager.contains(p)
+    }
+
+    /// Eager links now (for metrics and tests).
+    pub fn eager_count(&self) -> usize {
+        self.eager.len()
+    }
+
+    /// Packets announced but not yet received.
+    pub fn missing_count(&self) -> usize {
+        self.missing.len()
+    }
+
+    fn lazy_mode(&self, p: &P) -> bool {
+        self.cfg.mode == Mode::Lazy && !self.flood_only.contains(p)
+    }
+
+    /// The engine accepted a new packet that may travel on, from neighbor `from` (`None`: from
+    /// a client of this node).
+    pub fn on_new(&mut self, id: PacketId, from: Option<P>) {
+        if let Some(m) = self.missing.remove(&id) {
+            self.timers.remove(&(m.due, id));
+        }
+        let peers: Vec<P> = self.eager.iter().chain(self.lazy.iter()).copied().collect();
+        for p in peers {
+            if Some(p) == from {
+                continue;
+            }
+            if !self.lazy_mode(&p) || self.eager.contains(&p) {
+                self.out.push_back(Out::Push { to: p, id });
+            } else {
+                self.out.push_back(Out::IHave {
+                    to: p,
+                    ids: vec![id],
+                });
+            }
+        }
+    }
+
+    /// The engine accepted a new packet that must not travel on (from a half-echo neighbor):
+    /// it only stops waiting for it.
+    pub fn on_new_local(&mut self, id: PacketId) {
+        if let Some(m) = self.missing.remove(&id) {
+            self.timers.remove(&(m.due, id));
+        }
+    }
+
+    /// A packet arrived again from `from` over an eager link: prune that link.
+    pub fn on_duplicate(&mut self, from: P) {
+        if self.lazy_mode(&from) && self.eager.remove(&from) {
+            self.lazy.insert(from);
+            self.prunes_sent += 1;
+            self.out.push_back(Out::Prune { to: from });
+        }
+    }
+
+    /// `from` pruned the link.
+    pub fn on_prune(&mut self, from: P) {
+        if self.lazy_mode(&from) && self.eager.remove(&from) {
+            self.lazy.insert(from);
+        }
+    }
+
+    /// `from` announced packets; `seen` says which this node has. Unknown ones are awaited for
+    /// the graft timeout, or asked for at once when `urgent` (a reconnection's repair offer).
+    pub fn on_ihave(
+        &mut self,
+        from: P,
+        ids: &[PacketId],
+        seen: impl Fn(&PacketId) -> bool,
+        now: Instant,
+        urgent: bool,
+    ) {
+        let mut want = Vec::new();
+        for id in ids {
+            if seen(id) {
+                continue;
+            }
+            if urgent {
+                want.push(*id);
+                continue;
+            }
+            if let Some(m) = self.missing.get_mut(id) {
+                if m.announcers.len() < MAX_ANNOUNCERS && !m.announcers.contains(&from) {
+                    m.announcers.push_back(from);
+                }
+                continue;
+            }
+            if self.missing.len() >= self.cfg.max_missing {
+                if let Some(&(due, old)) = self.timers.iter().next() {
+                    self.timers.remove(&(due, old));
+                    self.missing.remove(&old);
+                    self.missing_dropped += 1;
+                }
+            }
+            let due = now + self.cfg.graft_timeout;
+            self.missing.insert(
+                *id,
+                Missing {
+                    announcers: VecDeque::from([from]),
+                    due,
+                },
+            );
+            self.timers.insert((due, *id));
+        }
+        if !want.is_empty() {
+            self.graft(from, want);
+        }
+    }
+
+    fn graft(&mut self, to: P, ids: Vec<PacketId>) {
+        if self.lazy.remove(&to) {
+            self.eager.insert(to);
+        }
+        self.grafts_sent += ids.len() as u64;
+        self.out.push_back(Out::Graft { to, ids });
+    }
+
+    /// `from` asks for packets and makes the link eager; `have` says which this node can send.
+    pub fn on_graft(&mut self, from: P, ids: &[PacketId], have: impl Fn(&PacketId) -> bool) {
+        if self.lazy.remove(&from) {
+            self.eager.insert(from);
+        }
+        for id in ids {
+            if have(id) {
+                self.out.push_back(Out::Push { to: from, id: *id });
+            }
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.iter().next().map(|(t, _)| *t)
+    }
+
+    /// Pull what the tree did not bring in time, one announcer at a time.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut by_peer: BTreeMap<P, Vec<PacketId>> = BTreeMap::new();
+        while let Some(&(due, id)) = self.timers.iter().next() {
+            if due > now {
+                break;
+            }
+            self.timers.remove(&(due, id));
+            let Some(m) = self.missing.get_mut(&id) else {
+                continue;
+            };
+            match m.announcers.pop_front() {
+                Some(p) => {
+                    by_peer.entry(p).or_default().push(id);
+                    m.due = now + self.cfg.graft_retry;
+                    self.timers.insert((m.due, id));
+                }
+                None => {
+                    self.missing.remove(&id);
+                }
+            }
+        }
+        for (p, ids) in by_peer {
+            self.graft(p, ids);
+        }
+    }
+
+    pub fn poll_out(&mut self) -> Option<Out<P>> {
+        self.out.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> PacketId {
+        [n; 32]
+    }
+
+    fn drain(b: &mut Broadcast<u32>) -> Vec<Out<u32>> {
+        std::iter::from_fn(|| b.poll_out()).collect()
+    }
+
+    #[test]
+    fn flood_pushes_to_everyone_but_the_sender() {
+        let mut b = Broadcast::new(BroadcastConfig::new(Mode::Flood));
+        for p in [1, 2, 3] {
+            b.neighbor_up(p, true);
+        }
+        b.on_new(id(1), Some(2));
+        assert_eq!(
+            drain(&mut b),
+            vec![
+                Out::Push { to: 1, id: id(1) },
+                Out::Push { to: 3, id: id(1) }
+            ]
+        );
+        b.on_duplicate(3);
+        assert!(drain(&mut b).is_empty(), "flood never prunes");
+    }
+
+    #[test]
+    fn lazy_prunes_duplicates_announces_to_lazy_links_and_grafts_on_timeout() {
+        let t0 = Instant::now();
+        let mut b = Broadcast::new(BroadcastConfig::new(Mode::Lazy));
+        for p in [1, 2, 3] {
+            b.neighbor_up(p, true);
+        }
+        b.neighbor_up(9, false); // an old node: always pushed to
+        b.on_new(id(1), Some(1));
+        assert_eq!(drain(&mut b).len(), 3);
+        // The same packet again from 2: prune 2.
+        b.on_duplicate(2);
+        assert_eq!(drain(&mut b), vec![Out::Prune { to: 2 }]);
+        b.on_duplicate(9);
+        assert!(drain(&mut b).is_empty(), "never prune a flood-only link");
+        // Next packet from 1: pushed to 3 and 9, announced to 2.
+        b.on_new(id(2), Some(1));
+        let out = drain(&mut b);
+        assert!(
+            out.contains(&Out::IHave {
+                to: 2,
+                ids: vec![id(2)]
+            }),
+            "{out:?}"
+        );
+        assert!(out.contains(&Out::Push { to: 3, id: id(2) }));
+        assert!(out.contains(&Out::Push { to: 9, id: id(2) }));
+        // 3 prunes us; then 3 and 2 announce a packet we lack; it does not come: graft 3
+        // (the first announcer), which makes 3 eager again; then 2.
+        b.on_prune(3);
+        let seen = |_: &PacketId| false;
+        b.on_ihave(3, &[id(5)], seen, t0, false);
+        b.on_ihave(2, &[id(5)], seen, t0, false);
+        assert_eq!(b.poll_timeout(), Some(t0 + Duration::from_millis(100)));
+        b.handle_timeout(t0 + Duration::from_millis(100));
+        assert_eq!(
+            drain(&mut b),
+            vec![Out::Graft {
+                to: 3,
+                ids: vec![id(5)]
+            }]
+        );
+        assert!(b.is_eager(&3));
+        b.handle_timeout(t0 + Duration::from_millis(350));
+        assert_eq!(
+            drain(&mut b),
+            vec![Out::Graft {
+                to: 2,
+                ids: vec![id(5)]
+            }]
+        );
+        // It arrives: no more waiting.
+        b.on_new(id(5), Some(2));
+        drain(&mut b);
+        assert_eq!(b.missing_count(), 0);
+        assert_eq!(b.poll_timeout(), None);
+        // A graft from a lazy peer makes it eager and sends what we have.
+        b.on_prune(1);
+        b.on_graft(1, &[id(1), id(7)], |i| *i == id(1));
+        assert_eq!(drain(&mut b), vec![Out::Push { to: 1, id: id(1) }]);
+        assert!(b.is_eager(&1));
+        // A repair offer is pulled at once.
+        b.on_ihave(2, &[id(8), id(1)], |i| *i == id(1), t0, true);
+        assert_eq!(
+            drain(&mut b),
+            vec![Out::Graft {
+                to: 2,
+                ids: vec![id(8)]
+            }]
+        );
+    }
+
+    #[test]
+    fn awaited_packets_are_bounded() {
+        let t0 = Instant::now();
+        let mut cfg = BroadcastConfig::new(Mode::Lazy);
+        cfg.max_missing = 4;
+        let mut b = Broadcast::new(cfg);
+        b.neighbor_up(1u32, true);
+        let ids: Vec<PacketId> = (0..10).map(id).collect();
+        b.on_ihave(1, &ids, |_| false, t0, false);
+        assert_eq!(b.missing_count(), 4);
+        assert_eq!(b.missing_dropped, 6);
+    }
+}

@@ -42,6 +42,10 @@ pub struct SimArgs {
     /// Payload bytes per packet.
     #[arg(long, default_value_t = 256)]
     size: usize,
+    /// Lazy push: milliseconds an announced packet may take over the tree before it is
+    /// pulled (default: the node's).
+    #[arg(long)]
+    graft_timeout_ms: Option<u64>,
 }
 
 impl SimArgs {
@@ -69,6 +73,9 @@ impl SimArgs {
         c.partition = self.partition;
         c.rate = self.rate.max(1);
         c.payload_bytes = self.size;
+        if let Some(t) = self.graft_timeout_ms {
+            c.graft_timeout_ms = t;
+        }
         Ok(c)
     }
 }

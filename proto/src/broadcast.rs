@@ -3,7 +3,10 @@
 //!
 //! **Flood**: every new packet is pushed to every neighbor but the one it came from.
 //!
-//! **Lazy**: each neighbor is *eager* or *lazy*. A new packet is pushed to the eager ones and
+//! **Lazy**: for each tree (one per origin node: a tree shared by all origins is pruned by
+//! packets travelling in different directions at once, which breaks it apart and makes it
+//! graft and prune for ever — measured with the simulator), each neighbor is *eager* or
+//! *lazy*. A new tree starts with every link eager. A new packet is pushed to the eager ones and
 //! only its ID is announced to the lazy ones (`IHave`). A packet arriving a second time over an
 //! eager link turns that link lazy at both ends (`Prune`), so the eager links thin out to a
 //! spanning tree formed from first arrivals. A node that hears of a packet only by `IHave`
@@ -31,6 +34,12 @@ use crate::echo::PacketId;
 
 /// Announcers remembered per awaited packet (graft candidates).
 pub const MAX_ANNOUNCERS: usize = 8;
+
+/// Recent packets whose first arrival link is remembered (for pruning decisions).
+pub const FIRST_MEMORY: usize = 65_536;
+
+/// Which tree a packet travels on: its origin node's (an opaque number).
+pub type TreeKey = u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -68,15 +77,18 @@ pub struct BroadcastConfig {
     /// After a graft, how long before the next announcer is asked.
     pub graft_retry: Duration,
     pub max_missing: usize,
+    /// Trees remembered (the least recently used is forgotten; it starts again as a flood).
+    pub max_trees: usize,
 }
 
 impl BroadcastConfig {
     pub fn new(mode: Mode) -> Self {
         BroadcastConfig {
             mode,
-            graft_timeout: Duration::from_millis(100),
+            graft_timeout: Duration::from_millis(25),
             graft_retry: Duration::from_millis(250),
             max_missing: 100_000,
+            max_trees: 4096,
         }
     }
 }
@@ -87,29 +99,58 @@ pub enum Out<P> {
     /// Send the packet itself.
     Push { to: P, id: PacketId },
     /// Announce packets by ID.
-    IHave { to: P, ids: Vec<PacketId> },
-    /// Ask for packets (and make the link eager).
-    Graft { to: P, ids: Vec<PacketId> },
-    /// Make the link lazy.
-    Prune { to: P },
+    IHave {
+        to: P,
+        tree: TreeKey,
+        ids: Vec<PacketId>,
+    },
+    /// Ask for packets (and make the link eager in that tree).
+    Graft {
+        to: P,
+        tree: TreeKey,
+        ids: Vec<PacketId>,
+    },
+    /// Make the link lazy in that tree.
+    Prune { to: P, tree: TreeKey },
 }
 
 #[derive(Debug)]
 struct Missing<P> {
     announcers: VecDeque<P>,
     due: Instant,
+    tree: TreeKey,
+}
+
+/// One tree's lazy links (every other live link is eager).
+#[derive(Debug)]
+struct Tree<P> {
+    lazy: BTreeSet<P>,
+    used: u64,
+}
+
+impl<P> Default for Tree<P> {
+    fn default() -> Self {
+        Tree {
+            lazy: BTreeSet::new(),
+            used: 0,
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct Broadcast<P: Ord + Copy> {
     cfg: BroadcastConfig,
-    eager: BTreeSet<P>,
-    lazy: BTreeSet<P>,
+    /// Live neighbors.
+    peers: BTreeSet<P>,
+    trees: BTreeMap<TreeKey, Tree<P>>,
+    clock: u64,
     /// Neighbors that do not speak lazy push: always pushed to.
     flood_only: BTreeSet<P>,
     missing: BTreeMap<PacketId, Missing<P>>,
     timers: BTreeSet<(Instant, PacketId)>,
     out: VecDeque<Out<P>>,
+    first_from: BTreeMap<PacketId, Option<P>>,
+    first_order: VecDeque<PacketId>,
     pub missing_dropped: u64,
     pub grafts_sent: u64,
     pub prunes_sent: u64,
@@ -119,12 +160,15 @@ impl<P: Ord + Copy> Broadcast<P> {
     pub fn new(cfg: BroadcastConfig) -> Self {
         Broadcast {
             cfg,
-            eager: BTreeSet::new(),
-            lazy: BTreeSet::new(),
+            peers: BTreeSet::new(),
+            trees: BTreeMap::new(),
+            clock: 0,
             flood_only: BTreeSet::new(),
             missing: BTreeMap::new(),
             timers: BTreeSet::new(),
             out: VecDeque::new(),
+            first_from: BTreeMap::new(),
+            first_order: VecDeque::new(),
             missing_dropped: 0,
             grafts_sent: 0,
             prunes_sent: 0,
@@ -137,8 +181,10 @@ impl<P: Ord + Copy> Broadcast<P> {
 
     /// A neighbor came up; `speaks_lazy`: its protocol has lazy push. New links start eager.
     pub fn neighbor_up(&mut self, p: P, speaks_lazy: bool) {
-        self.lazy.remove(&p);
-        self.eager.insert(p);
+        self.peers.insert(p);
+        for t in self.trees.values_mut() {
+            t.lazy.remove(&p);
+        }
         if speaks_lazy {
             self.flood_only.remove(&p);
         } else {
@@ -147,18 +193,39 @@ impl<P: Ord + Copy> Broadcast<P> {
     }
 
     pub fn neighbor_down(&mut self, p: P) {
-        self.eager.remove(&p);
-        self.lazy.remove(&p);
+        self.peers.remove(&p);
+        for t in self.trees.values_mut() {
+            t.lazy.remove(&p);
+        }
         self.flood_only.remove(&p);
     }
 
-    pub fn is_eager(&self, p: &P) -> bool {
-        self.eager.contains(p)
+    /// Is the link to `p` eager in `tree`?
+    pub fn is_eager(&self, tree: TreeKey, p: &P) -> bool {
+        self.peers.contains(p) && !self.trees.get(&tree).is_some_and(|t| t.lazy.contains(p))
     }
 
-    /// Eager links now (for metrics and tests).
-    pub fn eager_count(&self) -> usize {
-        self.eager.len()
+    /// Trees remembered now.
+    pub fn tree_count(&self) -> usize {
+        self.trees.len()
+    }
+
+    /// The tree, created (all links eager) if new; the least recently used goes when full.
+    fn tree(&mut self, key: TreeKey) -> &mut Tree<P> {
+        self.clock += 1;
+        if !self.trees.contains_key(&key) && self.trees.len() >= self.cfg.max_trees {
+            if let Some(old) = self
+                .trees
+                .iter()
+                .min_by_key(|(_, t)| t.used)
+                .map(|(k, _)| *k)
+            {
+                self.trees.remove(&old);
+            }
+        }
+        let t = self.trees.entry(key).or_default();
+        t.used = self.clock;
+        t
     }
 
     /// Packets announced but not yet received.
@@ -172,20 +239,29 @@ impl<P: Ord + Copy> Broadcast<P> {
 
     /// The engine accepted a new packet that may travel on, from neighbor `from` (`None`: from
     /// a client of this node).
-    pub fn on_new(&mut self, id: PacketId, from: Option<P>) {
+    pub fn on_new(&mut self, id: PacketId, tree: TreeKey, from: Option<P>) {
         if let Some(m) = self.missing.remove(&id) {
             self.timers.remove(&(m.due, id));
         }
-        let peers: Vec<P> = self.eager.iter().chain(self.lazy.iter()).copied().collect();
+        if self.cfg.mode == Mode::Lazy {
+            self.remember_first(id, from);
+        }
+        let peers: Vec<P> = self.peers.iter().copied().collect();
+        let lazy = if self.cfg.mode == Mode::Lazy {
+            self.tree(tree).lazy.clone()
+        } else {
+            BTreeSet::new()
+        };
         for p in peers {
             if Some(p) == from {
                 continue;
             }
-            if !self.lazy_mode(&p) || self.eager.contains(&p) {
+            if !self.lazy_mode(&p) || !lazy.contains(&p) {
                 self.out.push_back(Out::Push { to: p, id });
             } else {
                 self.out.push_back(Out::IHave {
                     to: p,
+                    tree,
                     ids: vec![id],
                 });
             }
@@ -200,19 +276,40 @@ impl<P: Ord + Copy> Broadcast<P> {
         }
     }
 
-    /// A packet arrived again from `from` over an eager link: prune that link.
-    pub fn on_duplicate(&mut self, from: P) {
-        if self.lazy_mode(&from) && self.eager.remove(&from) {
-            self.lazy.insert(from);
+    /// Packet `id` of `tree` arrived again from `from`: prune that link in that tree — but
+    /// only if the first copy came over a link that is eager in it. Copies of one origin's
+    /// packets can overtake each other (jitter, a busy link): pruning on every duplicate would
+    /// prune a node's links to that tree one after the other and cut it off.
+    pub fn on_duplicate(&mut self, id: &PacketId, tree: TreeKey, from: P) {
+        if !self.lazy_mode(&from) || !self.peers.contains(&from) {
+            return;
+        }
+        let Some(Some(first)) = self.first_from.get(id).copied() else {
+            return;
+        };
+        if first == from || !self.is_eager(tree, &first) {
+            return;
+        }
+        if self.tree(tree).lazy.insert(from) {
             self.prunes_sent += 1;
-            self.out.push_back(Out::Prune { to: from });
+            self.out.push_back(Out::Prune { to: from, tree });
         }
     }
 
-    /// `from` pruned the link.
-    pub fn on_prune(&mut self, from: P) {
-        if self.lazy_mode(&from) && self.eager.remove(&from) {
-            self.lazy.insert(from);
+    fn remember_first(&mut self, id: PacketId, from: Option<P>) {
+        if self.first_order.len() >= FIRST_MEMORY {
+            if let Some(old) = self.first_order.pop_front() {
+                self.first_from.remove(&old);
+            }
+        }
+        self.first_order.push_back(id);
+        self.first_from.insert(id, from);
+    }
+
+    /// `from` pruned the link in `tree`.
+    pub fn on_prune(&mut self, tree: TreeKey, from: P) {
+        if self.lazy_mode(&from) && self.peers.contains(&from) {
+            self.tree(tree).lazy.insert(from);
         }
     }
 
@@ -221,6 +318,7 @@ impl<P: Ord + Copy> Broadcast<P> {
     pub fn on_ihave(
         &mut self,
         from: P,
+        tree: TreeKey,
         ids: &[PacketId],
         seen: impl Fn(&PacketId) -> bool,
         now: Instant,
@@ -254,28 +352,32 @@ impl<P: Ord + Copy> Broadcast<P> {
                 Missing {
                     announcers: VecDeque::from([from]),
                     due,
+                    tree,
                 },
             );
             self.timers.insert((due, *id));
         }
         if !want.is_empty() {
-            self.graft(from, want);
+            self.graft(from, tree, want);
         }
     }
 
-    fn graft(&mut self, to: P, ids: Vec<PacketId>) {
-        if self.lazy.remove(&to) {
-            self.eager.insert(to);
-        }
+    fn graft(&mut self, to: P, tree: TreeKey, ids: Vec<PacketId>) {
+        self.tree(tree).lazy.remove(&to);
         self.grafts_sent += ids.len() as u64;
-        self.out.push_back(Out::Graft { to, ids });
+        self.out.push_back(Out::Graft { to, tree, ids });
     }
 
-    /// `from` asks for packets and makes the link eager; `have` says which this node can send.
-    pub fn on_graft(&mut self, from: P, ids: &[PacketId], have: impl Fn(&PacketId) -> bool) {
-        if self.lazy.remove(&from) {
-            self.eager.insert(from);
-        }
+    /// `from` asks for packets and makes the link eager in `tree`; `have` says which this
+    /// node can send.
+    pub fn on_graft(
+        &mut self,
+        from: P,
+        tree: TreeKey,
+        ids: &[PacketId],
+        have: impl Fn(&PacketId) -> bool,
+    ) {
+        self.tree(tree).lazy.remove(&from);
         for id in ids {
             if have(id) {
                 self.out.push_back(Out::Push { to: from, id: *id });
@@ -289,7 +391,7 @@ impl<P: Ord + Copy> Broadcast<P> {
 
     /// Pull what the tree did not bring in time, one announcer at a time.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let mut by_peer: BTreeMap<P, Vec<PacketId>> = BTreeMap::new();
+        let mut by_peer: BTreeMap<(P, TreeKey), Vec<PacketId>> = BTreeMap::new();
         while let Some(&(due, id)) = self.timers.iter().next() {
             if due > now {
                 break;
@@ -300,7 +402,7 @@ impl<P: Ord + Copy> Broadcast<P> {
             };
             match m.announcers.pop_front() {
                 Some(p) => {
-                    by_peer.entry(p).or_default().push(id);
+                    by_peer.entry((p, m.tree)).or_default().push(id);
                     m.due = now + self.cfg.graft_retry;
                     self.timers.insert((m.due, id));
                 }
@@ -309,8 +411,8 @@ impl<P: Ord + Copy> Broadcast<P> {
                 }
             }
         }
-        for (p, ids) in by_peer {
-            self.graft(p, ids);
+        for ((p, tree), ids) in by_peer {
+            self.graft(p, tree, ids);
         }
     }
 
@@ -337,7 +439,7 @@ mod tests {
         for p in [1, 2, 3] {
             b.neighbor_up(p, true);
         }
-        b.on_new(id(1), Some(2));
+        b.on_new(id(1), 0, Some(2));
         assert_eq!(
             drain(&mut b),
             vec![
@@ -345,92 +447,105 @@ mod tests {
                 Out::Push { to: 3, id: id(1) }
             ]
         );
-        b.on_duplicate(3);
+        b.on_duplicate(&id(1), 0, 3);
         assert!(drain(&mut b).is_empty(), "flood never prunes");
     }
 
     #[test]
-    fn lazy_prunes_duplicates_announces_to_lazy_links_and_grafts_on_timeout() {
+    fn lazy_prunes_duplicates_per_tree_announces_to_lazy_links_and_grafts_on_timeout() {
         let t0 = Instant::now();
         let mut b = Broadcast::new(BroadcastConfig::new(Mode::Lazy));
         for p in [1, 2, 3] {
             b.neighbor_up(p, true);
         }
         b.neighbor_up(9, false); // an old node: always pushed to
-        b.on_new(id(1), Some(1));
+        b.on_new(id(1), 7, Some(1));
         assert_eq!(drain(&mut b).len(), 3);
-        // The same packet again from 2: prune 2.
-        b.on_duplicate(2);
-        assert_eq!(drain(&mut b), vec![Out::Prune { to: 2 }]);
-        b.on_duplicate(9);
+        // The same packet again from 2: prune 2 in tree 7 only.
+        b.on_duplicate(&id(1), 7, 2);
+        assert_eq!(drain(&mut b), vec![Out::Prune { to: 2, tree: 7 }]);
+        b.on_duplicate(&id(1), 7, 9);
         assert!(drain(&mut b).is_empty(), "never prune a flood-only link");
-        // Next packet from 1: pushed to 3 and 9, announced to 2.
-        b.on_new(id(2), Some(1));
+        assert!(!b.is_eager(7, &2) && b.is_eager(8, &2));
+        // Next packet of tree 7: pushed to 3 and 9, announced to 2.
+        b.on_new(id(2), 7, Some(1));
         let out = drain(&mut b);
         assert!(
             out.contains(&Out::IHave {
                 to: 2,
+                tree: 7,
                 ids: vec![id(2)]
             }),
             "{out:?}"
         );
         assert!(out.contains(&Out::Push { to: 3, id: id(2) }));
         assert!(out.contains(&Out::Push { to: 9, id: id(2) }));
-        // 3 prunes us; then 3 and 2 announce a packet we lack; it does not come: graft 3
-        // (the first announcer), which makes 3 eager again; then 2.
-        b.on_prune(3);
+        // A packet of another tree still floods.
+        b.on_new(id(3), 8, None);
+        assert_eq!(drain(&mut b).len(), 4);
+        // 3 prunes us in tree 7; then 3 and 2 announce a packet we lack; it does not come:
+        // graft 3 (the first announcer), which makes 3 eager again; then 2.
+        b.on_prune(7, 3);
         let seen = |_: &PacketId| false;
-        b.on_ihave(3, &[id(5)], seen, t0, false);
-        b.on_ihave(2, &[id(5)], seen, t0, false);
-        assert_eq!(b.poll_timeout(), Some(t0 + Duration::from_millis(100)));
-        b.handle_timeout(t0 + Duration::from_millis(100));
+        b.on_ihave(3, 7, &[id(5)], seen, t0, false);
+        b.on_ihave(2, 7, &[id(5)], seen, t0, false);
+        assert_eq!(b.poll_timeout(), Some(t0 + Duration::from_millis(25)));
+        b.handle_timeout(t0 + Duration::from_millis(25));
         assert_eq!(
             drain(&mut b),
             vec![Out::Graft {
                 to: 3,
+                tree: 7,
                 ids: vec![id(5)]
             }]
         );
-        assert!(b.is_eager(&3));
-        b.handle_timeout(t0 + Duration::from_millis(350));
+        assert!(b.is_eager(7, &3));
+        b.handle_timeout(t0 + Duration::from_millis(275));
         assert_eq!(
             drain(&mut b),
             vec![Out::Graft {
                 to: 2,
+                tree: 7,
                 ids: vec![id(5)]
             }]
         );
         // It arrives: no more waiting.
-        b.on_new(id(5), Some(2));
+        b.on_new(id(5), 7, Some(2));
         drain(&mut b);
         assert_eq!(b.missing_count(), 0);
         assert_eq!(b.poll_timeout(), None);
         // A graft from a lazy peer makes it eager and sends what we have.
-        b.on_prune(1);
-        b.on_graft(1, &[id(1), id(7)], |i| *i == id(1));
+        b.on_prune(7, 1);
+        b.on_graft(1, 7, &[id(1), id(7)], |i| *i == id(1));
         assert_eq!(drain(&mut b), vec![Out::Push { to: 1, id: id(1) }]);
-        assert!(b.is_eager(&1));
+        assert!(b.is_eager(7, &1));
         // A repair offer is pulled at once.
-        b.on_ihave(2, &[id(8), id(1)], |i| *i == id(1), t0, true);
+        b.on_ihave(2, 7, &[id(8), id(1)], |i| *i == id(1), t0, true);
         assert_eq!(
             drain(&mut b),
             vec![Out::Graft {
                 to: 2,
+                tree: 7,
                 ids: vec![id(8)]
             }]
         );
     }
 
     #[test]
-    fn awaited_packets_are_bounded() {
+    fn awaited_packets_and_trees_are_bounded() {
         let t0 = Instant::now();
         let mut cfg = BroadcastConfig::new(Mode::Lazy);
         cfg.max_missing = 4;
+        cfg.max_trees = 3;
         let mut b = Broadcast::new(cfg);
         b.neighbor_up(1u32, true);
         let ids: Vec<PacketId> = (0..10).map(id).collect();
-        b.on_ihave(1, &ids, |_| false, t0, false);
+        b.on_ihave(1, 0, &ids, |_| false, t0, false);
         assert_eq!(b.missing_count(), 4);
         assert_eq!(b.missing_dropped, 6);
+        for t in 0..10 {
+            b.on_new(id(t as u8), t, None);
+        }
+        assert_eq!(b.tree_count(), 3);
     }
 }

@@ -85,7 +85,7 @@ impl BroadcastConfig {
     pub fn new(mode: Mode) -> Self {
         BroadcastConfig {
             mode,
-            graft_timeout: Duration::from_millis(25),
+            graft_timeout: Duration::from_millis(200),
             graft_retry: Duration::from_millis(250),
             max_missing: 100_000,
             max_trees: 4096,
@@ -240,11 +240,35 @@ impl<P: Ord + Copy> Broadcast<P> {
     /// The engine accepted a new packet that may travel on, from neighbor `from` (`None`: from
     /// a client of this node).
     pub fn on_new(&mut self, id: PacketId, tree: TreeKey, from: Option<P>) {
+        self.on_new_planned(id, tree, from, None)
+    }
+
+    /// As [`Broadcast::on_new`], with a plan for a tree this node has not seen yet: the
+    /// neighbors that are its children in the origin's shortest-path tree, as this node's
+    /// topology map says (`children`). The tree then starts with only those links (and the
+    /// one the packet came from) eager instead of flooding; where maps disagree, the lazy
+    /// links' announcements and grafts make up for it.
+    pub fn on_new_planned(
+        &mut self,
+        id: PacketId,
+        tree: TreeKey,
+        from: Option<P>,
+        children: Option<&BTreeSet<P>>,
+    ) {
         if let Some(m) = self.missing.remove(&id) {
             self.timers.remove(&(m.due, id));
         }
         if self.cfg.mode == Mode::Lazy {
             self.remember_first(id, from);
+            if let (Some(c), false) = (children, self.trees.contains_key(&tree)) {
+                let lazy: BTreeSet<P> = self
+                    .peers
+                    .iter()
+                    .filter(|p| !c.contains(p) && Some(**p) != from)
+                    .copied()
+                    .collect();
+                self.tree(tree).lazy = lazy;
+            }
         }
         let peers: Vec<P> = self.peers.iter().copied().collect();
         let lazy = if self.cfg.mode == Mode::Lazy {
@@ -489,8 +513,8 @@ mod tests {
         let seen = |_: &PacketId| false;
         b.on_ihave(3, 7, &[id(5)], seen, t0, false);
         b.on_ihave(2, 7, &[id(5)], seen, t0, false);
-        assert_eq!(b.poll_timeout(), Some(t0 + Duration::from_millis(25)));
-        b.handle_timeout(t0 + Duration::from_millis(25));
+        assert_eq!(b.poll_timeout(), Some(t0 + Duration::from_millis(200)));
+        b.handle_timeout(t0 + Duration::from_millis(200));
         assert_eq!(
             drain(&mut b),
             vec![Out::Graft {
@@ -500,7 +524,7 @@ mod tests {
             }]
         );
         assert!(b.is_eager(7, &3));
-        b.handle_timeout(t0 + Duration::from_millis(275));
+        b.handle_timeout(t0 + Duration::from_millis(450));
         assert_eq!(
             drain(&mut b),
             vec![Out::Graft {

@@ -235,6 +235,10 @@ struct Sim {
     reconnects: u64,
     partition_side: Vec<bool>,
     partitioned: bool,
+    /// Per origin: each node's parent in the shortest-latency tree over the whole graph (the
+    /// topology map every node has from announcements, with link RTTs).
+    spt: std::collections::BTreeMap<usize, Vec<usize>>,
+    latency: Vec<Vec<(usize, u64)>>,
 }
 
 const NEVER: u64 = u64::MAX;
@@ -391,7 +395,22 @@ impl Sim {
         } else {
             self.first[idx][n] = (self.now, hops);
             self.nodes[n].accepted.push((self.now, id));
-            self.nodes[n].bcast.on_new(id, tree, from);
+            let plan = if self.cfg.broadcast == Mode::Lazy {
+                let origin = self.origin[idx];
+                let parents = spt_of(&mut self.spt, &self.latency, origin);
+                let children: std::collections::BTreeSet<usize> = self.nodes[n]
+                    .links
+                    .iter()
+                    .map(|h| h.peer)
+                    .filter(|m| parents[*m] == n)
+                    .collect();
+                Some(children)
+            } else {
+                None
+            };
+            self.nodes[n]
+                .bcast
+                .on_new_planned(id, tree, from, plan.as_ref());
         }
         self.flush(n);
     }
@@ -583,6 +602,38 @@ impl Sim {
     }
 }
 
+/// Parents in `origin`'s shortest-latency tree (Dijkstra over the configured graph: the
+/// topology map with link RTTs that live nodes have from announcements), computed once per
+/// origin.
+fn spt_of<'a>(
+    cache: &'a mut std::collections::BTreeMap<usize, Vec<usize>>,
+    latency: &[Vec<(usize, u64)>],
+    origin: usize,
+) -> &'a Vec<usize> {
+    cache.entry(origin).or_insert_with(|| {
+        let n = latency.len();
+        let mut dist = vec![u64::MAX; n];
+        let mut parent = vec![usize::MAX; n];
+        let mut heap = BinaryHeap::new();
+        dist[origin] = 0;
+        heap.push(Reverse((0u64, origin)));
+        while let Some(Reverse((d, x))) = heap.pop() {
+            if d > dist[x] {
+                continue;
+            }
+            for &(y, l) in &latency[x] {
+                let nd = d + l;
+                if nd < dist[y] || (nd == dist[y] && x < parent[y]) {
+                    dist[y] = nd;
+                    parent[y] = x;
+                    heap.push(Reverse((nd, y)));
+                }
+            }
+        }
+        parent
+    })
+}
+
 /// A connected random graph: a random spanning tree, then random extra links until the
 /// average degree is reached.
 fn graph(n: usize, degree: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
@@ -698,6 +749,8 @@ pub fn run(cfg: &SimConfig) -> Report {
         reconnects: 0,
         partition_side: Vec::new(),
         partitioned: false,
+        spt: std::collections::BTreeMap::new(),
+        latency: lat.clone(),
     };
     // Connection numbers: one per link, shared by both directions.
     for a in 0..cfg.nodes {

@@ -6,10 +6,13 @@
 //! **Lazy**: for each tree (one per origin node: a tree shared by all origins is pruned by
 //! packets travelling in different directions at once, which breaks it apart and makes it
 //! graft and prune for ever — measured with the simulator), each neighbor is *eager* or
-//! *lazy*. A new tree starts with every link eager. A new packet is pushed to the eager ones and
-//! only its ID is announced to the lazy ones (`IHave`). A packet arriving a second time over an
-//! eager link turns that link lazy at both ends (`Prune`), so the eager links thin out to a
-//! spanning tree formed from first arrivals. A node that hears of a packet only by `IHave`
+//! *lazy*. A new tree is planned by the caller from its topology map
+//! ([`Broadcast::on_new_planned`]: only the links to this node's children in the origin's
+//! shortest-latency tree start eager); without a plan it starts with every link eager. A new
+//! packet is pushed to the eager ones and only its ID is announced to the lazy ones (`IHave`).
+//! A packet arriving a second time over an eager link, when its first copy came over another
+//! eager link, turns that link lazy at both ends (`Prune`), so where plans disagree the eager
+//! links thin out to a spanning tree of first arrivals. A node that hears of a packet only by `IHave`
 //! waits [`BroadcastConfig::graft_timeout`] for the tree to bring it, then asks an announcer
 //! for it (`Graft`), which also makes that link eager again: the tree heals itself around
 //! crashed or slow nodes. A neighbor that does not speak lazy push is always pushed to (a mixed
@@ -23,7 +26,9 @@
 //!
 //! Bounded: at most [`BroadcastConfig::max_missing`] packets awaited at once (the oldest
 //! dropped, counted in [`Broadcast::missing_dropped`]), at most [`MAX_ANNOUNCERS`] announcers
-//! remembered per packet.
+//! remembered per packet, at most [`BroadcastConfig::max_trees`] trees, first arrivals
+//! remembered for [`FIRST_MEMORY`] packets. docs/BROADCAST.md has the measurements behind
+//! these choices.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};

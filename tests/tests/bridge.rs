@@ -633,10 +633,14 @@ async fn junk_is_refused_counted_and_never_flooded() {
         || (a.metric("echomesh_bridge_junk_total{reason=\"no_content\"}") > relayed).then_some(()),
     );
     assert_eq!(echo_links_up(&a), 1, "the link to SOL1 stayed up");
-    assert!(watcher
-        .drain_non_control(Duration::from_millis(500))
-        .await
-        .is_empty());
+    let got = watcher.drain_non_control(Duration::from_millis(500)).await;
+    assert!(
+        got.is_empty(),
+        "a client of A got data after the relayed junk: {:?}",
+        got.iter()
+            .map(|f| String::from_utf8_lossy(&f[..f.len().min(300)]).into_owned())
+            .collect::<Vec<_>>()
+    );
     // Spot-On-Lite's clients keep working through A.
     let good = addressed_frame(&[4u8; 64], "after-junk");
     sender.send(&good);

@@ -54,10 +54,8 @@ fn wait_overview(b: &Browser, node: &TestNode) {
     b.wait_until(
         Duration::from_secs(15),
         "the overview with the node's fingerprint",
-        |b| {
-            b.find("#fingerprint")
-                .is_some_and(|el| b.text(&el) == node.info.fingerprint)
-        },
+        // Read in one step: the live part may be replaced between a find and a read.
+        |b| b.read("#fingerprint", "text").as_deref() == Some(node.info.fingerprint.as_str()),
     );
 }
 

@@ -222,6 +222,22 @@ impl Browser {
             .unwrap_or_default()
     }
 
+    /// Text (`"text"`) or an attribute of the first element matching `css`, read in one step
+    /// inside the page, so a live update that replaces the element in between cannot make
+    /// the reference stale.
+    pub fn read(&self, css: &str, what: &str) -> Option<String> {
+        let v = self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({
+                "script": "const e = document.querySelector(arguments[0]); if (!e) return null; \
+                           return arguments[1] === 'text' ? e.textContent : e.getAttribute(arguments[1]);",
+                "args": [css, what]
+            })),
+        );
+        v.as_str().map(String::from)
+    }
+
     pub fn execute(&self, script: &str) -> Value {
         self.cmd(
             "POST",

@@ -129,13 +129,11 @@ fn in_a_browser_two_nodes_invite_join_see_each_other_and_one_drains() {
     bb.accept_dialog();
     let mut phases = BTreeSet::new();
     bb.wait_until(Duration::from_secs(40), "the drain to finish", |br| {
-        let Some(d) = br.find("dl#drain-status") else {
-            return false;
-        };
-        if let Some(p) = br.attr(&d, "data-phase") {
+        // The live part is replaced every 2 s: read it in one step, not element by element.
+        if let Some(p) = br.read("dl#drain-status", "data-phase") {
             phases.insert(p);
         }
-        br.attr(&d, "data-safe").as_deref() == Some("true")
+        br.read("dl#drain-status", "data-safe").as_deref() == Some("true")
     });
     assert!(phases.contains("done"), "phases seen: {phases:?}");
     assert_eq!(b.http_get("/readyz").0, 503, "drained: not ready");

@@ -91,6 +91,16 @@ async fn wait_path(from: &EchoClient, to: &mut EchoClient, what: &str) {
     }
 }
 
+/// What a check for "nothing arrived" must not count: late `wait_path` probes (a busy
+/// Spot-On-Lite can deliver one seconds after the path was seen). The rest, readable.
+fn except_probes(frames: Vec<Bytes>) -> Vec<String> {
+    frames
+        .into_iter()
+        .filter(|f| !label_of(f).is_some_and(|l| l.starts_with("probe-")))
+        .map(|f| String::from_utf8_lossy(&f[..f.len().min(300)]).into_owned())
+        .collect()
+}
+
 /// Frames at a pace Spot-On-Lite keeps up with (100/s): in bursts it loses frames itself
 /// (each child writes every frame's hash to one shared SQLite table; a failed insert counts
 /// as a duplicate), which is what the benchmark measures, not what these tests are about.
@@ -602,20 +612,14 @@ async fn junk_is_refused_counted_and_never_flooded() {
         assert_eq!(after, before + 1.0, "{reason} counted once");
     }
     // Nothing of it went anywhere.
-    assert!(
-        watcher
-            .drain_non_control(Duration::from_secs(1))
-            .await
-            .is_empty(),
-        "junk reached a client"
-    );
-    assert!(
+    let got = except_probes(watcher.drain_non_control(Duration::from_secs(1)).await);
+    assert!(got.is_empty(), "junk reached a client: {got:?}");
+    let got = except_probes(
         sol_client
             .drain_non_control(Duration::from_millis(200))
-            .await
-            .is_empty(),
-        "junk reached Spot-On-Lite"
+            .await,
     );
+    assert!(got.is_empty(), "junk reached Spot-On-Lite: {got:?}");
     assert_eq!(
         b.metric("echomesh_bridge_memory_entries"),
         mesh_before,
@@ -633,13 +637,10 @@ async fn junk_is_refused_counted_and_never_flooded() {
         || (a.metric("echomesh_bridge_junk_total{reason=\"no_content\"}") > relayed).then_some(()),
     );
     assert_eq!(echo_links_up(&a), 1, "the link to SOL1 stayed up");
-    let got = watcher.drain_non_control(Duration::from_millis(500)).await;
+    let got = except_probes(watcher.drain_non_control(Duration::from_millis(500)).await);
     assert!(
         got.is_empty(),
-        "a client of A got data after the relayed junk: {:?}",
-        got.iter()
-            .map(|f| String::from_utf8_lossy(&f[..f.len().min(300)]).into_owned())
-            .collect::<Vec<_>>()
+        "a client of A got data after the relayed junk: {got:?}"
     );
     // Spot-On-Lite's clients keep working through A.
     let good = addressed_frame(&[4u8; 64], "after-junk");

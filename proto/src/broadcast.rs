@@ -275,25 +275,29 @@ impl<P: Ord + Copy> Broadcast<P> {
                 self.tree(tree).lazy = lazy;
             }
         }
-        let peers: Vec<P> = self.peers.iter().copied().collect();
-        let lazy = if self.cfg.mode == Mode::Lazy {
-            self.tree(tree).lazy.clone()
-        } else {
-            BTreeSet::new()
+        if self.cfg.mode == Mode::Lazy {
+            self.tree(tree); // created if new, marked used
+        }
+        // Disjoint borrows of the fields: no copy of the peer or lazy sets per packet.
+        let lazy = match self.cfg.mode {
+            Mode::Lazy => self.trees.get(&tree).map(|t| &t.lazy),
+            Mode::Flood => None,
         };
-        for p in peers {
+        for &p in &self.peers {
             if Some(p) == from {
                 continue;
             }
-            if !self.lazy_mode(&p) || !lazy.contains(&p) {
-                self.out.push_back(Out::Push { to: p, id });
-            } else {
-                self.out.push_back(Out::IHave {
+            let announce_only =
+                !self.flood_only.contains(&p) && lazy.is_some_and(|l| l.contains(&p));
+            self.out.push_back(if announce_only {
+                Out::IHave {
                     to: p,
                     tree,
                     ids: vec![id],
-                });
-            }
+                }
+            } else {
+                Out::Push { to: p, id }
+            });
         }
     }
 

@@ -59,6 +59,14 @@ impl SimArgs {
             (1..=10_000_000).contains(&self.packets),
             "--packets: between 1 and 10000000"
         );
+        // The simulator keeps each node's first delivery of each packet (16 bytes) and a
+        // seen-cache entry: bound the product, not only each factor.
+        anyhow::ensure!(
+            self.nodes.saturating_mul(self.packets) <= 100_000_000,
+            "--nodes × --packets: at most 100 million (about 4 GB of memory); {} × {} is more",
+            self.nodes,
+            self.packets
+        );
         anyhow::ensure!(
             (0.0..=50.0).contains(&self.loss),
             "--loss: a percentage from 0 to 50"

@@ -313,6 +313,9 @@ pub struct EchoSection {
     /// How long a packet stays in the log; at most half of `seen_ttl_secs` takes effect, so
     /// that a neighbor still remembers whatever it is offered.
     pub log_secs: u64,
+    /// How new packets go to neighbors: `flood` (every packet over every link) or `lazy` (over
+    /// a spanning tree per origin, IDs only on the other links; docs/BROADCAST.md).
+    pub broadcast: echomesh_proto::broadcast::Mode,
 }
 
 impl EchoSection {
@@ -428,6 +431,7 @@ impl Default for EchoSection {
             max_payload_bytes: 256 * 1024,
             log_bytes: 32 << 20,
             log_secs: 120,
+            broadcast: echomesh_proto::broadcast::Mode::Flood,
         }
     }
 }
@@ -526,6 +530,21 @@ pub struct Overrides {
     pub neighbors: Vec<String>,
     #[serde(skip_serializing_if = "BridgeOverrides::is_empty")]
     pub bridge: BridgeOverrides,
+    #[serde(skip_serializing_if = "EchoOverrides::is_empty")]
+    pub echo: EchoOverrides,
+}
+
+/// `--broadcast`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct EchoOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<echomesh_proto::broadcast::Mode>,
+}
+
+impl EchoOverrides {
+    fn is_empty(&self) -> bool {
+        self.broadcast.is_none()
+    }
 }
 
 /// `--bridge-*` flags.
@@ -772,11 +791,16 @@ mod tests {
         std::fs::write(&f, "cluster = \"town\"\n[echo]\nseen_ttl_secs = 5\n").unwrap();
         let o = Overrides {
             cluster: Some("school".into()),
+            echo: EchoOverrides {
+                broadcast: Some(echomesh_proto::broadcast::Mode::Lazy),
+            },
             ..Default::default()
         };
         let c = Config::load(Some(&f), &o).unwrap();
         assert_eq!(c.cluster, "school");
+        // A flag inside a section replaces that key only.
         assert_eq!(c.echo.seen_ttl_secs, 5);
+        assert_eq!(c.echo.broadcast, echomesh_proto::broadcast::Mode::Lazy);
     }
 
     #[test]

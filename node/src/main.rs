@@ -55,6 +55,11 @@ struct Args {
     /// echo+tcp://HOST:PORT.
     #[arg(long = "bridge-neighbor", value_name = "URL")]
     bridge_neighbors: Vec<String>,
+    /// How new packets go to neighbors: flood (every packet over every link) or lazy (over a
+    /// spanning tree per origin, packet IDs only on the other links; docs/BROADCAST.md).
+    /// Sets echo.broadcast.
+    #[arg(long, value_name = "flood|lazy")]
+    broadcast: Option<echomesh_proto::broadcast::Mode>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -87,6 +92,9 @@ fn main() -> ExitCode {
             listen: args.bridge_listen,
             plain: args.bridge_plain.then_some(true),
             neighbors: args.bridge_neighbors,
+        },
+        echo: echomesh_node::config::EchoOverrides {
+            broadcast: args.broadcast,
         },
     };
     let cfg = match Config::load(args.config.as_deref(), &overrides) {

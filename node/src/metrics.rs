@@ -22,6 +22,10 @@ pub struct Metrics {
     pub packet_log_bytes: IntGauge,
     pub packet_log_evictions: IntCounter,
     pub echo_repair_offered: IntCounter,
+    pub broadcast_sent: IntCounterVec,
+    pub broadcast_trees: IntGauge,
+    pub broadcast_awaited: IntGauge,
+    pub broadcast_awaited_dropped: IntCounter,
     pub echo_repair_resent: IntCounter,
     pub echo_repair_missed: IntCounter,
     pub client_resumes: IntCounterVec,
@@ -308,6 +312,29 @@ impl Metrics {
             packet_log_evictions: counter(
                 "echomesh_packet_log_evictions_total",
                 "Packets that left the packet log (older than echo.log_secs, or pushed out by echo.log_bytes).",
+            ),
+            broadcast_sent: counter_vec(
+                "echomesh_broadcast_sent_total",
+                "Lazy push's messages to neighbors: packet IDs announced instead of sent (ihave), packet IDs asked for because the tree did not bring them in time (graft), links made lazy in a tree (prune).",
+                &["kind"],
+            ),
+            broadcast_trees: reg.add(
+                IntGauge::new(
+                    "echomesh_broadcast_trees",
+                    "Broadcast trees (one per origin node) this node remembers under lazy push (bounded at 4096).",
+                )
+                .expect("static metric"),
+            ),
+            broadcast_awaited: reg.add(
+                IntGauge::new(
+                    "echomesh_broadcast_awaited",
+                    "Packets announced by a neighbor and not yet received (lazy push waits for the tree, then pulls them).",
+                )
+                .expect("static metric"),
+            ),
+            broadcast_awaited_dropped: counter(
+                "echomesh_broadcast_awaited_dropped_total",
+                "Announced packets forgotten because too many were awaited at once (100 000); echo repair still offers them.",
             ),
             echo_repair_offered: counter(
                 "echomesh_echo_repair_offered_total",

@@ -176,8 +176,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     bridge_ch.on_request = true;
     let log = crate::echo::PacketLog::new(cfg.echo.log_bytes, cfg.echo.log_ttl(), rand::random());
     let router = Arc::new(Router::new(
+        identity.id,
         engine,
         log,
+        echomesh_proto::broadcast::BroadcastConfig::new(cfg.echo.broadcast),
         neighbors,
         Subscribers::new(cfg.limits.max_clients),
         metrics.clone(),
@@ -275,6 +277,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     {
         let c = ctx.clone();
         ctx.tasks.spawn(crate::drain::run(c));
+    }
+    {
+        let c = ctx.clone();
+        ctx.tasks
+            .spawn(async move { c.router.run_broadcast_timers(c.shutdown.clone()).await });
     }
     {
         let c = ctx.clone();

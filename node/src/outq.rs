@@ -22,6 +22,13 @@ impl Queued for EchoPacket {
     }
 }
 
+/// An item of a neighbor's queue: a packet with its broadcast tree, or a lazy-push message.
+impl Queued for crate::wire::TreeItem {
+    fn cost(&self) -> usize {
+        crate::wire::TreeItem::cost(self)
+    }
+}
+
 /// A packet with its position in the node's packet log (client queues).
 impl Queued for (u64, EchoPacket) {
     fn cost(&self) -> usize {

@@ -2,17 +2,21 @@
 //! fans the result out to neighbor queues and to subscribed client sessions, counting every
 //! drop. It never waits: a full queue drops for that one destination only.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::client::subscribers::{Filter, Subscribers};
-use crate::echo::{self, EchoEngine, EchoMode, EchoPacket, Offer, PacketLog, Source};
+use crate::echo::{self, EchoEngine, EchoMode, EchoPacket, Offer, PacketId, PacketLog, Source};
 use crate::identity::NodeId;
+use crate::limits::{MAX_OFFER, MAX_SCAN};
 use crate::metrics::{DropReason, Metrics};
 use crate::peer::NeighborTable;
+use crate::wire::{MsgId, TreeItem};
+use echomesh_proto::broadcast::{self, Broadcast, BroadcastConfig, Mode, Out, Planner, TreeKey};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 pub use crate::limits::CONTROL_BACKLOG;
 use crate::tags::Tag;
@@ -37,12 +41,20 @@ impl Origin {
     }
 }
 
-/// The echo engine and the packet log, under one lock: a packet is in the log exactly when
-/// the engine accepted it, and client deliveries take log positions in log order.
+/// The echo engine, the packet log and the broadcast machine, under one lock: a packet is in
+/// the log exactly when the engine accepted it, client deliveries take log positions in log
+/// order, and the broadcast machine learns of each packet in the same order.
 pub struct EchoState {
     pub engine: EchoEngine,
     pub log: PacketLog<NodeId>,
+    bcast: Broadcast<NodeId>,
 }
+
+/// The broadcast trees of an incoming batch's packets (from a neighbor that sends them).
+pub type Trees = HashMap<PacketId, TreeKey>;
+
+/// What goes to which neighbor, collected under the engine lock and queued after it.
+type Outgoing = BTreeMap<NodeId, Vec<TreeItem>>;
 
 pub struct Router {
     engine: Mutex<EchoState>,
@@ -50,6 +62,12 @@ pub struct Router {
     pub subscribers: Subscribers,
     pub metrics: Arc<Metrics>,
     max_payload: usize,
+    /// Plans new broadcast trees from the topology map (lazy push).
+    planner: Mutex<Planner<NodeId>>,
+    own_tree: TreeKey,
+    mode: Mode,
+    /// Wakes the broadcast timer task: a packet is newly awaited.
+    broadcast_wake: Notify,
     /// The mesh's own control traffic (key bundles, node announcements): packets with these
     /// tags wait for verification by their component before they are forwarded, and are never
     /// delivered to clients.
@@ -94,10 +112,18 @@ pub struct Accepted {
     pub rejected: u32,
 }
 
+/// The tree key of the packets `node` injects.
+pub fn tree_of(node: &NodeId) -> TreeKey {
+    broadcast::tree_of(&node.0)
+}
+
 impl Router {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        me: NodeId,
         engine: EchoEngine,
         log: PacketLog<NodeId>,
+        bcast: BroadcastConfig,
         neighbors: NeighborTable,
         subscribers: Subscribers,
         metrics: Arc<Metrics>,
@@ -105,12 +131,60 @@ impl Router {
         control: Vec<ControlChannel>,
     ) -> Self {
         Router {
-            engine: Mutex::new(EchoState { engine, log }),
+            mode: bcast.mode,
+            engine: Mutex::new(EchoState {
+                engine,
+                log,
+                bcast: Broadcast::new(bcast),
+            }),
+            planner: Mutex::new(Planner::new(me)),
+            own_tree: tree_of(&me),
+            broadcast_wake: Notify::new(),
             neighbors,
             subscribers,
             metrics,
             max_payload,
             control,
+        }
+    }
+
+    /// How this node forwards (`echo.broadcast`).
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The tree of packets this node injects (its clients', its own announcements).
+    pub fn own_tree(&self) -> TreeKey {
+        self.own_tree
+    }
+
+    /// A new map of the mesh for planning trees: live links and their RTTs (µs).
+    pub fn set_graph(&self, links: &[(NodeId, NodeId, u64)]) {
+        self.planner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_graph(links, tree_of);
+    }
+
+    /// A neighbor's link is up; `lazy`: it said it forwards by lazy push (until it says so,
+    /// it is pushed every packet).
+    pub fn neighbor_up(&self, id: NodeId, lazy: bool) {
+        self.engine().bcast.neighbor_up(id, lazy);
+    }
+
+    /// A neighbor's last connection ended.
+    pub fn neighbor_down(&self, id: NodeId) {
+        self.engine().bcast.neighbor_down(id);
+    }
+
+    fn tree_for(&self, origin: Origin, trees: Option<&Trees>, id: &PacketId) -> TreeKey {
+        if let Some(t) = trees.and_then(|t| t.get(id)) {
+            return *t;
+        }
+        match origin {
+            // From a neighbor that does not send trees: its own.
+            Origin::Neighbor(n, _) => tree_of(&n),
+            Origin::Client | Origin::Bridge => self.own_tree,
         }
     }
 
@@ -136,7 +210,17 @@ impl Router {
     }
 
     /// Validate, deduplicate, deliver and forward one batch.
-    pub fn dispatch(&self, origin: Origin, mut batch: Vec<EchoPacket>) -> Accepted {
+    pub fn dispatch(&self, origin: Origin, batch: Vec<EchoPacket>) -> Accepted {
+        self.dispatch_on(origin, batch, None)
+    }
+
+    /// [`Router::dispatch`] for a batch whose packets' broadcast trees are known.
+    pub fn dispatch_on(
+        &self,
+        origin: Origin,
+        mut batch: Vec<EchoPacket>,
+        trees: Option<&Trees>,
+    ) -> Accepted {
         let m = &self.metrics;
         let label = origin.label();
         let received = batch.len();
@@ -145,7 +229,30 @@ impl Router {
             .inc_by(received as u64);
         // Duplicates are dropped first (a read of the seen-cache), so that only new packets
         // pay for the integrity check, which hashes the payload outside the engine lock.
-        let early_dups = self.engine().engine.drop_seen(&mut batch);
+        // Under lazy push a duplicate from a neighbor may prune that link in its tree.
+        let early_dups = match (self.mode, origin) {
+            (Mode::Lazy, Origin::Neighbor(from, _)) => {
+                let mut out = Outgoing::new();
+                let n = {
+                    let mut st = self.engine();
+                    let st = &mut *st;
+                    let before = batch.len();
+                    batch.retain(|p| {
+                        if !st.engine.has_seen(&p.id) {
+                            return true;
+                        }
+                        let tree = self.tree_for(origin, trees, &p.id);
+                        st.bcast.on_duplicate(&p.id, tree, from);
+                        false
+                    });
+                    self.collect(st, None, &mut out);
+                    (before - batch.len()) as u64
+                };
+                self.send(out, None);
+                n
+            }
+            _ => self.engine().engine.drop_seen(&mut batch),
+        };
         m.duplicates_dropped.inc_by(early_dups);
         let mut rejected = 0u32;
         batch.retain(|p| match echo::validate(p, self.max_payload) {
@@ -184,7 +291,7 @@ impl Router {
                 }
             }
         }
-        let mut acc = self.forward_verified(origin, batch);
+        let mut acc = self.forward_on(origin, batch, trees);
         acc.duplicates += early_dups as u32;
         acc.rejected += rejected;
         acc
@@ -192,6 +299,15 @@ impl Router {
 
     /// Deduplicate, deliver and forward packets that already passed every check.
     pub fn forward_verified(&self, origin: Origin, batch: Vec<EchoPacket>) -> Accepted {
+        self.forward_on(origin, batch, None)
+    }
+
+    fn forward_on(
+        &self,
+        origin: Origin,
+        batch: Vec<EchoPacket>,
+        trees: Option<&Trees>,
+    ) -> Accepted {
         let m = &self.metrics;
         let label = origin.label();
         let source = match origin {
@@ -205,6 +321,7 @@ impl Router {
             Origin::Client | Origin::Bridge => None,
         };
         let now = Instant::now();
+        let mut outgoing = Outgoing::new();
         let (out, seen_len, first_seq) = {
             let mut st = self.engine();
             let st = &mut *st;
@@ -218,13 +335,29 @@ impl Router {
             let mut fwd = forward.iter().peekable();
             let mut to_clients = Vec::with_capacity(deliver.len());
             for p in deliver.drain(..) {
+                let tree = self.tree_for(origin, trees, &p.id);
                 let seq = match fwd.peek() {
                     Some(f) if f.id == p.id => {
-                        let seq = st.log.push((*f).clone(), from, true, now);
+                        let seq = st.log.push((*f).clone(), from, tree, true, now);
+                        // Which neighbors get it: pushed, or announced by ID.
+                        let plan = match self.mode {
+                            Mode::Lazy if !st.bcast.has_tree(tree) => self
+                                .planner
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .children(tree)
+                                .cloned(),
+                            _ => None,
+                        };
+                        st.bcast.on_new_planned(f.id, tree, from, plan.as_ref());
+                        self.collect(st, Some((f, tree)), &mut outgoing);
                         fwd.next();
                         seq
                     }
-                    _ => st.log.push(p.clone(), from, false, now),
+                    _ => {
+                        st.bcast.on_new_local(p.id);
+                        st.log.push(p.clone(), from, tree, false, now)
+                    }
                 };
                 if !self.is_control(p.tag) || self.is_on_request(p.tag) {
                     to_clients.push((seq, p));
@@ -247,25 +380,162 @@ impl Router {
         let duplicates = out.duplicates;
         m.duplicates_dropped.inc_by(duplicates);
         self.count_evictions(out.expired_evictions, out.capacity_evictions);
-        if !forward.is_empty() {
-            self.neighbors.for_each_up(|n| {
-                if Some(n.id) == from {
-                    return;
-                }
-                let dropped = n.queue.push_all(&forward);
-                m.packets_forwarded.inc_by(forward.len() as u64 - dropped);
-                if dropped > 0 {
-                    // Not lost: the repair loop offers this batch again once there is room.
-                    m.count_drop(DropReason::NeighborQueueFull, dropped);
-                    n.owe_from(first_seq);
-                    tracing::debug!(neighbor = %n.id, dropped, "neighbor queue full; owed for repair");
-                }
-            });
-        }
+        self.send(outgoing, Some(first_seq));
         Accepted {
             accepted: out.accepted as u32,
             duplicates: duplicates as u32,
             rejected: 0,
+        }
+    }
+
+    /// Turn the broadcast machine's output into queue items per neighbor. `current`: the
+    /// packet just accepted (what its pushes carry); grafted packets come from the log.
+    fn collect(
+        &self,
+        st: &mut EchoState,
+        current: Option<(&EchoPacket, TreeKey)>,
+        out: &mut Outgoing,
+    ) {
+        let m = &self.metrics;
+        while let Some(o) = st.bcast.poll_out() {
+            match o {
+                Out::Push { to, id } => {
+                    let found = match current {
+                        Some((p, tree)) if p.id == id => Some((p, tree)),
+                        _ => st.log.find(&id, MAX_SCAN),
+                    };
+                    if let Some((p, tree)) = found {
+                        out.entry(to).or_default().push(TreeItem::Packet {
+                            tree,
+                            packet: p.clone(),
+                        });
+                    }
+                }
+                Out::IHave { to, tree, ids } => {
+                    m.broadcast_sent
+                        .with_label_values(&["ihave"])
+                        .inc_by(ids.len() as u64);
+                    let items = out.entry(to).or_default();
+                    // One announcement per tree and batch.
+                    match items.iter_mut().rev().find_map(|i| match i {
+                        TreeItem::IHave { tree: t, ids } if *t == tree && ids.len() < MAX_OFFER => {
+                            Some(ids)
+                        }
+                        _ => None,
+                    }) {
+                        Some(v) => v.extend(ids.into_iter().map(MsgId)),
+                        None => items.push(TreeItem::IHave {
+                            tree,
+                            ids: ids.into_iter().map(MsgId).collect(),
+                        }),
+                    }
+                }
+                Out::Graft { to, tree, ids } => {
+                    m.broadcast_sent
+                        .with_label_values(&["graft"])
+                        .inc_by(ids.len() as u64);
+                    out.entry(to).or_default().push(TreeItem::Graft {
+                        tree,
+                        ids: ids.into_iter().map(MsgId).collect(),
+                    });
+                }
+                Out::Prune { to, tree } => {
+                    m.broadcast_sent.with_label_values(&["prune"]).inc();
+                    out.entry(to).or_default().push(TreeItem::Prune { tree });
+                }
+            }
+        }
+        m.broadcast_trees.set(st.bcast.tree_count() as i64);
+        m.broadcast_awaited.set(st.bcast.missing_count() as i64);
+        m.broadcast_awaited_dropped
+            .inc_by(std::mem::take(&mut st.bcast.missing_dropped));
+    }
+
+    /// Queue what `collect` gathered. A neighbor whose queue is full is owed the packets
+    /// from `first_seq` on (repair offers them again), or from the log's head minus what it
+    /// holds when there is no such position (a graft's answer, an announcement).
+    fn send(&self, out: Outgoing, first_seq: Option<u64>) {
+        if out.is_empty() {
+            return;
+        }
+        let m = &self.metrics;
+        let owed_from = first_seq.unwrap_or_else(|| self.log_tail());
+        self.neighbors.for_each_up(|n| {
+            let Some(items) = out.get(&n.id) else { return };
+            let dropped = n.queue.push_all(items);
+            let packets = items
+                .iter()
+                .filter(|i| matches!(i, TreeItem::Packet { .. }))
+                .count() as u64;
+            m.packets_forwarded.inc_by(packets.saturating_sub(dropped));
+            if dropped > 0 {
+                // Not lost: the repair loop offers what the neighbor lacks once there is room.
+                m.count_drop(DropReason::NeighborQueueFull, dropped);
+                n.owe_from(owed_from);
+                tracing::debug!(neighbor = %n.id, dropped, "neighbor queue full; owed for repair");
+            }
+        });
+    }
+
+    fn log_tail(&self) -> u64 {
+        self.engine().log.tail()
+    }
+
+    /// Lazy push's messages from a neighbor: announcements, grafts and prunes.
+    pub fn on_tree_control(&self, from: NodeId, items: Vec<TreeItem>) {
+        let now = Instant::now();
+        let mut out = Outgoing::new();
+        {
+            let mut st = self.engine();
+            let st = &mut *st;
+            for item in items {
+                match item {
+                    TreeItem::IHave { tree, ids } => {
+                        let ids: Vec<PacketId> = ids.into_iter().map(|i| i.0).collect();
+                        let engine = &st.engine;
+                        st.bcast
+                            .on_ihave(from, tree, &ids, |i| engine.has_seen(i), now, false);
+                    }
+                    TreeItem::Graft { tree, ids } => {
+                        let ids: Vec<PacketId> =
+                            ids.into_iter().take(MAX_OFFER).map(|i| i.0).collect();
+                        let log = &st.log;
+                        st.bcast
+                            .on_graft(from, tree, &ids, |i| log.find(i, MAX_SCAN).is_some());
+                    }
+                    TreeItem::Prune { tree } => st.bcast.on_prune(tree, from),
+                    TreeItem::Packet { .. } => {}
+                }
+            }
+            self.collect(st, None, &mut out);
+        }
+        self.send(out, None);
+        self.broadcast_wake.notify_one();
+    }
+
+    /// Lazy push's timers: pull what the tree did not bring in time. Runs until `stop`.
+    pub async fn run_broadcast_timers(&self, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            let due = self.engine().bcast.poll_timeout();
+            let wake = self.broadcast_wake.notified();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = wake => continue,
+                _ = async {
+                    match due {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+            let mut out = Outgoing::new();
+            {
+                let mut st = self.engine();
+                let st = &mut *st;
+                st.bcast.handle_timeout(Instant::now());
+                self.collect(st, None, &mut out);
+            }
+            self.send(out, None);
         }
     }
 
@@ -290,11 +560,16 @@ impl Router {
         self.engine().log.offers(from, exclude, max, max_scan)
     }
 
-    /// The logged packets (as forwarded) at these positions, in order; gone ones are skipped.
-    pub fn logged(&self, at: &[(u64, [u8; 32])]) -> Vec<EchoPacket> {
+    /// The logged packets (as forwarded) at these positions with their trees, as queue
+    /// items, in order; gone ones are skipped.
+    pub fn logged(&self, at: &[(u64, [u8; 32])]) -> Vec<TreeItem> {
         let st = self.engine();
         at.iter()
-            .filter_map(|(seq, id)| st.log.get(*seq, id).cloned())
+            .filter_map(|(seq, id)| st.log.get(*seq, id))
+            .map(|(p, tree)| TreeItem::Packet {
+                tree,
+                packet: p.clone(),
+            })
             .collect()
     }
 

@@ -30,7 +30,8 @@
 //! remembered for [`FIRST_MEMORY`] packets. docs/BROADCAST.md has the measurements behind
 //! these choices.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,125 @@ pub const FIRST_MEMORY: usize = 65_536;
 
 /// Which tree a packet travels on: its origin node's (an opaque number).
 pub type TreeKey = u64;
+
+/// The tree key of packets a node injects: the first 8 bytes of its node ID.
+pub fn tree_of(node_id: &[u8; 32]) -> TreeKey {
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&node_id[..8]);
+    u64::from_be_bytes(k)
+}
+
+/// Each node's parent in `origin`'s shortest-latency tree (Dijkstra; `adj[x]` lists `(y,
+/// latency)`; ties go to the lower parent index, so every node that has the same map plans the
+/// same tree). `usize::MAX`: the origin, or not connected to it.
+pub fn shortest_path_parents(adj: &[Vec<(usize, u64)>], origin: usize) -> Vec<usize> {
+    let n = adj.len();
+    let mut dist = vec![u64::MAX; n];
+    let mut parent = vec![usize::MAX; n];
+    if origin >= n {
+        return parent;
+    }
+    let mut heap = BinaryHeap::new();
+    dist[origin] = 0;
+    heap.push(Reverse((0u64, origin)));
+    while let Some(Reverse((d, x))) = heap.pop() {
+        if d > dist[x] {
+            continue;
+        }
+        for &(y, l) in &adj[x] {
+            let nd = d.saturating_add(l);
+            if nd < dist[y] || (nd == dist[y] && x < parent[y]) {
+                dist[y] = nd;
+                parent[y] = x;
+                heap.push(Reverse((nd, y)));
+            }
+        }
+    }
+    parent
+}
+
+/// Plans new trees from a node's map of the mesh: the neighbors that are this node's children
+/// in an origin's shortest-latency tree. Every node that has the same map plans the same
+/// tree, so a planned tree's packets arrive once; maps that disagree (a link that just
+/// changed) cost a few duplicates, which prune. Plans are cached per tree until the map
+/// changes; at most [`MAX_PLANS`] are kept.
+#[derive(Debug)]
+pub struct Planner<P> {
+    me: P,
+    nodes: Vec<P>,
+    index: BTreeMap<P, usize>,
+    by_tree: BTreeMap<TreeKey, usize>,
+    adj: Vec<Vec<(usize, u64)>>,
+    plans: BTreeMap<TreeKey, Option<BTreeSet<P>>>,
+}
+
+/// Plans cached at once (the cache starts again when full).
+pub const MAX_PLANS: usize = 4096;
+
+impl<P: Ord + Copy> Planner<P> {
+    pub fn new(me: P) -> Self {
+        Planner {
+            me,
+            nodes: Vec::new(),
+            index: BTreeMap::new(),
+            by_tree: BTreeMap::new(),
+            adj: Vec::new(),
+            plans: BTreeMap::new(),
+        }
+    }
+
+    /// A new map: live links with their latency (any unit, the same for all), and how a
+    /// node's ID maps to the tree key of the packets it injects.
+    pub fn set_graph(&mut self, links: &[(P, P, u64)], key: impl Fn(&P) -> TreeKey) {
+        let mut nodes: BTreeSet<P> = links.iter().flat_map(|l| [l.0, l.1]).collect();
+        nodes.insert(self.me);
+        self.nodes = nodes.into_iter().collect();
+        self.index = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (*p, i))
+            .collect();
+        self.by_tree = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (key(p), i))
+            .collect();
+        self.adj = vec![Vec::new(); self.nodes.len()];
+        for &(a, b, l) in links {
+            if a == b {
+                continue;
+            }
+            let (ia, ib) = (self.index[&a], self.index[&b]);
+            self.adj[ia].push((ib, l.max(1)));
+            self.adj[ib].push((ia, l.max(1)));
+        }
+        self.plans.clear();
+    }
+
+    /// This node's children in `tree`'s shortest-latency tree; `None` when the map does not
+    /// know the tree's origin (the tree then starts as a flood).
+    pub fn children(&mut self, tree: TreeKey) -> Option<&BTreeSet<P>> {
+        if !self.plans.contains_key(&tree) {
+            if self.plans.len() >= MAX_PLANS {
+                self.plans.clear();
+            }
+            let plan = self.by_tree.get(&tree).map(|&origin| {
+                let parents = shortest_path_parents(&self.adj, origin);
+                let me = self.index[&self.me];
+                parents
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &p)| p == me)
+                    .map(|(c, _)| self.nodes[c])
+                    .collect()
+            });
+            self.plans.insert(tree, plan);
+        }
+        self.plans.get(&tree).and_then(|p| p.as_ref())
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -208,6 +328,11 @@ impl<P: Ord + Copy> Broadcast<P> {
     /// Is the link to `p` eager in `tree`?
     pub fn is_eager(&self, tree: TreeKey, p: &P) -> bool {
         self.peers.contains(p) && !self.trees.get(&tree).is_some_and(|t| t.lazy.contains(p))
+    }
+
+    /// Whether `tree` is known (a new one is planned by [`Broadcast::on_new_planned`]).
+    pub fn has_tree(&self, tree: TreeKey) -> bool {
+        self.trees.contains_key(&tree)
     }
 
     /// Trees remembered now.
@@ -562,6 +687,25 @@ mod tests {
                 ids: vec![id(8)]
             }]
         );
+    }
+
+    #[test]
+    fn planner_picks_children_in_the_origins_shortest_latency_tree() {
+        // 1 - 2 (1 ms), 2 - 3 (1 ms), 1 - 3 (5 ms), 3 - 4 (1 ms): from 1, the path to 3 goes
+        // through 2, so 2's children are {3}, and 3's are {4}.
+        let links = [(1u32, 2, 1), (2, 3, 1), (1, 3, 5), (3, 4, 1)];
+        let key = |p: &u32| u64::from(*p) + 100;
+        let mut at2 = Planner::new(2u32);
+        at2.set_graph(&links, key);
+        assert_eq!(at2.children(101), Some(&BTreeSet::from([3])));
+        assert_eq!(at2.children(104), Some(&BTreeSet::from([1])));
+        assert_eq!(at2.children(999), None, "unknown origin");
+        let mut at3 = Planner::new(3u32);
+        at3.set_graph(&links, key);
+        assert_eq!(at3.children(101), Some(&BTreeSet::from([4])));
+        // The map changes: 1 - 3 becomes fast; 3 is now 1's child and 2 has none.
+        at2.set_graph(&[(1, 2, 1), (2, 3, 1), (1, 3, 1), (3, 4, 1)], key);
+        assert_eq!(at2.children(101), Some(&BTreeSet::new()));
     }
 
     #[test]

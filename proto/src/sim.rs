@@ -602,36 +602,16 @@ impl Sim {
     }
 }
 
-/// Parents in `origin`'s shortest-latency tree (Dijkstra over the configured graph: the
-/// topology map with link RTTs that live nodes have from announcements), computed once per
-/// origin.
+/// Parents in `origin`'s shortest-latency tree over the configured graph (the topology map
+/// with link RTTs that live nodes have from announcements), computed once per origin.
 fn spt_of<'a>(
     cache: &'a mut std::collections::BTreeMap<usize, Vec<usize>>,
     latency: &[Vec<(usize, u64)>],
     origin: usize,
 ) -> &'a Vec<usize> {
-    cache.entry(origin).or_insert_with(|| {
-        let n = latency.len();
-        let mut dist = vec![u64::MAX; n];
-        let mut parent = vec![usize::MAX; n];
-        let mut heap = BinaryHeap::new();
-        dist[origin] = 0;
-        heap.push(Reverse((0u64, origin)));
-        while let Some(Reverse((d, x))) = heap.pop() {
-            if d > dist[x] {
-                continue;
-            }
-            for &(y, l) in &latency[x] {
-                let nd = d + l;
-                if nd < dist[y] || (nd == dist[y] && x < parent[y]) {
-                    dist[y] = nd;
-                    parent[y] = x;
-                    heap.push(Reverse((nd, y)));
-                }
-            }
-        }
-        parent
-    })
+    cache
+        .entry(origin)
+        .or_insert_with(|| crate::broadcast::shortest_path_parents(latency, origin))
 }
 
 /// A connected random graph: a random spanning tree, then random extra links until the

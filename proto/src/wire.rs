@@ -20,7 +20,7 @@ use crate::ozone::StoredMessage;
 use crate::ozone::{OzoneAddr, OzoneProof};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The lowest peer protocol version this build interoperates with.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
@@ -39,6 +39,10 @@ pub mod since {
     /// Key bundles of format 2 (with a personal mailbox) in `KeyLookup`: older clients
     /// cannot decode them and are sent only format-1 bundles.
     pub const MAILBOX: u16 = 3;
+    /// `PeerFrame::Broadcast` and `PeerFrame::Tree`: echo packets with their broadcast tree,
+    /// and lazy push's announcements, grafts and prunes (docs/BROADCAST.md). Older peers are
+    /// sent plain `Echo` batches and always pushed to.
+    pub const LAZY_PUSH: u16 = 4;
 }
 
 pub const ALPN_PEER: &[u8] = b"echomesh-peer/1";
@@ -136,6 +140,45 @@ pub enum PeerFrame {
     Hello(PeerHello),
     /// A batch of echo packets.
     Echo(Vec<EchoPacket>),
+    /// How the sender forwards (protocol ≥ `since::LAZY_PUSH`): its first frame after the
+    /// hello. A neighbor that floods is always pushed to and never pruned.
+    Broadcast(crate::broadcast::Mode),
+    /// Echo packets with their tree, and lazy push's control messages, in one batch
+    /// (protocol ≥ `since::LAZY_PUSH`).
+    Tree(Vec<TreeItem>),
+}
+
+/// One item of a `PeerFrame::Tree` batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TreeItem {
+    /// An echo packet travelling on the tree of its origin node.
+    Packet {
+        tree: crate::broadcast::TreeKey,
+        packet: EchoPacket,
+    },
+    /// "I have these packets of this tree" (the link is lazy in it for the sender).
+    IHave {
+        tree: crate::broadcast::TreeKey,
+        ids: Vec<MsgId>,
+    },
+    /// "Send me these, and push this tree's packets to me again."
+    Graft {
+        tree: crate::broadcast::TreeKey,
+        ids: Vec<MsgId>,
+    },
+    /// "Announce this tree's packets to me by ID only."
+    Prune { tree: crate::broadcast::TreeKey },
+}
+
+impl TreeItem {
+    /// Bytes this item accounts for in a neighbor's queue.
+    pub fn cost(&self) -> usize {
+        match self {
+            TreeItem::Packet { packet, .. } => packet.cost() + 8,
+            TreeItem::IHave { ids, .. } | TreeItem::Graft { ids, .. } => 16 + 32 * ids.len(),
+            TreeItem::Prune { .. } => 16,
+        }
+    }
 }
 
 /// Node → node requests, one per QUIC stream of a peer connection (after the hello).
@@ -226,6 +269,8 @@ pub enum PeerReply {
 pub enum PeerFrameRef<'a> {
     Hello(&'a PeerHello),
     Echo(&'a [EchoPacket]),
+    Broadcast(crate::broadcast::Mode),
+    Tree(&'a [TreeItem]),
 }
 
 /// Borrowed twin of the `Deliver` variant of [`ClientEvent`] (same variant index).
@@ -645,6 +690,23 @@ mod tests {
         let a = encode(&PeerFrame::Echo(batch.clone())).unwrap();
         let b = encode(&PeerFrameRef::Echo(&batch)).unwrap();
         assert_eq!(a, b);
+        let items = vec![
+            TreeItem::Packet {
+                tree: 7,
+                packet: pkt(b"z"),
+            },
+            TreeItem::IHave {
+                tree: 7,
+                ids: vec![MsgId([3; 32])],
+            },
+            TreeItem::Prune { tree: 9 },
+        ];
+        let a = encode(&PeerFrame::Tree(items.clone())).unwrap();
+        let b = encode(&PeerFrameRef::Tree(&items)).unwrap();
+        assert_eq!(a, b);
+        let mode = crate::broadcast::Mode::Lazy;
+        let a = encode(&PeerFrame::Broadcast(mode)).unwrap();
+        assert_eq!(a, encode(&PeerFrameRef::Broadcast(mode)).unwrap());
         let a = encode(&ClientEvent::Deliver(batch.clone())).unwrap();
         let b = encode(&ClientEventRef::Deliver(&batch)).unwrap();
         assert_eq!(a, b);

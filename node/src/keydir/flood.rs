@@ -87,7 +87,7 @@ pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
         if !n.is_up() || ctx.shutdown.is_cancelled() {
             return;
         }
-        let dropped = n.queue.push_all(&packets);
+        let dropped = n.push_packets(&packets, ctx.router.own_tree());
         ctx.metrics
             .count_drop(DropReason::NeighborQueueFull, dropped);
         sent += packets.len() - dropped as usize;

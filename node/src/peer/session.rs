@@ -10,13 +10,14 @@ use crate::ctx::Ctx;
 use crate::limits::MAX_ECHO_BATCH_BYTES as MAX_BATCH_BYTES;
 use crate::metrics::{DropReason, HandshakeReason};
 use crate::peer::Neighbor;
-use crate::router::Origin;
+use crate::router::{Origin, Trees};
 use crate::store::{NeighborOrigin, NeighborRecord};
 use crate::transport;
-use crate::wire::{self, close, PeerFrame, PeerFrameRef, PeerHello};
+use crate::wire::{self, close, PeerFrame, PeerFrameRef, PeerHello, TreeItem};
 use anyhow::Context as _;
 use echomesh_client::tls;
 use echomesh_proto::backoff::Backoff;
+use echomesh_proto::broadcast::Mode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {
@@ -287,6 +288,8 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
         conn.close(quinn::VarInt::from_u32(close::REMOVED), b"neighbor removed");
         return;
     }
+    // Pushed every packet until its `Broadcast` frame says it forwards by lazy push.
+    ctx.router.neighbor_up(n.id, false);
     tracing::info!(neighbor = %n.id, %remote, ?dir, version = theirs.version, cluster = %theirs.cluster,
         software = %theirs.software, "neighbor up");
     ctx.tasks
@@ -323,6 +326,7 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
     ctx.metrics
         .count_drop(DropReason::SendFailed, in_flight.len() as u64);
     if n.detach(key) {
+        ctx.router.neighbor_down(n.id);
         let dropped = n.queue.clear();
         ctx.metrics.count_drop(DropReason::NeighborDown, dropped);
         tracing::info!(neighbor = %n.id, %remote, %reason, dropped_queued = dropped,
@@ -351,6 +355,14 @@ async fn read_loop(ctx: &Ctx, n: &Neighbor, mut recv: quinn::RecvStream) -> Stri
                     ctx.router.dispatch(Origin::Neighbor(n.id, n.mode()), batch);
                 }
             }
+            Ok(Some(PeerFrame::Tree(items))) => {
+                n.bytes_in.inc_by(buf.len() as u64 + 4);
+                on_tree_frame(ctx, n, items);
+            }
+            Ok(Some(PeerFrame::Broadcast(mode))) => {
+                tracing::debug!(neighbor = %n.id, %mode, "neighbor forwards by");
+                ctx.router.neighbor_up(n.id, mode == Mode::Lazy);
+            }
             Ok(Some(PeerFrame::Hello(_))) => {
                 ctx.metrics
                     .frame_errors
@@ -373,20 +385,72 @@ async fn read_loop(ctx: &Ctx, n: &Neighbor, mut recv: quinn::RecvStream) -> Stri
     }
 }
 
+/// A `Tree` batch: its packets go through the router with their trees, its lazy-push
+/// messages to the broadcast machine.
+fn on_tree_frame(ctx: &Ctx, n: &Neighbor, items: Vec<TreeItem>) {
+    let mut packets = Vec::with_capacity(items.len());
+    let mut trees = Trees::with_capacity(items.len());
+    let mut control = Vec::new();
+    for item in items {
+        match item {
+            TreeItem::Packet { tree, packet } => {
+                trees.insert(packet.id, tree);
+                packets.push(packet);
+            }
+            other => control.push(other),
+        }
+    }
+    let limited = n.admit(&mut packets, Instant::now());
+    if limited > 0 {
+        ctx.metrics
+            .count_drop(DropReason::NeighborRateLimited, limited);
+        tracing::debug!(neighbor = %n.id, limited, "neighbor over its rate limit");
+    }
+    if !packets.is_empty() {
+        ctx.router
+            .dispatch_on(Origin::Neighbor(n.id, n.mode()), packets, Some(&trees));
+    }
+    if !control.is_empty() {
+        ctx.router.on_tree_control(n.id, control);
+    }
+}
+
 async fn write_loop(
     ctx: &Ctx,
     n: &Neighbor,
     mut send: quinn::SendStream,
-    batch: &mut Vec<crate::echo::EchoPacket>,
+    batch: &mut Vec<TreeItem>,
 ) -> String {
     let mut buf = Vec::with_capacity(MAX_BATCH_BYTES + 1024);
     let max_batch = MAX_BATCH_BYTES.min(ctx.cfg.limits.max_frame_bytes / 2);
+    let trees = n.version() >= wire::since::LAZY_PUSH;
+    if trees {
+        buf.clear();
+        if let Err(e) = wire::encode_into(&PeerFrameRef::Broadcast(ctx.router.mode()), &mut buf) {
+            return format!("cannot encode broadcast mode: {e}");
+        }
+        if let Err(e) = send.write_all(&buf).await {
+            return format!("send failed: {e}");
+        }
+    }
+    let mut plain = Vec::new();
     loop {
         if n.queue.pop_batch(max_batch, batch).await.is_none() {
             return "queue closed".into();
         }
         buf.clear();
-        if let Err(e) = wire::encode_into(&PeerFrameRef::Echo(batch), &mut buf) {
+        let encoded = if trees {
+            wire::encode_into(&PeerFrameRef::Tree(batch), &mut buf)
+        } else {
+            // An older neighbor: plain packets (it is never sent lazy push's messages).
+            plain.clear();
+            plain.extend(batch.iter().filter_map(|i| match i {
+                TreeItem::Packet { packet, .. } => Some(packet.clone()),
+                _ => None,
+            }));
+            wire::encode_into(&PeerFrameRef::Echo(&plain), &mut buf)
+        };
+        if let Err(e) = encoded {
             ctx.metrics
                 .count_drop(DropReason::SendFailed, batch.len() as u64);
             batch.clear();

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::outq::OutQueue;
 use crate::rate::{RateLimit, TokenBucket};
 use crate::store::{NeighborOrigin, NeighborRecord};
-use crate::wire::{Departure, PeerHello};
+use crate::wire::{Departure, PeerHello, TreeItem};
 use echomesh_proto::membership::{
     self, Change, Event as MemberEvent, Member, State as MemberState,
 };
@@ -41,7 +41,8 @@ impl NeighborState {
 pub struct Neighbor {
     pub id: NodeId,
     pub label: String,
-    pub queue: OutQueue,
+    /// What goes out on the echo stream: packets with their tree, and lazy push's messages.
+    pub queue: OutQueue<TreeItem>,
     state: Mutex<Inner>,
     up: AtomicUsize,
     /// Wakes the dialer: a connection ended, the neighbor was removed, or its address changed.
@@ -270,6 +271,18 @@ impl Neighbor {
         let mut bucket = self.rate.lock().unwrap_or_else(|p| p.into_inner());
         batch.retain(|p| bucket.try_take(p.payload.len(), now));
         (before - batch.len()) as u64
+    }
+
+    /// Queue packets of broadcast tree `tree` for this neighbor; returns how many did not fit.
+    pub fn push_packets(&self, packets: &[crate::echo::EchoPacket], tree: u64) -> u64 {
+        let items: Vec<TreeItem> = packets
+            .iter()
+            .map(|p| TreeItem::Packet {
+                tree,
+                packet: p.clone(),
+            })
+            .collect();
+        self.queue.push_all(&items)
     }
 
     pub fn set_rate(&self, limit: RateLimit) {

@@ -71,10 +71,20 @@ fn packet(ctx: &Ctx, raw: Vec<u8>) -> EchoPacket {
     )
 }
 
+/// Give the router the mesh's current links, to plan broadcast trees from (lazy push).
+fn replan(ctx: &Ctx, own: &Announcement) {
+    if ctx.router.mode() == echomesh_proto::broadcast::Mode::Lazy {
+        ctx.router
+            .set_graph(&ctx.topology.links(own, Instant::now()));
+    }
+}
+
 /// Flood this node's announcement now.
 pub fn announce_now(ctx: &Ctx) {
     let seq = ctx.topology.next_seq(unix_ms());
-    match own_announcement(ctx, seq).seal(&ctx.identity) {
+    let own = own_announcement(ctx, seq);
+    replan(ctx, &own);
+    match own.seal(&ctx.identity) {
         Ok(raw) => {
             ctx.router
                 .forward_verified(Origin::Client, vec![packet(ctx, raw)]);
@@ -115,7 +125,10 @@ pub async fn verify(ctx: Arc<Ctx>, origin: Origin, pkt: EchoPacket) -> Option<Ec
         .with_label_values(&[label])
         .inc();
     match result {
-        Ok(super::Offered::Accepted) => Some(pkt),
+        Ok(super::Offered::Accepted) => {
+            replan(&ctx, &own_announcement(&ctx, 0));
+            Some(pkt)
+        }
         Ok(_) => None,
         Err(e) => {
             tracing::info!(?origin, error = %e, "node announcement refused");
@@ -133,7 +146,7 @@ pub fn sync_neighbor(ctx: &Ctx, n: &Neighbor) {
         .into_iter()
         .map(|raw| packet(ctx, raw))
         .collect();
-    let dropped = n.queue.push_all(&packets);
+    let dropped = n.push_packets(&packets, ctx.router.own_tree());
     ctx.metrics
         .count_drop(DropReason::NeighborQueueFull, dropped);
     ctx.topology.local_changed.notify_one();

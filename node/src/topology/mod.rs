@@ -283,6 +283,35 @@ impl Topology {
             .map(|e| e.ann.clone())
     }
 
+    /// The live links of the mesh with their RTTs, for planning broadcast trees: from fresh
+    /// announcements and `own`; a link counts when some end reports it up and none reports
+    /// it down; its weight is the higher reported RTT in whole milliseconds (at least 1), so
+    /// that nodes whose maps differ only by jitter plan the same trees.
+    pub fn links(&self, own: &Announcement, now: Instant) -> Vec<(NodeId, NodeId, u64)> {
+        let t = self.table();
+        let mut links: BTreeMap<(NodeId, NodeId), Option<u64>> = BTreeMap::new();
+        let fresh = t.values().filter(|e| e.fresh(now)).map(|e| &e.ann);
+        for a in std::iter::once(own).chain(fresh) {
+            for l in &a.links {
+                let key = if a.node < l.peer {
+                    (a.node, l.peer)
+                } else {
+                    (l.peer, a.node)
+                };
+                let ms = (u64::from(l.rtt_us)).div_ceil(1000).max(1);
+                let e = links.entry(key).or_insert(Some(0));
+                *e = match (*e, l.up) {
+                    (Some(w), true) => Some(w.max(ms)),
+                    _ => None,
+                };
+            }
+        }
+        links
+            .into_iter()
+            .filter_map(|((a, b), w)| w.map(|w| (a, b, w)))
+            .collect()
+    }
+
     /// Combine `own` (this node's current announcement, built from its live neighbor table)
     /// with everything heard, into the picture shown to operators.
     pub fn view(&self, own: &Announcement, now: Instant) -> TopologyView {

@@ -32,6 +32,8 @@ pub struct LogPosition {
 struct Entry<S> {
     at: Instant,
     from: Option<S>,
+    /// The broadcast tree it travels on (`broadcast::TreeKey`).
+    tree: u64,
     /// Whether the packet may travel on (it is stored as forwarded, `hops_left` already
     /// decremented).
     forward: bool,
@@ -127,13 +129,22 @@ impl<S: Copy + PartialEq> PacketLog<S> {
         std::mem::take(&mut self.evicted)
     }
 
-    /// Record an accepted packet (as forwarded when `forward`); returns its sequence number.
-    pub fn push(&mut self, pkt: EchoPacket, from: Option<S>, forward: bool, now: Instant) -> u64 {
+    /// Record an accepted packet of broadcast tree `tree` (as forwarded when `forward`);
+    /// returns its sequence number.
+    pub fn push(
+        &mut self,
+        pkt: EchoPacket,
+        from: Option<S>,
+        tree: u64,
+        forward: bool,
+        now: Instant,
+    ) -> u64 {
         let seq = self.head();
         self.bytes += entry_cost(&pkt);
         self.entries.push_back(Entry {
             at: now,
             from,
+            tree,
             forward,
             pkt,
         });
@@ -161,12 +172,24 @@ impl<S: Copy + PartialEq> PacketLog<S> {
         }
     }
 
-    /// The packet at `seq`, as it would be forwarded, if still held and still `id`.
-    pub fn get(&self, seq: u64, id: &PacketId) -> Option<&EchoPacket> {
+    /// The packet at `seq`, as it would be forwarded, and its tree, if still held and still
+    /// `id`.
+    pub fn get(&self, seq: u64, id: &PacketId) -> Option<(&EchoPacket, u64)> {
         let e = self
             .entries
             .get(usize::try_from(seq.checked_sub(self.first_seq)?).ok()?)?;
-        (e.pkt.id == *id).then_some(&e.pkt)
+        (e.pkt.id == *id).then_some((&e.pkt, e.tree))
+    }
+
+    /// A forwardable packet by ID, looking back from the newest entry at no more than
+    /// `max_scan` entries (what a neighbor grafts was announced moments ago), and its tree.
+    pub fn find(&self, id: &PacketId, max_scan: usize) -> Option<(&EchoPacket, u64)> {
+        self.entries
+            .iter()
+            .rev()
+            .take(max_scan)
+            .find(|e| e.forward && e.pkt.id == *id)
+            .map(|e| (&e.pkt, e.tree))
     }
 
     /// The first position accepted at or after `t` (the head when nothing was).
@@ -244,10 +267,10 @@ mod tests {
     fn offers_skip_the_source_and_unforwardable_and_report_what_fell_off() {
         let t0 = Instant::now();
         let mut log: PacketLog<u8> = PacketLog::new(1 << 20, Duration::from_secs(60), 1);
-        log.push(pkt(0), Some(1), true, t0);
-        log.push(pkt(1), Some(2), true, t0);
-        log.push(pkt(2), Some(2), false, t0);
-        log.push(pkt(3), None, true, t0);
+        log.push(pkt(0), Some(1), 0, true, t0);
+        log.push(pkt(1), Some(2), 0, true, t0);
+        log.push(pkt(2), Some(2), 0, false, t0);
+        log.push(pkt(3), None, 5, true, t0);
         let o = log.offers(0, 2, 10, 100);
         assert_eq!(o.ids, vec![(0, pkt(0).id), (3, pkt(3).id)]);
         assert_eq!((o.next, o.missed), (4, 0));
@@ -256,7 +279,10 @@ mod tests {
         assert_eq!(o.ids.len(), 2);
         let o2 = log.offers(o.next, 9, 2, 100);
         assert_eq!(o2.ids, vec![(3, pkt(3).id)]);
-        assert_eq!(log.get(1, &pkt(1).id), Some(&pkt(1)));
+        assert_eq!(log.get(1, &pkt(1).id), Some((&pkt(1), 0)));
+        assert_eq!(log.find(&pkt(3).id, 10), Some((&pkt(3), 5)));
+        assert_eq!(log.find(&pkt(2).id, 10), None, "not forwardable");
+        assert_eq!(log.find(&pkt(0).id, 2), None, "beyond the scan bound");
         assert_eq!(log.get(1, &pkt(2).id), None, "position and ID must agree");
     }
 
@@ -266,7 +292,7 @@ mod tests {
         let one = entry_cost(&pkt(0));
         let mut log: PacketLog<u8> = PacketLog::new(3 * one, Duration::from_secs(10), 1);
         for n in 0..5 {
-            log.push(pkt(n), None, true, t0 + Duration::from_secs(n as u64));
+            log.push(pkt(n), None, 0, true, t0 + Duration::from_secs(n as u64));
         }
         assert_eq!((log.tail(), log.head(), log.len()), (2, 5, 3));
         assert!(log.get(1, &pkt(1).id).is_none());
@@ -286,7 +312,7 @@ mod tests {
         let t0 = Instant::now();
         let mut log: PacketLog<u8> = PacketLog::new(1 << 20, Duration::from_secs(60), 7);
         for n in 0..6 {
-            log.push(pkt(n), None, true, t0);
+            log.push(pkt(n), None, 0, true, t0);
         }
         let even = |p: &EchoPacket| p.payload[3] % 2 == 0;
         let r = log.replay(LogPosition { epoch: 7, seq: 3 }, even, usize::MAX);

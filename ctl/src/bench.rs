@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// Offered rate in packets/s (0 = as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// How the nodes forward: flood or lazy (echo.broadcast).
+    #[arg(long, default_value_t = echomesh_proto::broadcast::Mode::Flood)]
+    broadcast: echomesh_proto::broadcast::Mode,
     /// Give up waiting for deliveries after this many seconds without progress.
     #[arg(long, default_value_t = 10)]
     idle_timeout: u64,
@@ -49,6 +52,7 @@ pub enum BenchWhat {
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
     pub nodes: usize,
+    pub broadcast: echomesh_proto::broadcast::Mode,
     pub packets: u64,
     pub size: usize,
     pub links: usize,
@@ -103,8 +107,8 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "nodes {}  links {}  packets {} x {} B",
-            report.nodes, report.links, report.packets, report.size
+            "nodes {}  links {}  packets {} x {} B  broadcast {}",
+            report.nodes, report.links, report.packets, report.size, report.broadcast
         );
         println!(
             "delivered {}/{} ({:.2}%)  duplicates delivered {}",
@@ -133,7 +137,8 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<ExitCode> {
 async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     let bin = node_binary(a.node_bin.as_deref())?;
     let edges = topology(a.nodes);
-    let mesh = LocalMesh::start(&bin, a.nodes, &edges).await?;
+    let extra = ["--broadcast".to_string(), a.broadcast.to_string()];
+    let mesh = LocalMesh::start_with(&bin, a.nodes, &edges, &extra).await?;
     let nodes = &mesh.nodes;
     let endpoint =
         echomesh_client::transport::client_endpoint("127.0.0.1:0".parse().expect("static addr"))?;
@@ -224,6 +229,7 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     let drops = mesh.metric_sum("echomesh_packets_dropped_total").await? as u64;
     let report = BenchReport {
         nodes: a.nodes,
+        broadcast: a.broadcast,
         packets: m,
         size: a.size,
         links: edges.len(),

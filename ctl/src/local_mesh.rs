@@ -97,6 +97,17 @@ impl LocalMesh {
     /// Start `n` nodes from `bin`, link them as `edges` (both ends pin each other, origin
     /// `admin`) and wait until every link is up.
     pub async fn start(bin: &Path, n: usize, edges: &[(usize, usize)]) -> anyhow::Result<Self> {
+        Self::start_with(bin, n, edges, &[]).await
+    }
+
+    /// [`LocalMesh::start`] with `extra` flags for every node; also waits until every node's
+    /// map of the mesh shows every link (lazy push plans its trees from it).
+    pub async fn start_with(
+        bin: &Path,
+        n: usize,
+        edges: &[(usize, usize)],
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let config = dir.path().join("bench.toml");
         std::fs::write(&config, BENCH_CONFIG)
@@ -104,7 +115,7 @@ impl LocalMesh {
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
             let data = dir.path().join(format!("node{i}"));
-            let node = spawn(bin, &config, &data)
+            let node = spawn(bin, &config, &data, extra)
                 .await
                 .with_context(|| format!("starting node {i}"))?;
             nodes.push(node);
@@ -121,7 +132,29 @@ impl LocalMesh {
             }
         }
         mesh.wait_links_up(edges.len() * 2).await?;
+        mesh.wait_map(edges.len()).await?;
         Ok(mesh)
+    }
+
+    /// Wait until every node's topology map shows `links` links up.
+    async fn wait_map(&self, links: usize) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        for n in &self.nodes {
+            loop {
+                let map: admin::TopologyView = n.admin.get(admin::PATH_TOPOLOGY).await?;
+                if map.links.iter().filter(|l| l.state == "up").count() == links {
+                    break;
+                }
+                if t0.elapsed() > START_TIMEOUT {
+                    bail!(
+                        "the nodes' maps did not show all {links} links within {} s",
+                        START_TIMEOUT.as_secs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
     }
 
     async fn wait_links_up(&self, want: usize) -> anyhow::Result<()> {
@@ -164,7 +197,12 @@ impl Drop for LocalMesh {
     }
 }
 
-async fn spawn(bin: &Path, config: &Path, data: &Path) -> anyhow::Result<LocalNode> {
+async fn spawn(
+    bin: &Path,
+    config: &Path,
+    data: &Path,
+    extra: &[String],
+) -> anyhow::Result<LocalNode> {
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let log = data.join("node.log");
     let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -182,6 +220,7 @@ async fn spawn(bin: &Path, config: &Path, data: &Path) -> anyhow::Result<LocalNo
         .arg("--data-dir")
         .arg(data)
         .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))

@@ -316,6 +316,9 @@ pub struct EchoSection {
     /// How new packets go to neighbors: `flood` (every packet over every link) or `lazy` (over
     /// a spanning tree per origin, IDs only on the other links; docs/BROADCAST.md).
     pub broadcast: echomesh_proto::broadcast::Mode,
+    /// Lazy push: how long a packet announced by a neighbor may take to arrive over the tree
+    /// before it is pulled (it grows by itself while the tree is late, up to 2 s).
+    pub graft_timeout_ms: u64,
 }
 
 impl EchoSection {
@@ -432,6 +435,7 @@ impl Default for EchoSection {
             log_bytes: 32 << 20,
             log_secs: 120,
             broadcast: echomesh_proto::broadcast::Mode::Flood,
+            graft_timeout_ms: 500,
         }
     }
 }
@@ -650,6 +654,12 @@ impl Config {
         }
         if self.echo.seen_capacity == 0 || self.echo.seen_ttl_secs == 0 {
             return bad("echo.seen_capacity and echo.seen_ttl_secs must be positive".into());
+        }
+        if !(10..=2000).contains(&self.echo.graft_timeout_ms) {
+            return bad(format!(
+                "echo.graft_timeout_ms: {} is outside 10..=2000",
+                self.echo.graft_timeout_ms
+            ));
         }
         if self.echo.log_secs == 0 {
             return bad("echo.log_secs: must be positive".into());

@@ -179,7 +179,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         identity.id,
         engine,
         log,
-        echomesh_proto::broadcast::BroadcastConfig::new(cfg.echo.broadcast),
+        echomesh_proto::broadcast::BroadcastConfig {
+            graft_timeout: Duration::from_millis(cfg.echo.graft_timeout_ms),
+            ..echomesh_proto::broadcast::BroadcastConfig::new(cfg.echo.broadcast)
+        },
         neighbors,
         Subscribers::new(cfg.limits.max_clients),
         metrics.clone(),

@@ -130,6 +130,15 @@ impl<T: Queued> OutQueue<T> {
         }
     }
 
+    /// Replace what is queued by `f(queued)` (e.g. packets a neighbor no longer wants pushed
+    /// turned into announcements); the byte count follows.
+    pub fn rewrite(&self, f: impl FnOnce(VecDeque<T>) -> VecDeque<T>) {
+        let mut q = self.lock();
+        let items = f(std::mem::take(&mut q.items));
+        q.bytes = items.iter().map(Queued::cost).sum();
+        q.items = items;
+    }
+
     /// Drop everything queued; returns the number of packets dropped.
     pub fn clear(&self) -> u64 {
         let mut q = self.lock();

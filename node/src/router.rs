@@ -74,10 +74,13 @@ pub struct Router {
     control: Vec<ControlChannel>,
 }
 
+/// Control packets on their way to verification: where they came from, and their trees.
+pub type ControlBatch = (Origin, Vec<EchoPacket>, Trees);
+
 /// Where packets with one fixed control tag go for verification.
 pub struct ControlChannel {
     pub tag: Tag,
-    pub tx: mpsc::Sender<(Origin, Vec<EchoPacket>)>,
+    pub tx: mpsc::Sender<ControlBatch>,
     /// Drop reason counted when the verifier's backlog is full.
     pub busy_reason: DropReason,
     /// Clients that subscribe to this tag by name get these packets (never `tail`'s
@@ -87,10 +90,7 @@ pub struct ControlChannel {
 
 impl ControlChannel {
     /// A channel for `tag` with the standard backlog, and its receiving end.
-    pub fn new(
-        tag: Tag,
-        busy_reason: DropReason,
-    ) -> (Self, mpsc::Receiver<(Origin, Vec<EchoPacket>)>) {
+    pub fn new(tag: Tag, busy_reason: DropReason) -> (Self, mpsc::Receiver<ControlBatch>) {
         let (tx, rx) = mpsc::channel(CONTROL_BACKLOG);
         (
             ControlChannel {
@@ -110,6 +110,31 @@ pub struct Accepted {
     pub accepted: u32,
     pub duplicates: u32,
     pub rejected: u32,
+}
+
+/// A neighbor pruned `trees`: the packets of those trees still waiting in its queue are
+/// announced instead of sent (under a burst a queue holds thousands; sending them would be
+/// as many duplicates).
+fn announce_instead(
+    queue: std::collections::VecDeque<TreeItem>,
+    trees: &[TreeKey],
+) -> std::collections::VecDeque<TreeItem> {
+    let mut out = std::collections::VecDeque::with_capacity(queue.len());
+    for item in queue {
+        match item {
+            TreeItem::Packet { tree, packet } if trees.contains(&tree) => match out.back_mut() {
+                Some(TreeItem::IHave { tree: t, ids }) if *t == tree && ids.len() < MAX_OFFER => {
+                    ids.push(MsgId(packet.id))
+                }
+                _ => out.push_back(TreeItem::IHave {
+                    tree,
+                    ids: vec![MsgId(packet.id)],
+                }),
+            },
+            other => out.push_back(other),
+        }
+    }
+    out
 }
 
 /// The tree key of the packets `node` injects.
@@ -159,11 +184,17 @@ impl Router {
     }
 
     /// A new map of the mesh for planning trees: live links and their RTTs (µs).
+    /// When it differs from the last one, every tree is planned again at its next packet.
     pub fn set_graph(&self, links: &[(NodeId, NodeId, u64)]) {
-        self.planner
+        let changed = self
+            .planner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .set_graph(links, tree_of);
+        // The planner's lock is released first: `forward_on` takes it under the engine lock.
+        if changed {
+            self.engine().bcast.forget_trees();
+        }
     }
 
     /// A neighbor's link is up; `lazy`: it said it forwards by lazy push (until it says so,
@@ -280,7 +311,11 @@ impl Router {
                     continue;
                 }
                 let n = mine.len() as u64;
-                if c.tx.try_send((origin, mine)).is_err() {
+                let mine_trees: Trees = mine
+                    .iter()
+                    .map(|p| (p.id, self.tree_for(origin, trees, &p.id)))
+                    .collect();
+                if c.tx.try_send((origin, mine, mine_trees)).is_err() {
                     m.count_drop(c.busy_reason, n);
                     tracing::debug!(
                         ?origin,
@@ -302,7 +337,8 @@ impl Router {
         self.forward_on(origin, batch, None)
     }
 
-    fn forward_on(
+    /// [`Router::forward_verified`] for packets whose broadcast trees are known.
+    pub fn forward_on(
         &self,
         origin: Origin,
         batch: Vec<EchoPacket>,
@@ -339,8 +375,10 @@ impl Router {
                 let seq = match fwd.peek() {
                     Some(f) if f.id == p.id => {
                         let seq = st.log.push((*f).clone(), from, tree, true, now);
-                        // Which neighbors get it: pushed, or announced by ID.
+                        // Which neighbors get it: pushed, or announced by ID. The mesh's
+                        // control traffic always floods.
                         let plan = match self.mode {
+                            _ if self.is_control(f.tag) => None,
                             Mode::Lazy if !st.bcast.has_tree(tree) => self
                                 .planner
                                 .lock()
@@ -349,7 +387,12 @@ impl Router {
                                 .cloned(),
                             _ => None,
                         };
-                        st.bcast.on_new_planned(f.id, tree, from, plan.as_ref());
+                        if self.is_control(f.tag) {
+                            st.bcast.on_new_flooded(f.id, from);
+                        } else {
+                            st.bcast
+                                .on_new_planned(f.id, tree, from, plan.as_ref(), now);
+                        }
                         self.collect(st, Some((f, tree)), &mut outgoing);
                         fwd.next();
                         seq
@@ -485,6 +528,7 @@ impl Router {
     pub fn on_tree_control(&self, from: NodeId, items: Vec<TreeItem>) {
         let now = Instant::now();
         let mut out = Outgoing::new();
+        let mut pruned = Vec::new();
         {
             let mut st = self.engine();
             let st = &mut *st;
@@ -503,11 +547,19 @@ impl Router {
                         st.bcast
                             .on_graft(from, tree, &ids, |i| log.find(i, MAX_SCAN).is_some());
                     }
-                    TreeItem::Prune { tree } => st.bcast.on_prune(tree, from),
+                    TreeItem::Prune { tree } => {
+                        st.bcast.on_prune(tree, from);
+                        pruned.push(tree);
+                    }
                     TreeItem::Packet { .. } => {}
                 }
             }
             self.collect(st, None, &mut out);
+        }
+        if !pruned.is_empty() {
+            if let Some(n) = self.neighbors.get(&from) {
+                n.queue.rewrite(|q| announce_instead(q, &pruned));
+            }
         }
         self.send(out, None);
         self.broadcast_wake.notify_one();
@@ -552,6 +604,15 @@ impl Router {
                 .with_label_values(&["capacity"])
                 .inc_by(capacity);
         }
+    }
+
+    /// A control packet its verifier refused for good (stale, too frequent, forged): it is
+    /// remembered as seen, so that copies from other neighbors, announcements of it and
+    /// repair offers do not bring it back to the verifier again and again.
+    pub fn refused(&self, id: &PacketId) {
+        let mut st = self.engine();
+        st.engine.remember(id, Instant::now());
+        st.bcast.on_new_local(*id);
     }
 
     /// Offer walk for a neighbor's repair: IDs of forwardable packets from `from` on that did

@@ -96,6 +96,7 @@ pub struct Planner<P> {
     by_tree: BTreeMap<TreeKey, usize>,
     adj: Vec<Vec<(usize, u64)>>,
     plans: BTreeMap<TreeKey, Option<BTreeSet<P>>>,
+    links: Vec<(P, P, u64)>,
 }
 
 /// Plans cached at once (the cache starts again when full).
@@ -110,12 +111,20 @@ impl<P: Ord + Copy> Planner<P> {
             by_tree: BTreeMap::new(),
             adj: Vec::new(),
             plans: BTreeMap::new(),
+            links: Vec::new(),
         }
     }
 
     /// A new map: live links with their latency (any unit, the same for all), and how a
-    /// node's ID maps to the tree key of the packets it injects.
-    pub fn set_graph(&mut self, links: &[(P, P, u64)], key: impl Fn(&P) -> TreeKey) {
+    /// node's ID maps to the tree key of the packets it injects. Returns whether it differs
+    /// from the last one (then trees planned from the old map should be planned again).
+    pub fn set_graph(&mut self, links: &[(P, P, u64)], key: impl Fn(&P) -> TreeKey) -> bool {
+        let mut sorted = links.to_vec();
+        sorted.sort();
+        if sorted == self.links {
+            return false;
+        }
+        self.links = sorted;
         let mut nodes: BTreeSet<P> = links.iter().flat_map(|l| [l.0, l.1]).collect();
         nodes.insert(self.me);
         self.nodes = nodes.into_iter().collect();
@@ -141,6 +150,7 @@ impl<P: Ord + Copy> Planner<P> {
             self.adj[ib].push((ia, l.max(1)));
         }
         self.plans.clear();
+        true
     }
 
     /// This node's children in `tree`'s shortest-latency tree; `None` when the map does not
@@ -150,15 +160,21 @@ impl<P: Ord + Copy> Planner<P> {
             if self.plans.len() >= MAX_PLANS {
                 self.plans.clear();
             }
-            let plan = self.by_tree.get(&tree).map(|&origin| {
+            let me = self.index[&self.me];
+            let plan = self.by_tree.get(&tree).and_then(|&origin| {
                 let parents = shortest_path_parents(&self.adj, origin);
-                let me = self.index[&self.me];
-                parents
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &p)| p == me)
-                    .map(|(c, _)| self.nodes[c])
-                    .collect()
+                // Not connected to the origin in this map: the map is incomplete here.
+                if origin != me && parents[me] == usize::MAX {
+                    return None;
+                }
+                Some(
+                    parents
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &p)| p == me)
+                        .map(|(c, _)| self.nodes[c])
+                        .collect(),
+                )
             });
             self.plans.insert(tree, plan);
         }
@@ -202,6 +218,8 @@ pub struct BroadcastConfig {
     /// After a graft, how long before the next announcer is asked.
     pub graft_retry: Duration,
     pub max_missing: usize,
+    /// The longest the graft timeout grows to while the tree is late.
+    pub max_graft_timeout: Duration,
     /// Trees remembered (the least recently used is forgotten; it starts again as a flood).
     pub max_trees: usize,
 }
@@ -213,6 +231,7 @@ impl BroadcastConfig {
             graft_timeout: Duration::from_millis(200),
             graft_retry: Duration::from_millis(250),
             max_missing: 100_000,
+            max_graft_timeout: Duration::from_secs(2),
             max_trees: 4096,
         }
     }
@@ -244,6 +263,10 @@ struct Missing<P> {
     announcers: VecDeque<P>,
     due: Instant,
     tree: TreeKey,
+    /// When the first announcement came.
+    since: Instant,
+    /// Grafts sent for it so far.
+    grafts: u32,
 }
 
 /// One tree's lazy links (every other live link is eager).
@@ -279,6 +302,8 @@ pub struct Broadcast<P: Ord + Copy> {
     pub missing_dropped: u64,
     pub grafts_sent: u64,
     pub prunes_sent: u64,
+    /// Recent lateness of the tree (see [`Broadcast::graft_timeout`]).
+    lateness: Duration,
 }
 
 impl<P: Ord + Copy> Broadcast<P> {
@@ -297,6 +322,7 @@ impl<P: Ord + Copy> Broadcast<P> {
             missing_dropped: 0,
             grafts_sent: 0,
             prunes_sent: 0,
+            lateness: Duration::ZERO,
         }
     }
 
@@ -328,6 +354,12 @@ impl<P: Ord + Copy> Broadcast<P> {
     /// Is the link to `p` eager in `tree`?
     pub fn is_eager(&self, tree: TreeKey, p: &P) -> bool {
         self.peers.contains(p) && !self.trees.get(&tree).is_some_and(|t| t.lazy.contains(p))
+    }
+
+    /// Forget every tree's eager and lazy links (the map changed): each is planned again at
+    /// its next packet.
+    pub fn forget_trees(&mut self) {
+        self.trees.clear();
     }
 
     /// Whether `tree` is known (a new one is planned by [`Broadcast::on_new_planned`]).
@@ -369,8 +401,8 @@ impl<P: Ord + Copy> Broadcast<P> {
 
     /// The engine accepted a new packet that may travel on, from neighbor `from` (`None`: from
     /// a client of this node).
-    pub fn on_new(&mut self, id: PacketId, tree: TreeKey, from: Option<P>) {
-        self.on_new_planned(id, tree, from, None)
+    pub fn on_new(&mut self, id: PacketId, tree: TreeKey, from: Option<P>, now: Instant) {
+        self.on_new_planned(id, tree, from, None, now)
     }
 
     /// As [`Broadcast::on_new`], with a plan for a tree this node has not seen yet: the
@@ -384,9 +416,15 @@ impl<P: Ord + Copy> Broadcast<P> {
         tree: TreeKey,
         from: Option<P>,
         children: Option<&BTreeSet<P>>,
+        now: Instant,
     ) {
         if let Some(m) = self.missing.remove(&id) {
             self.timers.remove(&(m.due, id));
+            if m.grafts == 0 {
+                // Announced first, pushed later: how late the tree is.
+                let late = now.saturating_duration_since(m.since);
+                self.lateness = late.max(self.lateness - self.lateness / 64);
+            }
         }
         if self.cfg.mode == Mode::Lazy {
             self.remember_first(id, from);
@@ -426,6 +464,20 @@ impl<P: Ord + Copy> Broadcast<P> {
         }
     }
 
+    /// A new packet that is pushed to every neighbor but `from` whatever the mode: the mesh's
+    /// own control traffic (key bundles, node announcements), which is small and verified at
+    /// every hop before it travels on. Its duplicates prune nothing.
+    pub fn on_new_flooded(&mut self, id: PacketId, from: Option<P>) {
+        if let Some(m) = self.missing.remove(&id) {
+            self.timers.remove(&(m.due, id));
+        }
+        for &p in &self.peers {
+            if Some(p) != from {
+                self.out.push_back(Out::Push { to: p, id });
+            }
+        }
+    }
+
     /// The engine accepted a new packet that must not travel on (from a half-echo neighbor):
     /// it only stops waiting for it.
     pub fn on_new_local(&mut self, id: PacketId) {
@@ -442,11 +494,16 @@ impl<P: Ord + Copy> Broadcast<P> {
         if !self.lazy_mode(&from) || !self.peers.contains(&from) {
             return;
         }
-        let Some(Some(first)) = self.first_from.get(id).copied() else {
-            return;
-        };
-        if first == from || !self.is_eager(tree, &first) {
-            return;
+        match self.first_from.get(id).copied() {
+            // Unknown (forgotten): no basis for a decision.
+            None => return,
+            // This node's own packet came back: that link is never needed for this tree.
+            Some(None) => {}
+            Some(Some(first)) => {
+                if first == from || !self.is_eager(tree, &first) {
+                    return;
+                }
+            }
         }
         if self.tree(tree).lazy.insert(from) {
             self.prunes_sent += 1;
@@ -504,13 +561,15 @@ impl<P: Ord + Copy> Broadcast<P> {
                     self.missing_dropped += 1;
                 }
             }
-            let due = now + self.cfg.graft_timeout;
+            let due = now + self.graft_timeout();
             self.missing.insert(
                 *id,
                 Missing {
                     announcers: VecDeque::from([from]),
                     due,
                     tree,
+                    since: now,
+                    grafts: 0,
                 },
             );
             self.timers.insert((due, *id));
@@ -543,6 +602,17 @@ impl<P: Ord + Copy> Broadcast<P> {
         }
     }
 
+    /// How long an announced packet is awaited before it is pulled: the configured graft
+    /// timeout, or longer while the tree is late (queues under a burst, retransmissions):
+    /// 5/4 of the recent lateness of pushed packets behind their announcements (a decaying
+    /// maximum), at most [`BroadcastConfig::max_graft_timeout`]. Pulling a packet that is
+    /// only late costs a duplicate and an extra eager link.
+    pub fn graft_timeout(&self) -> Duration {
+        (self.lateness * 5 / 4)
+            .min(self.cfg.max_graft_timeout)
+            .max(self.cfg.graft_timeout)
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.iter().next().map(|(t, _)| *t)
     }
@@ -555,11 +625,19 @@ impl<P: Ord + Copy> Broadcast<P> {
                 break;
             }
             self.timers.remove(&(due, id));
+            let timeout = self.graft_timeout();
             let Some(m) = self.missing.get_mut(&id) else {
                 continue;
             };
+            // The tree became later since it was announced: wait as long as it now takes.
+            if m.grafts == 0 && m.since + timeout > now {
+                m.due = m.since + timeout;
+                self.timers.insert((m.due, id));
+                continue;
+            }
             match m.announcers.pop_front() {
                 Some(p) => {
+                    m.grafts += 1;
                     by_peer.entry((p, m.tree)).or_default().push(id);
                     m.due = now + self.cfg.graft_retry;
                     self.timers.insert((m.due, id));
@@ -593,11 +671,12 @@ mod tests {
 
     #[test]
     fn flood_pushes_to_everyone_but_the_sender() {
+        let t0 = Instant::now();
         let mut b = Broadcast::new(BroadcastConfig::new(Mode::Flood));
         for p in [1, 2, 3] {
             b.neighbor_up(p, true);
         }
-        b.on_new(id(1), 0, Some(2));
+        b.on_new(id(1), 0, Some(2), t0);
         assert_eq!(
             drain(&mut b),
             vec![
@@ -617,7 +696,7 @@ mod tests {
             b.neighbor_up(p, true);
         }
         b.neighbor_up(9, false); // an old node: always pushed to
-        b.on_new(id(1), 7, Some(1));
+        b.on_new(id(1), 7, Some(1), t0);
         assert_eq!(drain(&mut b).len(), 3);
         // The same packet again from 2: prune 2 in tree 7 only.
         b.on_duplicate(&id(1), 7, 2);
@@ -626,7 +705,7 @@ mod tests {
         assert!(drain(&mut b).is_empty(), "never prune a flood-only link");
         assert!(!b.is_eager(7, &2) && b.is_eager(8, &2));
         // Next packet of tree 7: pushed to 3 and 9, announced to 2.
-        b.on_new(id(2), 7, Some(1));
+        b.on_new(id(2), 7, Some(1), t0);
         let out = drain(&mut b);
         assert!(
             out.contains(&Out::IHave {
@@ -638,9 +717,19 @@ mod tests {
         );
         assert!(out.contains(&Out::Push { to: 3, id: id(2) }));
         assert!(out.contains(&Out::Push { to: 9, id: id(2) }));
+        // Control traffic is pushed everywhere, and its duplicates prune nothing.
+        b.on_new_flooded(id(4), Some(1));
+        assert_eq!(drain(&mut b).len(), 3);
+        b.on_duplicate(&id(4), 7, 3);
+        assert!(drain(&mut b).is_empty());
         // A packet of another tree still floods.
-        b.on_new(id(3), 8, None);
+        b.on_new(id(3), 8, None, t0);
         assert_eq!(drain(&mut b).len(), 4);
+        // This node's own packet pushed back to it: that link is pruned in its tree.
+        b.on_duplicate(&id(3), 8, 1);
+        assert_eq!(drain(&mut b), vec![Out::Prune { to: 1, tree: 8 }]);
+        b.on_new(id(9), 8, None, t0);
+        drain(&mut b);
         // 3 prunes us in tree 7; then 3 and 2 announce a packet we lack; it does not come:
         // graft 3 (the first announcer), which makes 3 eager again; then 2.
         b.on_prune(7, 3);
@@ -668,7 +757,7 @@ mod tests {
             }]
         );
         // It arrives: no more waiting.
-        b.on_new(id(5), 7, Some(2));
+        b.on_new(id(5), 7, Some(2), t0);
         drain(&mut b);
         assert_eq!(b.missing_count(), 0);
         assert_eq!(b.poll_timeout(), None);
@@ -696,15 +785,23 @@ mod tests {
         let links = [(1u32, 2, 1), (2, 3, 1), (1, 3, 5), (3, 4, 1)];
         let key = |p: &u32| u64::from(*p) + 100;
         let mut at2 = Planner::new(2u32);
-        at2.set_graph(&links, key);
+        assert!(at2.set_graph(&links, key));
+        assert!(!at2.set_graph(&links, key), "the same map again");
         assert_eq!(at2.children(101), Some(&BTreeSet::from([3])));
         assert_eq!(at2.children(104), Some(&BTreeSet::from([1])));
         assert_eq!(at2.children(999), None, "unknown origin");
+        let mut at5 = Planner::new(5u32);
+        at5.set_graph(&links, key);
+        assert_eq!(
+            at5.children(101),
+            None,
+            "not connected to the origin in its map"
+        );
         let mut at3 = Planner::new(3u32);
         at3.set_graph(&links, key);
         assert_eq!(at3.children(101), Some(&BTreeSet::from([4])));
         // The map changes: 1 - 3 becomes fast; 3 is now 1's child and 2 has none.
-        at2.set_graph(&[(1, 2, 1), (2, 3, 1), (1, 3, 1), (3, 4, 1)], key);
+        assert!(at2.set_graph(&[(1, 2, 1), (2, 3, 1), (1, 3, 1), (3, 4, 1)], key));
         assert_eq!(at2.children(101), Some(&BTreeSet::new()));
     }
 
@@ -721,7 +818,7 @@ mod tests {
         assert_eq!(b.missing_count(), 4);
         assert_eq!(b.missing_dropped, 6);
         for t in 0..10 {
-            b.on_new(id(t as u8), t, None);
+            b.on_new(id(t as u8), t, None, t0);
         }
         assert_eq!(b.tree_count(), 3);
     }

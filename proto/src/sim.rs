@@ -360,7 +360,8 @@ impl Sim {
             }
         }
         if let Some(t) = self.nodes[n].bcast.poll_timeout() {
-            let us = t.duration_since(self.base).as_micros() as u64;
+            // Rounded up: a timer must not fire before it is due.
+            let us = t.duration_since(self.base).as_nanos().div_ceil(1000) as u64;
             if self.nodes[n].timer_at.is_none_or(|cur| us < cur) {
                 self.nodes[n].timer_at = Some(us);
                 self.schedule(us, Event::Timer { node: n });
@@ -410,7 +411,7 @@ impl Sim {
             };
             self.nodes[n]
                 .bcast
-                .on_new_planned(id, tree, from, plan.as_ref());
+                .on_new_planned(id, tree, from, plan.as_ref(), now);
         }
         self.flush(n);
     }

@@ -104,6 +104,11 @@ impl Plan {
 
     /// Start every node with its neighbors from the undirected `edges`.
     pub fn start_mesh(&self, edges: &[(usize, usize)]) -> Vec<TestNode> {
+        self.start_mesh_with(edges, &[])
+    }
+
+    /// [`Plan::start_mesh`] with `extra` flags for every node.
+    pub fn start_mesh_with(&self, edges: &[(usize, usize)], extra: &[String]) -> Vec<TestNode> {
         (0..self.names.len())
             .map(|i| {
                 let specs: Vec<String> = edges
@@ -114,7 +119,9 @@ impl Plan {
                         _ => None,
                     })
                     .collect();
-                self.start(i, &Plan::neighbor_flags(&specs))
+                let mut flags = Plan::neighbor_flags(&specs);
+                flags.extend_from_slice(extra);
+                self.start(i, &flags)
             })
             .collect()
     }
@@ -313,6 +320,21 @@ impl TestNode {
         wait_for(Duration::from_secs(30), "bundle in the directory", || {
             let out = self.ctl(&["--json", "keys", "lookup", "--node", &self.spec(), id]);
             out.status.success().then_some(())
+        });
+    }
+
+    /// Wait until this node's map of the mesh shows `links` links up (announcements arrive
+    /// within seconds of a mesh forming; lazy push plans its trees from this map).
+    pub fn wait_links_up(&self, links: usize) {
+        wait_for(Duration::from_secs(30), "the topology map", || {
+            let v: serde_json::Value =
+                serde_json::from_str(&self.ctl_ok(&["--json", "topology"])).ok()?;
+            let up = v["links"]
+                .as_array()?
+                .iter()
+                .filter(|l| l["state"] == "up")
+                .count();
+            (up == links).then_some(())
         });
     }
 

@@ -24,6 +24,7 @@ use echomesh_proto::bridge::Verdict;
 use crate::ctx::Ctx;
 use crate::echo::EchoPacket;
 use crate::router::Origin;
+use crate::verify::Checked;
 
 /// A data frame read from Echo connection `from`: remembered, queued on the other
 /// connections, flooded into the mesh.
@@ -46,7 +47,7 @@ pub fn ingest(ctx: &Ctx, from: u64, f: Bytes) {
 /// An Echo frame from the mesh (the router's control channel for the bridge tag): a single
 /// well-formed data frame, new to the frame memory, is queued on every local Echo connection
 /// and flooded on.
-pub async fn verify(ctx: Arc<Ctx>, origin: Origin, pkt: EchoPacket) -> Option<EchoPacket> {
+pub async fn verify(ctx: Arc<Ctx>, origin: Origin, pkt: EchoPacket) -> Checked {
     let p = &pkt.payload;
     let single = p.len() <= ctx.bridge.cfg.max_frame_bytes
         && p.windows(EOM.len()).position(|w| w == EOM) == Some(p.len().saturating_sub(EOM.len()));
@@ -57,14 +58,14 @@ pub async fn verify(ctx: Arc<Ctx>, origin: Origin, pkt: EchoPacket) -> Option<Ec
             .with_label_values(&["bad_frame"])
             .inc();
         tracing::debug!(?origin, "dropping a malformed Echo frame from the mesh");
-        return None;
+        return Checked::Refused;
     }
     let now = Instant::now();
     if ctx.bridge.remember(pkt.id, true, now) != Verdict::New {
-        return None;
+        return Checked::Refused;
     }
     ctx.bridge.fan_out(&pkt.payload, None, now);
-    Some(pkt)
+    Checked::Forward(pkt)
 }
 
 /// Whether an incoming connection may be an Echo neighbor (its `0111` is honoured): its

@@ -13,22 +13,28 @@ use crate::metrics::DropReason;
 use crate::peer::Neighbor;
 use crate::router::Origin;
 use crate::tags;
+use crate::verify::Checked;
 use bytes::Bytes;
+use echomesh_proto::keydir::BundleError;
 
 /// Verify one key-bundle packet handed over by the router (`verify::run`): it travels on only
 /// if it changed the directory.
-pub async fn verify(ctx: Arc<Ctx>, origin: Origin, pkt: EchoPacket) -> Option<EchoPacket> {
+pub async fn verify(ctx: Arc<Ctx>, origin: Origin, pkt: EchoPacket) -> Checked {
     let bundle = match KeyBundle::decode(&pkt.payload) {
         Ok(b) => b,
         Err(e) => {
             ctx.keydir.count_rejected(&e);
             tracing::info!(?origin, error = %e, "undecodable key bundle packet dropped");
-            return None;
+            return Checked::Refused;
         }
     };
     match ctx.keydir.offer(bundle, origin.label()).await {
-        Ok(o) if o.changed() => Some(pkt),
-        _ => None,
+        Ok(o) if o.changed() => Checked::Forward(pkt),
+        Ok(_) => Checked::Refused,
+        Err(OfferError::Store(_)) | Err(OfferError::Bundle(BundleError::Future(_))) => {
+            Checked::NotNow
+        }
+        Err(_) => Checked::Refused,
     }
 }
 

@@ -15,6 +15,7 @@ use crate::metrics::DropReason;
 use crate::peer::{Neighbor, NeighborState};
 use crate::router::Origin;
 use crate::tags;
+use crate::verify::Checked;
 use crate::wire::{self, Departure};
 
 use echomesh_proto::clock::unix_ms;
@@ -71,11 +72,16 @@ fn packet(ctx: &Ctx, raw: Vec<u8>) -> EchoPacket {
     )
 }
 
-/// Give the router the mesh's current links, to plan broadcast trees from (lazy push).
-fn replan(ctx: &Ctx, own: &Announcement) {
-    if ctx.router.mode() == echomesh_proto::broadcast::Mode::Lazy {
+/// Give the router the mesh's links as announced, to plan broadcast trees from (lazy push).
+/// This node's own links count as it last announced them, not as they are now: every node
+/// must plan from the same map (the RTTs it announced, not the ones it measures since).
+fn replan(ctx: &Ctx) {
+    if ctx.router.mode() != echomesh_proto::broadcast::Mode::Lazy {
+        return;
+    }
+    if let Some(own) = ctx.topology.last_own() {
         ctx.router
-            .set_graph(&ctx.topology.links(own, Instant::now()));
+            .set_graph(&ctx.topology.links(&own, Instant::now()));
     }
 }
 
@@ -83,7 +89,8 @@ fn replan(ctx: &Ctx, own: &Announcement) {
 pub fn announce_now(ctx: &Ctx) {
     let seq = ctx.topology.next_seq(unix_ms());
     let own = own_announcement(ctx, seq);
-    replan(ctx, &own);
+    ctx.topology.set_last_own(own.clone());
+    replan(ctx);
     match own.seal(&ctx.identity) {
         Ok(raw) => {
             ctx.router
@@ -114,7 +121,7 @@ pub async fn announce_loop(ctx: Arc<Ctx>) {
 
 /// Verify one announcement packet handed over by the router (`verify::run`): it travels on
 /// only if it changed the table.
-pub async fn verify(ctx: Arc<Ctx>, origin: Origin, pkt: EchoPacket) -> Option<EchoPacket> {
+pub async fn verify(ctx: Arc<Ctx>, origin: Origin, pkt: EchoPacket) -> Checked {
     let result = ctx.topology.offer(&pkt.payload, Instant::now(), unix_ms());
     let label = match &result {
         Ok(o) => o.label(),
@@ -126,13 +133,14 @@ pub async fn verify(ctx: Arc<Ctx>, origin: Origin, pkt: EchoPacket) -> Option<Ec
         .inc();
     match result {
         Ok(super::Offered::Accepted) => {
-            replan(&ctx, &own_announcement(&ctx, 0));
-            Some(pkt)
+            replan(&ctx);
+            Checked::Forward(pkt)
         }
-        Ok(_) => None,
+        Ok(_) => Checked::Refused,
+        Err(super::AnnounceError::Full) => Checked::NotNow,
         Err(e) => {
             tracing::info!(?origin, error = %e, "node announcement refused");
-            None
+            Checked::Refused
         }
     }
 }

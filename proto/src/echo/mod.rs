@@ -203,6 +203,11 @@ impl EchoEngine {
         self.seen.expire(now)
     }
 
+    /// Record `id` as seen without accepting a packet (one its verifier refused for good).
+    pub fn remember(&mut self, id: &PacketId, now: Instant) {
+        let _ = self.seen.insert(id, now);
+    }
+
     /// Whether this ID was accepted recently (a repair offer asks this).
     pub fn has_seen(&self, id: &PacketId) -> bool {
         self.seen.contains(id)

@@ -588,6 +588,9 @@ impl Metrics {
         m.catalogue = reg.catalogue.into_inner();
         m.catalogue.sort_by(|a, b| a.name.cmp(&b.name));
         // Pre-create every fixed label so dashboards see zeros instead of absent series.
+        for kind in ["ihave", "graft", "prune"] {
+            m.broadcast_sent.with_label_values(&[kind]);
+        }
         for reason in DropReason::ALL.map(DropReason::label) {
             m.packets_dropped.with_label_values(&[reason]);
         }

@@ -108,6 +108,93 @@ fn five_node_mesh_with_lazy_push_delivers_everything_once_with_few_duplicates() 
     assert!(ihaves > 0.0, "lazy links carry announcements");
 }
 
+/// A mixed mesh: n0, n2 and n4 forward by lazy push, n1 and n3 flood. Lazy nodes push every
+/// packet to flooding neighbors and never prune them; everything reaches every client once,
+/// from an origin of each kind.
+#[test]
+fn mixed_flood_and_lazy_mesh_delivers_everything_once() {
+    let root = tempfile::tempdir().unwrap();
+    let plan = Plan::new(root.path(), &["n0", "n1", "n2", "n3", "n4"]);
+    let edges = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 0), (0, 2), (1, 3)];
+    let nodes: Vec<TestNode> = (0..5)
+        .map(|i| {
+            let specs: Vec<String> = edges
+                .iter()
+                .filter_map(|&(x, y)| match (x == i, y == i) {
+                    (true, _) => Some(plan.spec(y)),
+                    (_, true) => Some(plan.spec(x)),
+                    _ => None,
+                })
+                .collect();
+            let mut flags = Plan::neighbor_flags(&specs);
+            let mode = if i % 2 == 0 { "lazy" } else { "flood" };
+            flags.extend(["--broadcast".to_string(), mode.to_string()]);
+            plan.start(i, &flags)
+        })
+        .collect();
+    for &(x, y) in &edges {
+        nodes[x].wait_neighbor_up(&nodes[y]);
+    }
+    for n in &nodes {
+        n.wait_links_up(edges.len());
+    }
+    for origin in [0, 3] {
+        let tails: Vec<_> = (0..5)
+            .filter(|&i| i != origin)
+            .map(|i| {
+                (
+                    i,
+                    nodes[i].tail(&["--count", "3000", "--timeout", "60", "--json"]),
+                )
+            })
+            .collect();
+        let out = nodes[origin].ctl_ok(&[
+            "--json",
+            "inject",
+            "--node",
+            &nodes[origin].spec(),
+            "--count",
+            "3000",
+            "--size",
+            "64",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["accepted"], 3000, "{v}");
+        for (i, t) in tails {
+            let (ok, lines) = t.finish(Duration::from_secs(90));
+            assert!(
+                ok,
+                "tail on n{i} failed after {} lines (origin n{origin})",
+                lines.len()
+            );
+            let ids: HashSet<&String> = lines.iter().collect();
+            assert_eq!(lines.len(), 3000, "n{i} from n{origin}");
+            assert_eq!(ids.len(), 3000, "n{i} got a duplicate from n{origin}");
+        }
+    }
+    for n in &nodes {
+        assert_eq!(
+            n.metric("echomesh_packets_dropped_total"),
+            0.0,
+            "{} dropped packets",
+            n.name
+        );
+    }
+    // Lazy push worked where it could: the lazy nodes announced IDs on lazy-to-lazy links.
+    let ihaves: f64 = [0, 2, 4]
+        .iter()
+        .map(|&i| nodes[i].metric("echomesh_broadcast_sent_total{kind=\"ihave\"}"))
+        .sum();
+    assert!(ihaves > 0.0, "no announcements between lazy nodes");
+    for i in [1, 3] {
+        assert_eq!(
+            nodes[i].metric("echomesh_broadcast_sent_total{kind=\"ihave\"}"),
+            0.0,
+            "a flooding node announces nothing"
+        );
+    }
+}
+
 fn five_node_mesh(root: &std::path::Path, extra: &[String]) -> Vec<TestNode> {
     let plan = Plan::new(root, &["n0", "n1", "n2", "n3", "n4"]);
     // ring 0-1-2-3-4-0 plus chords 0-2 and 1-3: cycles of length 3, 4 and 5

@@ -160,8 +160,9 @@ impl<P: Ord + Copy> Planner<P> {
             if self.plans.len() >= MAX_PLANS {
                 self.plans.clear();
             }
-            let me = self.index[&self.me];
-            let plan = self.by_tree.get(&tree).and_then(|&origin| {
+            // No map yet: nothing is planned.
+            let me = self.index.get(&self.me).copied();
+            let plan = me.zip(self.by_tree.get(&tree)).and_then(|(me, &origin)| {
                 let parents = shortest_path_parents(&self.adj, origin);
                 // Not connected to the origin in this map: the map is incomplete here.
                 if origin != me && parents[me] == usize::MAX {
@@ -784,6 +785,7 @@ mod tests {
         // through 2, so 2's children are {3}, and 3's are {4}.
         let links = [(1u32, 2, 1), (2, 3, 1), (1, 3, 5), (3, 4, 1)];
         let key = |p: &u32| u64::from(*p) + 100;
+        assert_eq!(Planner::new(2u32).children(101), None, "no map yet");
         let mut at2 = Planner::new(2u32);
         assert!(at2.set_graph(&links, key));
         assert!(!at2.set_graph(&links, key), "the same map again");

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::client::subscribers::{Filter, Subscribers};
 use crate::echo::{self, EchoEngine, EchoMode, EchoPacket, Offer, PacketId, PacketLog, Source};
 use crate::identity::NodeId;
-use crate::limits::{MAX_OFFER, MAX_SCAN};
+use crate::limits::MAX_OFFER;
 use crate::metrics::{DropReason, Metrics};
 use crate::peer::NeighborTable;
 use crate::wire::{MsgId, TreeItem};
@@ -445,7 +445,7 @@ impl Router {
                 Out::Push { to, id } => {
                     let found = match current {
                         Some((p, tree)) if p.id == id => Some((p, tree)),
-                        _ => st.log.find(&id, MAX_SCAN),
+                        _ => st.log.find(&id),
                     };
                     if let Some((p, tree)) = found {
                         out.entry(to).or_default().push(TreeItem::Packet {
@@ -545,7 +545,7 @@ impl Router {
                             ids.into_iter().take(MAX_OFFER).map(|i| i.0).collect();
                         let log = &st.log;
                         st.bcast
-                            .on_graft(from, tree, &ids, |i| log.find(i, MAX_SCAN).is_some());
+                            .on_graft(from, tree, &ids, |i| log.find(i).is_some());
                     }
                     TreeItem::Prune { tree } => {
                         st.bcast.on_prune(tree, from);
@@ -675,5 +675,47 @@ impl Router {
         };
         self.count_evictions(exp, cap);
         self.metrics.seen_cache_entries.set(len as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn packet(tree: TreeKey, n: u8) -> TreeItem {
+        TreeItem::Packet {
+            tree,
+            packet: EchoPacket::new(Bytes::from(vec![n]), 5, None),
+        }
+    }
+
+    #[test]
+    fn a_prune_turns_queued_packets_of_that_tree_into_one_announcement() {
+        let q: std::collections::VecDeque<TreeItem> = [
+            packet(1, 1),
+            packet(2, 2),
+            packet(1, 3),
+            packet(1, 4),
+            TreeItem::Prune { tree: 9 },
+        ]
+        .into();
+        let out: Vec<TreeItem> = announce_instead(q, &[1]).into();
+        let id = |n: u8| MsgId(EchoPacket::new(Bytes::from(vec![n]), 5, None).id);
+        assert_eq!(
+            out,
+            vec![
+                TreeItem::IHave {
+                    tree: 1,
+                    ids: vec![id(1)]
+                },
+                packet(2, 2),
+                TreeItem::IHave {
+                    tree: 1,
+                    ids: vec![id(3), id(4)]
+                },
+                TreeItem::Prune { tree: 9 },
+            ]
+        );
     }
 }

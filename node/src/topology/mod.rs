@@ -543,6 +543,22 @@ mod tests {
         assert_eq!(state(&b), "up");
         assert_eq!(state(&gone), "failed", "{v:?}");
         assert_eq!(v.links.len(), 3);
+        // Lazy push plans from links up at some end and down at none, in hops (1.5 ms is
+        // one hop): me–a and a–b; b–gone is down at b.
+        let mut want = vec![
+            (me.id.min(a.id), me.id.max(a.id), 1),
+            (a.id.min(b.id), a.id.max(b.id), 1),
+        ];
+        want.sort();
+        assert_eq!(t.links(&own, now), want);
+        let slow = Link {
+            rtt_us: 250_000,
+            ..link(&a, true)
+        };
+        let own_slow = ann(&me, 2, vec![slow], Departure::Up);
+        assert!(t
+            .links(&own_slow, now)
+            .contains(&(me.id.min(a.id), me.id.max(a.id), 3)));
         // `gone` says it left: shown as left, its link as left, even after expiry.
         let later = now + MIN_ACCEPT_GAP;
         let seq = 1 + MIN_ACCEPT_GAP.as_millis() as u64;

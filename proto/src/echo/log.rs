@@ -12,15 +12,16 @@
 //! recognisably stale. Entries leave by age or when the byte bound is reached (oldest first);
 //! a caller whose position fell off the tail learns how many entries it missed.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::{EchoPacket, PacketId};
 
-/// Bytes one entry costs beyond its packet's own `cost()` (time, source, bookkeeping).
-const ENTRY_OVERHEAD: usize = 48;
+/// Bytes one entry costs beyond its packet's own `cost()` (time, source, bookkeeping, and its
+/// place in the ID index).
+const ENTRY_OVERHEAD: usize = 104;
 
 /// A position in one node's log: every entry with `seq < self.seq` is before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +67,8 @@ pub struct Replay {
 
 pub struct PacketLog<S> {
     entries: VecDeque<Entry<S>>,
+    /// Where each forwardable packet is (what a graft asks for by ID).
+    index: HashMap<PacketId, u64>,
     first_seq: u64,
     bytes: usize,
     max_bytes: usize,
@@ -82,6 +85,7 @@ impl<S: Copy + PartialEq> PacketLog<S> {
     pub fn new(max_bytes: usize, ttl: Duration, epoch: u64) -> Self {
         PacketLog {
             entries: VecDeque::new(),
+            index: HashMap::new(),
             first_seq: 0,
             bytes: 0,
             max_bytes,
@@ -141,6 +145,9 @@ impl<S: Copy + PartialEq> PacketLog<S> {
     ) -> u64 {
         let seq = self.head();
         self.bytes += entry_cost(&pkt);
+        if forward {
+            self.index.insert(pkt.id, seq);
+        }
         self.entries.push_back(Entry {
             at: now,
             from,
@@ -156,6 +163,9 @@ impl<S: Copy + PartialEq> PacketLog<S> {
 
     fn pop_oldest(&mut self) {
         if let Some(e) = self.entries.pop_front() {
+            if self.index.get(&e.pkt.id) == Some(&self.first_seq) {
+                self.index.remove(&e.pkt.id);
+            }
             self.bytes -= entry_cost(&e.pkt);
             self.first_seq += 1;
             self.evicted += 1;
@@ -181,15 +191,10 @@ impl<S: Copy + PartialEq> PacketLog<S> {
         (e.pkt.id == *id).then_some((&e.pkt, e.tree))
     }
 
-    /// A forwardable packet by ID, looking back from the newest entry at no more than
-    /// `max_scan` entries (what a neighbor grafts was announced moments ago), and its tree.
-    pub fn find(&self, id: &PacketId, max_scan: usize) -> Option<(&EchoPacket, u64)> {
-        self.entries
-            .iter()
-            .rev()
-            .take(max_scan)
-            .find(|e| e.forward && e.pkt.id == *id)
-            .map(|e| (&e.pkt, e.tree))
+    /// A forwardable packet by ID (what a neighbor grafts), and its tree.
+    pub fn find(&self, id: &PacketId) -> Option<(&EchoPacket, u64)> {
+        let seq = *self.index.get(id)?;
+        self.get(seq, id)
     }
 
     /// The first position accepted at or after `t` (the head when nothing was).
@@ -280,9 +285,8 @@ mod tests {
         let o2 = log.offers(o.next, 9, 2, 100);
         assert_eq!(o2.ids, vec![(3, pkt(3).id)]);
         assert_eq!(log.get(1, &pkt(1).id), Some((&pkt(1), 0)));
-        assert_eq!(log.find(&pkt(3).id, 10), Some((&pkt(3), 5)));
-        assert_eq!(log.find(&pkt(2).id, 10), None, "not forwardable");
-        assert_eq!(log.find(&pkt(0).id, 2), None, "beyond the scan bound");
+        assert_eq!(log.find(&pkt(3).id), Some((&pkt(3), 5)));
+        assert_eq!(log.find(&pkt(2).id), None, "not forwardable");
         assert_eq!(log.get(1, &pkt(2).id), None, "position and ID must agree");
     }
 
@@ -296,6 +300,8 @@ mod tests {
         }
         assert_eq!((log.tail(), log.head(), log.len()), (2, 5, 3));
         assert!(log.get(1, &pkt(1).id).is_none());
+        assert!(log.find(&pkt(1).id).is_none(), "gone from the index too");
+        assert!(log.find(&pkt(2).id).is_some());
         assert_eq!(log.take_evicted(), 2);
         let o = log.offers(0, 9, 10, 100);
         assert_eq!(o.missed, 2);

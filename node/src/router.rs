@@ -263,6 +263,7 @@ impl Router {
         // Under lazy push a duplicate from a neighbor may prune that link in its tree.
         let early_dups = match (self.mode, origin) {
             (Mode::Lazy, Origin::Neighbor(from, _)) => {
+                let now = Instant::now();
                 let mut out = Outgoing::new();
                 let n = {
                     let mut st = self.engine();
@@ -273,7 +274,7 @@ impl Router {
                             return true;
                         }
                         let tree = self.tree_for(origin, trees, &p.id);
-                        st.bcast.on_duplicate(&p.id, tree, from);
+                        st.bcast.on_duplicate(&p.id, tree, from, now);
                         false
                     });
                     self.collect(st, None, &mut out);

@@ -44,6 +44,9 @@ pub const MAX_ANNOUNCERS: usize = 8;
 /// Recent packets whose first arrival link is remembered (for pruning decisions).
 pub const FIRST_MEMORY: usize = 65_536;
 
+/// Recently grafted packets remembered (a later copy of one measures the tree's lateness).
+pub const GRAFTED_MEMORY: usize = 4096;
+
 /// Which tree a packet travels on: its origin node's (an opaque number).
 pub type TreeKey = u64;
 
@@ -305,6 +308,8 @@ pub struct Broadcast<P: Ord + Copy> {
     pub prunes_sent: u64,
     /// Recent lateness of the tree (see [`Broadcast::graft_timeout`]).
     lateness: Duration,
+    grafted: BTreeMap<PacketId, Instant>,
+    grafted_order: VecDeque<PacketId>,
 }
 
 impl<P: Ord + Copy> Broadcast<P> {
@@ -324,6 +329,8 @@ impl<P: Ord + Copy> Broadcast<P> {
             grafts_sent: 0,
             prunes_sent: 0,
             lateness: Duration::ZERO,
+            grafted: BTreeMap::new(),
+            grafted_order: VecDeque::new(),
         }
     }
 
@@ -423,8 +430,7 @@ impl<P: Ord + Copy> Broadcast<P> {
             self.timers.remove(&(m.due, id));
             if m.grafts == 0 {
                 // Announced first, pushed later: how late the tree is.
-                let late = now.saturating_duration_since(m.since);
-                self.lateness = late.max(self.lateness - self.lateness / 64);
+                self.late_by(now.saturating_duration_since(m.since));
             }
         }
         if self.cfg.mode == Mode::Lazy {
@@ -491,7 +497,14 @@ impl<P: Ord + Copy> Broadcast<P> {
     /// only if the first copy came over a link that is eager in it. Copies of one origin's
     /// packets can overtake each other (jitter, a busy link): pruning on every duplicate would
     /// prune a node's links to that tree one after the other and cut it off.
-    pub fn on_duplicate(&mut self, id: &PacketId, tree: TreeKey, from: P) {
+    ///
+    /// A duplicate of a packet this node grafted means the graft was not needed: the tree was
+    /// only late, by as much as the copy took since the announcement; the graft timeout learns
+    /// that lateness (grafted packets never show it otherwise).
+    pub fn on_duplicate(&mut self, id: &PacketId, tree: TreeKey, from: P, now: Instant) {
+        if let Some(since) = self.grafted.remove(id) {
+            self.late_by(now.saturating_duration_since(since));
+        }
         if !self.lazy_mode(&from) || !self.peers.contains(&from) {
             return;
         }
@@ -603,6 +616,11 @@ impl<P: Ord + Copy> Broadcast<P> {
         }
     }
 
+    /// One observation of how late the tree was (a decaying maximum).
+    fn late_by(&mut self, late: Duration) {
+        self.lateness = late.max(self.lateness - self.lateness / 64);
+    }
+
     /// How long an announced packet is awaited before it is pulled: the configured graft
     /// timeout, or longer while the tree is late (queues under a burst, retransmissions):
     /// 5/4 of the recent lateness of pushed packets behind their announcements (a decaying
@@ -638,6 +656,15 @@ impl<P: Ord + Copy> Broadcast<P> {
             }
             match m.announcers.pop_front() {
                 Some(p) => {
+                    if m.grafts == 0 {
+                        if self.grafted_order.len() >= GRAFTED_MEMORY {
+                            if let Some(old) = self.grafted_order.pop_front() {
+                                self.grafted.remove(&old);
+                            }
+                        }
+                        self.grafted_order.push_back(id);
+                        self.grafted.insert(id, m.since);
+                    }
                     m.grafts += 1;
                     by_peer.entry((p, m.tree)).or_default().push(id);
                     m.due = now + self.cfg.graft_retry;
@@ -685,7 +712,7 @@ mod tests {
                 Out::Push { to: 3, id: id(1) }
             ]
         );
-        b.on_duplicate(&id(1), 0, 3);
+        b.on_duplicate(&id(1), 0, 3, t0);
         assert!(drain(&mut b).is_empty(), "flood never prunes");
     }
 
@@ -700,9 +727,9 @@ mod tests {
         b.on_new(id(1), 7, Some(1), t0);
         assert_eq!(drain(&mut b).len(), 3);
         // The same packet again from 2: prune 2 in tree 7 only.
-        b.on_duplicate(&id(1), 7, 2);
+        b.on_duplicate(&id(1), 7, 2, t0);
         assert_eq!(drain(&mut b), vec![Out::Prune { to: 2, tree: 7 }]);
-        b.on_duplicate(&id(1), 7, 9);
+        b.on_duplicate(&id(1), 7, 9, t0);
         assert!(drain(&mut b).is_empty(), "never prune a flood-only link");
         assert!(!b.is_eager(7, &2) && b.is_eager(8, &2));
         // Next packet of tree 7: pushed to 3 and 9, announced to 2.
@@ -721,13 +748,13 @@ mod tests {
         // Control traffic is pushed everywhere, and its duplicates prune nothing.
         b.on_new_flooded(id(4), Some(1));
         assert_eq!(drain(&mut b).len(), 3);
-        b.on_duplicate(&id(4), 7, 3);
+        b.on_duplicate(&id(4), 7, 3, t0);
         assert!(drain(&mut b).is_empty());
         // A packet of another tree still floods.
         b.on_new(id(3), 8, None, t0);
         assert_eq!(drain(&mut b).len(), 4);
         // This node's own packet pushed back to it: that link is pruned in its tree.
-        b.on_duplicate(&id(3), 8, 1);
+        b.on_duplicate(&id(3), 8, 1, t0);
         assert_eq!(drain(&mut b), vec![Out::Prune { to: 1, tree: 8 }]);
         b.on_new(id(9), 8, None, t0);
         drain(&mut b);
@@ -805,6 +832,31 @@ mod tests {
         // The map changes: 1 - 3 becomes fast; 3 is now 1's child and 2 has none.
         assert!(at2.set_graph(&[(1, 2, 1), (2, 3, 1), (1, 3, 1), (3, 4, 1)], key));
         assert_eq!(at2.children(101), Some(&BTreeSet::new()));
+    }
+
+    #[test]
+    fn a_wasted_graft_teaches_the_graft_timeout_how_late_the_tree_is() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = Broadcast::new(BroadcastConfig::new(Mode::Lazy));
+        b.neighbor_up(1u32, true);
+        b.neighbor_up(2, true);
+        assert_eq!(b.graft_timeout(), ms(200));
+        b.on_ihave(2, 7, &[id(1)], |_| false, t0, false);
+        b.handle_timeout(t0 + ms(200));
+        assert_eq!(drain(&mut b).len(), 1, "grafted");
+        b.on_new(id(1), 7, Some(2), t0 + ms(250));
+        drain(&mut b);
+        assert_eq!(b.graft_timeout(), ms(200), "a graft's answer says nothing");
+        // The tree's own copy comes 800 ms after the announcement: wait that long (and a
+        // quarter) before the next graft.
+        b.on_duplicate(&id(1), 7, 1, t0 + ms(800));
+        assert_eq!(b.graft_timeout(), ms(1000));
+        // Never beyond the bound.
+        b.on_ihave(2, 7, &[id(2)], |_| false, t0, false);
+        b.handle_timeout(t0 + ms(1000));
+        b.on_duplicate(&id(2), 7, 1, t0 + ms(9000));
+        assert_eq!(b.graft_timeout(), ms(2000));
     }
 
     #[test]

@@ -391,7 +391,7 @@ impl Sim {
         if out.duplicates > 0 {
             if let Some(f) = from {
                 self.duplicates += 1;
-                self.nodes[n].bcast.on_duplicate(&id, tree, f);
+                self.nodes[n].bcast.on_duplicate(&id, tree, f, now);
             }
         } else {
             self.first[idx][n] = (self.now, hops);

@@ -109,6 +109,15 @@ impl Plan {
 
     /// [`Plan::start_mesh`] with `extra` flags for every node.
     pub fn start_mesh_with(&self, edges: &[(usize, usize)], extra: &[String]) -> Vec<TestNode> {
+        self.start_mesh_each(edges, |_| extra.to_vec())
+    }
+
+    /// [`Plan::start_mesh`] with `extra(i)` flags for node `i`.
+    pub fn start_mesh_each(
+        &self,
+        edges: &[(usize, usize)],
+        extra: impl Fn(usize) -> Vec<String>,
+    ) -> Vec<TestNode> {
         (0..self.names.len())
             .map(|i| {
                 let specs: Vec<String> = edges
@@ -120,7 +129,7 @@ impl Plan {
                     })
                     .collect();
                 let mut flags = Plan::neighbor_flags(&specs);
-                flags.extend_from_slice(extra);
+                flags.extend(extra(i));
                 self.start(i, &flags)
             })
             .collect()

@@ -116,22 +116,10 @@ fn mixed_flood_and_lazy_mesh_delivers_everything_once() {
     let root = tempfile::tempdir().unwrap();
     let plan = Plan::new(root.path(), &["n0", "n1", "n2", "n3", "n4"]);
     let edges = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 0), (0, 2), (1, 3)];
-    let nodes: Vec<TestNode> = (0..5)
-        .map(|i| {
-            let specs: Vec<String> = edges
-                .iter()
-                .filter_map(|&(x, y)| match (x == i, y == i) {
-                    (true, _) => Some(plan.spec(y)),
-                    (_, true) => Some(plan.spec(x)),
-                    _ => None,
-                })
-                .collect();
-            let mut flags = Plan::neighbor_flags(&specs);
-            let mode = if i % 2 == 0 { "lazy" } else { "flood" };
-            flags.extend(["--broadcast".to_string(), mode.to_string()]);
-            plan.start(i, &flags)
-        })
-        .collect();
+    let nodes = plan.start_mesh_each(&edges, |i| {
+        let mode = if i % 2 == 0 { "lazy" } else { "flood" };
+        vec!["--broadcast".to_string(), mode.to_string()]
+    });
     for &(x, y) in &edges {
         nodes[x].wait_neighbor_up(&nodes[y]);
     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::ctx::Ctx;
+use crate::echo::EchoPacket;
 use crate::limits::MAX_ECHO_BATCH_BYTES as MAX_BATCH_BYTES;
 use crate::metrics::{DropReason, HandshakeReason};
 use crate::peer::Neighbor;
@@ -343,17 +344,9 @@ async fn read_loop(ctx: &Ctx, n: &Neighbor, mut recv: quinn::RecvStream) -> Stri
     let mut buf = Vec::new();
     loop {
         match echomesh_client::framing::read_frame::<_, PeerFrame>(&mut recv, max, &mut buf).await {
-            Ok(Some(PeerFrame::Echo(mut batch))) => {
+            Ok(Some(PeerFrame::Echo(batch))) => {
                 n.bytes_in.inc_by(buf.len() as u64 + 4);
-                let limited = n.admit(&mut batch, Instant::now());
-                if limited > 0 {
-                    ctx.metrics
-                        .count_drop(DropReason::NeighborRateLimited, limited);
-                    tracing::debug!(neighbor = %n.id, limited, "neighbor over its rate limit");
-                }
-                if !batch.is_empty() {
-                    ctx.router.dispatch(Origin::Neighbor(n.id, n.mode()), batch);
-                }
+                admit_and_dispatch(ctx, n, batch, None);
             }
             Ok(Some(PeerFrame::Tree(items))) => {
                 n.bytes_in.inc_by(buf.len() as u64 + 4);
@@ -385,6 +378,26 @@ async fn read_loop(ctx: &Ctx, n: &Neighbor, mut recv: quinn::RecvStream) -> Stri
     }
 }
 
+/// Packets from a neighbor: what fits its rate limit goes to the router (the rest is dropped
+/// and counted).
+fn admit_and_dispatch(
+    ctx: &Ctx,
+    n: &Neighbor,
+    mut packets: Vec<EchoPacket>,
+    trees: Option<&Trees>,
+) {
+    let limited = n.admit(&mut packets, Instant::now());
+    if limited > 0 {
+        ctx.metrics
+            .count_drop(DropReason::NeighborRateLimited, limited);
+        tracing::debug!(neighbor = %n.id, limited, "neighbor over its rate limit");
+    }
+    if !packets.is_empty() {
+        ctx.router
+            .dispatch_on(Origin::Neighbor(n.id, n.mode()), packets, trees);
+    }
+}
+
 /// A `Tree` batch: its packets go through the router with their trees, its lazy-push
 /// messages to the broadcast machine.
 fn on_tree_frame(ctx: &Ctx, n: &Neighbor, items: Vec<TreeItem>) {
@@ -400,16 +413,7 @@ fn on_tree_frame(ctx: &Ctx, n: &Neighbor, items: Vec<TreeItem>) {
             other => control.push(other),
         }
     }
-    let limited = n.admit(&mut packets, Instant::now());
-    if limited > 0 {
-        ctx.metrics
-            .count_drop(DropReason::NeighborRateLimited, limited);
-        tracing::debug!(neighbor = %n.id, limited, "neighbor over its rate limit");
-    }
-    if !packets.is_empty() {
-        ctx.router
-            .dispatch_on(Origin::Neighbor(n.id, n.mode()), packets, Some(&trees));
-    }
+    admit_and_dispatch(ctx, n, packets, Some(&trees));
     if !control.is_empty() {
         ctx.router.on_tree_control(n.id, control);
     }

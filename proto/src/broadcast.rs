@@ -616,6 +616,11 @@ impl<P: Ord + Copy> Broadcast<P> {
         }
     }
 
+    /// The longest a packet is awaited before its first graft.
+    pub fn max_graft_timeout(&self) -> Duration {
+        self.cfg.max_graft_timeout.max(self.cfg.graft_timeout)
+    }
+
     /// One observation of how late the tree was (a decaying maximum).
     fn late_by(&mut self, late: Duration) {
         self.lateness = late.max(self.lateness - self.lateness / 64);

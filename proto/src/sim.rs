@@ -419,7 +419,11 @@ impl Sim {
     fn link_up(&mut self, a: usize, b: usize) {
         let conn = self.next_conn;
         self.next_conn += 1;
-        let window = 2 * self.cfg.detect_ms * 1000;
+        // What the link may have lost: since shortly before it went down, and at least as far
+        // back as a neighbor may still have been waiting to pull an announced packet (the
+        // longest graft wait). Live nodes offer two idle timeouts (16 s) back.
+        let window = 2 * self.cfg.detect_ms * 1000
+            + self.nodes[a].bcast.max_graft_timeout().as_micros() as u64;
         for (x, y) in [(a, b), (b, a)] {
             let Some(li) = self.link_index(x, y) else {
                 continue;

@@ -489,10 +489,6 @@ impl Router {
                 }
             }
         }
-        m.broadcast_trees.set(st.bcast.tree_count() as i64);
-        m.broadcast_awaited.set(st.bcast.missing_count() as i64);
-        m.broadcast_awaited_dropped
-            .inc_by(std::mem::take(&mut st.bcast.missing_dropped));
     }
 
     /// Queue what `collect` gathered. A neighbor whose queue is full is owed the packets
@@ -671,6 +667,11 @@ impl Router {
             self.metrics
                 .packet_log_evictions
                 .inc_by(st.log.take_evicted());
+            let m = &self.metrics;
+            m.broadcast_trees.set(st.bcast.tree_count() as i64);
+            m.broadcast_awaited.set(st.bcast.missing_count() as i64);
+            m.broadcast_awaited_dropped
+                .inc_by(std::mem::take(&mut st.bcast.missing_dropped));
             let (exp, cap) = st.engine.tick(now);
             (exp, cap, st.engine.seen_len())
         };

@@ -101,10 +101,9 @@ fn build_spot_on_lite() -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-/// A TCP port that was free on 127.0.0.1 a moment ago.
+/// A TCP port for a listener that binds it later (see [`crate::free_port`]).
 pub fn free_tcp_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    crate::free_port()
 }
 
 const CIPHERS: &str = "HIGH:!aNULL:!eNULL:!3DES:!EXPORT:!SSLv3:@STRENGTH";

@@ -55,11 +55,37 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
-/// A UDP port that was free on 127.0.0.1 a moment ago (for restarts on the same port and
-/// for static neighbor lists written before start).
+/// A port free for both UDP and TCP on 127.0.0.1 now, for a process that binds it later
+/// (restarts on the same port, static neighbor lists written before start, Echo listeners).
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up on Linux), so an
+/// outgoing connection made between this check and the bind cannot take the port, and each
+/// test process walks its own stretch of them, so no two callers get the same one.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(2_654_435_761)) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        if udp.is_ok() && tcp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
+}
+
+/// A UDP port for a node that binds it later (see [`free_port`]).
 pub fn free_udp_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    s.local_addr().expect("addr").port()
+    free_port()
 }
 
 /// Nodes whose identities and ports are fixed before any starts, so each can be given the

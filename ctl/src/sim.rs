@@ -5,11 +5,13 @@ use std::process::ExitCode;
 
 use clap::Args;
 use echomesh_proto::broadcast::Mode;
+use echomesh_proto::membership::Detector;
+use echomesh_proto::sim::detect::{self, DetectConfig, DetectReport};
 use echomesh_proto::sim::{self, Report, SimConfig};
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  echomeshctl sim --nodes 1000 --degree 6 --packets 10000\n  echomeshctl sim --broadcast lazy --loss 10 --crash 5 --partition --json\n\nThe same seed gives the same output, byte for byte. Without --broadcast, flood and lazy push run side by side on the same mesh and traffic."
+    after_help = "Examples:\n  echomeshctl sim --nodes 1000 --degree 6 --packets 10000\n  echomeshctl sim --broadcast lazy --loss 10 --crash 5 --partition --json\n  echomeshctl sim --detector --nodes 100 --loss 10 --crash 5 --secs 120\n\nThe same seed gives the same output, byte for byte. Without --broadcast, flood and lazy push run side by side on the same mesh and traffic. With --detector, the failure detector runs instead: heartbeats between neighbors, members crashing, and how fast and how falsely they are judged."
 )]
 pub struct SimArgs {
     /// Nodes in the simulated mesh.
@@ -46,6 +48,22 @@ pub struct SimArgs {
     /// pulled (default: the node's).
     #[arg(long)]
     graft_timeout_ms: Option<u64>,
+    /// Simulate the failure detector instead of broadcast: every member watches its
+    /// neighbors' heartbeats (lost at --loss), --crash percent of them crash; reports how fast
+    /// each crash is noticed and how often a live member is suspected or failed.
+    #[arg(long)]
+    detector: bool,
+    /// --detector: simulated seconds.
+    #[arg(long, default_value_t = 120, requires = "detector")]
+    secs: u64,
+    /// --detector: heartbeat period, suspicion and failure thresholds in milliseconds
+    /// (default: the node's, 100/500/1200).
+    #[arg(long, requires = "detector")]
+    heartbeat_ms: Option<u64>,
+    #[arg(long, requires = "detector")]
+    suspect_ms: Option<u64>,
+    #[arg(long, requires = "detector")]
+    fail_ms: Option<u64>,
 }
 
 impl SimArgs {
@@ -88,7 +106,57 @@ impl SimArgs {
     }
 }
 
+impl SimArgs {
+    fn detect_config(&self) -> anyhow::Result<DetectConfig> {
+        anyhow::ensure!(
+            (2..=100_000).contains(&self.nodes),
+            "--nodes: between 2 and 100000"
+        );
+        anyhow::ensure!(self.degree >= 1, "--degree: at least 1");
+        anyhow::ensure!((1..=86_400).contains(&self.secs), "--secs: between 1 and 86400");
+        anyhow::ensure!(
+            (0.0..=90.0).contains(&self.loss),
+            "--loss: a percentage from 0 to 90"
+        );
+        anyhow::ensure!(
+            (0.0..=50.0).contains(&self.crash),
+            "--crash: a percentage from 0 to 50"
+        );
+        let d = Detector::default();
+        let ms = |v: Option<u64>, dflt: std::time::Duration| {
+            v.map(std::time::Duration::from_millis).unwrap_or(dflt)
+        };
+        let detector = Detector {
+            heartbeat: ms(self.heartbeat_ms, d.heartbeat),
+            suspect_after: ms(self.suspect_ms, d.suspect_after),
+            fail_after: ms(self.fail_ms, d.fail_after),
+        };
+        detector.check().map_err(anyhow::Error::msg)?;
+        // Heartbeats are the events: bound their number (about 100 bytes each in the queue).
+        let beats = self.nodes as u128 * self.degree as u128 * u128::from(self.secs) * 1000
+            / detector.heartbeat.as_millis().max(1);
+        anyhow::ensure!(
+            beats <= 1_000_000_000,
+            "--nodes × --degree × --secs / heartbeat: at most a billion heartbeats ({beats} asked)"
+        );
+        let mut c = DetectConfig::new(self.nodes, self.degree, self.secs, self.seed);
+        c.loss_pct = self.loss;
+        c.crash_pct = self.crash;
+        c.detector = detector;
+        Ok(c)
+    }
+}
+
 pub fn run(args: SimArgs, json: bool) -> anyhow::Result<ExitCode> {
+    if args.detector {
+        let r = detect::run(&args.detect_config()?);
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            print_detect(&r);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let modes = match args.broadcast {
         Some(m) => vec![m],
         None => vec![Mode::Flood, Mode::Lazy],
@@ -154,4 +222,19 @@ fn print_table(reports: &[Report]) {
             r.reconnects
         );
     }
+}
+
+fn print_detect(r: &DetectReport) {
+    println!(
+        "{} members, degree {}, loss {} %, {} s, heartbeat {} ms, suspect {} ms, fail {} ms, seed {}",
+        r.nodes, r.degree, r.loss_pct, r.secs, r.heartbeat_ms, r.suspect_ms, r.fail_ms, r.seed
+    );
+    println!(
+        "crashed {}: {} watchers noticed (missed {}), time to failed p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        r.crashed, r.detections, r.missed, r.detect_p50_ms, r.detect_p99_ms, r.detect_max_ms
+    );
+    println!(
+        "live members: {} suspicions, {} false failures; heartbeats {} sent, {} lost",
+        r.false_suspicions, r.false_failures, r.heartbeats_sent, r.heartbeats_lost
+    );
 }

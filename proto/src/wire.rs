@@ -20,7 +20,7 @@ use crate::ozone::StoredMessage;
 use crate::ozone::{OzoneAddr, OzoneProof};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The lowest peer protocol version this build interoperates with.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
@@ -43,7 +43,14 @@ pub mod since {
     /// and lazy push's announcements, grafts and prunes (docs/BROADCAST.md). Older peers are
     /// sent plain `Echo` batches and always pushed to.
     pub const LAZY_PUSH: u16 = 4;
+    /// Heartbeats: a [`HEARTBEAT`](super::HEARTBEAT) QUIC datagram every `peer.heartbeat_ms`
+    /// on each connection, which the failure detector of `membership` listens to
+    /// (docs/MEMBERSHIP.md). Older peers send none and are judged by their connections only.
+    pub const HEARTBEAT: u16 = 5;
 }
+
+/// The payload of a heartbeat datagram (one byte: room for other datagram kinds later).
+pub const HEARTBEAT: &[u8] = &[0x01];
 
 pub const ALPN_PEER: &[u8] = b"echomesh-peer/1";
 pub const ALPN_CLIENT: &[u8] = b"echomesh-client/1";
@@ -60,6 +67,8 @@ pub mod close {
     pub const VERSION: u32 = 6;
     pub const ALPN: u32 = 7;
     pub const REMOVED: u32 = 8;
+    /// The failure detector judged the peer failed (no heartbeat for `peer.fail_ms`).
+    pub const SILENT: u32 = 9;
 }
 
 /// Hard ceiling on any frame, whatever the configuration says.

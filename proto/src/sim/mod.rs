@@ -27,6 +27,8 @@ use serde::Serialize;
 use crate::broadcast::{Broadcast, BroadcastConfig, Mode, Out, TreeKey};
 use crate::echo::{EchoConfig, EchoEngine, EchoMode, EchoPacket, PacketId, Source};
 
+pub mod detect;
+
 /// Transmissions of one message before its connection is considered dead.
 pub const MAX_RETRANSMITS: u32 = 6;
 
@@ -621,7 +623,7 @@ fn spt_of<'a>(
 
 /// A connected random graph: a random spanning tree, then random extra links until the
 /// average degree is reached.
-fn graph(n: usize, degree: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
+pub(crate) fn graph(n: usize, degree: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
     let mut adj: Vec<Vec<usize>> = vec![Vec::new(); n];
     if n < 2 {
         return adj;
@@ -655,7 +657,7 @@ fn graph(n: usize, degree: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
     adj
 }
 
-fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
+pub(crate) fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
         return T::default();
     }

@@ -87,6 +87,9 @@ impl Default for Tuning {
     }
 }
 
+/// Bytes of QUIC datagrams buffered per connection and direction.
+const DATAGRAM_BUFFER: usize = 4096;
+
 pub fn transport_config(p: &Tuning) -> Result<quinn::TransportConfig, TransportError> {
     transport_config_idle(p, p.idle_timeout)
 }
@@ -105,7 +108,11 @@ fn transport_config_idle(
     t.send_window(16 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(8));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
-    t.datagram_receive_buffer_size(None);
+    // Datagrams carry only neighbor heartbeats (a byte each, the failure detector's input):
+    // small buffers, so a stalled reader or a congested path holds a few, never many (quinn
+    // drops the oldest when a buffer is full, which the detector reads as silence).
+    t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
+    t.datagram_send_buffer_size(DATAGRAM_BUFFER);
     // BBR models bandwidth and RTT instead of reading every lost datagram as congestion. With
     // Cubic, random loss (bad Wi-Fi, mobile data, 30 % in the chaos suite) pins the window at
     // its two-packet minimum and loss recovery runs on timers: links fell to a few packets a

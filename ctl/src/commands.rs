@@ -220,6 +220,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_topology(&t);
             }
         }
+        Command::Members => {
+            let m: api::MembersView = admin()?.get(api::PATH_MEMBERS).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                print_members(&m);
+            }
+        }
         Command::Console { no_browser } => {
             let client = admin()?;
             let code: api::ConsoleLoginCode = client
@@ -372,6 +380,40 @@ fn print_topology(t: &echomesh_proto::admin::TopologyView) {
         println!(
             "{:<11} {:<11} {:<6} {:>9}  {}",
             l.a, l.b, l.state, rtt, l.mode
+        );
+    }
+}
+
+fn print_members(m: &api::MembersView) {
+    println!(
+        "{} ({}) in cluster {}; heartbeat {} ms, suspect after {} ms, failed after {} ms",
+        m.id, m.state, m.cluster, m.heartbeat_ms, m.suspect_ms, m.fail_ms
+    );
+    println!(
+        "{:<11} {:<12} {:<9} {:>10} {:>9} {:>6} {:>6} {:>6}",
+        "MEMBER", "CLUSTER", "STATE", "SINCE", "HEARD", "SUSP", "FAILED", "FLAPS"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    for x in &m.members {
+        let since = format!("{:.1} s", now_ms.saturating_sub(x.since_unix_ms) as f64 / 1000.0);
+        let heard = match (x.last_heard_ms, x.heartbeats) {
+            (Some(ms), true) => format!("{ms} ms"),
+            (Some(_), false) => "(no hb)".into(),
+            (None, _) => "-".into(),
+        };
+        println!(
+            "{:<11} {:<12} {:<9} {:>10} {:>9} {:>6} {:>6} {:>6}",
+            x.id,
+            x.cluster.as_deref().unwrap_or("?"),
+            x.state,
+            since,
+            heard,
+            x.suspicions,
+            x.failures,
+            x.flaps
         );
     }
 }

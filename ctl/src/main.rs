@@ -87,6 +87,11 @@ pub enum Command {
         #[arg(long)]
         dot: bool,
     },
+    /// The neighbors as members of the mesh, as this node's failure detector sees them: alive,
+    /// suspect (no heartbeat for peer.suspect_ms: no clients are sent there), draining, left,
+    /// or failed (no heartbeat for peer.fail_ms, or no connection: no ozone copies go there),
+    /// since when, and how often each was suspected or failed. `--json` for tools.
+    Members,
     /// Take the node out of service without loss: not ready, neighbors told, clients moved to
     /// other nodes (spread over drain_client_grace_secs), ozones handed to their other owners,
     /// queues flushed, neighbors told it left. `--wait` shows progress and exits 0 when it is

@@ -360,6 +360,14 @@ pub struct PeerSection {
     /// moving under random loss, where `cubic` and `newreno` collapse to a few packets a
     /// second), `cubic` or `newreno` (fairer to other TCP traffic on a shared, congested WAN).
     pub congestion_control: String,
+    /// Failure detection (docs/MEMBERSHIP.md): a heartbeat datagram every `heartbeat_ms` on
+    /// each neighbor connection; a neighbor silent for `suspect_ms` is suspect (no longer a
+    /// redirect target), for `fail_ms` failed (its connections are closed, ozone placement
+    /// moves on, it is dialed again with back-off). Neighbors older than protocol 5 send no
+    /// heartbeats and are judged by `idle_timeout_ms`.
+    pub heartbeat_ms: u64,
+    pub suspect_ms: u64,
+    pub fail_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -473,6 +481,9 @@ impl Default for PeerSection {
             backoff_min_ms: 200,
             backoff_max_ms: 30_000,
             congestion_control: "bbr".into(),
+            heartbeat_ms: 100,
+            suspect_ms: 500,
+            fail_ms: 1_200,
         }
     }
 }
@@ -697,6 +708,9 @@ impl Config {
         if self.peer.keepalive_ms == 0 || self.peer.idle_timeout_ms <= self.peer.keepalive_ms {
             return bad("peer.idle_timeout_ms must be larger than peer.keepalive_ms (> 0)".into());
         }
+        if let Err(e) = self.peer.detector().check() {
+            return bad(format!("peer.{e}"));
+        }
         if self
             .peer
             .congestion_control
@@ -777,6 +791,15 @@ impl PeerSection {
             idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
             // Validated in `Config::validate`.
             congestion: self.congestion_control.parse().unwrap_or_default(),
+        }
+    }
+
+    /// The failure detector's timing.
+    pub fn detector(&self) -> echomesh_proto::membership::Detector {
+        echomesh_proto::membership::Detector {
+            heartbeat: std::time::Duration::from_millis(self.heartbeat_ms),
+            suspect_after: std::time::Duration::from_millis(self.suspect_ms),
+            fail_after: std::time::Duration::from_millis(self.fail_ms),
         }
     }
 }

@@ -58,6 +58,10 @@ pub struct Metrics {
     pub ozones_hosted: IntGauge,
     pub ozone_messages: IntGauge,
     pub cluster_members: IntGaugeVec,
+    pub member_transitions: IntCounterVec,
+    pub failure_detection_seconds: Histogram,
+    pub heartbeats: IntCounterVec,
+    pub node_paused: IntCounter,
     pub topology_announcements: IntCounterVec,
     pub topology_nodes: IntGaugeVec,
     pub clients_redirected: IntCounterVec,
@@ -462,10 +466,34 @@ impl Metrics {
             ozone_messages: reg.add(IntGauge::new("echomesh_ozone_messages", "Messages stored in ozones on this node.").expect("static metric"),
             ),
             cluster_members: reg.add(IntGaugeVec::new(
-                    Opts::new("echomesh_cluster_members", "Members of this node's cluster by state (alive, draining, left, failed), this node included."),
+                    Opts::new("echomesh_cluster_members", "Members of this node's cluster by state (alive, suspect, draining, left, failed), this node included."),
                     &["state"],
                 )
                 .expect("static metric"),
+            ),
+            member_transitions: counter_vec(
+                "echomesh_member_transitions_total",
+                "Neighbors (members of the mesh) entering a state, by the state entered (alive, suspect, draining, left, failed).",
+                &["to"],
+            ),
+            failure_detection_seconds: reg.add(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "echomesh_failure_detection_seconds",
+                        "Silence of a neighbor when the failure detector failed it (time from its last heartbeat to the verdict).",
+                    )
+                    .buckets(vec![0.25, 0.5, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0]),
+                )
+                .expect("static metric"),
+            ),
+            heartbeats: counter_vec(
+                "echomesh_heartbeats_total",
+                "Heartbeat datagrams to and from neighbors, by direction (sent, received).",
+                &["direction"],
+            ),
+            node_paused: counter(
+                "echomesh_node_paused_total",
+                "Times this node's liveness timer ran more than 250 ms late (the process did not run); the pause is not held against neighbors.",
             ),
             ozone_deposit_seconds: reg.add(
                 Histogram::with_opts(
@@ -665,8 +693,12 @@ impl Metrics {
             m.ozone_deposits.with_label_values(&[r]);
         }
         m.ozone_evictions.with_label_values(&["retention"]);
-        for st in ["alive", "draining", "left", "failed"] {
-            m.cluster_members.with_label_values(&[st]);
+        for st in echomesh_proto::membership::State::ALL {
+            m.cluster_members.with_label_values(&[st.label()]);
+            m.member_transitions.with_label_values(&[st.label()]);
+        }
+        for d in ["sent", "received"] {
+            m.heartbeats.with_label_values(&[d]);
         }
         for st in ["up", "draining", "left", "failed"] {
             m.topology_nodes.with_label_values(&[st]);

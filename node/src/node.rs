@@ -149,6 +149,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         cfg.limits.max_neighbors,
         cfg.limits.neighbor_queue_bytes,
         cfg.limits.neighbor_rate,
+        cfg.peer.detector(),
         metrics.clone(),
     );
     let keydir = KeyDirectory::open(store.clone(), metrics.clone(), cfg.limits.max_key_bundles)
@@ -276,6 +277,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     {
         let c = ctx.clone();
         ctx.tasks.spawn(housekeeping(c));
+    }
+    {
+        let c = ctx.clone();
+        ctx.tasks.spawn(peer::liveness::run(c));
     }
     {
         let c = ctx.clone();
@@ -430,22 +435,13 @@ async fn housekeeping(ctx: Arc<Ctx>) {
         ctx.metrics
             .client_queue_bytes
             .set(ctx.router.subscribers.queued_bytes() as i64);
-        if ticks % 5 == 2 {
-            update_membership_gauges(&ctx);
-        }
+        update_membership_gauges(&ctx);
     }
 }
 
 /// Cluster members and mesh nodes by state.
 fn update_membership_gauges(ctx: &Ctx) {
     let neighbors = ctx.neighbors().all();
-    let now = Instant::now();
-    for n in &neighbors {
-        if n.member_timeout(now) == Some(membership::Change::ConfirmedFailed) {
-            tracing::warn!(neighbor = %n.id, "neighbor still down after {} s: confirmed failed",
-                membership::SUSPICION.as_secs());
-        }
-    }
     let members: Vec<_> = neighbors.iter().map(|n| n.member()).collect();
     let me = membership::State::of_self(ctx.drain.departure());
     for (st, count) in membership::counts(me, &ctx.cfg.cluster, &members) {

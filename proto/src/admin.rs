@@ -19,6 +19,8 @@ pub const PATH_DRAIN: &str = "/v1/drain";
 pub const PATH_UNDRAIN: &str = "/v1/undrain";
 /// `GET`: the mesh as this node knows it ([`TopologyView`]).
 pub const PATH_TOPOLOGY: &str = "/v1/topology";
+/// `GET`: this node and each neighbor as members of the mesh ([`MembersView`]).
+pub const PATH_MEMBERS: &str = "/v1/members";
 /// `POST`: a one-time console login code ([`ConsoleLoginCode`]); `echomeshctl console`.
 pub const PATH_CONSOLE_LOGIN_CODES: &str = "/v1/console/login-codes";
 
@@ -140,6 +142,43 @@ pub struct NeighborInfo {
     /// Echo links only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo: Option<EchoLinkInfo>,
+}
+
+/// `GET /v1/members`: the failure detector's view (docs/MEMBERSHIP.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembersView {
+    /// This node's cluster, short ID and state (`alive`, `draining` or `left`).
+    pub cluster: String,
+    pub id: String,
+    pub state: String,
+    /// The detector's timing: heartbeat period, suspicion and failure thresholds.
+    pub heartbeat_ms: u64,
+    pub suspect_ms: u64,
+    pub fail_ms: u64,
+    /// Every neighbor (an echomesh node), in any cluster.
+    pub members: Vec<MemberInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Short node ID.
+    pub id: String,
+    pub fingerprint: String,
+    /// From its last hello (none before the first connection).
+    pub cluster: Option<String>,
+    /// `alive`, `suspect`, `draining`, `left` or `failed`.
+    pub state: String,
+    /// When it entered that state (as this node saw it), Unix milliseconds.
+    pub since_unix_ms: u64,
+    /// Milliseconds since its last heartbeat, while its link is up.
+    pub last_heard_ms: Option<u64>,
+    /// It sends heartbeats (protocol ≥ 5); else only its connections tell whether it is up.
+    pub heartbeats: bool,
+    pub protocol: u16,
+    /// Times it was suspected, failed by the detector, and came back after being down.
+    pub suspicions: u32,
+    pub failures: u32,
+    pub flaps: u32,
 }
 
 fn kind_quic() -> String {

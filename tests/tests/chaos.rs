@@ -701,6 +701,153 @@ fn flapping_link_keeps_delivery_exact() {
     assert!(lab.fault_drops() > 0, "the flaps dropped nothing");
 }
 
+/// Four nodes, each linked to the other three, on the default peer timing (QUIC's idle timeout
+/// is 8 s: what is noticed sooner, the failure detector noticed).
+fn four_members() -> LabSpec {
+    LabSpec {
+        nodes: 4,
+        links: vec![(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)],
+        delayed: vec![],
+        config: String::new(),
+        force_loopback: false,
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// `node`'s member record of `other` (from `echomeshctl members --json`).
+fn member_of(lab: &Lab, node: usize, other: usize) -> serde_json::Value {
+    let out = lab.nodes[node].ctl_ok(&["--json", "members"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("members json");
+    let fp = lab.fingerprint(other);
+    v["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|x| x["fingerprint"] == fp).cloned())
+        .unwrap_or_else(|| panic!("n{node} has no member record of n{other}: {out}"))
+}
+
+/// Kill -9 a member (no goodbye, no connection close): every other member marks it failed,
+/// by its heartbeats alone, within 2 s (median over the kills; 3 in CI, more in the soak).
+#[test]
+fn a_killed_member_is_marked_failed_within_two_seconds_on_every_other_member() {
+    let name = "a_killed_member_is_marked_failed_within_two_seconds_on_every_other_member";
+    let mut lab = Lab::start(name, four_members());
+    let kills = 3 * scale() as usize;
+    let mut worst_per_kill = Vec::new();
+    for k in 0..kills {
+        let victim = lab.rng.random_range(0..4usize);
+        let others: Vec<usize> = (0..4).filter(|&i| i != victim).collect();
+        for &o in &others {
+            let m = member_of(&lab, o, victim);
+            assert_eq!(m["state"], "alive", "n{o} before the kill: {m}");
+            assert_eq!(m["heartbeats"], true, "n{o}: {m}");
+        }
+        let counts = |lab: &Lab, o: usize| {
+            [
+                lab.nodes[o].metric("echomesh_member_transitions_total{to=\"failed\"}"),
+                lab.nodes[o].metric("echomesh_failure_detection_seconds_count"),
+            ]
+        };
+        let failed_before: Vec<[f64; 2]> = others.iter().map(|&o| counts(&lab, o)).collect();
+        let killed_at = unix_ms();
+        lab.kill9(victim);
+        let mut times = Vec::new();
+        for (j, &o) in others.iter().enumerate() {
+            let m = echomesh_tests::wait_for(
+                Duration::from_secs(15),
+                "the killed member to be marked failed",
+                || {
+                    let m = member_of(&lab, o, victim);
+                    (m["state"] == "failed").then_some(m)
+                },
+            );
+            let at = m["since_unix_ms"].as_u64().expect("since_unix_ms");
+            times.push(at.saturating_sub(killed_at));
+            assert_eq!(
+                counts(&lab, o),
+                failed_before[j].map(|c| c + 1.0),
+                "n{o} counted the failure and its detection time once"
+            );
+        }
+        let worst = *times.iter().max().expect("watchers");
+        lab.log(format!(
+            "kill {k}: n{victim} marked failed after {times:?} ms on n{others:?}"
+        ));
+        worst_per_kill.push(worst);
+        lab.restart(victim);
+        for &o in &others {
+            echomesh_tests::wait_for(Duration::from_secs(15), "alive again", || {
+                (member_of(&lab, o, victim)["state"] == "alive").then_some(())
+            });
+        }
+    }
+    let worst = median(&worst_per_kill.iter().map(|&t| t as f64).collect::<Vec<_>>());
+    lab.log(format!(
+        "time until every other member marked the killed one failed: {worst_per_kill:?} ms, median {worst} ms"
+    ));
+    assert!(
+        worst <= 2000.0,
+        "median time to mark a killed member failed on every other member: {worst} ms > 2 s ({worst_per_kill:?})"
+    );
+}
+
+/// 10 % loss on every link for two minutes (ten in the soak) while packets flow: no live
+/// member is ever marked failed; suspicions are allowed and logged.
+#[test]
+fn ten_percent_loss_on_every_link_accuses_no_live_member() {
+    let name = "ten_percent_loss_on_every_link_accuses_no_live_member";
+    let lab = Lab::start(name, four_members());
+    let failed = |i: usize| {
+        lab.nodes[i].metric("echomesh_member_transitions_total{to=\"failed\"}")
+    };
+    let before: Vec<f64> = (0..4).map(failed).collect();
+    let beats_before: f64 = (0..4)
+        .map(|i| lab.nodes[i].metric("echomesh_heartbeats_total{direction=\"received\"}"))
+        .sum();
+    lab.set_loss(10);
+    let secs = 120 * scale();
+    let log = SendLog::default();
+    // Steady traffic through the whole window, so the links are busy as well as lossy.
+    let per = secs * 20;
+    let senders = [0usize, 2]
+        .iter()
+        .map(|&o| history::send(&lab, &log, o, 1, per, 1, Duration::from_millis(50)))
+        .collect();
+    join_all(&lab, senders);
+    let drops = lab.fault_drops();
+    lab.set_loss(0);
+    let after: Vec<f64> = (0..4).map(failed).collect();
+    let suspicions: Vec<u64> = (0..4)
+        .map(|i| {
+            (0..4)
+                .filter(|&j| j != i)
+                .map(|j| member_of(&lab, i, j)["suspicions"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .collect();
+    let beats: f64 = (0..4)
+        .map(|i| lab.nodes[i].metric("echomesh_heartbeats_total{direction=\"received\"}"))
+        .sum::<f64>()
+        - beats_before;
+    lab.log(format!(
+        "{secs} s at 10 % loss: {drops} datagrams dropped, {beats} heartbeats heard, suspicions per node {suspicions:?}, failures before {before:?} after {after:?}"
+    ));
+    assert!(drops > 1000, "the loss rules dropped only {drops} datagrams");
+    // 12 neighbor pairs × 10 heartbeats/s: most of them arrived.
+    assert!(beats > (secs * 12 * 10) as f64 * 0.8, "heartbeats heard: {beats}");
+    assert_eq!(before, after, "a live member was marked failed under 10 % loss");
+    for i in 0..4 {
+        for j in (0..4).filter(|&j| j != i) {
+            assert_eq!(member_of(&lab, i, j)["state"], "alive", "n{i} sees n{j}");
+        }
+    }
+}
+
 /// Wait until the `alive` members gauge of each of `nodes` equals `alive`.
 fn wait_members(lab: &Lab, nodes: &[usize], alive: f64) {
     echomesh_tests::wait_for(

@@ -48,6 +48,7 @@ pub fn router(guard: auth::Guard) -> Router {
         .route(api::PATH_DRAIN, get(drain_status).post(drain_start))
         .route(api::PATH_UNDRAIN, post(undrain))
         .route(api::PATH_TOPOLOGY, get(topology))
+        .route(api::PATH_MEMBERS, get(members))
         .route_layer(middleware::from_fn_with_state(
             guard.clone(),
             auth::require_bearer,
@@ -154,6 +155,10 @@ async fn drain_start(
 
 async fn topology(State(ctx): St) -> Json<crate::topology::TopologyView> {
     Json(ops::topology(&ctx))
+}
+
+async fn members(State(ctx): St) -> Json<api::MembersView> {
+    Json(ops::members(&ctx))
 }
 
 async fn undrain(State(ctx): St) -> Json<crate::drain::DrainStatus> {

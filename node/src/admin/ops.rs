@@ -216,6 +216,52 @@ pub fn neighbors(ctx: &Ctx) -> Vec<api::NeighborInfo> {
     list
 }
 
+/// This node and every neighbor as members of the mesh, as the failure detector sees them.
+pub fn members(ctx: &Ctx) -> api::MembersView {
+    let now = std::time::Instant::now();
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let unix_ms = |at: std::time::Instant| {
+        wall.saturating_sub(now.saturating_duration_since(at))
+            .as_millis() as u64
+    };
+    let members = ctx
+        .neighbors()
+        .all()
+        .iter()
+        .map(|n| {
+            let m = n.member();
+            api::MemberInfo {
+                id: n.id.short(),
+                fingerprint: n.id.fingerprint(),
+                cluster: m.cluster().map(str::to_string),
+                state: m.state().label().into(),
+                since_unix_ms: unix_ms(m.state_since()),
+                last_heard_ms: m
+                    .last_heard()
+                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                heartbeats: m.sends_heartbeats(),
+                protocol: m.protocol(),
+                suspicions: m.suspicions(),
+                failures: m.failures(),
+                flaps: m.flaps(),
+            }
+        })
+        .collect();
+    api::MembersView {
+        cluster: ctx.cfg.cluster.clone(),
+        id: ctx.identity.id.short(),
+        state: echomesh_proto::membership::State::of_self(ctx.drain.departure())
+            .label()
+            .into(),
+        heartbeat_ms: ctx.cfg.peer.heartbeat_ms,
+        suspect_ms: ctx.cfg.peer.suspect_ms,
+        fail_ms: ctx.cfg.peer.fail_ms,
+        members,
+    }
+}
+
 /// A one-time invite token for another node (`ttl_secs` defaults to the configured validity).
 pub fn invite(ctx: &Ctx, ttl_secs: Option<u64>) -> OpResult<api::InviteResponse> {
     let ttl = ttl_secs.unwrap_or(ctx.cfg.invite.default_ttl_secs);

@@ -2,6 +2,7 @@
 //! batches both ways), and invite/join.
 
 pub mod join;
+pub mod liveness;
 pub mod repair;
 pub mod rpc;
 pub mod serve;

@@ -318,6 +318,7 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
     let reason = tokio::select! {
         r = read_loop(&ctx, &n, recv) => r,
         r = write_loop(&ctx, &n, send, &mut in_flight) => r,
+        r = crate::peer::liveness::heartbeats(&ctx, &n, &conn) => r,
         e = conn.closed() => format!("connection closed: {e}"),
         _ = ctx.shutdown.cancelled() => "node stopping".to_string(),
     };

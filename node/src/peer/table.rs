@@ -17,7 +17,7 @@ use crate::rate::{RateLimit, TokenBucket};
 use crate::store::{NeighborOrigin, NeighborRecord};
 use crate::wire::{Departure, PeerHello, TreeItem};
 use echomesh_proto::membership::{
-    self, Change, Event as MemberEvent, Member, State as MemberState,
+    self, Change, Detector, Event as MemberEvent, Member, State as MemberState,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +50,8 @@ pub struct Neighbor {
     rate: Mutex<TokenBucket>,
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
+    /// `echomesh_member_transitions_total`: every change of its member state is counted.
+    transitions: prometheus::IntCounterVec,
     /// Where in the node's packet log this neighbor must be offered packets again from
     /// (`peer::repair`): it was down, its queue overflowed, or a connection died with packets
     /// in flight. `None`: it is owed nothing. A new neighbor is owed the whole log.
@@ -98,6 +100,20 @@ pub struct NeighborView {
 impl Neighbor {
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Feed its member machine (under the lock held in `i`), counting a change of state.
+    fn member_event(&self, i: &mut Inner, e: MemberEvent, now: Instant) -> Option<Change> {
+        let before = i.member.state();
+        let change = i.member.handle(e, now);
+        self.count_transition(before, i.member.state());
+        change
+    }
+
+    fn count_transition(&self, before: MemberState, after: MemberState) {
+        if before != after {
+            self.transitions.with_label_values(&[after.label()]).inc();
+        }
     }
 
     pub fn is_up(&self) -> bool {
@@ -168,19 +184,13 @@ impl Neighbor {
 
     /// It told us its state (a `Departure` request).
     pub fn set_departure(&self, d: Departure) -> Option<Change> {
-        self.inner()
-            .member
-            .handle(MemberEvent::Departed(d), Instant::now())
+        let mut i = self.inner();
+        self.member_event(&mut i, MemberEvent::Departed(d), Instant::now())
     }
 
     /// Alive, draining, left or failed (`echomesh_proto::membership`).
     pub fn member_state(&self) -> MemberState {
         self.inner().member.state()
-    }
-
-    /// Up and serving: a member that new ozones may be placed on.
-    pub fn in_service(&self) -> bool {
-        self.member_state().in_service()
     }
 
     /// A copy of its member record (for cluster-wide queries).
@@ -190,7 +200,23 @@ impl Neighbor {
 
     /// Run the member's failure-detection timer.
     pub fn member_timeout(&self, now: Instant) -> Option<Change> {
-        self.inner().member.handle_timeout(now)
+        let mut i = self.inner();
+        let before = i.member.state();
+        let change = i.member.handle_timeout(now);
+        self.count_transition(before, i.member.state());
+        change
+    }
+
+    /// A heartbeat arrived from it.
+    pub fn heard(&self, now: Instant) -> Option<Change> {
+        let mut i = self.inner();
+        self.member_event(&mut i, MemberEvent::Heard, now)
+    }
+
+    /// This node did not run for `d`: not the neighbor's fault.
+    pub fn paused(&self, d: Duration, now: Instant) {
+        let mut i = self.inner();
+        self.member_event(&mut i, MemberEvent::Paused(d), now);
     }
 
     /// The cluster named in the neighbor's last hello (None before the first connection).
@@ -233,7 +259,8 @@ impl Neighbor {
         // A first connection (after none) means it serves again unless it says otherwise (a
         // draining node repeats its `Departure` on every connection); an extra one comes from
         // the same process, and what it already told us stands.
-        i.member.handle(
+        self.member_event(
+            &mut i,
             MemberEvent::Connected {
                 cluster: hello.cluster.clone(),
                 protocol: hello.version,
@@ -256,7 +283,7 @@ impl Neighbor {
             if i.conns.is_empty() {
                 let now = Instant::now();
                 i.since = now;
-                i.member.handle(MemberEvent::Disconnected, now);
+                self.member_event(&mut i, MemberEvent::Disconnected, now);
             }
             i.conns.is_empty()
         };
@@ -346,16 +373,24 @@ pub struct NeighborTable {
     max: usize,
     queue_bytes: usize,
     rate: Mutex<RateLimit>,
+    detector: Detector,
     metrics: Arc<Metrics>,
 }
 
 impl NeighborTable {
-    pub fn new(max: usize, queue_bytes: usize, rate: RateLimit, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        max: usize,
+        queue_bytes: usize,
+        rate: RateLimit,
+        detector: Detector,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         NeighborTable {
             map: RwLock::new(HashMap::new()),
             max,
             queue_bytes,
             rate: Mutex::new(rate),
+            detector,
             metrics,
         }
     }
@@ -408,7 +443,7 @@ impl NeighborTable {
                 dialer_running: false,
                 removed: false,
                 last_error: None,
-                member: Member::new(membership::SUSPICION),
+                member: Member::new(self.detector, membership::CONFIRM, Instant::now()),
                 since: Instant::now(),
             }),
             up: AtomicUsize::new(0),
@@ -425,6 +460,7 @@ impl NeighborTable {
                 .metrics
                 .neighbor_bytes_sent
                 .with_label_values(&[&label]),
+            transitions: self.metrics.member_transitions.clone(),
             label,
         });
         map.insert(rec.id, n.clone());

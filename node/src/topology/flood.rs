@@ -166,7 +166,8 @@ pub fn redirect_targets(ctx: &Ctx, max: usize) -> Vec<String> {
     let now = Instant::now();
     let mut cands: Vec<(bool, u32, String)> = Vec::new();
     for n in ctx.neighbors().all() {
-        if !n.in_service() {
+        // Alive: not draining, and not merely not yet failed (a suspect takes no clients).
+        if !n.member_state().takes_clients() {
             continue;
         }
         let Some(ann) = ctx.topology.fresh(&n.id, now) else {

@@ -398,7 +398,10 @@ fn print_members(m: &api::MembersView) {
         .unwrap_or_default()
         .as_millis() as u64;
     for x in &m.members {
-        let since = format!("{:.1} s", now_ms.saturating_sub(x.since_unix_ms) as f64 / 1000.0);
+        let since = format!(
+            "{:.1} s",
+            now_ms.saturating_sub(x.since_unix_ms) as f64 / 1000.0
+        );
         let heard = match (x.last_heard_ms, x.heartbeats) {
             (Some(ms), true) => format!("{ms} ms"),
             (Some(_), false) => "(no hb)".into(),

@@ -113,7 +113,10 @@ impl SimArgs {
             "--nodes: between 2 and 100000"
         );
         anyhow::ensure!(self.degree >= 1, "--degree: at least 1");
-        anyhow::ensure!((1..=86_400).contains(&self.secs), "--secs: between 1 and 86400");
+        anyhow::ensure!(
+            (1..=86_400).contains(&self.secs),
+            "--secs: between 1 and 86400"
+        );
         anyhow::ensure!(
             (0.0..=90.0).contains(&self.loss),
             "--loss: a percentage from 0 to 90"

@@ -152,11 +152,15 @@ pub enum Change {
     /// Its last connection ended.
     Down,
     /// No heartbeat for this long: suspect.
-    Suspected { silent: Duration },
+    Suspected {
+        silent: Duration,
+    },
     /// A suspect was heard again.
     Cleared,
     /// No heartbeat for this long: failed. The driver closes its connections.
-    Failed { silent: Duration },
+    Failed {
+        silent: Duration,
+    },
     /// Failed for the whole confirmation period.
     ConfirmedFailed,
     Departed(Departure),
@@ -171,7 +175,10 @@ enum Link {
         suspect: bool,
     },
     /// Down since; `confirmed` once the confirmation period passed.
-    Down { since: Instant, confirmed: bool },
+    Down {
+        since: Instant,
+        confirmed: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -345,7 +352,11 @@ impl Member {
             }
             Event::Departed(_) => None,
             Event::Paused(d) => {
-                if let Link::Up { last_heard, suspect } = self.link {
+                if let Link::Up {
+                    last_heard,
+                    suspect,
+                } = self.link
+                {
                     self.link = Link::Up {
                         last_heard: (last_heard + d).min(now),
                         suspect,
@@ -680,7 +691,10 @@ mod tests {
         assert_eq!(m.handle(Event::Disconnected, failed_at + MS), None);
         assert_eq!(m.poll_timeout(), Some(failed_at + S));
         // Dialed again: alive, one flap.
-        assert_eq!(m.handle(hello_v(since::HEARTBEAT), failed_at + S / 2), Some(Change::Up));
+        assert_eq!(
+            m.handle(hello_v(since::HEARTBEAT), failed_at + S / 2),
+            Some(Change::Up)
+        );
         assert_eq!((m.state(), m.flaps()), (State::Alive, 1));
     }
 
@@ -728,14 +742,21 @@ mod tests {
     #[test]
     fn detector_timings_are_checked() {
         assert!(Detector::default().check().is_ok());
-        let mut d = Detector::default();
-        d.suspect_after = d.heartbeat * 2;
+        let dflt = Detector::default();
+        let d = Detector {
+            suspect_after: dflt.heartbeat * 2,
+            ..dflt
+        };
         assert!(d.check().unwrap_err().contains("suspect_ms"));
-        let mut d = Detector::default();
-        d.fail_after = d.suspect_after;
+        let d = Detector {
+            fail_after: dflt.suspect_after,
+            ..dflt
+        };
         assert!(d.check().unwrap_err().contains("fail_ms"));
-        let mut d = Detector::default();
-        d.heartbeat = MS;
+        let d = Detector {
+            heartbeat: MS,
+            ..dflt
+        };
         assert!(d.check().unwrap_err().contains("heartbeat_ms"));
     }
 }

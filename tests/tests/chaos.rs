@@ -802,9 +802,7 @@ fn a_killed_member_is_marked_failed_within_two_seconds_on_every_other_member() {
 fn ten_percent_loss_on_every_link_accuses_no_live_member() {
     let name = "ten_percent_loss_on_every_link_accuses_no_live_member";
     let lab = Lab::start(name, four_members());
-    let failed = |i: usize| {
-        lab.nodes[i].metric("echomesh_member_transitions_total{to=\"failed\"}")
-    };
+    let failed = |i: usize| lab.nodes[i].metric("echomesh_member_transitions_total{to=\"failed\"}");
     let before: Vec<f64> = (0..4).map(failed).collect();
     let beats_before: f64 = (0..4)
         .map(|i| lab.nodes[i].metric("echomesh_heartbeats_total{direction=\"received\"}"))
@@ -837,10 +835,19 @@ fn ten_percent_loss_on_every_link_accuses_no_live_member() {
     lab.log(format!(
         "{secs} s at 10 % loss: {drops} datagrams dropped, {beats} heartbeats heard, suspicions per node {suspicions:?}, failures before {before:?} after {after:?}"
     ));
-    assert!(drops > 1000, "the loss rules dropped only {drops} datagrams");
+    assert!(
+        drops > 1000,
+        "the loss rules dropped only {drops} datagrams"
+    );
     // 12 neighbor pairs × 10 heartbeats/s: most of them arrived.
-    assert!(beats > (secs * 12 * 10) as f64 * 0.8, "heartbeats heard: {beats}");
-    assert_eq!(before, after, "a live member was marked failed under 10 % loss");
+    assert!(
+        beats > (secs * 12 * 10) as f64 * 0.8,
+        "heartbeats heard: {beats}"
+    );
+    assert_eq!(
+        before, after,
+        "a live member was marked failed under 10 % loss"
+    );
     for i in 0..4 {
         for j in (0..4).filter(|&j| j != i) {
             assert_eq!(member_of(&lab, i, j)["state"], "alive", "n{i} sees n{j}");

@@ -125,3 +125,43 @@ fn the_same_seed_prints_the_same_bytes() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--loss"));
 }
+
+/// The failure detector, 100 members for two simulated minutes at 10 % heartbeat loss with 5 %
+/// of them crashing: every crash noticed by every watcher within 2 s, no live member failed;
+/// the same seed prints the same bytes.
+#[test]
+fn the_failure_detector_at_100_members_notices_every_crash_and_accuses_no_one() {
+    let args = [
+        "--detector",
+        "--nodes",
+        "100",
+        "--loss",
+        "10",
+        "--crash",
+        "5",
+        "--secs",
+        "120",
+        "--seed",
+        "5",
+        "--json",
+    ];
+    let out = sim(&args);
+    assert_eq!(out, sim(&args), "deterministic");
+    let r: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(r["nodes"], 100);
+    assert_eq!(r["crashed"], 5);
+    assert_eq!(r["missed"], 0, "{r}");
+    assert!(r["detections"].as_u64().unwrap_or(0) >= 5, "{r}");
+    assert!(
+        r["detect_max_ms"].as_f64().unwrap_or(f64::MAX) <= 2000.0,
+        "{r}"
+    );
+    assert_eq!(r["false_failures"], 0, "{r}");
+    // Too short thresholds are refused with the reason.
+    let out = std::process::Command::new(bin("echomeshctl"))
+        .args(["sim", "--detector", "--suspect-ms", "150"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("suspect_ms"));
+}

@@ -61,7 +61,7 @@ pub async fn heartbeats(ctx: &Ctx, n: &Neighbor, conn: &quinn::Connection) -> St
                 Ok(d) => {
                     ctx.metrics
                         .frame_errors
-                        .with_label_values(&["unknown_datagram", "peer"])
+                        .with_label_values(&["unexpected", "peer"])
                         .inc();
                     tracing::debug!(neighbor = %n.id, len = d.len(), "ignoring an unknown datagram");
                 }
@@ -87,8 +87,10 @@ pub async fn run(ctx: Arc<Ctx>) {
         let neighbors = ctx.neighbors().all();
         if late >= PAUSE {
             ctx.metrics.node_paused.inc();
-            tracing::info!(late_ms = late.as_millis() as u64,
-                "this node did not run for a while; not holding it against its neighbors");
+            tracing::info!(
+                late_ms = late.as_millis() as u64,
+                "this node did not run for a while; not holding it against its neighbors"
+            );
             for n in &neighbors {
                 n.paused(late, now);
             }

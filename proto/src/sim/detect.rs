@@ -91,11 +91,23 @@ pub struct DetectReport {
 #[derive(Debug, Clone, Copy)]
 enum Event {
     /// `node` sends a heartbeat to each neighbor.
-    Beat { node: usize },
-    Arrive { to: usize, from: usize },
-    Poll { node: usize },
-    Crash { node: usize },
-    Redial { node: usize, peer: usize },
+    Beat {
+        node: usize,
+    },
+    Arrive {
+        to: usize,
+        from: usize,
+    },
+    Poll {
+        node: usize,
+    },
+    Crash {
+        node: usize,
+    },
+    Redial {
+        node: usize,
+        peer: usize,
+    },
 }
 
 struct Watch {
@@ -161,14 +173,21 @@ impl Sim {
                     return;
                 }
                 for i in 0..self.watches[node].len() {
-                    let (peer, lat) = (self.watches[node][i].peer, self.watches[node][i].latency_us);
+                    let (peer, lat) =
+                        (self.watches[node][i].peer, self.watches[node][i].latency_us);
                     self.sent += 1;
                     if self.rng.random_bool(self.cfg.loss_pct / 100.0) {
                         self.lost += 1;
                         continue;
                     }
                     let jitter = self.rng.random_range(0..=self.cfg.jitter_ms * 1000);
-                    self.schedule(now + lat + jitter, Event::Arrive { to: peer, from: node });
+                    self.schedule(
+                        now + lat + jitter,
+                        Event::Arrive {
+                            to: peer,
+                            from: node,
+                        },
+                    );
                 }
                 self.schedule(now + hb, Event::Beat { node });
             }
@@ -335,7 +354,10 @@ mod tests {
         assert!(r.detections >= 5, "{r:?}");
         assert_eq!(r.missed, 0, "{r:?}");
         assert!(r.detect_max_ms <= 2000.0, "{r:?}");
-        assert!(r.detect_p50_ms >= c.detector.fail_after.as_millis() as f64 - 200.0, "{r:?}");
+        assert!(
+            r.detect_p50_ms >= c.detector.fail_after.as_millis() as f64 - 200.0,
+            "{r:?}"
+        );
         assert_eq!(r.false_failures, 0, "{r:?}");
         let lost = r.heartbeats_lost as f64 / r.heartbeats_sent as f64;
         assert!((0.09..0.11).contains(&lost), "{r:?}");

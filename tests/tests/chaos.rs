@@ -952,6 +952,15 @@ fn hostile_neighbor_flooding_10x_and_sending_garbage_is_contained() {
             .await
             .expect("hello");
         assert!(matches!(back, PeerFrame::Hello(_)));
+        // It keeps itself alive the way protocol 5 asks (heartbeat datagrams), so that only
+        // what it sends gets it closed.
+        let beats = conn.clone();
+        tokio::spawn(async move {
+            let beat = bytes::Bytes::from_static(wire::HEARTBEAT);
+            while beats.send_datagram(beat.clone()).is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
         // 10× the limit: batches of 20 every 10 ms for flood_secs.
         let started = std::time::Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(10));

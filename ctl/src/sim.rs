@@ -11,7 +11,7 @@ use echomesh_proto::sim::{self, Report, SimConfig};
 
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  echomeshctl sim --nodes 1000 --degree 6 --packets 10000\n  echomeshctl sim --broadcast lazy --loss 10 --crash 5 --partition --json\n  echomeshctl sim --detector --nodes 100 --loss 10 --crash 5 --secs 120\n\nThe same seed gives the same output, byte for byte. Without --broadcast, flood and lazy push run side by side on the same mesh and traffic. With --detector, the failure detector runs instead: heartbeats between neighbors, members crashing, and how fast and how falsely they are judged."
+    after_help = "Examples:\n  echomeshctl sim --nodes 1000 --degree 6 --packets 10000\n  echomeshctl sim --broadcast lazy --loss 10 --crash 5 --partition --json\n  echomeshctl sim --detector --nodes 100 --loss 10 --crash 5 --secs 120\n  echomeshctl sim --detector --crash 5 --restart --slow 10\n\nThe same seed gives the same output, byte for byte. Without --broadcast, flood and lazy push run side by side on the same mesh and traffic. With --detector, the failure detector runs instead: heartbeats between neighbors, members crashing, and how fast and how falsely they are judged."
 )]
 pub struct SimArgs {
     /// Nodes in the simulated mesh.
@@ -64,6 +64,12 @@ pub struct SimArgs {
     suspect_ms: Option<u64>,
     #[arg(long, requires = "detector")]
     fail_ms: Option<u64>,
+    /// --detector: crashed members start again 5–10 s later.
+    #[arg(long, requires = "detector")]
+    restart: bool,
+    /// --detector: members that stall now and then (100–700 ms every 5–15 s), percent.
+    #[arg(long, default_value_t = 0.0, requires = "detector")]
+    slow: f64,
 }
 
 impl SimArgs {
@@ -125,6 +131,10 @@ impl SimArgs {
             (0.0..=50.0).contains(&self.crash),
             "--crash: a percentage from 0 to 50"
         );
+        anyhow::ensure!(
+            (0.0..=50.0).contains(&self.slow),
+            "--slow: a percentage from 0 to 50"
+        );
         let d = Detector::default();
         let ms = |v: Option<u64>, dflt: std::time::Duration| {
             v.map(std::time::Duration::from_millis).unwrap_or(dflt)
@@ -146,6 +156,8 @@ impl SimArgs {
         c.loss_pct = self.loss;
         c.crash_pct = self.crash;
         c.detector = detector;
+        c.restart = self.restart;
+        c.slow_pct = self.slow;
         Ok(c)
     }
 }
@@ -240,4 +252,16 @@ fn print_detect(r: &DetectReport) {
         "live members: {} suspicions, {} false failures; heartbeats {} sent, {} lost",
         r.false_suspicions, r.false_failures, r.heartbeats_sent, r.heartbeats_lost
     );
+    if r.restarted > 0 {
+        println!(
+            "restarted {}: {} watchers still saw one failed at the end",
+            r.restarted, r.rejoin_missing
+        );
+    }
+    if r.slow > 0 {
+        println!(
+            "slow {} ({} stalls): suspected {} times while stalled; they suspected others {} times",
+            r.slow, r.stalls, r.suspicions_of_slow, r.suspicions_by_slow
+        );
+    }
 }

@@ -1,13 +1,17 @@
 //! Failure detection at scale: N members on a random graph, each watching its neighbors with
 //! the node's own [`Member`] machine, fed by heartbeat datagrams over a simulated network that
 //! loses them (datagrams are never retransmitted, as on the real links) and delays them (a
-//! fixed latency per link plus jitter). Some members crash at random times; a member whose
+//! fixed latency per link plus jitter). Some members crash at random times (and, with
+//! `restart`, come back 5–10 s later and dial their neighbors); some are slow: now and then
+//! they stall (send, hear and judge nothing) for up to 0.7 s, and when they run again their
+//! tick notices the pause ([`MemberEvent::Paused`]), as the node's does. A member whose
 //! detector fails a neighbor that is in fact alive dials it again after a back-off, as the node
 //! does. Watchers poll their machines on the node's cadence ([`POLL`]).
 //!
 //! The report: how long each watcher of a crashed member took to mark it failed (from the
-//! crash), how many watchers never did before the end, and how often a live member was
-//! suspected or failed (false alarms). Same seed, same report.
+//! crash), how many watchers never did before the end, how often a live member was suspected
+//! or failed (false alarms), whether slow members accused anyone, and whether restarted members
+//! are alive again everywhere. Same seed, same report.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -42,6 +46,10 @@ pub struct DetectConfig {
     pub jitter_ms: u64,
     /// A falsely failed member is dialed again after this long.
     pub redial_ms: u64,
+    /// Crashed members start again 5–10 s after their crash (if the run lasts).
+    pub restart: bool,
+    /// Members that stall now and then (every 5–15 s, for 100–700 ms), percent.
+    pub slow_pct: f64,
 }
 
 impl DetectConfig {
@@ -57,6 +65,8 @@ impl DetectConfig {
             latency_ms: (5, 40),
             jitter_ms: 5,
             redial_ms: 200,
+            restart: false,
+            slow_pct: 0.0,
         }
     }
 }
@@ -86,6 +96,17 @@ pub struct DetectReport {
     pub false_failures: u64,
     pub heartbeats_sent: u64,
     pub heartbeats_lost: u64,
+    /// Crashed members that started again, and watchers that still saw one of them failed at
+    /// the end.
+    pub restarted: usize,
+    pub rejoin_missing: u64,
+    /// Slow members, their stalls, the suspicions others raised against them while they
+    /// stalled, and those they raised themselves against members that are not slow (without
+    /// loss, 0: their own pause is not held against anyone).
+    pub slow: usize,
+    pub stalls: u64,
+    pub suspicions_of_slow: u64,
+    pub suspicions_by_slow: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -104,9 +125,19 @@ enum Event {
     Crash {
         node: usize,
     },
+    Restart {
+        node: usize,
+    },
     Redial {
         node: usize,
         peer: usize,
+    },
+    Stall {
+        node: usize,
+    },
+    Resume {
+        node: usize,
+        stalled_us: u64,
     },
 }
 
@@ -123,14 +154,22 @@ struct Sim {
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
     events: Vec<Event>,
+    forgive: bool,
     free: Vec<usize>,
     watches: Vec<Vec<Watch>>,
     crashed_at: Vec<Option<u64>>,
+    /// Stalled until (µs), for slow members.
+    stalled: Vec<Option<u64>>,
+    slow: Vec<bool>,
+    restarted: Vec<bool>,
     detect_us: Vec<u64>,
     false_suspicions: u64,
     false_failures: u64,
     sent: u64,
     lost: u64,
+    stalls: u64,
+    suspicions_of_slow: u64,
+    suspicions_by_slow: u64,
 }
 
 impl Sim {
@@ -172,6 +211,11 @@ impl Sim {
                 if self.crashed_at[node].is_some() {
                     return;
                 }
+                if let Some(until) = self.stalled[node] {
+                    // Sends nothing while stalled; the next beat after it resumes.
+                    self.schedule(until + hb, Event::Beat { node });
+                    return;
+                }
                 for i in 0..self.watches[node].len() {
                     let (peer, lat) =
                         (self.watches[node][i].peer, self.watches[node][i].latency_us);
@@ -192,7 +236,9 @@ impl Sim {
                 self.schedule(now + hb, Event::Beat { node });
             }
             Event::Arrive { to, from } => {
-                if self.crashed_at[to].is_some() {
+                // A stalled member reads nothing (conservative: the real one would read the
+                // buffered heartbeats when it runs again).
+                if self.crashed_at[to].is_some() || self.stalled[to].is_some() {
                     return;
                 }
                 let at = self.at(now);
@@ -202,6 +248,10 @@ impl Sim {
             }
             Event::Poll { node } => {
                 if self.crashed_at[node].is_some() {
+                    return;
+                }
+                if let Some(until) = self.stalled[node] {
+                    self.schedule(until, Event::Poll { node });
                     return;
                 }
                 let at = self.at(now);
@@ -217,15 +267,80 @@ impl Sim {
                             let redial = now + self.cfg.redial_ms * 1000;
                             self.schedule(redial, Event::Redial { node, peer });
                         }
-                        (Some(Change::Suspected { .. }), None) => self.false_suspicions += 1,
+                        (Some(Change::Suspected { .. }), None) => {
+                            self.false_suspicions += 1;
+                            if self.slow[node] && !self.slow[peer] {
+                                self.suspicions_by_slow += 1;
+                            }
+                            if self.stalled[peer].is_some() {
+                                self.suspicions_of_slow += 1;
+                            }
+                        }
                         _ => {}
                     }
                 }
                 self.schedule(now + POLL.as_micros() as u64, Event::Poll { node });
             }
-            Event::Crash { node } => self.crashed_at[node] = Some(now),
+            Event::Crash { node } => {
+                self.crashed_at[node] = Some(now);
+                if self.cfg.restart {
+                    let back = now + self.rng.random_range(5_000_000..=10_000_000);
+                    self.schedule(back, Event::Restart { node });
+                }
+            }
+            Event::Restart { node } => {
+                // A new process: fresh member records; it dials every neighbor at once, and
+                // each neighbor takes the connection (a failed record comes back up).
+                self.crashed_at[node] = None;
+                self.restarted[node] = true;
+                let at = self.at(now);
+                for i in 0..self.watches[node].len() {
+                    self.watches[node][i].member = Member::new(self.cfg.detector, CONFIRM, at);
+                    self.connected(node, i, now);
+                    let peer = self.watches[node][i].peer;
+                    if self.crashed_at[peer].is_none() {
+                        if let Some(j) = self.watches[peer].iter().position(|w| w.peer == node) {
+                            self.connected(peer, j, now);
+                        }
+                    }
+                }
+                self.schedule(now + hb, Event::Beat { node });
+                self.schedule(now + POLL.as_micros() as u64, Event::Poll { node });
+            }
+            Event::Stall { node } => {
+                if self.crashed_at[node].is_none() && self.stalled[node].is_none() {
+                    let d = self.rng.random_range(100_000..=700_000);
+                    self.stalled[node] = Some(now + d);
+                    self.stalls += 1;
+                    self.schedule(
+                        now + d,
+                        Event::Resume {
+                            node,
+                            stalled_us: d,
+                        },
+                    );
+                }
+                let next = now + self.rng.random_range(5_000_000..=15_000_000);
+                self.schedule(next, Event::Stall { node });
+            }
+            Event::Resume { node, stalled_us } => {
+                self.stalled[node] = None;
+                // Its tick runs late by the stall: the pause is forgiven.
+                let at = self.at(now);
+                if self.forgive {
+                    for w in &mut self.watches[node] {
+                        w.member
+                            .handle(MemberEvent::Paused(Duration::from_micros(stalled_us)), at);
+                    }
+                }
+            }
             Event::Redial { node, peer } => {
                 if self.crashed_at[node].is_some() || self.crashed_at[peer].is_some() {
+                    return;
+                }
+                if self.stalled[node].is_some() || self.stalled[peer].is_some() {
+                    let again = now + self.cfg.redial_ms * 1000;
+                    self.schedule(again, Event::Redial { node, peer });
                     return;
                 }
                 if let Some(i) = self.watches[node].iter().position(|w| w.peer == peer) {
@@ -238,6 +353,12 @@ impl Sim {
 
 /// Run one simulation.
 pub fn run(cfg: &DetectConfig) -> DetectReport {
+    run_with(cfg, true)
+}
+
+/// `forgive`: a member that ran again after a stall tells its machines (`Paused`); without it,
+/// it would judge its neighbors by the time it did not listen.
+fn run_with(cfg: &DetectConfig, forgive: bool) -> DetectReport {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let adj = super::graph(cfg.nodes, cfg.degree, &mut rng);
     let base = Instant::now();
@@ -265,14 +386,21 @@ pub fn run(cfg: &DetectConfig) -> DetectReport {
         seq: 0,
         queue: BinaryHeap::new(),
         events: Vec::new(),
+        forgive,
         free: Vec::new(),
         watches,
         crashed_at: vec![None; cfg.nodes],
+        stalled: vec![None; cfg.nodes],
+        slow: vec![false; cfg.nodes],
+        restarted: vec![false; cfg.nodes],
         detect_us: Vec::new(),
         false_suspicions: 0,
         false_failures: 0,
         sent: 0,
         lost: 0,
+        stalls: 0,
+        suspicions_of_slow: 0,
+        suspicions_by_slow: 0,
     };
     let hb = cfg.detector.heartbeat.as_micros() as u64;
     let poll = POLL.as_micros() as u64;
@@ -298,6 +426,14 @@ pub fn run(cfg: &DetectConfig) -> DetectReport {
         let at = sim.rng.random_range(end / 4..=end * 3 / 4);
         sim.schedule(at, Event::Crash { node });
     }
+    // Slow members are drawn from those that never crash.
+    let slow =
+        ((cfg.nodes as f64 * cfg.slow_pct / 100.0).round() as usize).min(cfg.nodes - crashes);
+    for &node in order.iter().skip(crashes).take(slow) {
+        sim.slow[node] = true;
+        let first = sim.rng.random_range(1_000_000..=15_000_000);
+        sim.schedule(first, Event::Stall { node });
+    }
     while let Some(Reverse((at, _, slot))) = sim.queue.pop() {
         if at > end {
             break;
@@ -312,6 +448,21 @@ pub fn run(cfg: &DetectConfig) -> DetectReport {
             adj[n]
                 .iter()
                 .filter(|&&w| sim.crashed_at[w].is_none())
+                .count() as u64
+        })
+        .sum();
+    let rejoin_missing: u64 = (0..cfg.nodes)
+        .filter(|&n| sim.restarted[n] && sim.crashed_at[n].is_none())
+        .map(|n| {
+            adj[n]
+                .iter()
+                .filter(|&&w| sim.crashed_at[w].is_none())
+                .filter(|&&w| {
+                    sim.watches[w]
+                        .iter()
+                        .find(|x| x.peer == n)
+                        .is_some_and(|x| !x.member.is_up())
+                })
                 .count() as u64
         })
         .sum();
@@ -337,6 +488,12 @@ pub fn run(cfg: &DetectConfig) -> DetectReport {
         false_failures: sim.false_failures,
         heartbeats_sent: sim.sent,
         heartbeats_lost: sim.lost,
+        restarted: sim.restarted.iter().filter(|&&r| r).count(),
+        rejoin_missing,
+        slow,
+        stalls: sim.stalls,
+        suspicions_of_slow: sim.suspicions_of_slow,
+        suspicions_by_slow: sim.suspicions_by_slow,
     }
 }
 
@@ -361,6 +518,35 @@ mod tests {
         assert_eq!(r.false_failures, 0, "{r:?}");
         let lost = r.heartbeats_lost as f64 / r.heartbeats_sent as f64;
         assert!((0.09..0.11).contains(&lost), "{r:?}");
+    }
+
+    #[test]
+    fn slow_members_accuse_no_one_and_restarted_members_are_alive_again_everywhere() {
+        // No loss: every suspicion comes from a stall.
+        let mut c = DetectConfig::new(60, 5, 120, 11);
+        c.crash_pct = 10.0;
+        c.restart = true;
+        c.slow_pct = 20.0;
+        let r = run(&c);
+        assert_eq!((r.crashed, r.restarted, r.slow), (6, 6, 12), "{r:?}");
+        assert!(r.stalls >= 12 * 5, "{r:?}");
+        assert_eq!(
+            r.suspicions_by_slow, 0,
+            "a pause is not held against anyone: {r:?}"
+        );
+        assert!(
+            r.suspicions_of_slow > 0,
+            "a stall over 500 ms makes a suspect: {r:?}"
+        );
+        assert_eq!(
+            r.false_failures, 0,
+            "stalls of at most 0.7 s are not failures: {r:?}"
+        );
+        // Without the pause, the same stalls make slow members accuse their neighbors.
+        let blind = run_with(&c, false);
+        assert!(blind.suspicions_by_slow > 0, "{blind:?}");
+        assert_eq!(r.rejoin_missing, 0, "{r:?}");
+        assert_eq!(r.missed, 0, "{r:?}");
     }
 
     #[test]

@@ -631,13 +631,16 @@ impl Router {
             .collect()
     }
 
-    /// Which of `ids` this node has not seen (indexes into `ids`).
-    pub fn unseen(&self, ids: &[[u8; 32]]) -> Vec<u32> {
-        let st = self.engine();
-        ids.iter()
-            .enumerate()
-            .filter(|(_, id)| !st.engine.has_seen(id))
-            .map(|(i, _)| i as u32)
+    /// A neighbor offers packets this node may lack (echo repair): which of `ids` to pull
+    /// (indexes into `ids`), decided by the broadcast machine as for any graft.
+    pub fn pull_offered(&self, ids: &[[u8; 32]]) -> Vec<u32> {
+        let mut st = self.engine();
+        let st = &mut *st;
+        let engine = &st.engine;
+        st.bcast
+            .pull_offered(ids, |id| engine.has_seen(id), Instant::now())
+            .into_iter()
+            .map(|i| i as u32)
             .collect()
     }
 

@@ -560,13 +560,19 @@ impl<P: Ord + Copy> Broadcast<P> {
         now: Instant,
         urgent: bool,
     ) {
-        let mut want = Vec::new();
+        if urgent {
+            let want: Vec<PacketId> = self
+                .pull_offered(ids, seen, now)
+                .into_iter()
+                .map(|i| ids[i])
+                .collect();
+            if !want.is_empty() {
+                self.graft(from, tree, want);
+            }
+            return;
+        }
         for id in ids {
             if seen(id) {
-                continue;
-            }
-            if urgent {
-                want.push(*id);
                 continue;
             }
             if let Some(m) = self.missing.get_mut(id) {
@@ -595,9 +601,52 @@ impl<P: Ord + Copy> Broadcast<P> {
             );
             self.timers.insert((due, *id));
         }
-        if !want.is_empty() {
-            self.graft(from, tree, want);
+    }
+
+    /// A neighbor offers packets this node may lack and will send the ones asked for at once:
+    /// echo repair after a link was down or a queue overflowed ("Nothing sent is lost"), or an
+    /// urgent announcement. Which to pull is decided here for both, and a pull is a graft: an
+    /// awaited packet counts as grafted (its own timer then waits `graft_retry` before asking
+    /// another announcer, and a late tree copy still teaches the graft timeout). Returns the
+    /// positions in `ids` of the packets to pull; the caller asks for them (a `Graft`, or the
+    /// answer to the offer).
+    pub fn pull_offered(
+        &mut self,
+        ids: &[PacketId],
+        seen: impl Fn(&PacketId) -> bool,
+        now: Instant,
+    ) -> Vec<usize> {
+        let mut want = Vec::new();
+        let mut asked = BTreeSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            if seen(id) || !asked.insert(*id) {
+                continue;
+            }
+            want.push(i);
+            let retry = now + self.cfg.graft_retry;
+            let Some(m) = self.missing.get_mut(id) else {
+                continue;
+            };
+            let (old_due, first, since) = (m.due, m.grafts == 0, m.since);
+            m.grafts += 1;
+            m.due = retry;
+            self.timers.remove(&(old_due, *id));
+            self.timers.insert((retry, *id));
+            if first {
+                self.remember_grafted(*id, since);
+            }
         }
+        want
+    }
+
+    fn remember_grafted(&mut self, id: PacketId, since: Instant) {
+        if self.grafted_order.len() >= GRAFTED_MEMORY {
+            if let Some(old) = self.grafted_order.pop_front() {
+                self.grafted.remove(&old);
+            }
+        }
+        self.grafted_order.push_back(id);
+        self.grafted.insert(id, since);
     }
 
     fn graft(&mut self, to: P, tree: TreeKey, ids: Vec<PacketId>) {
@@ -668,19 +717,15 @@ impl<P: Ord + Copy> Broadcast<P> {
             }
             match m.announcers.pop_front() {
                 Some(p) => {
-                    if m.grafts == 0 {
-                        if self.grafted_order.len() >= GRAFTED_MEMORY {
-                            if let Some(old) = self.grafted_order.pop_front() {
-                                self.grafted.remove(&old);
-                            }
-                        }
-                        self.grafted_order.push_back(id);
-                        self.grafted.insert(id, m.since);
-                    }
+                    let first = m.grafts == 0;
+                    let since = m.since;
                     m.grafts += 1;
                     by_peer.entry((p, m.tree)).or_default().push(id);
                     m.due = now + self.cfg.graft_retry;
                     self.timers.insert((m.due, id));
+                    if first {
+                        self.remember_grafted(id, since);
+                    }
                 }
                 None => {
                     self.missing.remove(&id);
@@ -844,6 +889,44 @@ mod tests {
         // The map changes: 1 - 3 becomes fast; 3 is now 1's child and 2 has none.
         assert!(at2.set_graph(&[(1, 2, 1), (2, 3, 1), (1, 3, 1), (3, 4, 1)], key));
         assert_eq!(at2.children(101), Some(&BTreeSet::new()));
+    }
+
+    #[test]
+    fn an_offered_packet_is_pulled_once_as_a_graft_whether_awaited_or_not() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = Broadcast::new(BroadcastConfig::new(Mode::Lazy));
+        b.neighbor_up(1u32, true);
+        b.neighbor_up(2, true);
+        // id 1 is awaited (announced by 2), id 2 already seen, id 3 unknown, id 3 twice.
+        b.on_ihave(2, 7, &[id(1)], |_| false, t0, false);
+        let offered = [id(1), id(2), id(3), id(3)];
+        let want = b.pull_offered(&offered, |i| *i == id(2), t0 + ms(50));
+        assert_eq!(want, vec![0, 2]);
+        assert!(drain(&mut b).is_empty(), "the caller asks for them");
+        // The awaited one is not grafted again at its timeout, only after graft_retry (if
+        // the offer's answer never comes), and then from its announcer.
+        b.handle_timeout(t0 + ms(200));
+        assert!(drain(&mut b).is_empty());
+        b.handle_timeout(t0 + ms(300));
+        assert_eq!(
+            drain(&mut b),
+            vec![Out::Graft {
+                to: 2,
+                tree: 7,
+                ids: vec![id(1)]
+            }]
+        );
+        // An urgent announcement goes the same way and asks with a graft.
+        b.on_ihave(1, 7, &[id(4)], |_| false, t0, true);
+        assert_eq!(
+            drain(&mut b),
+            vec![Out::Graft {
+                to: 1,
+                tree: 7,
+                ids: vec![id(4)]
+            }]
+        );
     }
 
     #[test]

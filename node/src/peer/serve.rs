@@ -93,7 +93,7 @@ async fn answer(ctx: &Arc<Ctx>, n: &Neighbor, req: PeerRequest) -> PeerReply {
             .take(crate::peer::repair::MAX_OFFER)
             .map(|i| i.0)
             .collect();
-        return PeerReply::EchoWant(ctx.router.unseen(&ids));
+        return PeerReply::EchoWant(ctx.router.pull_offered(&ids));
     }
     // Replication is for members of our cluster only: a federated neighbor from another
     // cluster relays echo packets but may not read, write or delete our ozones.

@@ -623,7 +623,7 @@ impl<P: Ord + Copy> Broadcast<P> {
                 continue;
             }
             want.push(i);
-            let retry = now + self.cfg.graft_retry;
+            let retry = now + self.graft_retry();
             let Some(m) = self.missing.get_mut(id) else {
                 continue;
             };
@@ -693,6 +693,13 @@ impl<P: Ord + Copy> Broadcast<P> {
             .max(self.cfg.graft_timeout)
     }
 
+    /// How long a graft's answer is awaited before the next announcer is asked: the configured
+    /// retry, or the graft timeout while the tree is later than that (a congested link is
+    /// slow to answer a graft too, and asking again only adds copies).
+    fn graft_retry(&self) -> Duration {
+        self.cfg.graft_retry.max(self.graft_timeout())
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.iter().next().map(|(t, _)| *t)
     }
@@ -705,7 +712,7 @@ impl<P: Ord + Copy> Broadcast<P> {
                 break;
             }
             self.timers.remove(&(due, id));
-            let timeout = self.graft_timeout();
+            let (timeout, retry) = (self.graft_timeout(), self.graft_retry());
             let Some(m) = self.missing.get_mut(&id) else {
                 continue;
             };
@@ -721,7 +728,7 @@ impl<P: Ord + Copy> Broadcast<P> {
                     let since = m.since;
                     m.grafts += 1;
                     by_peer.entry((p, m.tree)).or_default().push(id);
-                    m.due = now + self.cfg.graft_retry;
+                    m.due = now + retry;
                     self.timers.insert((m.due, id));
                     if first {
                         self.remember_grafted(id, since);

@@ -13,8 +13,6 @@
 //! or failed (false alarms), whether slow members accused anyone, and whether restarted members
 //! are alive again everywhere. Same seed, same report.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
@@ -150,12 +148,8 @@ struct Watch {
 struct Sim {
     cfg: DetectConfig,
     rng: ChaCha8Rng,
-    base: Instant,
-    seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
-    events: Vec<Event>,
+    queue: super::Queue<Event>,
     forgive: bool,
-    free: Vec<usize>,
     watches: Vec<Vec<Watch>>,
     crashed_at: Vec<Option<u64>>,
     /// Stalled until (µs), for slow members.
@@ -174,22 +168,11 @@ struct Sim {
 
 impl Sim {
     fn at(&self, us: u64) -> Instant {
-        self.base + Duration::from_micros(us)
+        self.queue.at(us)
     }
 
     fn schedule(&mut self, at: u64, e: Event) {
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.events[s] = e;
-                s
-            }
-            None => {
-                self.events.push(e);
-                self.events.len() - 1
-            }
-        };
-        self.seq += 1;
-        self.queue.push(Reverse((at, self.seq, slot)));
+        self.queue.schedule(at, e);
     }
 
     fn connected(&mut self, node: usize, i: usize, now: u64) {
@@ -382,12 +365,8 @@ fn run_with(cfg: &DetectConfig, forgive: bool) -> DetectReport {
     let mut sim = Sim {
         cfg: cfg.clone(),
         rng,
-        base,
-        seq: 0,
-        queue: BinaryHeap::new(),
-        events: Vec::new(),
+        queue: super::Queue::new(base),
         forgive,
-        free: Vec::new(),
         watches,
         crashed_at: vec![None; cfg.nodes],
         stalled: vec![None; cfg.nodes],
@@ -434,12 +413,10 @@ fn run_with(cfg: &DetectConfig, forgive: bool) -> DetectReport {
         let first = sim.rng.random_range(1_000_000..=15_000_000);
         sim.schedule(first, Event::Stall { node });
     }
-    while let Some(Reverse((at, _, slot))) = sim.queue.pop() {
+    while let Some((at, e)) = sim.queue.pop() {
         if at > end {
             break;
         }
-        let e = sim.events[slot];
-        sim.free.push(slot);
         sim.handle(at, e);
     }
     let watchers_of_crashed: u64 = (0..cfg.nodes)

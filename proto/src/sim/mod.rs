@@ -29,6 +29,67 @@ use crate::echo::{EchoConfig, EchoEngine, EchoMode, EchoPacket, PacketId, Source
 
 pub mod detect;
 
+/// The simulators' event queue: events in time order (µs since `base`), ties in insertion
+/// order, so the same seed replays the same run; slots are reused.
+pub(crate) struct Queue<E> {
+    base: Instant,
+    seq: u64,
+    heap: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    slots: Vec<Option<E>>,
+    free: Vec<usize>,
+}
+
+impl<E> Queue<E> {
+    pub(crate) fn new(base: Instant) -> Self {
+        Queue {
+            base,
+            seq: 0,
+            heap: BinaryHeap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    /// Simulated time `us` as an `Instant` for the machines.
+    pub(crate) fn at(&self, us: u64) -> Instant {
+        self.base + Duration::from_micros(us)
+    }
+
+    /// An `Instant` from a machine as simulated µs, rounded up (a timer must not fire before
+    /// it is due).
+    pub(crate) fn us(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base)
+            .as_nanos()
+            .div_ceil(1000) as u64
+    }
+
+    pub(crate) fn schedule(&mut self, at: u64, e: E) {
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s] = Some(e);
+                s
+            }
+            None => {
+                self.slots.push(Some(e));
+                self.slots.len() - 1
+            }
+        };
+        self.seq += 1;
+        self.heap.push(Reverse((at, self.seq, slot)));
+    }
+
+    /// The next event and its time.
+    pub(crate) fn pop(&mut self) -> Option<(u64, E)> {
+        while let Some(Reverse((at, _, slot))) = self.heap.pop() {
+            if let Some(e) = self.slots[slot].take() {
+                self.free.push(slot);
+                return Some((at, e));
+            }
+        }
+        None
+    }
+}
+
 /// Transmissions of one message before its connection is considered dead.
 pub const MAX_RETRANSMITS: u32 = 6;
 
@@ -221,12 +282,8 @@ fn packet_index(id: &PacketId) -> usize {
 struct Sim {
     cfg: SimConfig,
     rng: ChaCha8Rng,
-    base: Instant,
     now: u64,
-    seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
-    events: Vec<Option<Event>>,
-    free: Vec<usize>,
+    queue: Queue<Event>,
     nodes: Vec<Node>,
     next_conn: u64,
     /// Per packet: origin, injection time, first delivery (time, hops) per node.
@@ -247,22 +304,11 @@ const NEVER: u64 = u64::MAX;
 
 impl Sim {
     fn at(&self, us: u64) -> Instant {
-        self.base + Duration::from_micros(us)
+        self.queue.at(us)
     }
 
     fn schedule(&mut self, at: u64, e: Event) {
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.events[s] = Some(e);
-                s
-            }
-            None => {
-                self.events.push(Some(e));
-                self.events.len() - 1
-            }
-        };
-        self.seq += 1;
-        self.queue.push(Reverse((at, self.seq, slot)));
+        self.queue.schedule(at, e);
     }
 
     fn link_index(&self, a: usize, b: usize) -> Option<usize> {
@@ -363,7 +409,7 @@ impl Sim {
         }
         if let Some(t) = self.nodes[n].bcast.poll_timeout() {
             // Rounded up: a timer must not fire before it is due.
-            let us = t.duration_since(self.base).as_nanos().div_ceil(1000) as u64;
+            let us = self.queue.us(t);
             if self.nodes[n].timer_at.is_none_or(|cur| us < cur) {
                 self.nodes[n].timer_at = Some(us);
                 self.schedule(us, Event::Timer { node: n });
@@ -721,12 +767,8 @@ pub fn run(cfg: &SimConfig) -> Report {
     let mut sim = Sim {
         cfg: cfg.clone(),
         rng,
-        base,
         now: 0,
-        seq: 0,
-        queue: BinaryHeap::new(),
-        events: Vec::new(),
-        free: Vec::new(),
+        queue: Queue::new(base),
         nodes,
         next_conn: 1,
         origin: vec![0; cfg.packets],
@@ -777,12 +819,8 @@ pub fn run(cfg: &SimConfig) -> Report {
         sim.origin[p] = node;
         sim.schedule(at, Event::Inject { node, packet: p });
     }
-    while let Some(Reverse((at, _, slot))) = sim.queue.pop() {
+    while let Some((at, e)) = sim.queue.pop() {
         sim.now = at;
-        let Some(e) = sim.events[slot].take() else {
-            continue;
-        };
-        sim.free.push(slot);
         sim.handle(e);
     }
     report(cfg, &sim, crashing.len())

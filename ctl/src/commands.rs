@@ -393,10 +393,7 @@ fn print_members(m: &api::MembersView) {
         "{:<11} {:<12} {:<9} {:>10} {:>9} {:>6} {:>6} {:>6}",
         "MEMBER", "CLUSTER", "STATE", "SINCE", "HEARD", "SUSP", "FAILED", "FLAPS"
     );
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
+    let now_ms = echomesh_proto::clock::unix_ms();
     for x in &m.members {
         let since = format!(
             "{:.1} s",

@@ -73,12 +73,22 @@ pub struct SimArgs {
 }
 
 impl SimArgs {
-    fn config(&self, mode: Mode) -> anyhow::Result<SimConfig> {
+    /// What both simulations check: the mesh's size and shape, and the crashes.
+    fn check_mesh(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             (2..=100_000).contains(&self.nodes),
             "--nodes: between 2 and 100000"
         );
         anyhow::ensure!(self.degree >= 1, "--degree: at least 1");
+        anyhow::ensure!(
+            (0.0..=50.0).contains(&self.crash),
+            "--crash: a percentage from 0 to 50"
+        );
+        Ok(())
+    }
+
+    fn config(&self, mode: Mode) -> anyhow::Result<SimConfig> {
+        self.check_mesh()?;
         anyhow::ensure!(
             (1..=10_000_000).contains(&self.packets),
             "--packets: between 1 and 10000000"
@@ -95,10 +105,6 @@ impl SimArgs {
             (0.0..=50.0).contains(&self.loss),
             "--loss: a percentage from 0 to 50"
         );
-        anyhow::ensure!(
-            (0.0..=50.0).contains(&self.crash),
-            "--crash: a percentage from 0 to 50"
-        );
         let mut c = SimConfig::new(self.nodes, self.degree, self.packets, mode, self.seed);
         c.loss_pct = self.loss;
         c.crash_pct = self.crash;
@@ -110,15 +116,9 @@ impl SimArgs {
         }
         Ok(c)
     }
-}
 
-impl SimArgs {
     fn detect_config(&self) -> anyhow::Result<DetectConfig> {
-        anyhow::ensure!(
-            (2..=100_000).contains(&self.nodes),
-            "--nodes: between 2 and 100000"
-        );
-        anyhow::ensure!(self.degree >= 1, "--degree: at least 1");
+        self.check_mesh()?;
         anyhow::ensure!(
             (1..=86_400).contains(&self.secs),
             "--secs: between 1 and 86400"
@@ -126,10 +126,6 @@ impl SimArgs {
         anyhow::ensure!(
             (0.0..=90.0).contains(&self.loss),
             "--loss: a percentage from 0 to 90"
-        );
-        anyhow::ensure!(
-            (0.0..=50.0).contains(&self.crash),
-            "--crash: a percentage from 0 to 50"
         );
         anyhow::ensure!(
             (0.0..=50.0).contains(&self.slow),

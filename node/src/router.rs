@@ -378,8 +378,9 @@ impl Router {
                         let seq = st.log.push((*f).clone(), from, tree, true, now);
                         // Which neighbors get it: pushed, or announced by ID. The mesh's
                         // control traffic always floods.
+                        let control = self.is_control(f.tag);
                         let plan = match self.mode {
-                            _ if self.is_control(f.tag) => None,
+                            _ if control => None,
                             Mode::Lazy if !st.bcast.has_tree(tree) => self
                                 .planner
                                 .lock()
@@ -388,7 +389,7 @@ impl Router {
                                 .cloned(),
                             _ => None,
                         };
-                        if self.is_control(f.tag) {
+                        if control {
                             st.bcast.on_new_flooded(f.id, from);
                         } else {
                             st.bcast

@@ -219,12 +219,9 @@ pub fn neighbors(ctx: &Ctx) -> Vec<api::NeighborInfo> {
 /// This node and every neighbor as members of the mesh, as the failure detector sees them.
 pub fn members(ctx: &Ctx) -> api::MembersView {
     let now = std::time::Instant::now();
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let wall_ms = echomesh_proto::clock::unix_ms();
     let unix_ms = |at: std::time::Instant| {
-        wall.saturating_sub(now.saturating_duration_since(at))
-            .as_millis() as u64
+        wall_ms.saturating_sub(now.saturating_duration_since(at).as_millis() as u64)
     };
     let members = ctx
         .neighbors()

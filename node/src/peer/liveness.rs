@@ -24,8 +24,8 @@ const PAUSE: Duration = Duration::from_millis(250);
 /// than protocol `since::HEARTBEAT` neither sends nor expects them.
 pub async fn heartbeats(ctx: &Ctx, n: &Neighbor, conn: &quinn::Connection) -> String {
     if n.version() < wire::since::HEARTBEAT {
-        let e = conn.closed().await;
-        return format!("connection closed: {e}");
+        // The session already waits for the connection to close.
+        return std::future::pending().await;
     }
     let beat = Bytes::from_static(wire::HEARTBEAT);
     let mut tick = tokio::time::interval(Duration::from_millis(ctx.cfg.peer.heartbeat_ms));

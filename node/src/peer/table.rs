@@ -104,16 +104,22 @@ impl Neighbor {
 
     /// Feed its member machine (under the lock held in `i`), counting a change of state.
     fn member_event(&self, i: &mut Inner, e: MemberEvent, now: Instant) -> Option<Change> {
-        let before = i.member.state();
-        let change = i.member.handle(e, now);
-        self.count_transition(before, i.member.state());
-        change
+        self.member_do(i, |m| m.handle(e, now))
     }
 
-    fn count_transition(&self, before: MemberState, after: MemberState) {
+    /// Run `f` on its member machine, counting a change of state.
+    fn member_do(
+        &self,
+        i: &mut Inner,
+        f: impl FnOnce(&mut Member) -> Option<Change>,
+    ) -> Option<Change> {
+        let before = i.member.state();
+        let change = f(&mut i.member);
+        let after = i.member.state();
         if before != after {
             self.transitions.with_label_values(&[after.label()]).inc();
         }
+        change
     }
 
     pub fn is_up(&self) -> bool {
@@ -201,10 +207,7 @@ impl Neighbor {
     /// Run the member's failure-detection timer.
     pub fn member_timeout(&self, now: Instant) -> Option<Change> {
         let mut i = self.inner();
-        let before = i.member.state();
-        let change = i.member.handle_timeout(now);
-        self.count_transition(before, i.member.state());
-        change
+        self.member_do(&mut i, |m| m.handle_timeout(now))
     }
 
     /// A heartbeat arrived from it.

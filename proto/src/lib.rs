@@ -31,5 +31,6 @@ pub mod keydir;
 pub mod membership;
 pub mod ozone;
 pub mod sim;
+pub mod smoke;
 pub mod tags;
 pub mod wire;

@@ -113,6 +113,15 @@ impl AdminClient {
             .await
     }
 
+    pub async fn delete_with<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(self.http.delete(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
     /// `GET path` as text without a token (`/metrics`).
     pub async fn text(&self, path: &str) -> anyhow::Result<String> {
         let url = format!("{}{path}", self.base);

@@ -220,6 +220,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_topology(&t);
             }
         }
+        Command::Smoke(cmd) => crate::smoke::run(admin()?, cmd, json).await?,
         Command::Members => {
             let m: api::MembersView = admin()?.get(api::PATH_MEMBERS).await?;
             if json {

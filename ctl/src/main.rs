@@ -8,6 +8,7 @@ mod local_mesh;
 mod messaging;
 mod render;
 mod sim;
+mod smoke;
 mod target_node;
 
 use std::path::PathBuf;
@@ -92,6 +93,10 @@ pub enum Command {
     /// or failed (no heartbeat for peer.fail_ms, or no connection: no ozone copies go there),
     /// since when, and how often each was suspected or failed. `--json` for tools.
     Members,
+    /// SmokeStack services for Smoke users, for the whole cluster: ozones, participants,
+    /// private-server mode (docs/ECHO.md). `echomeshctl smoke ozones add 203.0.113.7:4710:TCP`.
+    #[command(subcommand)]
+    Smoke(smoke::SmokeCommand),
     /// Take the node out of service without loss: not ready, neighbors told, clients moved to
     /// other nodes (spread over drain_client_grace_secs), ozones handed to their other owners,
     /// queues flushed, neighbors told it left. `--wait` shows progress and exits 0 when it is

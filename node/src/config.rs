@@ -40,6 +40,7 @@ pub struct Config {
     pub telemetry: Telemetry,
     pub bridge: BridgeSection,
     pub console: ConsoleSection,
+    pub smoke: SmokeSection,
 }
 
 /// The web console on the admin listener (docs/OPERATIONS.md, "The console").
@@ -58,6 +59,44 @@ pub struct ConsoleSection {
     pub session_idle_secs: u64,
     /// A session ends this long after login, used or not.
     pub session_lifetime_secs: u64,
+}
+
+/// SmokeStack services for Smoke clients on the Echo listener (docs/ECHO.md, "SmokeStack
+/// services"). Ozones and participants are the cluster's: add them with `echomeshctl smoke`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmokeSection {
+    /// Inspect Echo frames for the services (stored ozone copies, retrieval, key sharing).
+    /// Nothing is inspected while the cluster has no Smoke ozone.
+    pub enabled: bool,
+    /// Ozones in the cluster at most.
+    pub max_ozones: usize,
+    /// Participants in the cluster at most. Every frame costs up to ozones × participants × 3
+    /// HMACs (the storage-tag search): see docs/BENCHMARKS.md before raising it.
+    pub max_participants: usize,
+    /// Stored messages released per retrieval at most (the oldest first; the rest follow on
+    /// the next retrieval once these are read).
+    pub max_release: usize,
+    /// Frames inspected at once (each on the blocking pool); more wait, slowing their sender.
+    pub search_workers: usize,
+    /// Ozone copies being stored at once (each waits for the write quorum); more wait.
+    pub max_pending_stores: usize,
+    /// A private server re-sends its challenge (`0097a`) at most this often.
+    pub challenge_interval_secs: u64,
+}
+
+impl Default for SmokeSection {
+    fn default() -> Self {
+        SmokeSection {
+            enabled: true,
+            max_ozones: 64,
+            max_participants: 1000,
+            max_release: 500,
+            search_workers: 2,
+            max_pending_stores: 64,
+            challenge_interval_secs: 5,
+        }
+    }
 }
 
 impl Default for ConsoleSection {
@@ -420,6 +459,7 @@ impl Default for Config {
             telemetry: Telemetry::default(),
             bridge: BridgeSection::default(),
             console: ConsoleSection::default(),
+            smoke: SmokeSection::default(),
         }
     }
 }
@@ -635,6 +675,22 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             return bad("telemetry.sample_ratio: must be between 0.0 and 1.0".into());
+        }
+        let sm = &self.smoke;
+        if sm.max_ozones == 0 || sm.max_ozones > 1024 {
+            return bad("smoke.max_ozones: must be between 1 and 1024".into());
+        }
+        if sm.max_participants == 0 || sm.max_participants > 100_000 {
+            return bad("smoke.max_participants: must be between 1 and 100000".into());
+        }
+        if sm.max_release == 0 || sm.max_release > 10_000 {
+            return bad("smoke.max_release: must be between 1 and 10000".into());
+        }
+        if sm.search_workers == 0 || sm.search_workers > 64 || sm.max_pending_stores == 0 {
+            return bad("smoke.search_workers: must be between 1 and 64, smoke.max_pending_stores at least 1".into());
+        }
+        if sm.challenge_interval_secs == 0 {
+            return bad("smoke.challenge_interval_secs: must be at least 1".into());
         }
         let c = &self.console;
         if c.max_sessions == 0 || c.max_sessions > 1024 {

@@ -34,6 +34,8 @@ pub struct Ctx {
     pub topology: crate::topology::Topology,
     /// The Echo bridge's connections, links and frame memory.
     pub bridge: crate::bridge::hub::Hub,
+    /// The SmokeStack services' cluster configuration and limits.
+    pub smoke: crate::smoke::Smoke,
     pub metrics: Arc<Metrics>,
     pub invites: Mutex<InviteBook>,
     pub shutdown: CancellationToken,

@@ -35,6 +35,7 @@ pub mod peer;
 pub mod rate;
 pub mod reload;
 pub mod router;
+pub mod smoke;
 pub mod store;
 pub mod telemetry;
 pub mod topology;

@@ -77,6 +77,7 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub start_time: Gauge,
     pub bridge: BridgeMetrics,
+    pub smoke: SmokeMetrics,
 }
 
 /// Reasons a packet is dropped (label `reason` of `echomesh_packets_dropped_total`).
@@ -95,10 +96,12 @@ pub enum DropReason {
     TopologyBusy,
     /// Echo frames from the mesh arriving faster than the bridge takes them.
     BridgeBusy,
+    /// Smoke configuration records arriving faster than they can be applied.
+    SmokeBusy,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::NeighborQueueFull,
         DropReason::ClientQueueFull,
         DropReason::NeighborRateLimited,
@@ -109,6 +112,7 @@ impl DropReason {
         DropReason::KeydirBusy,
         DropReason::TopologyBusy,
         DropReason::BridgeBusy,
+        DropReason::SmokeBusy,
     ];
 
     pub fn label(self) -> &'static str {
@@ -123,6 +127,7 @@ impl DropReason {
             DropReason::KeydirBusy => "keydir_busy",
             DropReason::TopologyBusy => "topology_busy",
             DropReason::BridgeBusy => "bridge_busy",
+            DropReason::SmokeBusy => "smoke_busy",
         }
     }
 }
@@ -137,6 +142,18 @@ impl From<echomesh_proto::echo::Rejection> for DropReason {
 }
 
 /// The Echo bridge's metrics (docs/ECHO.md).
+/// The SmokeStack services (`echomesh_smoke_*`, docs/ECHO.md).
+pub struct SmokeMetrics {
+    pub ozones: IntGauge,
+    pub participants: IntGaugeVec,
+    pub frames: IntCounterVec,
+    pub refused: IntCounterVec,
+    pub released: IntCounter,
+    pub search_seconds: Histogram,
+    pub records: IntCounterVec,
+    pub logins: IntCounterVec,
+}
+
 pub struct BridgeMetrics {
     pub links: IntGaugeVec,
     pub clients: IntGauge,
@@ -602,6 +619,32 @@ impl Metrics {
                 markers_refused: counter(
                     "echomesh_bridge_markers_refused_total",
                     "Spot-On-Lite markers (0111) from connections not allowed as Echo neighbors (they stay filtered clients).",
+                ),
+            },
+            smoke: SmokeMetrics {
+                ozones: reg.add(IntGauge::new("echomesh_smoke_ozones", "Smoke ozones configured in the cluster (smoke.max_ozones at most).").expect("static metric")),
+                participants: reg.add(IntGaugeVec::new(Opts::new("echomesh_smoke_participants", "Smoke participants registered in the cluster, by whether their keys were captured (keys, no_keys)."), &["keys"]).expect("static metric")),
+                frames: counter_vec(
+                    "echomesh_smoke_frames_total",
+                    "Echo frames the SmokeStack services took, by what they were (stored: an ozone copy kept for its recipient; retrieve; read; pkp; share_id; epks: keys captured).",
+                    &["kind"],
+                ),
+                refused: counter_vec(
+                    "echomesh_smoke_refused_total",
+                    "Smoke requests and frames refused, by reason (stale, bad_signature, unknown_participant, unsupported_algorithm, undecodable_key, malformed, not_durable, unauthenticated, search_busy, full, ...).",
+                    &["reason"],
+                ),
+                released: counter("echomesh_smoke_released_total", "Stored Smoke messages released to a retrieving client (a message is released again on every retrieval until read)."),
+                search_seconds: reg.add(Histogram::with_opts(HistogramOpts::new("echomesh_smoke_search_seconds", "Time to inspect one Echo frame for the SmokeStack services (EPKS, ozone requests, the ozone × participant × minute tag search).").buckets(vec![0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1])).expect("static metric")),
+                records: counter_vec(
+                    "echomesh_smoke_records_total",
+                    "Cluster Smoke records (ozones, participants, keys, private-server) offered to this node, by outcome (applied, unchanged, refused).",
+                    &["outcome"],
+                ),
+                logins: counter_vec(
+                    "echomesh_smoke_logins_total",
+                    "Private-server logins (0097b), by result (ok, refused).",
+                    &["result"],
                 ),
             },
             registry: r.clone(),

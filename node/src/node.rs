@@ -171,6 +171,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
     let (keydir_ch, keydir_rx) = ControlChannel::new(tags::keydir_tag(), DropReason::KeydirBusy);
     let (topology_ch, topology_rx) =
         ControlChannel::new(tags::topology_tag(), DropReason::TopologyBusy);
+    let smoke = crate::smoke::Smoke::open(cfg.smoke.clone(), store.clone(), metrics.clone())
+        .await
+        .context("opening the Smoke configuration")?;
+    let (smoke_ch, smoke_rx) = ControlChannel::new(tags::smoke_tag(), DropReason::SmokeBusy);
     let (mut bridge_ch, bridge_rx) =
         ControlChannel::new(tags::bridge_tag(), DropReason::BridgeBusy);
     // Echo frames reach a client that subscribes to the bridge tag by name (`tail --echo-frames`).
@@ -188,7 +192,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         Subscribers::new(cfg.limits.max_clients),
         metrics.clone(),
         cfg.echo.max_payload_bytes,
-        vec![keydir_ch, topology_ch, bridge_ch],
+        vec![keydir_ch, topology_ch, bridge_ch, smoke_ch],
     ));
     let me = identity.id;
     let ctx = Arc::new(Ctx {
@@ -206,6 +210,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
             cfg.bridge.effective(cfg.echo.max_payload_bytes),
             metrics.clone(),
         ),
+        smoke,
         live: crate::reload::LiveConfig {
             source: Mutex::new(None),
             current: Mutex::new(cfg.clone()),
@@ -253,6 +258,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         let c = ctx.clone();
         ctx.tasks
             .spawn(crate::verify::run(c, bridge_rx, crate::bridge::verify));
+        let c = ctx.clone();
+        ctx.tasks
+            .spawn(crate::verify::run(c, smoke_rx, crate::smoke::flood::verify));
     }
     crate::bridge::start(&ctx).await?;
 

@@ -21,6 +21,13 @@ pub const PATH_UNDRAIN: &str = "/v1/undrain";
 pub const PATH_TOPOLOGY: &str = "/v1/topology";
 /// `GET`: this node and each neighbor as members of the mesh ([`MembersView`]).
 pub const PATH_MEMBERS: &str = "/v1/members";
+/// `GET`: the cluster's Smoke ozones ([`SmokeOzones`]); `POST` [`SmokeOzoneChange`] adds one,
+/// `DELETE` with the same body removes one. `echomeshctl smoke ozones`.
+pub const PATH_SMOKE_OZONES: &str = "/v1/smoke/ozones";
+/// `GET`: Smoke participants ([`SmokeParticipants`]); `POST`/`DELETE` [`SmokeParticipantChange`].
+pub const PATH_SMOKE_PARTICIPANTS: &str = "/v1/smoke/participants";
+/// `GET`/`PUT` [`SmokePrivateServer`]: private-server mode (Smoke clients log in with `0097b`).
+pub const PATH_SMOKE_PRIVATE_SERVER: &str = "/v1/smoke/private-server";
 /// `POST`: a one-time console login code ([`ConsoleLoginCode`]); `echomeshctl console`.
 pub const PATH_CONSOLE_LOGIN_CODES: &str = "/v1/console/login-codes";
 
@@ -364,4 +371,46 @@ pub struct RuntimeInfo {
     pub fingerprint: String,
     pub quic: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
+}
+
+/// The cluster's Smoke ozones (every node holds the same list).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SmokeOzones {
+    pub ozones: Vec<String>,
+    /// At most this many (`smoke.max_ozones`).
+    pub max: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SmokeOzoneChange {
+    /// The ozone address as Smoke users type it, e.g. `203.0.113.7:4710:TCP`.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SmokeParticipant {
+    pub siphash_id: String,
+    /// Whether the participant's keys were captured (EPKS).
+    pub keys: bool,
+    /// Signature algorithm of the captured keys (`EC`, `RSA`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// When the record last changed (ms since the epoch).
+    pub since_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SmokeParticipants {
+    pub participants: Vec<SmokeParticipant>,
+    pub max: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SmokeParticipantChange {
+    pub siphash_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SmokePrivateServer {
+    pub on: bool,
 }

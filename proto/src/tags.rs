@@ -75,6 +75,14 @@ pub fn topology_tag() -> Tag {
     *TOPOLOGY_TAG
 }
 
+static SMOKE_TAG: LazyLock<Tag> =
+    LazyLock::new(|| blake3::derive_key("echomesh smoke records v1", b""));
+
+/// The tag carried by the cluster's Smoke configuration records.
+pub fn smoke_tag() -> Tag {
+    *SMOKE_TAG
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,6 +49,20 @@ pub fn router(guard: auth::Guard) -> Router {
         .route(api::PATH_UNDRAIN, post(undrain))
         .route(api::PATH_TOPOLOGY, get(topology))
         .route(api::PATH_MEMBERS, get(members))
+        .route(
+            api::PATH_SMOKE_OZONES,
+            get(smoke_ozones).post(smoke_ozone_add).delete(smoke_ozone_remove),
+        )
+        .route(
+            api::PATH_SMOKE_PARTICIPANTS,
+            get(smoke_participants)
+                .post(smoke_participant_add)
+                .delete(smoke_participant_remove),
+        )
+        .route(
+            api::PATH_SMOKE_PRIVATE_SERVER,
+            get(smoke_private_server_get).put(smoke_private_server_set),
+        )
         .route_layer(middleware::from_fn_with_state(
             guard.clone(),
             auth::require_bearer,
@@ -159,6 +173,49 @@ async fn topology(State(ctx): St) -> Json<crate::topology::TopologyView> {
 
 async fn members(State(ctx): St) -> Json<api::MembersView> {
     Json(ops::members(&ctx))
+}
+
+async fn smoke_ozones(State(ctx): St) -> Json<api::SmokeOzones> {
+    Json(ops::smoke_ozones(&ctx))
+}
+
+async fn smoke_ozone_add(State(ctx): St, Json(r): Json<api::SmokeOzoneChange>) -> Response {
+    reply(ops::smoke_ozone_change(&ctx, &r.address, true).await)
+}
+
+async fn smoke_ozone_remove(State(ctx): St, Json(r): Json<api::SmokeOzoneChange>) -> Response {
+    reply(ops::smoke_ozone_change(&ctx, &r.address, false).await)
+}
+
+async fn smoke_participants(State(ctx): St) -> Json<api::SmokeParticipants> {
+    Json(ops::smoke_participants(&ctx))
+}
+
+async fn smoke_participant_add(
+    State(ctx): St,
+    Json(r): Json<api::SmokeParticipantChange>,
+) -> Response {
+    reply(ops::smoke_participant_change(&ctx, &r.siphash_id, true).await)
+}
+
+async fn smoke_participant_remove(
+    State(ctx): St,
+    Json(r): Json<api::SmokeParticipantChange>,
+) -> Response {
+    reply(ops::smoke_participant_change(&ctx, &r.siphash_id, false).await)
+}
+
+async fn smoke_private_server_get(State(ctx): St) -> Json<api::SmokePrivateServer> {
+    Json(api::SmokePrivateServer {
+        on: ctx.smoke.view().private_server,
+    })
+}
+
+async fn smoke_private_server_set(
+    State(ctx): St,
+    Json(r): Json<api::SmokePrivateServer>,
+) -> Response {
+    reply(ops::smoke_private_server(&ctx, r.on).await)
 }
 
 async fn undrain(State(ctx): St) -> Json<crate::drain::DrainStatus> {

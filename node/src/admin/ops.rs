@@ -495,3 +495,102 @@ pub fn undrain(ctx: &Arc<Ctx>) -> crate::drain::DrainStatus {
 pub fn topology(ctx: &Ctx) -> crate::topology::TopologyView {
     crate::topology::flood::view(ctx)
 }
+
+// The SmokeStack services' cluster configuration (`echomeshctl smoke`).
+
+pub fn smoke_ozones(ctx: &Ctx) -> api::SmokeOzones {
+    api::SmokeOzones {
+        ozones: ctx.smoke.view().ozones.iter().map(|(a, _)| a.clone()).collect(),
+        max: ctx.smoke.cfg.max_ozones,
+    }
+}
+
+pub fn smoke_participants(ctx: &Ctx) -> api::SmokeParticipants {
+    api::SmokeParticipants {
+        participants: ctx
+            .smoke
+            .view()
+            .participants
+            .iter()
+            .map(|p| api::SmokeParticipant {
+                siphash_id: p.id.clone(),
+                keys: p.keys.is_some(),
+                algorithm: p.keys.as_ref().map(|k| k.algorithm().to_string()),
+                since_unix_ms: p.since_ms,
+            })
+            .collect(),
+        max: ctx.smoke.cfg.max_participants,
+    }
+}
+
+async fn smoke_publish(ctx: &Ctx, r: echomesh_proto::smoke::record::Record) -> OpResult<()> {
+    match crate::smoke::flood::publish(ctx, r).await {
+        Ok(crate::smoke::Applied::Full) => fail(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "the cluster's Smoke configuration is full (smoke.max_ozones = {}, smoke.max_participants = {}): remove one first or raise the limit on every node",
+                ctx.smoke.cfg.max_ozones, ctx.smoke.cfg.max_participants
+            ),
+        ),
+        Ok(_) => Ok(()),
+        Err(e) => fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot store the change: {e}; check the data directory's disk"),
+        ),
+    }
+}
+
+/// Add (`present`) or remove an ozone address.
+pub async fn smoke_ozone_change(ctx: &Ctx, address: &str, present: bool) -> OpResult<api::SmokeOzones> {
+    use echomesh_proto::smoke::record::{ozone_key, Record, Value};
+    let a = address.trim();
+    if a.is_empty() || a.len() > 256 || a.chars().any(|c| c.is_control()) {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "an ozone address is 1 to 256 printable characters, e.g. 203.0.113.7:4710:TCP (what Smoke users type)",
+        );
+    }
+    let exists = ctx.smoke.view().ozones.iter().any(|(x, _)| x == a);
+    if !present && !exists {
+        return fail(StatusCode::NOT_FOUND, format!("no Smoke ozone {a:?}; see echomeshctl smoke ozones list"));
+    }
+    if present != exists {
+        let value = if present { Value::Ozone } else { Value::Removed };
+        smoke_publish(ctx, Record { key: ozone_key(a), at_ms: echomesh_proto::clock::unix_ms(), value }).await?;
+    }
+    Ok(smoke_ozones(ctx))
+}
+
+/// Register or remove a participant by SipHash ID (its keys come from EPKS).
+pub async fn smoke_participant_change(
+    ctx: &Ctx,
+    id: &str,
+    present: bool,
+) -> OpResult<api::SmokeParticipants> {
+    use echomesh_proto::smoke::record::{participant_key, Record, Value};
+    let id = match echomesh_proto::smoke::normalize_id(id) {
+        Ok(id) => id,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let exists = ctx.smoke.view().participant(&id).is_some();
+    if !present && !exists {
+        return fail(StatusCode::NOT_FOUND, format!("no Smoke participant {id}; see echomeshctl smoke participants list"));
+    }
+    if present != exists {
+        let value = if present { Value::Participant(None) } else { Value::Removed };
+        smoke_publish(ctx, Record { key: participant_key(&id), at_ms: echomesh_proto::clock::unix_ms(), value }).await?;
+    }
+    Ok(smoke_participants(ctx))
+}
+
+pub async fn smoke_private_server(ctx: &Ctx, on: bool) -> OpResult<api::SmokePrivateServer> {
+    use echomesh_proto::smoke::record::{Record, Value, PRIVATE_SERVER_KEY};
+    if ctx.smoke.view().private_server != on {
+        smoke_publish(
+            ctx,
+            Record { key: PRIVATE_SERVER_KEY.into(), at_ms: echomesh_proto::clock::unix_ms(), value: Value::PrivateServer(on) },
+        )
+        .await?;
+    }
+    Ok(api::SmokePrivateServer { on: ctx.smoke.view().private_server })
+}

@@ -46,6 +46,16 @@ pub struct Link {
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
     pub since: Instant,
+    /// Private-server login (SmokeStack's `0097a`/`0097b`).
+    pub login: Mutex<Login>,
+}
+
+/// A client's private-server login state.
+#[derive(Debug, Default)]
+pub struct Login {
+    pub authenticated: bool,
+    /// The challenge sent last, and when.
+    pub challenge: Option<(String, Instant)>,
 }
 
 impl Link {
@@ -55,6 +65,10 @@ impl Link {
 
     pub fn identities(&self) -> std::sync::MutexGuard<'_, Identities> {
         lock(&self.identities)
+    }
+
+    pub fn login(&self) -> std::sync::MutexGuard<'_, Login> {
+        lock(&self.login)
     }
 
     fn admits(&self, input: &mut Option<Option<FilterInput>>, frame: &[u8], now: Instant) -> bool {
@@ -300,6 +314,7 @@ impl Hub {
             frames_out: AtomicU64::new(0),
             since: Instant::now(),
             outgoing,
+            login: Mutex::new(Login::default()),
         })
     }
 

@@ -76,7 +76,7 @@ where
     end
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(ctx: &Ctx, link: &Link, mut rd: R) -> End {
+async fn read_loop<R: AsyncRead + Unpin>(ctx: &Arc<Ctx>, link: &Arc<Link>, mut rd: R) -> End {
     let cfg = &ctx.bridge.cfg;
     let idle = Duration::from_secs(cfg.idle_timeout_secs);
     let mut split = Splitter::new(
@@ -115,7 +115,12 @@ async fn read_loop<R: AsyncRead + Unpin>(ctx: &Ctx, link: &Link, mut rd: R) -> E
     }
 }
 
-async fn on_frame(ctx: &Ctx, link: &Link, f: Bytes, bucket: &mut TokenBucket) -> Result<(), Junk> {
+async fn on_frame(
+    ctx: &Arc<Ctx>,
+    link: &Arc<Link>,
+    f: Bytes,
+    bucket: &mut TokenBucket,
+) -> Result<(), Junk> {
     let m = &ctx.metrics.bridge;
     let kind = match frame::classify(&f) {
         Ok(k) => k,
@@ -129,6 +134,15 @@ async fn on_frame(ctx: &Ctx, link: &Link, f: Bytes, bucket: &mut TokenBucket) ->
         }
         Err(j) => return Err(j),
     };
+    if link.direction == Direction::In
+        && !link.is_neighbor()
+        && ctx.smoke.cfg.enabled
+        && ctx.smoke.view().private_server
+        && !link.login().authenticated
+    {
+        crate::smoke::login::gate(ctx, link, &kind);
+        return Ok(());
+    }
     match kind {
         Frame::Empty => {}
         Frame::Control { ty, content } if ty == TYPE_IDENTITY => {
@@ -173,6 +187,11 @@ async fn on_frame(ctx: &Ctx, link: &Link, f: Bytes, bucket: &mut TokenBucket) ->
             }
             link.frames_in.fetch_add(1, Ordering::Relaxed);
             m.frames.with_label_values(&["in"]).inc();
+            if crate::smoke::service::inspect(ctx, link, &f).await
+                == crate::smoke::service::Outcome::Consumed
+            {
+                return Ok(());
+            }
             super::ingest(ctx, link.key, f);
         }
     }

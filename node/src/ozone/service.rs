@@ -125,13 +125,22 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ServiceError::Store(StoreError::Task(e.to_string())))?
 }
 
+/// Whether a durable deposit is also flooded, tagged for the ozone, so live readers get it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notify {
+    LiveReaders,
+    /// Nobody reads this ozone live (Smoke mailboxes: released on retrieval only).
+    Nobody,
+}
+
 /// Deposit a payload on the owners; on success, also flood it tagged for the ozone so live
-/// readers get it.
+/// readers get it (see [`Notify`]).
 #[tracing::instrument(name = "ozone.deposit", skip_all, fields(ozone = %addr.short()))]
 pub async fn deposit(
     ctx: &Arc<Ctx>,
     addr: OzoneAddr,
     payload: Bytes,
+    notify: Notify,
 ) -> Result<(StoredMessage, usize), ServiceError> {
     let m = &ctx.metrics;
     let _timer = m.ozone_deposit_seconds.start_timer();
@@ -199,7 +208,7 @@ pub async fn deposit(
             m.ozone_deposits.with_label_values(&[label]).inc();
             m.ozone_bytes.set(ctx.ozones.total_bytes() as i64);
             tracing::debug!(ozone = %addr.short(), id = %hex::encode(&msg.id[..4]), seq = msg.seq, copies, "ozone deposit durable");
-            if outcome == DepositOutcome::Stored {
+            if outcome == DepositOutcome::Stored && notify == Notify::LiveReaders {
                 let tag = addr.tag(tags::epoch_of(now / 1000));
                 let pkt =
                     EchoPacket::new(msg.payload.clone(), ctx.cfg.echo.default_hops, Some(tag));

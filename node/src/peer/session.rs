@@ -295,6 +295,8 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
         software = %theirs.software, "neighbor up");
     ctx.tasks
         .spawn(crate::keydir::flood::sync_neighbor(ctx.clone(), n.clone()));
+    ctx.tasks
+        .spawn(crate::smoke::flood::sync_neighbor(ctx.clone(), n.clone()));
     crate::topology::flood::sync_neighbor(&ctx, &n);
     crate::drain::on_neighbor_up(&ctx, n.clone());
     ctx.tasks.spawn(crate::peer::serve::run(

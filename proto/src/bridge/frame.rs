@@ -272,6 +272,19 @@ pub fn control_frame(ty: &str, content: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A data frame echomesh originates: `content=CONTENT` with an exact `Content-Length`
+/// (SmokeStack's `bytesToMessageString` without the ETag line).
+pub fn data_frame(content: &[u8]) -> Vec<u8> {
+    let body_len = "content=".len() + content.len() + EOM.len();
+    let mut f = Vec::with_capacity(body_len + 128);
+    f.extend_from_slice(b"POST HTTP/1.1\r\nContent-Length: ");
+    f.extend_from_slice(body_len.to_string().as_bytes());
+    f.extend_from_slice(b"\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\ncontent=");
+    f.extend_from_slice(content);
+    f.extend_from_slice(EOM);
+    f
+}
+
 /// The capabilities frame (`0014`): base64 of `<uuid>\n<lane width>\nfull`.
 pub fn capabilities_frame(uuid: &str, lane_width: usize) -> Vec<u8> {
     let text = format!("{uuid}\n{lane_width}\nfull");

@@ -7,6 +7,7 @@
 pub mod crypto;
 pub mod epks;
 pub mod login;
+pub mod record;
 pub mod request;
 pub mod search;
 

@@ -414,6 +414,24 @@ impl EchoClient {
         }
     }
 
+    /// The content of the next control frame of type `ty` (others are skipped), or `None`
+    /// after `timeout`.
+    pub async fn recv_control(&mut self, ty: &str, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let f = tokio::time::timeout_at(deadline, self.frames.recv())
+                .await
+                .ok()??;
+            if let Ok(echomesh_proto::bridge::Frame::Control { ty: t, content }) =
+                echomesh_proto::bridge::frame::classify(&f)
+            {
+                if t == ty {
+                    return Some(content.to_vec());
+                }
+            }
+        }
+    }
+
     /// Every frame that is not a well-formed control or empty frame (data and junk alike)
     /// arriving until `quiet` passes without one: what a relay must never have passed on.
     pub async fn drain_non_control(&mut self, quiet: Duration) -> Vec<Bytes> {

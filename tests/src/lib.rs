@@ -16,6 +16,7 @@ pub mod chaos;
 pub mod console;
 pub mod echo;
 pub mod gateway;
+pub mod smoke;
 pub mod webdriver;
 pub use echomesh_proto::admin::RuntimeInfo;
 

@@ -563,6 +563,7 @@ pub async fn update_gauges(ctx: &Arc<Ctx>) {
         Ok((ozones, messages)) => {
             ctx.metrics.ozones_hosted.set(ozones as i64);
             ctx.metrics.ozone_messages.set(messages as i64);
+            ctx.metrics.ozone_bytes.set(ctx.ozones.total_bytes() as i64);
         }
         Err(e) => tracing::warn!(error = %e, "cannot read ozone counts"),
     }

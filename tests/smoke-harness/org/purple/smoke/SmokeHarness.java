@@ -23,6 +23,7 @@
 //   open <frame>                 a released message: destination checked against the
 //                                retrieval identity, then Kernel.ourMessage's chat steps;
 //                                answers with the text and SHA-512(data)
+//   confirm <frame>              a server's 0x03 confirmation of our shared SipHash ID
 //   read <digest>                the 0x04 read receipt for a released message
 //   login <challenge>            the 0097b answer to a server's 0097a
 //   quit
@@ -167,6 +168,7 @@ public final class SmokeHarness {
             return "ok " + frame(Messages.bytesToMessageString(Miscellaneous.joinByteArrays(ct, mac)));
         }
         case "open": return open(content(a[1]));
+        case "confirm": return confirm(content(a[1]));
         case "read": {
             byte[] b = Messages.messageRead(c, D64.decode(a[1]));
             return b == null ? "err messageRead returned null" : "ok " + frame(Messages.bytesToMessageString(b));
@@ -208,6 +210,24 @@ public final class SmokeHarness {
         keys.put(id, new PublicKey[] {enc, sig});
         Database.getInstance().addParticipant(id, enc, "optional_signatures = false");
         return "ok " + id + " " + sig.getAlgorithm();
+    }
+
+    // Kernel.ourMessage's steps for a 0x03 confirmation: destination tag for our ID, the
+    // ozone's MAC, decrypt with the ozone key; type 0x03 carrying our SipHash ID.
+    private String confirm(byte[] bytes) {
+        int n = bytes.length, h = Cryptography.HASH_KEY_LENGTH;
+        if (n < 2 * h) return "err short";
+        if (!Cryptography.memcmp(range(bytes, n - h, n), Cryptography.hmac(range(bytes, 0, n - h),
+                Cryptography.sha512(c.sipHashId().getBytes(StandardCharsets.UTF_8)))))
+            return "err not addressed to us";
+        byte[] data = range(bytes, 0, n - 2 * h);
+        if (!Cryptography.memcmp(range(bytes, n - 2 * h, n - h), Cryptography.hmac(data, c.ozoneMacKey())))
+            return "err ozone MAC";
+        byte[] plain = Cryptography.decrypt(data, c.ozoneEncryptionKey());
+        if (plain == null || plain.length < 9 + Cryptography.SIPHASH_IDENTITY_LENGTH || plain[0] != 0x03)
+            return "err not a 0x03 confirmation";
+        String id = new String(range(plain, 9, 9 + Cryptography.SIPHASH_IDENTITY_LENGTH), StandardCharsets.UTF_8);
+        return id.equals(c.sipHashId()) ? "ok " + id : "err confirms " + id;
     }
 
     // A released message: content = data || HMAC(retrieval identity, data). Then

@@ -554,6 +554,8 @@ const NON_CONFIG_ENV: &[&str] = &[
     "npm_cache",
     "tools",
     "chaos_seed",
+    // The integration tests: where the team's third-party snapshots are.
+    "third_party",
     "chaos_seeds",
     "chaos_net",
     "chaos_nodes",

@@ -47,6 +47,9 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Replicated ozone deposits (acknowledged after W durable copies) and fetches.
     Ozone(crate::bench_ozone::OzoneBenchArgs),
+    /// SmokeStack services: the per-frame storage-tag search, storing ozone copies, and a
+    /// retrieval releasing them.
+    Smoke(crate::bench_smoke::SmokeBenchArgs),
 }
 
 #[derive(Debug, Serialize)]
@@ -93,8 +96,14 @@ pub fn topology(n: usize) -> Vec<(usize, usize)> {
 }
 
 pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<ExitCode> {
-    if let Some(BenchWhat::Ozone(o)) = &a.what {
-        return crate::bench_ozone::run(o, a.node_bin.as_deref(), json).await;
+    match &a.what {
+        Some(BenchWhat::Ozone(o)) => {
+            return crate::bench_ozone::run(o, a.node_bin.as_deref(), json).await
+        }
+        Some(BenchWhat::Smoke(s)) => {
+            return crate::bench_smoke::run(s, a.node_bin.as_deref(), json).await
+        }
+        None => {}
     }
     if a.nodes < 2 || a.nodes > 64 {
         bail!("--nodes must be between 2 and 64");

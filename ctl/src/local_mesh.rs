@@ -108,14 +108,26 @@ impl LocalMesh {
         edges: &[(usize, usize)],
         extra: &[String],
     ) -> anyhow::Result<Self> {
+        Self::start_configured(bin, n, edges, extra, |_| String::new()).await
+    }
+
+    /// [`LocalMesh::start_with`], with TOML appended to node `i`'s bench configuration by
+    /// `config(i)` (e.g. an Echo listener on one node).
+    pub async fn start_configured(
+        bin: &Path,
+        n: usize,
+        edges: &[(usize, usize)],
+        extra: &[String],
+        config: impl Fn(usize) -> String,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
-        let config = dir.path().join("bench.toml");
-        std::fs::write(&config, BENCH_CONFIG)
-            .with_context(|| format!("writing {}", config.display()))?;
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
+            let file = dir.path().join(format!("bench{i}.toml"));
+            std::fs::write(&file, format!("{BENCH_CONFIG}\n{}", config(i)))
+                .with_context(|| format!("writing {}", file.display()))?;
             let data = dir.path().join(format!("node{i}"));
-            let node = spawn(bin, &config, &data, extra)
+            let node = spawn(bin, &file, &data, extra)
                 .await
                 .with_context(|| format!("starting node {i}"))?;
             nodes.push(node);

@@ -3,6 +3,7 @@
 mod admin_client;
 mod bench;
 mod bench_ozone;
+mod bench_smoke;
 mod commands;
 mod local_mesh;
 mod messaging;

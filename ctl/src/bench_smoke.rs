@@ -205,7 +205,7 @@ pub async fn run(
             String::new()
         };
         format!(
-            "[bridge]\n{listen}start_delay_ms = 0\nqueue_bytes = 268435456\n[bridge.rate]\npackets_per_sec = 10000000\nbytes_per_sec = 4294967296\n[smoke]\nmax_participants = {participants}\nmax_ozones = {ozones}\nmax_release = {messages}\n"
+            "[bridge]\n{listen}start_delay_ms = 0\nqueue_bytes = 268435456\n[bridge.rate]\npackets_per_sec = 10000000\nbytes_per_sec = 4294967296\n[smoke]\nmax_participants = {participants}\nmax_ozones = {ozones}\nmax_search_hmacs = {hmacs}\nmax_release = {messages}\n"
         )
     })
     .await?;

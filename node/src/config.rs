@@ -74,6 +74,10 @@ pub struct SmokeSection {
     /// Participants in the cluster at most. Every frame costs up to ozones × participants × 3
     /// HMACs (the storage-tag search): see docs/BENCHMARKS.md before raising it.
     pub max_participants: usize,
+    /// The storage-tag search tries ozones × participants × 3 HMACs on every frame that is
+    /// not otherwise recognised; an ozone or participant that would take it past this bound
+    /// is refused (counted). About 1 µs each on one core (docs/BENCHMARKS.md).
+    pub max_search_hmacs: usize,
     /// Stored messages released per retrieval at most (the oldest first; the rest follow on
     /// the next retrieval once these are read).
     pub max_release: usize,
@@ -91,6 +95,7 @@ impl Default for SmokeSection {
             enabled: true,
             max_ozones: 64,
             max_participants: 1000,
+            max_search_hmacs: 30_000,
             max_release: 500,
             search_workers: 2,
             max_pending_stores: 64,
@@ -684,6 +689,9 @@ impl Config {
         }
         if sm.max_participants == 0 || sm.max_participants > 100_000 {
             return bad("smoke.max_participants: must be between 1 and 100000".into());
+        }
+        if sm.max_search_hmacs < 3 {
+            return bad("smoke.max_search_hmacs: must be at least 3 (one ozone, one participant)".into());
         }
         if sm.max_release == 0 || sm.max_release > 10_000 {
             return bad("smoke.max_release: must be between 1 and 10000".into());

@@ -528,8 +528,8 @@ async fn smoke_publish(ctx: &Ctx, r: echomesh_proto::smoke::record::Record) -> O
         Ok(crate::smoke::Applied::Full) => fail(
             StatusCode::INSUFFICIENT_STORAGE,
             format!(
-                "the cluster's Smoke configuration is full (smoke.max_ozones = {}, smoke.max_participants = {}): remove one first or raise the limit on every node",
-                ctx.smoke.cfg.max_ozones, ctx.smoke.cfg.max_participants
+                "the cluster's Smoke configuration is full (smoke.max_ozones = {}, smoke.max_participants = {}, and ozones × participants × 3 at most smoke.max_search_hmacs = {}): remove one first or raise the limit on every node",
+                ctx.smoke.cfg.max_ozones, ctx.smoke.cfg.max_participants, ctx.smoke.cfg.max_search_hmacs
             ),
         ),
         Ok(_) => Ok(()),

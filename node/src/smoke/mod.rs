@@ -17,7 +17,7 @@ use echomesh_proto::ozone::{OzoneAddr, OzoneProof};
 use echomesh_proto::smoke::crypto::HASH_LEN;
 use echomesh_proto::smoke::epks::Keys;
 use echomesh_proto::smoke::record::{self, Record, Value};
-use echomesh_proto::smoke::search::Search;
+use echomesh_proto::smoke::search::{self, Search};
 use echomesh_proto::smoke::Stream;
 use tokio::sync::Semaphore;
 
@@ -154,15 +154,22 @@ impl Smoke {
                 .filter(|(k, v)| k.starts_with(prefix) && v.value != Value::Removed && **k != r.key)
                 .count()
         };
+        let (ozones, participants) = (live("ozone:"), live("participant:"));
+        let search = |o: usize, p: usize| o * p * search::MINUTES.len() > self.cfg.max_search_hmacs;
         let full = match r.value {
-            Value::Ozone => live("ozone:") >= self.cfg.max_ozones,
-            Value::Participant(_) => live("participant:") >= self.cfg.max_participants,
+            Value::Ozone => {
+                ozones >= self.cfg.max_ozones || search(ozones + 1, participants.max(1))
+            }
+            Value::Participant(_) => {
+                participants >= self.cfg.max_participants
+                    || search(ozones.max(1), participants + 1)
+            }
             _ => false,
         } || records.len() >= 2 * (self.cfg.max_ozones + self.cfg.max_participants) + 1
             && !records.contains_key(&r.key);
         if full {
             self.metrics.smoke.refused.with_label_values(&["full"]).inc();
-            tracing::warn!(key = %r.key, max_ozones = self.cfg.max_ozones, max_participants = self.cfg.max_participants, "Smoke record refused: the cluster's Smoke configuration is full (smoke.max_ozones / smoke.max_participants)");
+            tracing::warn!(key = %r.key, ozones, participants, max_ozones = self.cfg.max_ozones, max_participants = self.cfg.max_participants, max_search_hmacs = self.cfg.max_search_hmacs, "Smoke record refused: the cluster's Smoke configuration is full (smoke.max_ozones, smoke.max_participants, or ozones × participants × 3 > smoke.max_search_hmacs)");
             return Ok(Applied::Full);
         }
         let mut key = STATE_PREFIX.to_vec();

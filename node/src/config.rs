@@ -76,7 +76,8 @@ pub struct SmokeSection {
     pub max_participants: usize,
     /// The storage-tag search tries ozones × participants × 3 HMACs on every frame that is
     /// not otherwise recognised; an ozone or participant that would take it past this bound
-    /// is refused (counted). About 1 µs each on one core (docs/BENCHMARKS.md).
+    /// is refused (counted). About 1 µs each on one core (docs/BENCHMARKS.md): the default,
+    /// 1 000 participants × 2 ozones, costs about 6 ms per frame at worst.
     pub max_search_hmacs: usize,
     /// Stored messages released per retrieval at most (the oldest first; the rest follow on
     /// the next retrieval once these are read).
@@ -95,7 +96,7 @@ impl Default for SmokeSection {
             enabled: true,
             max_ozones: 64,
             max_participants: 1000,
-            max_search_hmacs: 30_000,
+            max_search_hmacs: 6_000,
             max_release: 500,
             search_workers: 2,
             max_pending_stores: 64,

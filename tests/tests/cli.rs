@@ -340,3 +340,24 @@ fn bench_runs_node_processes_and_delivers_everything_once() {
         "{err}"
     );
 }
+
+/// `echomeshctl bench smoke` registers participants with keys, stores ozone copies through
+/// real nodes' Echo listener and releases them with one signed retrieval.
+#[test]
+fn bench_smoke_stores_and_releases_every_copy() {
+    let out = Command::new(bin("echomeshctl"))
+        .args(["--json", "bench", "smoke", "--nodes", "2", "--participants", "20"])
+        .args(["--ozones", "2", "--messages", "100", "--size", "512"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench smoke failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["released"], 100, "{r}");
+    assert_eq!(r["search_hmacs_per_frame"], 2 * 20 * 3, "{r}");
+    assert!(r["stored_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["node_inspect_mean_us"].as_f64().unwrap() > 0.0, "{r}");
+}

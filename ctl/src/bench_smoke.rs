@@ -75,7 +75,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn siphash_id(i: usize) -> String {
-    format!("BE4C-0000-0000-0000-0000-0000-{:04X}-{:04X}", i >> 16, i & 0xffff)
+    format!(
+        "BE4C-0000-0000-0000-0000-0000-{:04X}-{:04X}",
+        i >> 16,
+        i & 0xffff
+    )
 }
 
 /// A participant's keys as its Smoke client would share them: the bench shares one RSA
@@ -190,7 +194,9 @@ pub async fn run(
     let (hmacs, search_miss_us, search_hit_us) = search_figures(a);
 
     let bin = crate::local_mesh::node_binary(node_bin)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut edges = Vec::new();
     for i in 0..a.nodes {
         for j in i + 1..a.nodes {
@@ -216,7 +222,12 @@ pub async fn run(
     for address in &addresses {
         let _: api::SmokeOzones = n0
             .admin
-            .post(api::PATH_SMOKE_OZONES, &api::SmokeOzoneChange { address: address.clone() })
+            .post(
+                api::PATH_SMOKE_OZONES,
+                &api::SmokeOzoneChange {
+                    address: address.clone(),
+                },
+            )
             .await?;
     }
     let crowd = Signer::new()?;
@@ -227,7 +238,9 @@ pub async fn run(
             .admin
             .post(
                 api::PATH_SMOKE_PARTICIPANTS,
-                &api::SmokeParticipantChange { siphash_id: id.clone() },
+                &api::SmokeParticipantChange {
+                    siphash_id: id.clone(),
+                },
             )
             .await?;
     }
@@ -266,7 +279,12 @@ pub async fn run(
         } else {
             crowd.keys(id)?
         };
-        let epks = epks::answer(&keys, id, &Stream::derive(id), echomesh_proto::clock::unix_ms());
+        let epks = epks::answer(
+            &keys,
+            id,
+            &Stream::derive(id),
+            echomesh_proto::clock::unix_ms(),
+        );
         out.extend_from_slice(&frame_of(&epks));
     }
     wr.write_all(&out).await?;
@@ -275,7 +293,10 @@ pub async fn run(
     loop {
         let mut have = 0.0;
         for n in &mesh.nodes {
-            have += series(&n.admin.text("/metrics").await?, "echomesh_smoke_participants{keys=\"keys\"}");
+            have += series(
+                &n.admin.text("/metrics").await?,
+                "echomesh_smoke_participants{keys=\"keys\"}",
+            );
         }
         if have >= want {
             break;
@@ -298,7 +319,12 @@ pub async fn run(
     for i in 0..a.messages {
         let body: Vec<u8> = (0..a.size - HASH_LEN).map(|_| rand::random()).collect();
         let mut copy = body.clone();
-        copy.extend_from_slice(&search::tag(&streams[i % streams.len()], &body, &reader_id, now_min));
+        copy.extend_from_slice(&search::tag(
+            &streams[i % streams.len()],
+            &body,
+            &reader_id,
+            now_min,
+        ));
         out.extend_from_slice(&frame_of(&copy));
     }
     let t_store = Instant::now();
@@ -306,7 +332,10 @@ pub async fn run(
     loop {
         let text = n0.admin.text("/metrics").await?;
         let stored = series(&text, "echomesh_smoke_frames_total{kind=\"stored\"}");
-        let lost = series(&text, "echomesh_smoke_refused_total{reason=\"not_durable\"}");
+        let lost = series(
+            &text,
+            "echomesh_smoke_refused_total{reason=\"not_durable\"}",
+        );
         if stored + lost >= a.messages as f64 {
             if lost > 0.0 {
                 bail!("{lost} copies were not stored durably");
@@ -361,7 +390,11 @@ pub async fn run(
             continue;
         };
         if c.len() > HASH_LEN
-            && hmac_matches(&identity, &c[..c.len() - HASH_LEN], &c[c.len() - HASH_LEN..])
+            && hmac_matches(
+                &identity,
+                &c[..c.len() - HASH_LEN],
+                &c[c.len() - HASH_LEN..],
+            )
         {
             released += 1;
             bytes += c.len() - HASH_LEN;
@@ -396,7 +429,10 @@ pub async fn run(
             "search per frame: {} HMACs; no match {:.0} µs, a match {:.0} µs (median); node inspection {:.0} µs (mean)",
             report.search_hmacs_per_frame, report.search_miss_us, report.search_hit_us, report.node_inspect_mean_us
         );
-        println!("stored {:.0} copies/s (write quorum each)", report.stored_per_sec);
+        println!(
+            "stored {:.0} copies/s (write quorum each)",
+            report.stored_per_sec
+        );
         println!(
             "retrieval: {} released, first after {:.1} ms, {:.0} messages/s, {:.1} MiB/s",
             report.released,

@@ -65,7 +65,11 @@ pub async fn run(client: AdminClient, cmd: SmokeCommand, json: bool) -> anyhow::
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
-                println!("{} Smoke ozone(s) (at most {})", view.ozones.len(), view.max);
+                println!(
+                    "{} Smoke ozone(s) (at most {})",
+                    view.ozones.len(),
+                    view.max
+                );
                 for o in &view.ozones {
                     println!("  {o}");
                 }
@@ -121,7 +125,11 @@ pub async fn run(client: AdminClient, cmd: SmokeCommand, json: bool) -> anyhow::
             } else {
                 println!(
                     "private server: {}",
-                    if r.on { "on (Smoke clients must log in)" } else { "off" }
+                    if r.on {
+                        "on (Smoke clients must log in)"
+                    } else {
+                        "off"
+                    }
                 );
             }
         }

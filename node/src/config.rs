@@ -692,7 +692,9 @@ impl Config {
             return bad("smoke.max_participants: must be between 1 and 100000".into());
         }
         if sm.max_search_hmacs < 3 {
-            return bad("smoke.max_search_hmacs: must be at least 3 (one ozone, one participant)".into());
+            return bad(
+                "smoke.max_search_hmacs: must be at least 3 (one ozone, one participant)".into(),
+            );
         }
         if sm.max_release == 0 || sm.max_release > 10_000 {
             return bad("smoke.max_release: must be between 1 and 10000".into());

@@ -60,7 +60,10 @@ pub fn classes() -> PathBuf {
         .args(&files)
         .status()
         .expect("javac (apt-get install default-jdk-headless)");
-    assert!(st.success(), "compiling Smoke's sources and the harness failed");
+    assert!(
+        st.success(),
+        "compiling Smoke's sources and the harness failed"
+    );
     *g = Some(out.clone());
     out
 }
@@ -103,7 +106,9 @@ impl SmokeUser {
         writeln!(self.stdin, "{line}").expect("write to the harness");
         self.stdin.flush().expect("flush");
         let mut answer = String::new();
-        self.stdout.read_line(&mut answer).expect("read from the harness");
+        self.stdout
+            .read_line(&mut answer)
+            .expect("read from the harness");
         let answer = answer.trim_end();
         match answer.strip_prefix("ok") {
             Some(rest) => Ok(rest.split_whitespace().map(str::to_string).collect()),
@@ -128,7 +133,11 @@ impl SmokeUser {
     /// `retrieve`: the identity frame and the retrieval frame.
     pub fn retrieve(&mut self) -> (Vec<u8>, Vec<u8>) {
         let f = self.ok("retrieve");
-        let d = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).expect("b64");
+        let d = |s: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .expect("b64")
+        };
         (d(&f[0]), d(&f[1]))
     }
 

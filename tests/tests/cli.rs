@@ -346,7 +346,15 @@ fn bench_runs_node_processes_and_delivers_everything_once() {
 #[test]
 fn bench_smoke_stores_and_releases_every_copy() {
     let out = Command::new(bin("echomeshctl"))
-        .args(["--json", "bench", "smoke", "--nodes", "2", "--participants", "20"])
+        .args([
+            "--json",
+            "bench",
+            "smoke",
+            "--nodes",
+            "2",
+            "--participants",
+            "20",
+        ])
         .args(["--ozones", "2", "--messages", "100", "--size", "512"])
         .output()
         .unwrap();

@@ -35,9 +35,9 @@ fn cluster(root: &Path, n: usize) -> (Vec<TestNode>, Vec<SocketAddr>) {
     let plan = Plan::new(root, &refs);
     let mut nodes = Vec::new();
     let mut addrs = Vec::new();
-    for i in 0..n {
+    for (i, name) in names.iter().enumerate() {
         let port = free_port();
-        let mut flags = smoke_config(root, &names[i], port);
+        let mut flags = smoke_config(root, name, port);
         let others: Vec<String> = (0..n).filter(|&j| j != i).map(|j| plan.spec(j)).collect();
         flags.extend(Plan::neighbor_flags(&others));
         nodes.push(plan.start(i, &flags));
@@ -73,12 +73,16 @@ async fn register(user: &mut SmokeUser, conn: &mut EchoClient, nodes: &[&TestNod
     assert_eq!(f[0], user.id);
     let id = user.id.clone();
     for n in nodes {
-        wait_for(Duration::from_secs(10), "participant registered everywhere", || {
-            participants(n)["participants"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|p| p["siphash_id"] == id))
-                .then_some(())
-        });
+        wait_for(
+            Duration::from_secs(10),
+            "participant registered everywhere",
+            || {
+                participants(n)["participants"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|p| p["siphash_id"] == id))
+                    .then_some(())
+            },
+        );
     }
     conn.send(&user.frame("epks"));
     for n in nodes {
@@ -102,7 +106,10 @@ async fn addressed(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let f = conn.recv_data(left).await.expect("the answer addressed to the user");
+        let f = conn
+            .recv_data(left)
+            .await
+            .expect("the answer addressed to the user");
         match check(&f) {
             Ok(fields) => return fields,
             Err(e) if e.contains("not addressed to us") => continue,
@@ -119,7 +126,11 @@ async fn fetch_keys(user: &mut SmokeUser, conn: &mut EchoClient, whose: &str) {
 }
 
 /// Retrieve through `conn`: the released frames opened by Smoke's code, (text, digest).
-async fn retrieve(user: &mut SmokeUser, conn: &mut EchoClient, quiet: Duration) -> Vec<(String, String)> {
+async fn retrieve(
+    user: &mut SmokeUser,
+    conn: &mut EchoClient,
+    quiet: Duration,
+) -> Vec<(String, String)> {
     let (identity, request) = user.retrieve();
     conn.send(&identity);
     conn.send(&request);
@@ -138,11 +149,13 @@ async fn retrieve(user: &mut SmokeUser, conn: &mut EchoClient, quiet: Duration) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_messages_survive_the_node_that_took_them_and_read_ones_are_gone() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let (mut nodes, addrs) = cluster(tmp.path(), 3);
+    let (nodes, addrs) = cluster(tmp.path(), 3);
     nodes[1].ctl_ok(&["smoke", "ozones", "add", OZONE]);
     for n in &nodes {
         wait_for(Duration::from_secs(10), "ozone everywhere", || {
-            n.ctl_ok(&["smoke", "ozones", "list"]).contains(OZONE).then_some(())
+            n.ctl_ok(&["smoke", "ozones", "list"])
+                .contains(OZONE)
+                .then_some(())
         });
     }
     let mut alice = SmokeUser::new("ec", 2048, OZONE);
@@ -164,8 +177,12 @@ async fn smoke_messages_survive_the_node_that_took_them_and_read_ones_are_gone()
     let node_b = nodes[b].take().expect("b");
     let node_c = nodes[c].take().expect("c");
     let addrs = [addrs[a], addrs[b], addrs[c]];
-    let mut to_a = EchoClient::connect(addrs[0], EchoTls::Any).await.expect("a");
-    let mut to_c = EchoClient::connect(addrs[2], EchoTls::Tls12Only).await.expect("c");
+    let mut to_a = EchoClient::connect(addrs[0], EchoTls::Any)
+        .await
+        .expect("a");
+    let mut to_c = EchoClient::connect(addrs[2], EchoTls::Tls12Only)
+        .await
+        .expect("c");
     let all = [&node_a, &node_b, &node_c];
     register(&mut alice, &mut to_a, &all).await;
     register(&mut bob, &mut to_c, &all).await;
@@ -196,19 +213,30 @@ async fn smoke_messages_survive_the_node_that_took_them_and_read_ones_are_gone()
     let got_texts: Vec<String> = got.iter().map(|(t, _)| t.clone()).collect();
     let distinct: BTreeSet<String> = got_texts.iter().cloned().collect();
     assert_eq!(got_texts.len(), 100, "each message once");
-    assert_eq!(distinct, want, "all 100 messages, decrypted by Smoke's code");
+    assert_eq!(
+        distinct, want,
+        "all 100 messages, decrypted by Smoke's code"
+    );
 
     // Read receipts through C; then nobody releases them again.
     for (_, digest) in &got {
         let f = bob.frame(&format!("read {digest}"));
         to_c.send(&f);
     }
-    let mut to_b = EchoClient::connect(addrs[1], EchoTls::Any).await.expect("b");
-    wait_for(Duration::from_secs(20), "read messages removed on C", || {
-        (node_c.metric("echomesh_ozone_acked_messages_total") >= 100.0).then_some(())
-    });
-    assert!(retrieve(&mut bob, &mut to_c, Duration::from_secs(2)).await.is_empty());
-    assert!(retrieve(&mut bob, &mut to_b, Duration::from_secs(2)).await.is_empty());
+    let mut to_b = EchoClient::connect(addrs[1], EchoTls::Any)
+        .await
+        .expect("b");
+    wait_for(
+        Duration::from_secs(20),
+        "read messages removed on C",
+        || (node_c.metric("echomesh_ozone_acked_messages_total") >= 100.0).then_some(()),
+    );
+    assert!(retrieve(&mut bob, &mut to_c, Duration::from_secs(2))
+        .await
+        .is_empty());
+    assert!(retrieve(&mut bob, &mut to_b, Duration::from_secs(2))
+        .await
+        .is_empty());
 
     // The killed node restarts with its copies; the tombstones reach it.
     node_a.restart();
@@ -218,9 +246,13 @@ async fn smoke_messages_survive_the_node_that_took_them_and_read_ones_are_gone()
     wait_for(Duration::from_secs(30), "A's copies removed", || {
         (node_a.metric("echomesh_ozone_stored_bytes") == 0.0).then_some(())
     });
-    let mut to_a = EchoClient::connect(addrs[0], EchoTls::Any).await.expect("a again");
+    let mut to_a = EchoClient::connect(addrs[0], EchoTls::Any)
+        .await
+        .expect("a again");
     for conn in [&mut to_a, &mut to_b, &mut to_c] {
-        assert!(retrieve(&mut bob, conn, Duration::from_secs(2)).await.is_empty());
+        assert!(retrieve(&mut bob, conn, Duration::from_secs(2))
+            .await
+            .is_empty());
     }
 }
 
@@ -233,7 +265,9 @@ async fn forged_retrievals_get_nothing_and_a_private_server_wants_a_login() {
     let mut alice = SmokeUser::new("ec", 2048, OZONE);
     let mut bob = SmokeUser::new("ec", 2048, OZONE);
     let mut mallory = SmokeUser::new("ec", 2048, OZONE);
-    let mut conn = EchoClient::connect(addrs[0], EchoTls::Any).await.expect("connect");
+    let mut conn = EchoClient::connect(addrs[0], EchoTls::Any)
+        .await
+        .expect("connect");
     register(&mut alice, &mut conn, &[n]).await;
     register(&mut bob, &mut conn, &[n]).await;
     fetch_keys(&mut bob, &mut conn, &alice.id.clone()).await;
@@ -256,7 +290,9 @@ async fn forged_retrievals_get_nothing_and_a_private_server_wants_a_login() {
     for (forge, reason) in [("stale", "stale"), ("badsig", "bad_signature")] {
         conn.send(&alice.frame(&format!("forge-retrieve {forge}")));
         wait_for(Duration::from_secs(10), reason, || {
-            (n.metric(&format!("echomesh_smoke_refused_total{{reason=\"{reason}\"}}")) >= 1.0)
+            (n.metric(&format!(
+                "echomesh_smoke_refused_total{{reason=\"{reason}\"}}"
+            )) >= 1.0)
                 .then_some(())
         });
     }
@@ -267,14 +303,24 @@ async fn forged_retrievals_get_nothing_and_a_private_server_wants_a_login() {
         (n.metric("echomesh_smoke_refused_total{reason=\"unknown_participant\"}") >= 1.0)
             .then_some(())
     });
-    assert!(conn.drain_data(Duration::from_secs(2)).await.is_empty(), "a forged request got frames");
+    assert!(
+        conn.drain_data(Duration::from_secs(2)).await.is_empty(),
+        "a forged request got frames"
+    );
     assert_eq!(n.metric("echomesh_smoke_released_total"), 0.0);
     // The genuine request gets the three.
-    assert_eq!(retrieve(&mut alice, &mut conn, Duration::from_secs(3)).await.len(), 3);
+    assert_eq!(
+        retrieve(&mut alice, &mut conn, Duration::from_secs(3))
+            .await
+            .len(),
+        3
+    );
 
     // Private server: a new connection is challenged and ignored until it logs in.
     n.ctl_ok(&["smoke", "private-server", "on"]);
-    let mut fresh = EchoClient::connect(addrs[0], EchoTls::Any).await.expect("connect");
+    let mut fresh = EchoClient::connect(addrs[0], EchoTls::Any)
+        .await
+        .expect("connect");
     let (identity, request) = alice.retrieve();
     fresh.send(&identity);
     fresh.send(&request);
@@ -282,7 +328,10 @@ async fn forged_retrievals_get_nothing_and_a_private_server_wants_a_login() {
         .recv_control("0097a", Duration::from_secs(10))
         .await
         .expect("a 0097a challenge");
-    assert!(fresh.drain_data(Duration::from_secs(2)).await.is_empty(), "served before login");
+    assert!(
+        fresh.drain_data(Duration::from_secs(2)).await.is_empty(),
+        "served before login"
+    );
     assert!(n.metric("echomesh_smoke_refused_total{reason=\"unauthenticated\"}") >= 2.0);
     // Mallory's key is not a participant's: refused.
     let challenge = String::from_utf8(challenge).expect("ascii");
@@ -299,5 +348,10 @@ async fn forged_retrievals_get_nothing_and_a_private_server_wants_a_login() {
     wait_for(Duration::from_secs(5), "login", || {
         (n.metric("echomesh_smoke_logins_total{result=\"ok\"}") >= 1.0).then_some(())
     });
-    assert_eq!(retrieve(&mut alice, &mut fresh, Duration::from_secs(3)).await.len(), 3);
+    assert_eq!(
+        retrieve(&mut alice, &mut fresh, Duration::from_secs(3))
+            .await
+            .len(),
+        3
+    );
 }

@@ -51,7 +51,9 @@ pub fn router(guard: auth::Guard) -> Router {
         .route(api::PATH_MEMBERS, get(members))
         .route(
             api::PATH_SMOKE_OZONES,
-            get(smoke_ozones).post(smoke_ozone_add).delete(smoke_ozone_remove),
+            get(smoke_ozones)
+                .post(smoke_ozone_add)
+                .delete(smoke_ozone_remove),
         )
         .route(
             api::PATH_SMOKE_PARTICIPANTS,

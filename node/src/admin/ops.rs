@@ -500,7 +500,13 @@ pub fn topology(ctx: &Ctx) -> crate::topology::TopologyView {
 
 pub fn smoke_ozones(ctx: &Ctx) -> api::SmokeOzones {
     api::SmokeOzones {
-        ozones: ctx.smoke.view().ozones.iter().map(|(a, _)| a.clone()).collect(),
+        ozones: ctx
+            .smoke
+            .view()
+            .ozones
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect(),
         max: ctx.smoke.cfg.max_ozones,
     }
 }
@@ -541,7 +547,11 @@ async fn smoke_publish(ctx: &Ctx, r: echomesh_proto::smoke::record::Record) -> O
 }
 
 /// Add (`present`) or remove an ozone address.
-pub async fn smoke_ozone_change(ctx: &Ctx, address: &str, present: bool) -> OpResult<api::SmokeOzones> {
+pub async fn smoke_ozone_change(
+    ctx: &Ctx,
+    address: &str,
+    present: bool,
+) -> OpResult<api::SmokeOzones> {
     use echomesh_proto::smoke::record::{ozone_key, Record, Value};
     let a = address.trim();
     if a.is_empty() || a.len() > 256 || a.chars().any(|c| c.is_control()) {
@@ -552,11 +562,26 @@ pub async fn smoke_ozone_change(ctx: &Ctx, address: &str, present: bool) -> OpRe
     }
     let exists = ctx.smoke.view().ozones.iter().any(|(x, _)| x == a);
     if !present && !exists {
-        return fail(StatusCode::NOT_FOUND, format!("no Smoke ozone {a:?}; see echomeshctl smoke ozones list"));
+        return fail(
+            StatusCode::NOT_FOUND,
+            format!("no Smoke ozone {a:?}; see echomeshctl smoke ozones list"),
+        );
     }
     if present != exists {
-        let value = if present { Value::Ozone } else { Value::Removed };
-        smoke_publish(ctx, Record { key: ozone_key(a), at_ms: echomesh_proto::clock::unix_ms(), value }).await?;
+        let value = if present {
+            Value::Ozone
+        } else {
+            Value::Removed
+        };
+        smoke_publish(
+            ctx,
+            Record {
+                key: ozone_key(a),
+                at_ms: echomesh_proto::clock::unix_ms(),
+                value,
+            },
+        )
+        .await?;
     }
     Ok(smoke_ozones(ctx))
 }
@@ -574,11 +599,26 @@ pub async fn smoke_participant_change(
     };
     let exists = ctx.smoke.view().participant(&id).is_some();
     if !present && !exists {
-        return fail(StatusCode::NOT_FOUND, format!("no Smoke participant {id}; see echomeshctl smoke participants list"));
+        return fail(
+            StatusCode::NOT_FOUND,
+            format!("no Smoke participant {id}; see echomeshctl smoke participants list"),
+        );
     }
     if present != exists {
-        let value = if present { Value::Participant(None) } else { Value::Removed };
-        smoke_publish(ctx, Record { key: participant_key(&id), at_ms: echomesh_proto::clock::unix_ms(), value }).await?;
+        let value = if present {
+            Value::Participant(None)
+        } else {
+            Value::Removed
+        };
+        smoke_publish(
+            ctx,
+            Record {
+                key: participant_key(&id),
+                at_ms: echomesh_proto::clock::unix_ms(),
+                value,
+            },
+        )
+        .await?;
     }
     Ok(smoke_participants(ctx))
 }
@@ -588,9 +628,15 @@ pub async fn smoke_private_server(ctx: &Ctx, on: bool) -> OpResult<api::SmokePri
     if ctx.smoke.view().private_server != on {
         smoke_publish(
             ctx,
-            Record { key: PRIVATE_SERVER_KEY.into(), at_ms: echomesh_proto::clock::unix_ms(), value: Value::PrivateServer(on) },
+            Record {
+                key: PRIVATE_SERVER_KEY.into(),
+                at_ms: echomesh_proto::clock::unix_ms(),
+                value: Value::PrivateServer(on),
+            },
         )
         .await?;
     }
-    Ok(api::SmokePrivateServer { on: ctx.smoke.view().private_server })
+    Ok(api::SmokePrivateServer {
+        on: ctx.smoke.view().private_server,
+    })
 }

@@ -238,7 +238,9 @@ async fn answer(
             Err(ev) => ev,
         },
         ClientRequest::Deposit { addr, payload } => {
-            match ozone::service::deposit(ctx, addr, payload, ozone::service::Notify::LiveReaders).await {
+            match ozone::service::deposit(ctx, addr, payload, ozone::service::Notify::LiveReaders)
+                .await
+            {
                 Ok((msg, copies)) => ClientEvent::Deposited {
                     id: MsgId(msg.id),
                     copies: copies.min(255) as u8,

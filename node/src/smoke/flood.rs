@@ -32,7 +32,11 @@ pub async fn verify(ctx: Arc<Ctx>, origin: Origin, pkt: EchoPacket) -> Checked {
     let r = match Record::decode(&pkt.payload) {
         Ok(r) => r,
         Err(e) => {
-            ctx.metrics.smoke.records.with_label_values(&["refused"]).inc();
+            ctx.metrics
+                .smoke
+                .records
+                .with_label_values(&["refused"])
+                .inc();
             tracing::info!(?origin, error = %e, "undecodable Smoke record dropped");
             return Checked::Refused;
         }
@@ -76,7 +80,8 @@ pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
         }
         let packets: Vec<EchoPacket> = chunk.iter().map(|r| packet(&ctx, r)).collect();
         let dropped = n.push_packets(&packets, ctx.router.own_tree());
-        ctx.metrics.count_drop(DropReason::NeighborQueueFull, dropped);
+        ctx.metrics
+            .count_drop(DropReason::NeighborQueueFull, dropped);
     }
     tracing::debug!(neighbor = %n.id, records = records.len(), "offered the Smoke records to a neighbor");
 }

@@ -37,21 +37,35 @@ pub fn challenge(ctx: &Ctx, link: &Link) {
     let every = Duration::from_secs(ctx.smoke.cfg.challenge_interval_secs);
     let c = {
         let mut l = link.login();
-        if l.authenticated || l.challenge.as_ref().is_some_and(|(_, t)| now.duration_since(*t) < every) {
+        if l.authenticated
+            || l.challenge
+                .as_ref()
+                .is_some_and(|(_, t)| now.duration_since(*t) < every)
+        {
             return;
         }
         let c = login::challenge();
         l.challenge = Some((c.clone(), now));
         c
     };
-    link.queue
-        .push_all(&[Bytes::from(frame::control_frame(TYPE_CHALLENGE, c.as_bytes()))]);
+    link.queue.push_all(&[Bytes::from(frame::control_frame(
+        TYPE_CHALLENGE,
+        c.as_bytes(),
+    ))]);
 }
 
 fn check(ctx: &Ctx, link: &Link, content: &[u8]) {
-    let text: Vec<u8> = content.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    let text: Vec<u8> = content
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
     let Some((sent, _)) = link.login().challenge.clone() else {
-        ctx.metrics.smoke.logins.with_label_values(&["refused"]).inc();
+        ctx.metrics
+            .smoke
+            .logins
+            .with_label_values(&["refused"])
+            .inc();
         return;
     };
     let view = ctx.smoke.view();
@@ -73,7 +87,11 @@ fn check(ctx: &Ctx, link: &Link, content: &[u8]) {
             tracing::info!(remote = %link.remote, id = %id, "Smoke client logged in to the private server");
         }
         Err(e) => {
-            ctx.metrics.smoke.logins.with_label_values(&["refused"]).inc();
+            ctx.metrics
+                .smoke
+                .logins
+                .with_label_values(&["refused"])
+                .inc();
             tracing::info!(remote = %link.remote, error = %e, "Smoke private-server login refused");
             // A fresh challenge for the next attempt.
             link.login().challenge = None;

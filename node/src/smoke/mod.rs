@@ -113,7 +113,9 @@ impl Smoke {
                 Ok(r) => {
                     records.insert(r.key.clone(), r);
                 }
-                Err(e) => tracing::error!(key = %String::from_utf8_lossy(&k), error = %e, "skipping a corrupt Smoke record"),
+                Err(e) => {
+                    tracing::error!(key = %String::from_utf8_lossy(&k), error = %e, "skipping a corrupt Smoke record")
+                }
             }
         }
         let s = Smoke {
@@ -145,7 +147,11 @@ impl Smoke {
     pub async fn apply(&self, r: Record) -> Result<Applied, StoreError> {
         let mut records = self.records.lock().await;
         if !record::newer(records.get(&r.key), &r) {
-            self.metrics.smoke.records.with_label_values(&["unchanged"]).inc();
+            self.metrics
+                .smoke
+                .records
+                .with_label_values(&["unchanged"])
+                .inc();
             return Ok(Applied::Unchanged);
         }
         let live = |prefix: &str| {
@@ -161,14 +167,17 @@ impl Smoke {
                 ozones >= self.cfg.max_ozones || search(ozones + 1, participants.max(1))
             }
             Value::Participant(_) => {
-                participants >= self.cfg.max_participants
-                    || search(ozones.max(1), participants + 1)
+                participants >= self.cfg.max_participants || search(ozones.max(1), participants + 1)
             }
             _ => false,
-        } || records.len() >= 2 * (self.cfg.max_ozones + self.cfg.max_participants) + 1
+        } || records.len() > 2 * (self.cfg.max_ozones + self.cfg.max_participants)
             && !records.contains_key(&r.key);
         if full {
-            self.metrics.smoke.refused.with_label_values(&["full"]).inc();
+            self.metrics
+                .smoke
+                .refused
+                .with_label_values(&["full"])
+                .inc();
             tracing::warn!(key = %r.key, ozones, participants, max_ozones = self.cfg.max_ozones, max_participants = self.cfg.max_participants, max_search_hmacs = self.cfg.max_search_hmacs, "Smoke record refused: the cluster's Smoke configuration is full (smoke.max_ozones, smoke.max_participants, or ozones × participants × 3 > smoke.max_search_hmacs)");
             return Ok(Applied::Full);
         }
@@ -177,7 +186,11 @@ impl Smoke {
         self.store.put_state(key, r.encode()).await?;
         records.insert(r.key.clone(), r);
         self.rebuild(&records).await;
-        self.metrics.smoke.records.with_label_values(&["applied"]).inc();
+        self.metrics
+            .smoke
+            .records
+            .with_label_values(&["applied"])
+            .inc();
         Ok(Applied::Changed)
     }
 
@@ -254,7 +267,9 @@ impl Smoke {
         let m = &self.metrics.smoke;
         m.ozones.set(v.ozones.len() as i64);
         let with_keys = v.participants.iter().filter(|p| p.keys.is_some()).count();
-        m.participants.with_label_values(&["keys"]).set(with_keys as i64);
+        m.participants
+            .with_label_values(&["keys"])
+            .set(with_keys as i64);
         m.participants
             .with_label_values(&["no_keys"])
             .set((v.participants.len() - with_keys) as i64);

@@ -167,8 +167,8 @@ fn verify_signed<'v>(ctx: &Ctx, view: &'v View, s: &Signed) -> Option<&'v str> {
         return None;
     };
     let keys = p.keys.as_ref()?;
-    let checked = PublicKey::from_der(&keys.signature_key)
-        .and_then(|k| k.verify(&s.signed, &s.signature));
+    let checked =
+        PublicKey::from_der(&keys.signature_key).and_then(|k| k.verify(&s.signed, &s.signature));
     match checked {
         Ok(()) => Some(&p.id),
         Err(e) => {
@@ -198,7 +198,13 @@ fn data_frame(content: &[u8]) -> Bytes {
     Bytes::from(frame::data_frame(b64.as_bytes()))
 }
 
-async fn answer(ctx: &Arc<Ctx>, link: &Arc<Link>, view: &View, ozone: usize, req: Request) -> Outcome {
+async fn answer(
+    ctx: &Arc<Ctx>,
+    link: &Arc<Link>,
+    view: &View,
+    ozone: usize,
+    req: Request,
+) -> Outcome {
     match req {
         Request::Retrieve(s) => {
             if let Some(id) = verify_signed(ctx, view, &s) {
@@ -244,7 +250,9 @@ async fn answer(ctx: &Arc<Ctx>, link: &Arc<Link>, view: &View, ozone: usize, req
                 };
                 match super::flood::publish(ctx, rec).await {
                     Ok(super::Applied::Full) => return Outcome::Consumed,
-                    Ok(_) => tracing::info!(id = %id, "Smoke participant registered (share SipHash ID)"),
+                    Ok(_) => {
+                        tracing::info!(id = %id, "Smoke participant registered (share SipHash ID)")
+                    }
                     Err(e) => {
                         tracing::warn!(id = %id, error = %e, "cannot store a Smoke participant");
                         return Outcome::Consumed;
@@ -281,7 +289,10 @@ async fn store(ctx: &Arc<Ctx>, participant: String, data: Bytes) {
 }
 
 /// The participant's stored messages, oldest first, at most `smoke.max_release`.
-async fn stored(ctx: &Arc<Ctx>, id: &str) -> Result<Vec<echomesh_proto::ozone::StoredMessage>, oz::ServiceError> {
+async fn stored(
+    ctx: &Arc<Ctx>,
+    id: &str,
+) -> Result<Vec<echomesh_proto::ozone::StoredMessage>, oz::ServiceError> {
     let (addr, proof) = mailbox(id);
     let max = ctx.smoke.cfg.max_release;
     let mut out = Vec::new();

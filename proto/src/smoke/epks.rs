@@ -92,7 +92,11 @@ pub fn addressed_to(bytes: &[u8], id_digest: &[u8; HASH_LEN], stream: &Stream) -
     };
     let dest = &bytes[bytes.len() - HASH_LEN..];
     hmac_matches(id_digest, &bytes[..bytes.len() - HASH_LEN], dest)
-        && hmac_matches(&stream.mac, &bytes[..split], &bytes[split..bytes.len() - HASH_LEN])
+        && hmac_matches(
+            &stream.mac,
+            &bytes[..split],
+            &bytes[split..bytes.len() - HASH_LEN],
+        )
 }
 
 /// Decrypt and check a bundle addressed to a participant whose stream is `stream`: fields,
@@ -149,5 +153,8 @@ pub fn answer(keys: &Keys, requester: &str, requester_stream: &Stream, now_ms: u
         B64.encode(&keys.signature_key),
         B64.encode(&keys.signature_signature),
     ];
-    super::addressed(requester_stream.seal(fields.join("\n").as_bytes()), requester)
+    super::addressed(
+        requester_stream.seal(fields.join("\n").as_bytes()),
+        requester,
+    )
 }

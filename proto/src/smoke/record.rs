@@ -60,9 +60,11 @@ impl Record {
         if b.len() > MAX_RECORD_BYTES {
             return Err(RecordError::TooLarge(b.len()));
         }
-        let (r, _): (Record, usize) =
-            bincode::serde::decode_from_slice(b, bincode::config::standard().with_limit::<MAX_RECORD_BYTES>())
-                .map_err(|e| RecordError::Undecodable(e.to_string()))?;
+        let (r, _): (Record, usize) = bincode::serde::decode_from_slice(
+            b,
+            bincode::config::standard().with_limit::<MAX_RECORD_BYTES>(),
+        )
+        .map_err(|e| RecordError::Undecodable(e.to_string()))?;
         let ok = match &r.value {
             Value::Ozone => r.key.starts_with("ozone:"),
             Value::Participant(_) => r.key.starts_with("participant:"),
@@ -90,15 +92,31 @@ mod tests {
 
     #[test]
     fn later_records_win_and_ties_converge() {
-        let a = Record { key: ozone_key("a:1:TCP"), at_ms: 10, value: Value::Ozone };
-        let b = Record { key: ozone_key("a:1:TCP"), at_ms: 11, value: Value::Removed };
+        let a = Record {
+            key: ozone_key("a:1:TCP"),
+            at_ms: 10,
+            value: Value::Ozone,
+        };
+        let b = Record {
+            key: ozone_key("a:1:TCP"),
+            at_ms: 11,
+            value: Value::Removed,
+        };
         assert!(newer(Some(&a), &b));
         assert!(!newer(Some(&b), &a));
         assert!(!newer(Some(&a), &a));
-        let c = Record { at_ms: 10, value: Value::Removed, ..a.clone() };
+        let c = Record {
+            at_ms: 10,
+            value: Value::Removed,
+            ..a.clone()
+        };
         assert_ne!(newer(Some(&a), &c), newer(Some(&c), &a));
         assert_eq!(Record::decode(&b.encode()).unwrap(), b);
-        let bad = Record { key: "x".into(), at_ms: 1, value: Value::Ozone };
+        let bad = Record {
+            key: "x".into(),
+            at_ms: 1,
+            value: Value::Ozone,
+        };
         assert!(Record::decode(&bad.encode()).is_err());
     }
 }

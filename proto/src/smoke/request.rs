@@ -84,7 +84,11 @@ pub fn open<'a>(
 }
 
 fn ts(b: &[u8]) -> Result<u64, RequestError> {
-    let t: [u8; 8] = b.get(1..9).ok_or(RequestError::Short)?.try_into().map_err(|_| RequestError::Short)?;
+    let t: [u8; 8] = b
+        .get(1..9)
+        .ok_or(RequestError::Short)?
+        .try_into()
+        .map_err(|_| RequestError::Short)?;
     Ok(u64::from_be_bytes(t))
 }
 
@@ -96,7 +100,9 @@ fn fresh(ts_ms: u64, now_ms: u64) -> Result<(), RequestError> {
 }
 
 fn id_at(b: &[u8], from: usize) -> Result<String, RequestError> {
-    let raw = b.get(from..from + SIPHASH_ID_LEN).ok_or(RequestError::Short)?;
+    let raw = b
+        .get(from..from + SIPHASH_ID_LEN)
+        .ok_or(RequestError::Short)?;
     let s = std::str::from_utf8(raw).map_err(|_| RequestError::BadId)?;
     super::check_id(s).map_err(|_| RequestError::BadId)?;
     Ok(s.to_string())
@@ -135,7 +141,9 @@ pub fn parse(plain: &[u8], now_ms: u64) -> Result<Request, RequestError> {
             fresh(ts_ms, now_ms)?;
             let requester = id_at(plain, 9)?;
             let rest = plain.get(9 + SIPHASH_ID_LEN..).ok_or(RequestError::Short)?;
-            let requested = std::str::from_utf8(rest).map_err(|_| RequestError::BadId)?.trim();
+            let requested = std::str::from_utf8(rest)
+                .map_err(|_| RequestError::BadId)?
+                .trim();
             super::check_id(requested).map_err(|_| RequestError::BadId)?;
             Ok(Request::PublicKeyPair {
                 ts_ms,
@@ -164,7 +172,12 @@ pub fn parse(plain: &[u8], now_ms: u64) -> Result<Request, RequestError> {
 
 /// The `0x03` confirmation of a shared SipHash ID (SmokeStack's
 /// `shareSipHashIdMessageConfirmation`): sealed with the ozone's stream, then tagged for the ID.
-pub fn share_id_confirmation(ozone: &Stream, id: &str, temporary: &[u8; 8], now_ms: u64) -> Vec<u8> {
+pub fn share_id_confirmation(
+    ozone: &Stream,
+    id: &str,
+    temporary: &[u8; 8],
+    now_ms: u64,
+) -> Vec<u8> {
     let mut plain = Vec::with_capacity(1 + 8 + SIPHASH_ID_LEN + 8);
     plain.push(0x03);
     plain.extend_from_slice(&now_ms.to_be_bytes());
@@ -191,7 +204,10 @@ mod tests {
         let other = Stream::derive("elsewhere");
         let (i, plain) = open(&sealed, [&other, &oz]).unwrap();
         assert_eq!(i, 1);
-        assert!(matches!(parse(&plain, now), Ok(Request::PublicKeyPair { .. })));
+        assert!(matches!(
+            parse(&plain, now),
+            Ok(Request::PublicKeyPair { .. })
+        ));
         assert_eq!(parse(&plain, now + 30_001), Err(RequestError::Stale));
         assert_eq!(parse(&plain[..20], now), Err(RequestError::Short));
         assert_eq!(parse(&[9, 0, 0], now), Err(RequestError::UnknownType(9)));

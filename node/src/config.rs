@@ -69,6 +69,10 @@ pub struct SmokeSection {
     /// Inspect Echo frames for the services (stored ozone copies, retrieval, key sharing).
     /// Nothing is inspected while the cluster has no Smoke ozone.
     pub enabled: bool,
+    /// Ozone addresses this node adds to the cluster's at start when they are missing (like
+    /// static neighbors: one removed through the API comes back at the next start). Most
+    /// operators use `echomeshctl smoke ozones add` instead.
+    pub ozones: Vec<String>,
     /// Ozones in the cluster at most.
     pub max_ozones: usize,
     /// Participants in the cluster at most. Every frame costs up to ozones × participants × 3
@@ -94,6 +98,7 @@ impl Default for SmokeSection {
     fn default() -> Self {
         SmokeSection {
             enabled: true,
+            ozones: Vec::new(),
             max_ozones: 64,
             max_participants: 1000,
             max_search_hmacs: 6_000,
@@ -690,6 +695,13 @@ impl Config {
         }
         if sm.max_participants == 0 || sm.max_participants > 100_000 {
             return bad("smoke.max_participants: must be between 1 and 100000".into());
+        }
+        if let Some(a) = sm
+            .ozones
+            .iter()
+            .find(|a| a.trim().is_empty() || a.len() > 256 || a.chars().any(char::is_control))
+        {
+            return bad(format!("smoke.ozones: {a:?} is not an ozone address (1 to 256 printable characters, e.g. 203.0.113.7:4710:TCP)"));
         }
         if sm.max_search_hmacs < 3 {
             return bad(

@@ -129,13 +129,19 @@ fn in_a_browser_two_nodes_invite_join_see_each_other_and_one_drains() {
     bb.accept_dialog();
     let mut phases = BTreeSet::new();
     bb.wait_until(Duration::from_secs(40), "the drain to finish", |br| {
-        // The live part is replaced every 2 s: read it in one step, not element by element.
+        // The live part is replaced every 2 s, possibly between two reads: wait for the
+        // final phase itself (a page read just before the swap said "leaving").
         if let Some(p) = br.read("dl#drain-status", "data-phase") {
             phases.insert(p);
         }
-        br.read("dl#drain-status", "data-safe").as_deref() == Some("true")
+        phases.contains("done")
     });
     assert!(phases.contains("done"), "phases seen: {phases:?}");
+    assert_eq!(
+        bb.read("dl#drain-status", "data-safe").as_deref(),
+        Some("true"),
+        "a finished drain says it is safe to stop"
+    );
     assert_eq!(b.http_get("/readyz").0, 503, "drained: not ready");
     let undrain = bb.wait_find("#undrain", Duration::from_secs(5));
     bb.click(&undrain);

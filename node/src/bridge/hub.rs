@@ -48,6 +48,8 @@ pub struct Link {
     pub since: Instant,
     /// Private-server login (SmokeStack's `0097a`/`0097b`).
     pub login: Mutex<Login>,
+    /// A Smoke retrieval is being answered on this connection (one at a time).
+    pub retrieving: AtomicBool,
 }
 
 /// A client's private-server login state.
@@ -315,6 +317,7 @@ impl Hub {
             since: Instant::now(),
             outgoing,
             login: Mutex::new(Login::default()),
+            retrieving: AtomicBool::new(false),
         })
     }
 

@@ -99,6 +99,9 @@ pub struct Smoke {
     streams: Mutex<HashMap<String, Stream>>,
     pub search_slots: Arc<Semaphore>,
     pub store_slots: Arc<Semaphore>,
+    /// Read receipts waiting to be applied, per participant (bounded: `max_release` digests
+    /// each, `max_participants` participants).
+    reads: Mutex<HashMap<String, std::collections::HashSet<[u8; HASH_LEN]>>>,
 }
 
 impl Smoke {
@@ -127,6 +130,7 @@ impl Smoke {
             records: tokio::sync::Mutex::new(BTreeMap::new()),
             view: RwLock::new(Arc::new(View::default())),
             streams: Mutex::new(HashMap::new()),
+            reads: Mutex::new(HashMap::new()),
         };
         s.rebuild(&records).await;
         *s.records.lock().await = records;
@@ -192,6 +196,38 @@ impl Smoke {
             .with_label_values(&["applied"])
             .inc();
         Ok(Applied::Changed)
+    }
+
+    /// Note a read receipt; `true` when the participant had none pending (the caller then
+    /// starts the task that applies them). Beyond the bounds a receipt is dropped (counted):
+    /// the client sends it again after its next retrieval.
+    pub fn note_read(&self, id: &str, digest: [u8; HASH_LEN]) -> bool {
+        let mut reads = lock(&self.reads);
+        if !reads.contains_key(id) && reads.len() >= self.cfg.max_participants {
+            self.metrics
+                .smoke
+                .refused
+                .with_label_values(&["reads_full"])
+                .inc();
+            return false;
+        }
+        let pending = reads.entry(id.to_string()).or_default();
+        let first = pending.is_empty();
+        if pending.len() < self.cfg.max_release {
+            pending.insert(digest);
+        } else {
+            self.metrics
+                .smoke
+                .refused
+                .with_label_values(&["reads_full"])
+                .inc();
+        }
+        first
+    }
+
+    /// The read receipts pending for `id`, taken.
+    pub fn take_reads(&self, id: &str) -> std::collections::HashSet<[u8; HASH_LEN]> {
+        lock(&self.reads).remove(id).unwrap_or_default()
     }
 
     /// The stream of a string, from the cache.
@@ -277,9 +313,134 @@ impl Smoke {
     }
 }
 
+/// Add the ozones of `smoke.ozones` that the cluster does not have (at start).
+pub async fn add_configured_ozones(ctx: &crate::ctx::Ctx) {
+    for a in &ctx.cfg.smoke.ozones {
+        let a = a.trim();
+        if ctx.smoke.view().ozones.iter().any(|(x, _)| x == a) {
+            continue;
+        }
+        let r = Record {
+            key: record::ozone_key(a),
+            at_ms: echomesh_proto::clock::unix_ms(),
+            value: Value::Ozone,
+        };
+        match flood::publish(ctx, r).await {
+            Ok(Applied::Full) => {
+                tracing::warn!(ozone = %a, "configured Smoke ozone not added: the cluster's Smoke configuration is full")
+            }
+            Ok(_) => tracing::info!(ozone = %a, "configured Smoke ozone added to the cluster"),
+            Err(e) => {
+                tracing::error!(ozone = %a, error = %e, "cannot store a configured Smoke ozone")
+            }
+        }
+    }
+}
+
 /// The ozone address or SipHash ID a record names.
 fn name(r: &Record) -> Option<&str> {
     r.key
         .strip_prefix("ozone:")
         .or_else(|| r.key.strip_prefix("participant:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use echomesh_proto::smoke::record::{ozone_key, participant_key};
+
+    fn rec(key: String, at_ms: u64, value: Value) -> Record {
+        Record { key, at_ms, value }
+    }
+
+    #[tokio::test]
+    async fn records_are_bounded_persisted_and_the_later_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SmokeSection {
+            max_ozones: 2,
+            max_participants: 3,
+            max_search_hmacs: 12,
+            ..SmokeSection::default()
+        };
+        {
+            let store = Store::open(dir.path()).await.unwrap();
+            let s = Smoke::open(cfg.clone(), store, Arc::new(Metrics::new()))
+                .await
+                .unwrap();
+            assert_eq!(
+                s.apply(rec(ozone_key("a:1:TCP"), 10, Value::Ozone))
+                    .await
+                    .unwrap(),
+                Applied::Changed
+            );
+            assert_eq!(
+                s.apply(rec(ozone_key("b:1:TCP"), 10, Value::Ozone))
+                    .await
+                    .unwrap(),
+                Applied::Changed
+            );
+            // Two ozones × two participants × 3 minutes = 12 HMACs: the third participant
+            // would take the search past smoke.max_search_hmacs.
+            for (i, want) in [
+                (1, Applied::Changed),
+                (2, Applied::Changed),
+                (3, Applied::Full),
+            ] {
+                let id = format!("0000-0000-0000-0000-0000-0000-0000-000{i}");
+                assert_eq!(
+                    s.apply(rec(participant_key(&id), 10, Value::Participant(None)))
+                        .await
+                        .unwrap(),
+                    want,
+                    "participant {i}"
+                );
+            }
+            assert_eq!(
+                s.apply(rec(ozone_key("c:1:TCP"), 10, Value::Ozone))
+                    .await
+                    .unwrap(),
+                Applied::Full
+            );
+            // An older record changes nothing; a later removal wins and frees the place.
+            assert_eq!(
+                s.apply(rec(ozone_key("a:1:TCP"), 5, Value::Removed))
+                    .await
+                    .unwrap(),
+                Applied::Unchanged
+            );
+            assert_eq!(
+                s.apply(rec(ozone_key("a:1:TCP"), 11, Value::Removed))
+                    .await
+                    .unwrap(),
+                Applied::Changed
+            );
+            assert_eq!(s.view().ozones.len(), 1);
+            assert_eq!(s.view().search.cost(), 6);
+            assert_eq!(
+                s.apply(rec(
+                    echomesh_proto::smoke::record::PRIVATE_SERVER_KEY.into(),
+                    1,
+                    Value::PrivateServer(true)
+                ))
+                .await
+                .unwrap(),
+                Applied::Changed
+            );
+        }
+        // After a restart the view is rebuilt from the stored records.
+        let store = Store::open(dir.path()).await.unwrap();
+        let s = Smoke::open(cfg, store, Arc::new(Metrics::new()))
+            .await
+            .unwrap();
+        let v = s.view();
+        assert_eq!(
+            v.ozones.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
+            ["b:1:TCP"]
+        );
+        assert_eq!(v.participants.len(), 2);
+        assert!(v.private_server);
+        assert!(v
+            .participant("0000-0000-0000-0000-0000-0000-0000-0002")
+            .is_some());
+    }
 }

@@ -10,6 +10,7 @@
 //!
 //! Anything else is flooded as before.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -208,19 +209,29 @@ async fn answer(
     match req {
         Request::Retrieve(s) => {
             if let Some(id) = verify_signed(ctx, view, &s) {
+                // One retrieval at a time per connection: a client asking again while its
+                // messages are still being fetched gets them from the first.
+                if link.retrieving.swap(true, Ordering::AcqRel) {
+                    refuse(ctx, "retrieval_busy");
+                    return Outcome::Consumed;
+                }
                 took(ctx, "retrieve");
-                let (ctx, link, id) = (ctx.clone(), link.clone(), id.to_string());
+                let (c, link, id) = (ctx.clone(), link.clone(), id.to_string());
                 let identity = s.subject;
-                tokio::spawn(async move { release(&ctx, &link, &id, &identity).await });
+                ctx.tasks.spawn(async move {
+                    release(&c, &link, &id, &identity).await;
+                    link.retrieving.store(false, Ordering::Release);
+                });
             }
             Outcome::Consumed
         }
         Request::Read(s) => {
             if let Some(id) = verify_signed(ctx, view, &s) {
                 took(ctx, "read");
-                let (ctx, id) = (ctx.clone(), id.to_string());
-                let digest = s.subject;
-                tokio::spawn(async move { mark_read(&ctx, &id, &digest).await });
+                if ctx.smoke.note_read(id, s.subject) {
+                    let (c, id) = (ctx.clone(), id.to_string());
+                    ctx.tasks.spawn(async move { mark_read(&c, &id).await });
+                }
             }
             Outcome::Consumed
         }
@@ -274,9 +285,9 @@ async fn store(ctx: &Arc<Ctx>, participant: String, data: Bytes) {
     let Ok(permit) = ctx.smoke.store_slots.clone().acquire_owned().await else {
         return;
     };
-    let ctx = ctx.clone();
-    tokio::spawn(async move {
-        let _permit = permit;
+    let c = ctx.clone();
+    ctx.tasks.spawn(async move {
+        let (ctx, _permit) = (c, permit);
         let (addr, _) = mailbox(&participant);
         match oz::deposit(&ctx, addr, data, Notify::Nobody).await {
             Ok(_) => took(&ctx, "stored"),
@@ -329,7 +340,15 @@ async fn release(ctx: &Arc<Ctx>, link: &Link, id: &str, identity: &[u8]) {
     }
 }
 
-async fn mark_read(ctx: &Arc<Ctx>, id: &str, digest: &[u8; HASH_LEN]) {
+/// Apply the read receipts gathered for participant `id`: one listing of its mailbox for all
+/// the receipts that arrived together (a client reading 100 messages sends 100 receipts).
+async fn mark_read(ctx: &Arc<Ctx>, id: &str) {
+    // Receipts that arrive within this moment share the listing.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let digests = ctx.smoke.take_reads(id);
+    if digests.is_empty() {
+        return;
+    }
     let msgs = match stored(ctx, id).await {
         Ok(m) => m,
         Err(e) => {
@@ -339,7 +358,7 @@ async fn mark_read(ctx: &Arc<Ctx>, id: &str, digest: &[u8; HASH_LEN]) {
     };
     let ids: Vec<[u8; 32]> = msgs
         .iter()
-        .filter(|m| sha512(&[&m.payload]) == *digest)
+        .filter(|m| digests.contains(&sha512(&[&m.payload])))
         .map(|m| m.id)
         .collect();
     if ids.is_empty() {

@@ -262,7 +262,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         ctx.tasks
             .spawn(crate::verify::run(c, smoke_rx, crate::smoke::flood::verify));
     }
-    crate::smoke::add_configured_ozones(&ctx).await;
+    crate::smoke::flood::add_configured_ozones(&ctx).await;
     crate::bridge::start(&ctx).await?;
 
     let admin_listener = tokio::net::TcpListener::bind(ctx.cfg.admin)

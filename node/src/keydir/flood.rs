@@ -3,7 +3,6 @@
 //! neighbor that just came up.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{Fingerprint, KeyBundle, OfferError, Offered};
 use crate::ctx::Ctx;
@@ -84,13 +83,7 @@ pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
             .map(|(_, raw)| bundle_packet(&ctx, raw))
             .collect();
         // Pace on the neighbor's queue: echo traffic keeps the other half.
-        while n.queue.bytes() > half {
-            if !n.is_up() || ctx.shutdown.is_cancelled() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if !n.is_up() || ctx.shutdown.is_cancelled() {
+        if !n.wait_room(half, &ctx.shutdown).await {
             return;
         }
         let dropped = n.push_packets(&packets, ctx.router.own_tree());

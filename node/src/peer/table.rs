@@ -126,6 +126,22 @@ impl Neighbor {
         self.up.load(Ordering::Acquire) > 0
     }
 
+    /// Wait until this neighbor's queue holds at most `bytes` (pacing a sync so that echo
+    /// traffic keeps the rest); `false` when it went down or `stop` was cancelled.
+    pub async fn wait_room(
+        &self,
+        bytes: usize,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        while self.queue.bytes() > bytes {
+            if !self.is_up() || stop.is_cancelled() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.is_up() && !stop.is_cancelled()
+    }
+
     /// The neighbor may lack what the log holds from `seq` on: offer it again.
     pub fn owe_from(&self, seq: u64) {
         {

@@ -4,7 +4,6 @@
 //! that comes up, so a node that was down catches up.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use echomesh_proto::smoke::record::Record;
@@ -69,13 +68,7 @@ pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
     }
     let half = ctx.cfg.limits.neighbor_queue_bytes / 2;
     for chunk in records.chunks(64) {
-        while n.queue.bytes() > half {
-            if !n.is_up() || ctx.shutdown.is_cancelled() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if !n.is_up() || ctx.shutdown.is_cancelled() {
+        if !n.wait_room(half, &ctx.shutdown).await {
             return;
         }
         let packets: Vec<EchoPacket> = chunk.iter().map(|r| packet(&ctx, r)).collect();
@@ -84,4 +77,28 @@ pub async fn sync_neighbor(ctx: Arc<Ctx>, n: Arc<Neighbor>) {
             .count_drop(DropReason::NeighborQueueFull, dropped);
     }
     tracing::debug!(neighbor = %n.id, records = records.len(), "offered the Smoke records to a neighbor");
+}
+
+/// Add the ozones of `smoke.ozones` that the cluster does not have (at start).
+pub async fn add_configured_ozones(ctx: &Ctx) {
+    for a in &ctx.cfg.smoke.ozones {
+        let a = a.trim();
+        if ctx.smoke.view().ozones.iter().any(|(x, _)| x == a) {
+            continue;
+        }
+        let r = Record {
+            key: echomesh_proto::smoke::record::ozone_key(a),
+            at_ms: echomesh_proto::clock::unix_ms(),
+            value: echomesh_proto::smoke::record::Value::Ozone,
+        };
+        match publish(ctx, r).await {
+            Ok(Applied::Full) => {
+                tracing::warn!(ozone = %a, "configured Smoke ozone not added: the cluster's Smoke configuration is full")
+            }
+            Ok(_) => tracing::info!(ozone = %a, "configured Smoke ozone added to the cluster"),
+            Err(e) => {
+                tracing::error!(ozone = %a, error = %e, "cannot store a configured Smoke ozone")
+            }
+        }
+    }
 }

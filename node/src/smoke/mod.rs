@@ -313,30 +313,6 @@ impl Smoke {
     }
 }
 
-/// Add the ozones of `smoke.ozones` that the cluster does not have (at start).
-pub async fn add_configured_ozones(ctx: &crate::ctx::Ctx) {
-    for a in &ctx.cfg.smoke.ozones {
-        let a = a.trim();
-        if ctx.smoke.view().ozones.iter().any(|(x, _)| x == a) {
-            continue;
-        }
-        let r = Record {
-            key: record::ozone_key(a),
-            at_ms: echomesh_proto::clock::unix_ms(),
-            value: Value::Ozone,
-        };
-        match flood::publish(ctx, r).await {
-            Ok(Applied::Full) => {
-                tracing::warn!(ozone = %a, "configured Smoke ozone not added: the cluster's Smoke configuration is full")
-            }
-            Ok(_) => tracing::info!(ozone = %a, "configured Smoke ozone added to the cluster"),
-            Err(e) => {
-                tracing::error!(ozone = %a, error = %e, "cannot store a configured Smoke ozone")
-            }
-        }
-    }
-}
-
 /// The ozone address or SipHash ID a record names.
 fn name(r: &Record) -> Option<&str> {
     r.key

@@ -225,6 +225,18 @@ def node_detail():
     L.add(series("Echo frame memory",
                  [(f"sum by (instance) (echomesh_bridge_memory_entries{{{sel}}})", "{{instance}} frames remembered")],
                  "none"), 12, 8)
+    L.row("SmokeStack services (Smoke users)")
+    L.add(series("Smoke frames taken, by kind",
+                 [(f"sum by (instance, kind) (rate(echomesh_smoke_frames_total{{{sel}}}[{RATE}]))", "{{instance}} {{kind}}")],
+                 "pps", "stored: ozone copies kept for offline participants (on the write quorum); retrieve, read: their requests."), 8, 8)
+    L.add(series("Smoke refusals, by reason",
+                 [(f"sum by (instance, reason) (increase(echomesh_smoke_refused_total{{{sel}}}[{RATE}]))", "{{instance}} {{reason}}")],
+                 "none", "not_durable: a copy could not be stored on the write quorum (members down?); full: raise smoke.max_* knowingly (docs/ECHO.md)."), 8, 8)
+    L.add(series("Smoke frames inspected and configuration",
+                 [(f"sum by (instance) (rate(echomesh_smoke_search_seconds_count{{{sel}}}[{RATE}]))", "{{instance}} frames inspected/s"),
+                  (f"sum by (instance) (echomesh_smoke_ozones{{{sel}}})", "{{instance}} ozones"),
+                  (f"sum by (instance) (echomesh_smoke_participants{{{sel}}})", "{{instance}} participants")],
+                 "none", "Each inspection costs up to ozones × participants × 3 HMACs (echomesh_smoke_search_seconds has the times)."), 8, 8)
     L.row("Console and admin API")
     L.add(series("Console logins, by result",
                  [(f"sum by (instance, result) (increase(echomesh_console_logins_total{{{sel}}}[{RATE}]))", "{{instance}} {{result}}")],

@@ -671,6 +671,21 @@ impl Metrics {
         for s in ["up", "connecting", "down"] {
             m.bridge.links.with_label_values(&[s]);
         }
+        for k in ["stored", "retrieve", "read", "pkp", "share_id", "epks"] {
+            m.smoke.frames.with_label_values(&[k]);
+        }
+        for r in ["stale", "bad_signature", "unknown_participant", "not_durable", "unauthenticated", "full"] {
+            m.smoke.refused.with_label_values(&[r]);
+        }
+        for k in ["keys", "no_keys"] {
+            m.smoke.participants.with_label_values(&[k]);
+        }
+        for o in ["applied", "unchanged", "refused"] {
+            m.smoke.records.with_label_values(&[o]);
+        }
+        for r in ["ok", "refused"] {
+            m.smoke.logins.with_label_values(&[r]);
+        }
         for d in ["in", "out"] {
             m.bridge.frames.with_label_values(&[d]);
         }

@@ -121,7 +121,7 @@ pub async fn inspect(ctx: &Arc<Ctx>, link: &Arc<Link>, f: &Bytes) -> Outcome {
         }
         Found::Request(ozone, Err(e)) => {
             refuse(ctx, e.label());
-            tracing::info!(remote = %link.remote, ozone = %view.ozones[ozone].0, error = %e, "Smoke request refused");
+            tracing::debug!(remote = %link.remote, ozone = %view.ozones[ozone].0, error = %e, "Smoke request refused");
             Outcome::Consumed
         }
         Found::Request(ozone, Ok(req)) => answer(ctx, link, &view, ozone, req).await,
@@ -136,12 +136,12 @@ async fn capture(ctx: &Arc<Ctx>, r: Result<Keys, EpksError>) {
     match r {
         Err(e) => {
             refuse(ctx, e.label());
-            tracing::info!(error = %e, "Smoke key bundle (EPKS) refused");
+            tracing::debug!(error = %e, "Smoke key bundle (EPKS) refused");
         }
         Ok(keys) => {
             if ctx.smoke.view().participant(&keys.id).is_none() {
                 refuse(ctx, "unknown_participant");
-                tracing::info!(id = %keys.id, "EPKS for a participant not registered here: not captured");
+                tracing::debug!(id = %keys.id, "EPKS for a participant not registered here: not captured");
                 return;
             }
             let id = keys.id.clone();

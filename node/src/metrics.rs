@@ -674,7 +674,14 @@ impl Metrics {
         for k in ["stored", "retrieve", "read", "pkp", "share_id", "epks"] {
             m.smoke.frames.with_label_values(&[k]);
         }
-        for r in ["stale", "bad_signature", "unknown_participant", "not_durable", "unauthenticated", "full"] {
+        for r in [
+            "stale",
+            "bad_signature",
+            "unknown_participant",
+            "not_durable",
+            "unauthenticated",
+            "full",
+        ] {
             m.smoke.refused.with_label_values(&[r]);
         }
         for k in ["keys", "no_keys"] {

@@ -15,7 +15,9 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use bytes::Bytes;
 use echomesh_proto::admin as api;
-use echomesh_proto::bridge::frame::{control_frame, data_frame, Frame, Splitter};
+use echomesh_proto::bridge::frame::{
+    binary_content, binary_data_frame, control_frame, Frame, Splitter,
+};
 use echomesh_proto::smoke::crypto::{hmac_matches, sha512, HASH_LEN};
 use echomesh_proto::smoke::epks::{self, Keys};
 use echomesh_proto::smoke::search::{self, Search};
@@ -134,7 +136,7 @@ impl Signer {
 }
 
 fn frame_of(content: &[u8]) -> Vec<u8> {
-    data_frame(b64(content).as_bytes())
+    binary_data_frame(content)
 }
 
 /// The value of one exact series (name with labels) in Prometheus text.
@@ -386,7 +388,7 @@ pub async fn run(
         let Ok(Frame::Data { content }) = echomesh_proto::bridge::frame::classify(&f) else {
             continue;
         };
-        let Ok(c) = base64::engine::general_purpose::STANDARD.decode(content) else {
+        let Some(c) = binary_content(content) else {
             continue;
         };
         if c.len() > HASH_LEN

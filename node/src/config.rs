@@ -696,12 +696,13 @@ impl Config {
         if sm.max_participants == 0 || sm.max_participants > 100_000 {
             return bad("smoke.max_participants: must be between 1 and 100000".into());
         }
-        if let Some(a) = sm
+        if let Some(Err(e)) = sm
             .ozones
             .iter()
-            .find(|a| a.trim().is_empty() || a.len() > 256 || a.chars().any(char::is_control))
+            .map(|a| echomesh_proto::smoke::check_ozone(a))
+            .find(Result::is_err)
         {
-            return bad(format!("smoke.ozones: {a:?} is not an ozone address (1 to 256 printable characters, e.g. 203.0.113.7:4710:TCP)"));
+            return bad(format!("smoke.ozones: {e}"));
         }
         if sm.max_search_hmacs < 3 {
             return bad(

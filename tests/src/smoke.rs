@@ -161,6 +161,11 @@ impl SmokeUser {
     pub fn accept_epks(&mut self, frame: &[u8]) -> Result<Vec<String>, String> {
         self.cmd(&format!("accept-epks {}", b64(frame)))
     }
+
+    /// A server's `0x03` confirmation of this user's shared SipHash ID.
+    pub fn confirm(&mut self, frame: &[u8]) -> Result<Vec<String>, String> {
+        self.cmd(&format!("confirm {}", b64(frame)))
+    }
 }
 
 impl Drop for SmokeUser {

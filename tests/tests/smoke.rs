@@ -69,7 +69,7 @@ async fn register(user: &mut SmokeUser, conn: &mut EchoClient, nodes: &[&TestNod
     conn.send(&user.frame("share-id"));
     // The 0x03 confirmation comes back on the same connection (Smoke's steps check it);
     // frames flooded from elsewhere may come first.
-    let f = addressed(conn, |f| user.cmd(&format!("confirm {}", b64(f)))).await;
+    let f = addressed(conn, |f| user.confirm(f)).await;
     assert_eq!(f[0], user.id);
     let id = user.id.clone();
     for n in nodes {
@@ -90,11 +90,6 @@ async fn register(user: &mut SmokeUser, conn: &mut EchoClient, nodes: &[&TestNod
             has_keys(n, &id).then_some(())
         });
     }
-}
-
-fn b64(b: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 /// The first data frame on `conn` that `check` (Smoke's receive steps) accepts; frames not

@@ -553,13 +553,10 @@ pub async fn smoke_ozone_change(
     present: bool,
 ) -> OpResult<api::SmokeOzones> {
     use echomesh_proto::smoke::record::{ozone_key, Record, Value};
-    let a = address.trim();
-    if a.is_empty() || a.len() > 256 || a.chars().any(|c| c.is_control()) {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            "an ozone address is 1 to 256 printable characters, e.g. 203.0.113.7:4710:TCP (what Smoke users type)",
-        );
-    }
+    let a = match echomesh_proto::smoke::check_ozone(address) {
+        Ok(a) => a,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     let exists = ctx.smoke.view().ozones.iter().any(|(x, _)| x == a);
     if !present && !exists {
         return fail(

@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use bytes::Bytes;
 use echomesh_proto::bridge::frame::{self, Frame};
 use echomesh_proto::smoke::login;
@@ -48,18 +47,17 @@ pub fn challenge(ctx: &Ctx, link: &Link) {
         l.challenge = Some((c.clone(), now));
         c
     };
-    link.queue.push_all(&[Bytes::from(frame::control_frame(
-        TYPE_CHALLENGE,
-        c.as_bytes(),
-    ))]);
+    super::service::send(
+        ctx,
+        link,
+        vec![Bytes::from(frame::control_frame(
+            TYPE_CHALLENGE,
+            c.as_bytes(),
+        ))],
+    );
 }
 
 fn check(ctx: &Ctx, link: &Link, content: &[u8]) {
-    let text: Vec<u8> = content
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
     let Some((sent, _)) = link.login().challenge.clone() else {
         ctx.metrics
             .smoke
@@ -69,14 +67,14 @@ fn check(ctx: &Ctx, link: &Link, content: &[u8]) {
         return;
     };
     let view = ctx.smoke.view();
-    let result = match base64::engine::general_purpose::STANDARD.decode(text) {
-        Ok(answer) => login::verify(
+    let result = match frame::binary_content(content) {
+        Some(answer) => login::verify(
             &answer,
             &sent,
             view.participants.iter().filter_map(|p| p.keys.as_ref()),
         )
         .map_err(|e| e.to_string()),
-        Err(_) => Err("the answer is not base-64".to_string()),
+        None => Err("the answer is not base-64".to_string()),
     };
     match result {
         Ok(id) => {

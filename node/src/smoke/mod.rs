@@ -48,6 +48,8 @@ pub struct View {
     pub ozones: Vec<(String, Stream)>,
     pub participants: Vec<Participant>,
     by_encryption_key: HashMap<[u8; HASH_LEN], usize>,
+    /// Participants whose keys are not captured yet (EPKS is checked against these only).
+    awaiting_keys: Vec<usize>,
     pub private_server: bool,
     pub search: Search,
 }
@@ -70,7 +72,12 @@ impl View {
 
     /// Whether a frame needs looking at: an ozone exists, or a participant awaits its keys.
     pub fn active(&self) -> bool {
-        !self.ozones.is_empty() || self.participants.iter().any(|p| p.keys.is_none())
+        !self.ozones.is_empty() || !self.awaiting_keys.is_empty()
+    }
+
+    /// The participants whose keys are not captured yet.
+    pub fn awaiting_keys(&self) -> impl Iterator<Item = &Participant> {
+        self.awaiting_keys.iter().map(|&i| &self.participants[i])
     }
 }
 
@@ -230,15 +237,15 @@ impl Smoke {
         lock(&self.reads).remove(id).unwrap_or_default()
     }
 
-    /// The stream of a string, from the cache.
-    pub fn stream(&self, s: &str) -> Stream {
+    /// The stream of a record's string, from the cache.
+    fn stream(&self, s: &str) -> Stream {
         if let Some(st) = lock(&self.streams).get(s) {
             return st.clone();
         }
         let st = Stream::derive(s);
         let mut cache = lock(&self.streams);
-        // Bounded by the records plus requesters: drop everything when it outgrows them.
-        if cache.len() > 4 * (self.cfg.max_ozones + self.cfg.max_participants) {
+        // Bounded by the records (removed ones linger): drop everything when it outgrows them.
+        if cache.len() > 2 * (self.cfg.max_ozones + self.cfg.max_participants) {
             cache.clear();
         }
         cache.insert(s.to_string(), st.clone());
@@ -292,8 +299,11 @@ impl Smoke {
         }
         v.participants.sort_by(|a, b| a.id.cmp(&b.id));
         for (i, p) in v.participants.iter().enumerate() {
-            if let Some(k) = &p.keys {
-                v.by_encryption_key.insert(k.encryption_digest(), i);
+            match &p.keys {
+                Some(k) => {
+                    v.by_encryption_key.insert(k.encryption_digest(), i);
+                }
+                None => v.awaiting_keys.push(i),
             }
         }
         v.search = Search::new(
@@ -302,7 +312,7 @@ impl Smoke {
         );
         let m = &self.metrics.smoke;
         m.ozones.set(v.ozones.len() as i64);
-        let with_keys = v.participants.iter().filter(|p| p.keys.is_some()).count();
+        let with_keys = v.participants.len() - v.awaiting_keys.len();
         m.participants
             .with_label_values(&["keys"])
             .set(with_keys as i64);

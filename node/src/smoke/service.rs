@@ -14,15 +14,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use base64::Engine;
 use bytes::Bytes;
 use echomesh_proto::bridge::frame::{self, Frame};
 use echomesh_proto::clock::unix_ms;
-use echomesh_proto::smoke::crypto::{sha512, KeyError, PublicKey, HASH_LEN};
+use echomesh_proto::smoke::crypto::{sha512, KeyError, HASH_LEN};
 use echomesh_proto::smoke::epks::{self, EpksError, Keys};
 use echomesh_proto::smoke::record::{participant_key, Record, Value};
 use echomesh_proto::smoke::request::{self, Request, RequestError, Signed};
-use echomesh_proto::smoke::{self as sp};
+use echomesh_proto::smoke::{self as sp, Stream};
 
 use super::{mailbox, View};
 use crate::bridge::hub::Link;
@@ -43,7 +42,13 @@ enum Found {
     Nothing,
     Epks(Result<Keys, EpksError>),
     Request(usize, Result<Request, RequestError>),
-    Copy { participant: String, data: Bytes },
+    /// A PKP request, answered already: the EPKS content for the requester, or `None` when
+    /// the requested participant's keys are unknown.
+    KeysFor(Option<Vec<u8>>),
+    Copy {
+        participant: String,
+        data: Bytes,
+    },
 }
 
 fn refuse(ctx: &Ctx, reason: &'static str) {
@@ -59,25 +64,40 @@ fn content(f: &[u8]) -> Option<Vec<u8>> {
     let Ok(Frame::Data { content }) = frame::classify(f) else {
         return None;
     };
-    let text: Vec<u8> = content
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    base64::engine::general_purpose::STANDARD.decode(text).ok()
+    frame::binary_content(content)
 }
 
 fn inspect_blocking(view: &View, bytes: &[u8], now_ms: u64) -> Found {
     if bytes.len() < 2 * HASH_LEN {
         return Found::Nothing;
     }
-    for p in view.participants.iter().filter(|p| p.keys.is_none()) {
+    for p in view.awaiting_keys() {
         if epks::addressed_to(bytes, &p.id_digest, &p.stream) {
             return Found::Epks(epks::capture(bytes, &p.stream, now_ms));
         }
     }
     if let Some((i, plain)) = request::open(bytes, view.ozones.iter().map(|(_, s)| s)) {
-        return Found::Request(i, request::parse(&plain, now_ms));
+        let req = request::parse(&plain, now_ms);
+        if let Ok(Request::PublicKeyPair {
+            requester,
+            requested,
+            ..
+        }) = &req
+        {
+            // Built here, on the blocking pool: a requester that is not a participant needs
+            // its stream derived (PBKDF2).
+            return Found::KeysFor(
+                view.participant(requested)
+                    .and_then(|p| p.keys.as_ref())
+                    .map(|keys| {
+                        let stream = view
+                            .participant(requester)
+                            .map_or_else(|| Stream::derive(requester), |p| p.stream.clone());
+                        epks::answer(keys, requester, &stream, now_ms)
+                    }),
+            );
+        }
+        return Found::Request(i, req);
     }
     match view.search.find(bytes, sp::minute(now_ms)) {
         Some(hit) => Found::Copy {
@@ -125,6 +145,15 @@ pub async fn inspect(ctx: &Arc<Ctx>, link: &Arc<Link>, f: &Bytes) -> Outcome {
             Outcome::Consumed
         }
         Found::Request(ozone, Ok(req)) => answer(ctx, link, &view, ozone, req).await,
+        Found::KeysFor(Some(bytes)) => {
+            took(ctx, "pkp");
+            send(ctx, link, vec![data_frame(&bytes)]);
+            Outcome::Consumed
+        }
+        Found::KeysFor(None) => {
+            refuse(ctx, "unknown_participant");
+            Outcome::Consumed
+        }
         Found::Copy { participant, data } => {
             store(ctx, participant, data).await;
             Outcome::Consumed
@@ -168,8 +197,9 @@ fn verify_signed<'v>(ctx: &Ctx, view: &'v View, s: &Signed) -> Option<&'v str> {
         return None;
     };
     let keys = p.keys.as_ref()?;
-    let checked =
-        PublicKey::from_der(&keys.signature_key).and_then(|k| k.verify(&s.signed, &s.signature));
+    let checked = keys
+        .signature_public_key()
+        .and_then(|k| k.verify(&s.signed, &s.signature));
     match checked {
         Ok(()) => Some(&p.id),
         Err(e) => {
@@ -182,7 +212,8 @@ fn verify_signed<'v>(ctx: &Ctx, view: &'v View, s: &Signed) -> Option<&'v str> {
     }
 }
 
-fn send(ctx: &Ctx, link: &Link, frames: Vec<Bytes>) {
+/// Queue answers on one connection; what its full queue refuses is counted.
+pub(super) fn send(ctx: &Ctx, link: &Link, frames: Vec<Bytes>) {
     let dropped = link.queue.push_all(&frames);
     if dropped > 0 {
         ctx.metrics
@@ -195,8 +226,7 @@ fn send(ctx: &Ctx, link: &Link, frames: Vec<Bytes>) {
 }
 
 fn data_frame(content: &[u8]) -> Bytes {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(content);
-    Bytes::from(frame::data_frame(b64.as_bytes()))
+    Bytes::from(frame::binary_data_frame(content))
 }
 
 async fn answer(
@@ -235,22 +265,8 @@ async fn answer(
             }
             Outcome::Consumed
         }
-        Request::PublicKeyPair {
-            requester,
-            requested,
-            ..
-        } => {
-            match view.participant(&requested).and_then(|p| p.keys.as_ref()) {
-                Some(keys) => {
-                    took(ctx, "pkp");
-                    let stream = ctx.smoke.stream(&requester);
-                    let bytes = epks::answer(keys, &requester, &stream, unix_ms());
-                    send(ctx, link, vec![data_frame(&bytes)]);
-                }
-                None => refuse(ctx, "unknown_participant"),
-            }
-            Outcome::Consumed
-        }
+        // Answered where it was found (`Found::KeysFor`).
+        Request::PublicKeyPair { .. } => Outcome::Consumed,
         Request::ShareId { id, temporary, .. } => {
             took(ctx, "share_id");
             if view.participant(&id).is_none() {

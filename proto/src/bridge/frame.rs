@@ -285,6 +285,27 @@ pub fn data_frame(content: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A data frame carrying `bytes` base-64 encoded (how Smoke and SmokeStack send binary content).
+pub fn binary_data_frame(bytes: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    data_frame(
+        base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .as_bytes(),
+    )
+}
+
+/// The bytes of a one-part `content=` value (whitespace, such as Android's line wraps,
+/// ignored); `None` when it is not base-64.
+pub fn binary_content(content: &[u8]) -> Option<Vec<u8>> {
+    let text: Vec<u8> = content
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    decode(&text)
+}
+
 /// The capabilities frame (`0014`): base64 of `<uuid>\n<lane width>\nfull`.
 pub fn capabilities_frame(uuid: &str, lane_width: usize) -> Vec<u8> {
     let text = format!("{uuid}\n{lane_width}\nfull");

@@ -42,6 +42,20 @@ pub fn normalize_id(id: &str) -> Result<String, BadId> {
     Ok(id)
 }
 
+/// Why an ozone address is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an ozone address (1 to 256 printable characters, e.g. 203.0.113.7:4710:TCP, what Smoke users type)")]
+pub struct BadOzone(pub String);
+
+/// An ozone address, trimmed and checked.
+pub fn check_ozone(address: &str) -> Result<&str, BadOzone> {
+    let a = address.trim();
+    if a.is_empty() || a.len() > 256 || a.chars().any(char::is_control) {
+        return Err(BadOzone(address.chars().take(64).collect()));
+    }
+    Ok(a)
+}
+
 /// `sealed || HMAC(SHA-512(id), sealed)`: a destination tag for the participant `id`.
 pub fn addressed(mut sealed: Vec<u8>, id: &str) -> Vec<u8> {
     let tag = crypto::hmac(&crypto::sha512(&[id.as_bytes()]), &sealed);

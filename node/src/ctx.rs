@@ -27,7 +27,9 @@ pub struct Ctx {
     pub router: Arc<Router>,
     pub store: Store,
     pub keydir: KeyDirectory,
-    pub ozones: crate::ozone::store::OzoneStore,
+    pub ozones: Arc<crate::ozone::store::OzoneStore>,
+    /// Writes ozone deposits, grouped into synced batches.
+    pub ozone_commit: crate::ozone::commit::GroupCommit,
     /// The applied configuration and how to re-read it (reload).
     pub live: crate::config::LiveConfig,
     pub drain: crate::drain::state::Drain,

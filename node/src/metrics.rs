@@ -46,6 +46,7 @@ pub struct Metrics {
     pub key_lookups: IntCounterVec,
     pub ozone_deposits: IntCounterVec,
     pub ozone_deposit_seconds: Histogram,
+    pub ozone_group_commit: Histogram,
     pub ozone_fetches: IntCounter,
     pub ozone_acks: IntCounter,
     pub ozone_proof_failures: IntCounter,
@@ -519,6 +520,16 @@ impl Metrics {
                         "Time from a client's deposit to its acknowledgement (or refusal), replication to the write quorum included.",
                     )
                     .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+                )
+                .expect("static metric"),
+            ),
+            ozone_group_commit: reg.add(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "echomesh_ozone_group_commit_messages",
+                        "Ozone messages (client deposits and replica copies) written by one synced write batch (group commit).",
+                    )
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
                 )
                 .expect("static metric"),
             ),

@@ -164,6 +164,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         .context("opening ozone storage")?
         .context("opening ozone storage")?
     };
+    let ozones = Arc::new(ozones);
+    let ozone_commit = crate::ozone::commit::GroupCommit::start(ozones.clone(), metrics.clone())
+        .context("starting the ozone writer thread")?;
     metrics.ozone_bytes.set(ozones.total_bytes() as i64);
     metrics
         .ozone_budget_bytes
@@ -204,6 +207,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         store,
         keydir,
         ozones,
+        ozone_commit,
         drain: crate::drain::Drain::default(),
         topology: crate::topology::Topology::new(me),
         bridge: crate::bridge::hub::Hub::new(

@@ -2,8 +2,10 @@
 //!
 //! - `store`: durable storage in RocksDB (deposit, fetch oldest first, acknowledge into
 //!   tombstones, quotas, retention, a global byte budget).
+//! - `commit`: group commit — the deposits that arrive together share one synced write batch.
 //! - `service`: deposits, fetches and acks over the cluster, replication and repair.
 
+pub mod commit;
 pub mod service;
 pub mod store;
 

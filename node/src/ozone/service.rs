@@ -166,13 +166,12 @@ pub async fn deposit(
         |n| tracing::info_span!("ozone.replicate", neighbor = %n.id),
     );
     if owners.contains(&me) {
-        let m2 = msg.clone();
-        match blocking(ctx, move |s| Ok(s.deposit_blocking(&m2)?)).await {
+        match ctx.ozone_commit.deposit_one(msg.clone()).await {
             Ok(o) => {
                 copies += 1;
                 outcome = Some(o);
             }
-            Err(e) => last_err = Some(e),
+            Err(e) => last_err = Some(e.into()),
         }
     }
     while let Some((_, r)) = remote.next().await {
@@ -363,17 +362,16 @@ pub async fn serve_peer(ctx: &Arc<Ctx>, req: PeerRequest) -> PeerReply {
                         .into(),
             })
         }
-        PeerRequest::OzoneStore(messages) => {
-            blocking(ctx, move |s| {
-                let mut durable = 0u32;
-                for m in &messages {
-                    s.deposit_blocking(m)?;
-                    durable += 1;
-                }
-                Ok(PeerReply::Stored { durable })
-            })
-            .await
-        }
+        PeerRequest::OzoneStore(messages) => match ctx.ozone_commit.deposit(messages).await {
+            // Each copy is stored or refused on its own; one refusal is the reply (the sender
+            // then counts this replica as missing for the request).
+            Ok(outcomes) => outcomes
+                .into_iter()
+                .try_fold(0u32, |durable, o| o.map(|_| durable + 1))
+                .map(|durable| PeerReply::Stored { durable })
+                .map_err(ServiceError::from),
+            Err(e) => Err(ServiceError::Store(e)),
+        },
         PeerRequest::OzoneAck { addr, ids } => {
             let ids: Vec<[u8; 32]> = ids.into_iter().map(|i| i.0).collect();
             blocking(ctx, move |s| {

@@ -50,6 +50,9 @@ pub enum BenchWhat {
     /// SmokeStack services: the per-frame storage-tag search, storing ozone copies, and a
     /// retrieval releasing them.
     Smoke(crate::bench_smoke::SmokeBenchArgs),
+    /// Hold N subscribed client sessions to a running node from this one process (for
+    /// measuring the node's memory with many clients: scripts/measure-footprint).
+    Clients(crate::bench_clients::ClientsBenchArgs),
 }
 
 #[derive(Debug, Serialize)]
@@ -103,6 +106,7 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<ExitCode> {
         Some(BenchWhat::Smoke(s)) => {
             return crate::bench_smoke::run(s, a.node_bin.as_deref(), json).await
         }
+        Some(BenchWhat::Clients(c)) => return crate::bench_clients::run(c).await,
         None => {}
     }
     if a.nodes < 2 || a.nodes > 64 {

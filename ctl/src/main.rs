@@ -2,6 +2,7 @@
 
 mod admin_client;
 mod bench;
+mod bench_clients;
 mod bench_ozone;
 mod bench_smoke;
 mod commands;

@@ -348,7 +348,9 @@ async fn write_events(
 ) -> String {
     let mut batch = Vec::new();
     let mut packets = Vec::new();
-    let mut buf = Vec::with_capacity(MAX_DELIVER_BATCH + 1024);
+    // Grows to what this client's deliveries need (at most a batch, MAX_DELIVER_BATCH): an
+    // idle client holds no buffer.
+    let mut buf = Vec::new();
     // Position subscriptions hear from the node at least every HEARTBEAT (an empty
     // `DeliverAt`), so that a client can tell a quiet subscription from a stalled connection.
     let mut last_at: Option<wire::LogPosition> = None;

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub key_bundles_offered: IntCounterVec,
     pub key_bundles_rejected: IntCounterVec,
     pub key_lookups: IntCounterVec,
+    pub keydir_syncs: IntCounterVec,
+    pub keydir_sync_offered: IntCounter,
+    pub keydir_sync_bytes: IntCounter,
     pub ozone_deposits: IntCounterVec,
     pub ozone_deposit_seconds: Histogram,
     pub ozone_group_commit: Histogram,
@@ -432,6 +435,25 @@ impl Metrics {
                 "Valid key bundles offered to the directory, by source (client, neighbor) and result (new, replaced, unchanged).",
                 &["source", "result"],
             ),
+            keydir_syncs: counter_vec(
+                "echomesh_keydir_syncs_total",
+                "Key-directory syncs with a neighbor that came up, by result (in_sync: the digests agreed; differed: only the difference was offered; full: an older neighbor was offered everything; failed).",
+                &["result"],
+            ),
+            keydir_sync_offered: reg.add(
+                IntCounter::new(
+                    "echomesh_keydir_sync_offered_total",
+                    "Key bundles offered to neighbors by key-directory syncs.",
+                )
+                .expect("static metric"),
+            ),
+            keydir_sync_bytes: reg.add(
+                IntCounter::new(
+                    "echomesh_keydir_sync_bytes_total",
+                    "Bytes this node sent for key-directory syncs: the digests and entry lists it answered and the bundles it offered.",
+                )
+                .expect("static metric"),
+            ),
             key_bundles_rejected: counter_vec(
                 "echomesh_key_bundles_rejected_total",
                 "Key bundles refused, by reason (bad_signature, unknown_version, oversized, bad_key, bad_name, future, stale, revoked, directory_full, undecodable).",
@@ -748,6 +770,9 @@ impl Metrics {
         }
         for r in echomesh_proto::keydir::BundleError::LABELS {
             m.key_bundles_rejected.with_label_values(&[r]);
+        }
+        for r in ["in_sync", "differed", "full", "failed"] {
+            m.keydir_syncs.with_label_values(&[r]);
         }
         for src in ["client", "neighbor"] {
             for res in ["new", "replaced", "unchanged"] {

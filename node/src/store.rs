@@ -274,6 +274,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Blocking: visit the bundle records whose key starts with `prefix`, in key order, until
+    /// `f` returns false.
+    pub fn visit_bundles_blocking(
+        &self,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let cf = self.cf(CF_KEY_BUNDLES)?;
+        let iter = self.db.iterator_cf(
+            cf,
+            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Blocking: number of stored bundles (a full key scan; used at start).
     pub fn count_bundles_blocking(&self) -> Result<usize, StoreError> {
         let cf = self.cf(CF_KEY_BUNDLES)?;

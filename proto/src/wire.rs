@@ -20,7 +20,7 @@ use crate::ozone::StoredMessage;
 use crate::ozone::{OzoneAddr, OzoneProof};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// The lowest peer protocol version this build interoperates with.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
@@ -47,6 +47,10 @@ pub mod since {
     /// on each connection, which the failure detector of `membership` listens to
     /// (docs/MEMBERSHIP.md). Older peers send none and are judged by their connections only.
     pub const HEARTBEAT: u16 = 5;
+    /// `PeerRequest::KeydirDigest` and `PeerRequest::KeydirEntries`: a node that comes up
+    /// compares key directories with its neighbor by digest and offers only the difference
+    /// (`keydir::sync`). Older peers are offered the whole directory.
+    pub const KEYDIR_DIGEST: u16 = 6;
 }
 
 /// The payload of a heartbeat datagram (one byte: room for other datagram kinds later).
@@ -212,7 +216,16 @@ pub enum PeerRequest {
     /// `since::ECHO_REPAIR`). Answered by `EchoWant` with the indexes of the IDs the
     /// receiver's seen-cache lacks; the sender then queues those packets on the echo stream.
     EchoHave(Vec<MsgId>),
+    /// The receiver's key-directory bucket digests (protocol ≥ `since::KEYDIR_DIGEST`).
+    /// Answered by `KeydirDigest`.
+    KeydirDigest,
+    /// The receiver's directory entries (fingerprint, entry hash) in these buckets, at most
+    /// `MAX_KEYDIR_ENTRIES`. Answered by `KeydirEntries`.
+    KeydirEntries { buckets: Vec<u8> },
 }
+
+/// Entries one `KeydirEntries` answer holds at most (48 bytes each: about 1.5 MiB).
+pub const MAX_KEYDIR_ENTRIES: usize = 32 * 1024;
 
 /// W3C trace context (`traceparent`, `tracestate`) of the span that made a request. Sent as an
 /// optional extra frame after a peer request or a join request when traces are exported;
@@ -270,6 +283,14 @@ pub enum PeerReply {
     Noted,
     /// Indexes into an `EchoHave` list: the packets the receiver has not seen.
     EchoWant(Vec<u32>),
+    /// One digest per bucket (`keydir::sync::BUCKETS`).
+    KeydirDigest(Vec<[u8; 16]>),
+    /// Directory entries of the asked buckets; `complete` is false when `MAX_KEYDIR_ENTRIES`
+    /// cut the list (the asker then asks for fewer buckets at a time).
+    KeydirEntries {
+        entries: Vec<(crate::keydir::Fingerprint, [u8; 16])>,
+        complete: bool,
+    },
 }
 
 /// Borrowed twin of [`PeerFrame`] for encoding without cloning a batch. It must keep the same
@@ -649,6 +670,16 @@ mod tests {
         assert_eq!(index(&redirect), 12);
         assert_eq!(index(&PeerRequest::EchoHave(vec![])), 5);
         assert_eq!(index(&PeerReply::EchoWant(vec![])), 6);
+        assert_eq!(index(&PeerRequest::KeydirDigest), 6);
+        assert_eq!(index(&PeerRequest::KeydirEntries { buckets: vec![] }), 7);
+        assert_eq!(index(&PeerReply::KeydirDigest(vec![])), 7);
+        assert_eq!(
+            index(&PeerReply::KeydirEntries {
+                entries: vec![],
+                complete: true
+            }),
+            8
+        );
         let at = LogPosition { epoch: 1, seq: 2 };
         let sub_at = ClientRequest::SubscribeAt {
             filter: SubscribeFilter::All,

@@ -575,3 +575,100 @@ fn late_joiner_learns_the_directory_and_revocations_are_final() {
         "{none:?}"
     );
 }
+
+/// The 2 000 RSA-3072 key bundles of `tests/fixtures/keydir-2000.bin` (made once by the
+/// `keydir-fixtures` binary: key generation is slow).
+fn keydir_fixtures() -> Vec<echomesh_proto::keydir::KeyBundle> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/keydir-2000.bin");
+    let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = Vec::new();
+    let mut rest = raw.as_slice();
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_be_bytes(*len) as usize;
+        out.push(echomesh_proto::keydir::KeyBundle::decode(&tail[..len]).expect("fixture bundle"));
+        rest = &tail[len..];
+    }
+    out
+}
+
+async fn publish_all(n: &TestNode, bundles: &[echomesh_proto::keydir::KeyBundle]) {
+    let mut s = session(n).await;
+    for b in bundles {
+        assert!(
+            s.publish_key(b.clone()).await.expect("publish"),
+            "fixture refused"
+        );
+    }
+}
+
+/// Directory sync by digest: a neighbor that comes back with the same 2 000 bundles costs
+/// less than 1 % of the directory's bytes, and one that missed 100 is offered exactly those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_neighbors_exchange_only_the_directory_difference() {
+    let bundles = keydir_fixtures();
+    assert_eq!(bundles.len(), 2000);
+    let directory_bytes: usize = bundles.iter().map(|b| b.encode().unwrap().len()).sum();
+    let root = tempfile::tempdir().unwrap();
+    // A one-second packet log: the 100 bundles published while b is down are gone from it by
+    // the time b comes back, so echo repair cannot bring them; only the directory sync can.
+    let cfg = root.path().join("short-log.toml");
+    std::fs::write(&cfg, "[echo]\nlog_secs = 1\n").unwrap();
+    let cfg_args = ["--config".to_string(), cfg.display().to_string()];
+    let a = TestNode::start(root.path(), "a", 0, &cfg_args);
+    let mut b = TestNode::start(root.path(), "b", 0, &cfg_args);
+    a.link(&b);
+    publish_all(&a, &bundles[..1900]).await;
+    wait_for(Duration::from_secs(60), "1 900 bundles on b", || {
+        (b.metric("echomesh_key_bundles") == 1900.0).then_some(())
+    });
+
+    // b misses 100.
+    b.kill9();
+    let evicted = a.metric("echomesh_packet_log_evictions_total");
+    publish_all(&a, &bundles[1900..]).await;
+    wait_for(
+        Duration::from_secs(20),
+        "the 100 to leave a's packet log",
+        || (a.metric("echomesh_packet_log_evictions_total") >= evicted + 100.0).then_some(()),
+    );
+    let offered = a.metric("echomesh_keydir_sync_offered_total");
+    let differed = a.metric("echomesh_keydir_syncs_total{result=\"differed\"}");
+    b.restart();
+    wait_for(Duration::from_secs(30), "2 000 bundles on b", || {
+        (b.metric("echomesh_key_bundles") == 2000.0).then_some(())
+    });
+    wait_for(Duration::from_secs(10), "a's sync with b", || {
+        (a.metric("echomesh_keydir_syncs_total{result=\"differed\"}") > differed).then_some(())
+    });
+    assert_eq!(
+        a.metric("echomesh_keydir_sync_offered_total") - offered,
+        100.0
+    );
+    wait_for(Duration::from_secs(10), "b's sync with a", || {
+        (b.metric("echomesh_keydir_syncs_total{result=\"in_sync\"}") == 1.0).then_some(())
+    });
+    assert_eq!(b.metric("echomesh_keydir_sync_offered_total"), 0.0);
+
+    // Both hold the same 2 000: a reconnect costs the digests.
+    let sent_before = a.metric("echomesh_keydir_sync_bytes_total");
+    let in_sync = a.metric("echomesh_keydir_syncs_total{result=\"in_sync\"}");
+    b.restart();
+    wait_for(
+        Duration::from_secs(30),
+        "both syncs after the reconnect",
+        || {
+            (a.metric("echomesh_keydir_syncs_total{result=\"in_sync\"}") > in_sync
+                && b.metric("echomesh_keydir_syncs_total{result=\"in_sync\"}") == 1.0)
+                .then_some(())
+        },
+    );
+    let sent = a.metric("echomesh_keydir_sync_bytes_total") - sent_before
+        + b.metric("echomesh_keydir_sync_bytes_total");
+    eprintln!("reconnect: {sent} bytes for a directory of {directory_bytes} bytes");
+    assert!(
+        sent < directory_bytes as f64 / 100.0,
+        "{sent} bytes exchanged for a directory of {directory_bytes}"
+    );
+    assert_eq!(a.metric("echomesh_key_bundles"), 2000.0);
+    assert_eq!(b.metric("echomesh_key_bundles"), 2000.0);
+}

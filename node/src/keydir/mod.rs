@@ -185,6 +185,68 @@ impl KeyDirectory {
         Ok(out)
     }
 
+    /// The directory's bucket digests (`keydir::sync`), from one scan of the stored bundles.
+    pub async fn digests(&self) -> Result<Vec<sync::Hash16>, StoreError> {
+        self.store
+            .run_blocking(|s| {
+                let mut d = sync::DigestBuilder::default();
+                s.visit_bundles_blocking(&[], &mut |k, v| {
+                    if let Ok(fp) = <[u8; 32]>::try_from(k) {
+                        d.add(&Fingerprint(fp), &sync::entry_hash(v));
+                    }
+                    true
+                })?;
+                Ok(d.finish())
+            })
+            .await
+    }
+
+    /// The entries (fingerprint, entry hash) of these buckets, at most `max`; false when
+    /// `max` cut the list.
+    pub async fn entries(
+        &self,
+        buckets: Vec<u8>,
+        max: usize,
+    ) -> Result<(Vec<(Fingerprint, sync::Hash16)>, bool), StoreError> {
+        self.store
+            .run_blocking(move |s| {
+                let mut out = Vec::new();
+                let mut complete = true;
+                for b in buckets {
+                    s.visit_bundles_blocking(&[b], &mut |k, v| {
+                        if out.len() >= max {
+                            complete = false;
+                            return false;
+                        }
+                        if let Ok(fp) = <[u8; 32]>::try_from(k) {
+                            out.push((Fingerprint(fp), sync::entry_hash(v)));
+                        }
+                        true
+                    })?;
+                    if !complete {
+                        break;
+                    }
+                }
+                Ok((out, complete))
+            })
+            .await
+    }
+
+    /// The stored bundle records of these fingerprints (those still held).
+    pub async fn records(&self, fps: Vec<Fingerprint>) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.store
+            .run_blocking(move |s| {
+                let mut out = Vec::with_capacity(fps.len());
+                for fp in fps {
+                    if let Some(r) = s.get_bundle_blocking(&fp.0)? {
+                        out.push(r);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
     /// One page of the directory in fingerprint order, after `after`.
     pub async fn page(
         &self,

@@ -396,6 +396,9 @@ pub async fn serve_peer(ctx: &Arc<Ctx>, req: PeerRequest) -> PeerReply {
         // Handled by the peer RPC server before it gets here.
         PeerRequest::Departure(_) => Ok(PeerReply::Noted),
         PeerRequest::EchoHave(_) => Ok(PeerReply::EchoWant(Vec::new())),
+        PeerRequest::KeydirDigest | PeerRequest::KeydirEntries { .. } => Ok(PeerReply::Error {
+            message: "key-directory requests are answered by the key directory".into(),
+        }),
     };
     ctx.metrics.ozone_bytes.set(ctx.ozones.total_bytes() as i64);
     r.unwrap_or_else(|e| PeerReply::Error {

@@ -67,10 +67,20 @@ pub async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection) {
                 PeerRequest::EchoHave(_) => {
                     tracing::debug_span!("echo.repair", neighbor = %n.id)
                 }
+                PeerRequest::KeydirDigest | PeerRequest::KeydirEntries { .. } => {
+                    tracing::debug_span!("keydir.sync", neighbor = %n.id)
+                }
             };
+            let keydir = matches!(
+                req,
+                PeerRequest::KeydirDigest | PeerRequest::KeydirEntries { .. }
+            );
             crate::telemetry::follow(&span, tc.as_ref());
             let reply = answer(&ctx, &n, req).instrument(span).await;
             if let Ok(b) = wire::encode(&reply) {
+                if keydir {
+                    ctx.metrics.keydir_sync_bytes.inc_by(b.len() as u64);
+                }
                 let _ = send.write_all(&b).await;
                 let _ = send.finish();
             }
@@ -94,6 +104,14 @@ async fn answer(ctx: &Arc<Ctx>, n: &Neighbor, req: PeerRequest) -> PeerReply {
             .map(|i| i.0)
             .collect();
         return PeerReply::EchoWant(ctx.router.pull_offered(&ids));
+    }
+    // The key directory is the whole mesh's, federated neighbors included.
+    match req {
+        PeerRequest::KeydirDigest => return crate::keydir::flood::serve_digest(ctx).await,
+        PeerRequest::KeydirEntries { buckets } => {
+            return crate::keydir::flood::serve_entries(ctx, buckets).await
+        }
+        _ => {}
     }
     // Replication is for members of our cluster only: a federated neighbor from another
     // cluster relays echo packets but may not read, write or delete our ozones.

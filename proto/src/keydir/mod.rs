@@ -8,6 +8,7 @@
 
 mod bundle;
 mod participant;
+pub mod sync;
 
 pub use bundle::{
     participant_key, BundleError, BundleKind, KeyBundle, BUNDLE_FORMAT, BUNDLE_FORMAT_V1,

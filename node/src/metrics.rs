@@ -437,7 +437,7 @@ impl Metrics {
             ),
             keydir_syncs: counter_vec(
                 "echomesh_keydir_syncs_total",
-                "Key-directory syncs with a neighbor that came up, by result (in_sync: the digests agreed; differed: only the difference was offered; full: an older neighbor was offered everything; failed).",
+                "Key-directory syncs with a neighbor that came up, by result (in_sync: it lacked nothing; differed: only the bundles it lacked were offered; full: an older neighbor was offered the whole directory; failed).",
                 &["result"],
             ),
             keydir_sync_offered: reg.add(

@@ -182,7 +182,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<NodeHandle> {
         ControlChannel::new(tags::bridge_tag(), DropReason::BridgeBusy);
     // Echo frames reach a client that subscribes to the bridge tag by name (`tail --echo-frames`).
     bridge_ch.on_request = true;
-    let log = crate::echo::PacketLog::new(cfg.echo.log_bytes, cfg.echo.log_ttl(), rand::random());
+    // Grafts find packets by ID only under lazy push; a flooding node needs no ID index.
+    let log = crate::echo::PacketLog::new(cfg.echo.log_bytes, cfg.echo.log_ttl(), rand::random())
+        .indexed(cfg.echo.broadcast == echomesh_proto::broadcast::Mode::Lazy);
     let router = Arc::new(Router::new(
         identity.id,
         engine,

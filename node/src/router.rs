@@ -2,7 +2,7 @@
 //! fans the result out to neighbor queues and to subscribed client sessions, counting every
 //! drop. It never waits: a full queue drops for that one destination only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -51,7 +51,7 @@ pub struct EchoState {
 }
 
 /// The broadcast trees of an incoming batch's packets (from a neighbor that sends them).
-pub type Trees = HashMap<PacketId, TreeKey>;
+pub type Trees = echo::IdMap<TreeKey>;
 
 /// What goes to which neighbor, collected under the engine lock and queued after it.
 type Outgoing = BTreeMap<NodeId, Vec<TreeItem>>;

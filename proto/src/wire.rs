@@ -616,6 +616,26 @@ pub fn encode_into<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), Frame
     Ok(())
 }
 
+/// Encode `msg` as one frame (length prefix included), appending to `out`: the frame can
+/// then be split off and handed to QUIC without a copy (`SendStream::write_chunk`).
+pub fn encode_into_bytes<T: Serialize>(
+    msg: &T,
+    out: &mut bytes::BytesMut,
+) -> Result<(), FrameError> {
+    use bytes::BufMut;
+    let start = out.len();
+    out.put_u32(0);
+    bincode::serde::encode_into_std_write(msg, &mut (&mut *out).writer(), CONFIG)
+        .map_err(|e| FrameError::Decode(format!("encode: {e}")))?;
+    let len = out.len() - start - 4;
+    let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge {
+        len,
+        max: ABSOLUTE_MAX_FRAME,
+    })?;
+    out[start..start + 4].copy_from_slice(&len32.to_be_bytes());
+    Ok(())
+}
+
 /// Encode `msg` as one frame.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Bytes, FrameError> {
     let mut out = Vec::with_capacity(256);
@@ -645,6 +665,16 @@ mod tests {
     /// The compatibility rule in code: kinds are only appended, so every kind an older
     /// version knows keeps its index, and a kind unknown to the receiver is a counted decode
     /// error, never a panic. A change that reorders a variant fails here.
+    #[test]
+    fn both_encoders_make_the_same_frame() {
+        let f = PeerFrame::Echo(vec![EchoPacket::new(Bytes::from_static(b"x"), 3, None)]);
+        let mut v = Vec::new();
+        encode_into(&f, &mut v).unwrap();
+        let mut b = bytes::BytesMut::new();
+        encode_into_bytes(&f, &mut b).unwrap();
+        assert_eq!(v, b.to_vec());
+    }
+
     #[test]
     fn message_kinds_keep_their_wire_index() {
         fn index<T: Serialize>(v: &T) -> u8 {

@@ -634,9 +634,29 @@ async fn reconnecting_neighbors_exchange_only_the_directory_difference() {
     let offered = a.metric("echomesh_keydir_sync_offered_total");
     let differed = a.metric("echomesh_keydir_syncs_total{result=\"differed\"}");
     b.restart();
-    wait_for(Duration::from_secs(30), "2 000 bundles on b", || {
-        (b.metric("echomesh_key_bundles") == 2000.0).then_some(())
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while b.metric("echomesh_key_bundles") != 2000.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b holds {} bundles; drops {}; offered by a {}; b's offers {:?}",
+            b.metric("echomesh_key_bundles"),
+            b.http_get("/metrics")
+                .1
+                .lines()
+                .filter(|l| l.starts_with("echomesh_packets_dropped_total") && !l.ends_with(" 0"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            a.metric("echomesh_keydir_sync_offered_total") - offered,
+            b.http_get("/metrics")
+                .1
+                .lines()
+                .filter(|l| l.starts_with("echomesh_key_bundles_offered_total")
+                    || l.starts_with("echomesh_key_bundles_rejected_total"))
+                .filter(|l| !l.ends_with(" 0"))
+                .collect::<Vec<_>>(),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     wait_for(Duration::from_secs(10), "a's sync with b", || {
         (a.metric("echomesh_keydir_syncs_total{result=\"differed\"}") > differed).then_some(())
     });

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
+use bytes::BytesMut;
+
 use crate::ctx::Ctx;
 use crate::echo::EchoPacket;
 use crate::limits::MAX_ECHO_BATCH_BYTES as MAX_BATCH_BYTES;
@@ -405,7 +407,7 @@ fn admit_and_dispatch(
 /// messages to the broadcast machine.
 fn on_tree_frame(ctx: &Ctx, n: &Neighbor, items: Vec<TreeItem>) {
     let mut packets = Vec::with_capacity(items.len());
-    let mut trees = Trees::with_capacity(items.len());
+    let mut trees = Trees::with_capacity_and_hasher(items.len(), Default::default());
     let mut control = Vec::new();
     for item in items {
         match item {
@@ -428,15 +430,19 @@ async fn write_loop(
     mut send: quinn::SendStream,
     batch: &mut Vec<TreeItem>,
 ) -> String {
-    let mut buf = Vec::with_capacity(MAX_BATCH_BYTES + 1024);
+    // Each frame is encoded into room of about its size and split off: QUIC keeps the frame
+    // itself until it is acknowledged, without a copy (an item's queue cost is at least its
+    // encoded size, so the room rarely grows).
+    let mut buf = BytesMut::new();
     let max_batch = MAX_BATCH_BYTES.min(ctx.cfg.limits.max_frame_bytes / 2);
     let trees = n.version() >= wire::since::LAZY_PUSH;
     if trees {
-        buf.clear();
-        if let Err(e) = wire::encode_into(&PeerFrameRef::Broadcast(ctx.router.mode()), &mut buf) {
+        if let Err(e) =
+            wire::encode_into_bytes(&PeerFrameRef::Broadcast(ctx.router.mode()), &mut buf)
+        {
             return format!("cannot encode broadcast mode: {e}");
         }
-        if let Err(e) = send.write_all(&buf).await {
+        if let Err(e) = send.write_chunk(buf.split().freeze()).await {
             return format!("send failed: {e}");
         }
     }
@@ -446,8 +452,9 @@ async fn write_loop(
             return "queue closed".into();
         }
         buf.clear();
+        buf.reserve(batch.iter().map(TreeItem::cost).sum::<usize>() + 64);
         let encoded = if trees {
-            wire::encode_into(&PeerFrameRef::Tree(batch), &mut buf)
+            wire::encode_into_bytes(&PeerFrameRef::Tree(batch), &mut buf)
         } else {
             // An older neighbor: plain packets (it is never sent lazy push's messages).
             plain.clear();
@@ -455,7 +462,7 @@ async fn write_loop(
                 TreeItem::Packet { packet, .. } => Some(packet.clone()),
                 _ => None,
             }));
-            wire::encode_into(&PeerFrameRef::Echo(&plain), &mut buf)
+            wire::encode_into_bytes(&PeerFrameRef::Echo(&plain), &mut buf)
         };
         if let Err(e) = encoded {
             ctx.metrics
@@ -464,11 +471,13 @@ async fn write_loop(
             tracing::error!(error = %e, "cannot encode echo batch");
             continue;
         }
-        if let Err(e) = send.write_all(&buf).await {
+        let frame = buf.split().freeze();
+        let len = frame.len();
+        if let Err(e) = send.write_chunk(frame).await {
             // `batch` still holds the packets: the caller counts them as dropped.
             return format!("send failed: {e}");
         }
         batch.clear();
-        n.bytes_out.inc_by(buf.len() as u64);
+        n.bytes_out.inc_by(len as u64);
     }
 }

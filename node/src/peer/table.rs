@@ -190,9 +190,11 @@ impl Neighbor {
         self.inner().dialing = dialing;
     }
 
-    /// A live connection to this neighbor, for request/response streams.
+    /// A live connection to this neighbor, for request/response streams: the newest. When a
+    /// neighbor restarts, its old connection lingers until the idle timeout, and a request
+    /// sent on it would wait for nothing.
     pub fn connection(&self) -> Option<quinn::Connection> {
-        self.inner().conns.first().map(|(_, c)| c.clone())
+        self.inner().conns.last().map(|(_, c)| c.clone())
     }
 
     /// Protocol version from its last hello (0 before the first connection).
@@ -271,6 +273,18 @@ impl Neighbor {
             return false;
         }
         let now = Instant::now();
+        // Connections of a neighbor that fell silent (suspected or failed) belong to a process
+        // that stopped talking — it restarted, or its path changed. Each connection's writer
+        // takes from the neighbor's one queue: a dead one left attached would swallow what is
+        // queued until its idle timeout. So a new connection replaces them.
+        if !i.conns.is_empty() && i.member.state() != MemberState::Alive {
+            for (_, c) in i.conns.drain(..) {
+                c.close(
+                    quinn::VarInt::from_u32(crate::wire::close::NORMAL),
+                    b"superseded by a new connection",
+                );
+            }
+        }
         let first = i.conns.is_empty();
         if first {
             i.since = now;

@@ -12,12 +12,13 @@
 //! recognisably stale. Entries leave by age or when the byte bound is reached (oldest first);
 //! a caller whose position fell off the tail learns how many entries it missed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{EchoPacket, PacketId};
+use super::{EchoPacket, IdMap, PacketId};
 
 /// Bytes one entry costs beyond its packet's own `cost()` (time, source, bookkeeping, and its
 /// place in the ID index).
@@ -67,8 +68,9 @@ pub struct Replay {
 
 pub struct PacketLog<S> {
     entries: VecDeque<Entry<S>>,
-    /// Where each forwardable packet is (what a graft asks for by ID).
-    index: HashMap<PacketId, u64>,
+    /// Where each forwardable packet is (what a graft asks for by ID); kept only where grafts
+    /// come (lazy push): a flooding node announces nothing, so nothing is grafted from it.
+    index: Option<IdMap<u64>>,
     first_seq: u64,
     bytes: usize,
     max_bytes: usize,
@@ -85,7 +87,7 @@ impl<S: Copy + PartialEq> PacketLog<S> {
     pub fn new(max_bytes: usize, ttl: Duration, epoch: u64) -> Self {
         PacketLog {
             entries: VecDeque::new(),
-            index: HashMap::new(),
+            index: Some(IdMap::default()),
             first_seq: 0,
             bytes: 0,
             max_bytes,
@@ -93,6 +95,12 @@ impl<S: Copy + PartialEq> PacketLog<S> {
             epoch,
             evicted: 0,
         }
+    }
+
+    /// Keep the ID index (`find`) or not (then `find` finds nothing; positions still work).
+    pub fn indexed(mut self, yes: bool) -> Self {
+        self.index = yes.then(IdMap::default);
+        self
     }
 
     pub fn epoch(&self) -> u64 {
@@ -145,8 +153,8 @@ impl<S: Copy + PartialEq> PacketLog<S> {
     ) -> u64 {
         let seq = self.head();
         self.bytes += entry_cost(&pkt);
-        if forward {
-            self.index.insert(pkt.id, seq);
+        if let (true, Some(ix)) = (forward, &mut self.index) {
+            ix.insert(pkt.id, seq);
         }
         self.entries.push_back(Entry {
             at: now,
@@ -163,8 +171,10 @@ impl<S: Copy + PartialEq> PacketLog<S> {
 
     fn pop_oldest(&mut self) {
         if let Some(e) = self.entries.pop_front() {
-            if self.index.get(&e.pkt.id) == Some(&self.first_seq) {
-                self.index.remove(&e.pkt.id);
+            if let Some(MapEntry::Occupied(o)) = self.index.as_mut().map(|ix| ix.entry(e.pkt.id)) {
+                if *o.get() == self.first_seq {
+                    o.remove();
+                }
             }
             self.bytes -= entry_cost(&e.pkt);
             self.first_seq += 1;
@@ -193,7 +203,7 @@ impl<S: Copy + PartialEq> PacketLog<S> {
 
     /// A forwardable packet by ID (what a neighbor grafts), and its tree.
     pub fn find(&self, id: &PacketId) -> Option<(&EchoPacket, u64)> {
-        let seq = *self.index.get(id)?;
+        let seq = *self.index.as_ref()?.get(id)?;
         self.get(seq, id)
     }
 
@@ -288,6 +298,17 @@ mod tests {
         assert_eq!(log.find(&pkt(3).id), Some((&pkt(3), 5)));
         assert_eq!(log.find(&pkt(2).id), None, "not forwardable");
         assert_eq!(log.get(1, &pkt(2).id), None, "position and ID must agree");
+    }
+
+    #[test]
+    fn an_unindexed_log_finds_by_position_only() {
+        let t0 = Instant::now();
+        let mut log: PacketLog<u8> =
+            PacketLog::new(1 << 20, Duration::from_secs(60), 1).indexed(false);
+        log.push(pkt(0), None, 0, true, t0);
+        assert_eq!(log.find(&pkt(0).id), None);
+        assert_eq!(log.get(0, &pkt(0).id), Some((&pkt(0), 0)));
+        assert_eq!(log.offers(0, 9, 10, 100).ids, vec![(0, pkt(0).id)]);
     }
 
     #[test]

@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 /// A packet ID: blake3 of the payload.
 pub type PacketId = [u8; 32];
 
+/// A hash map keyed by packet ID, with a fast randomly seeded hasher (IDs of packets not yet
+/// verified may be chosen by a neighbor, so the hasher stays keyed).
+pub type IdMap<V> = std::collections::HashMap<PacketId, V, foldhash::fast::RandomState>;
+
 /// An echo packet as it travels the mesh. The payload is opaque ciphertext.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EchoPacket {

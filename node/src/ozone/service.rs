@@ -159,11 +159,13 @@ pub async fn deposit(
     let mut outcome = None;
     let mut last_err: Option<ServiceError> = None;
     let replicas = owners.iter().filter_map(|o| members.peer(o).cloned());
-    let mut remote = FanOut::start(
-        ctx,
+    let mut remote = FanOut::spawn(
         replicas,
-        &PeerRequest::OzoneStore(vec![msg.clone()]),
         |n| tracing::info_span!("ozone.replicate", neighbor = %n.id),
+        |n| {
+            let (ctx, msg) = (ctx.clone(), msg.clone());
+            async move { super::replicate::store(&ctx, &n, msg).await }
+        },
     );
     if owners.contains(&me) {
         match ctx.ozone_commit.deposit_one(msg.clone()).await {

@@ -81,6 +81,26 @@ impl FanOut {
         FanOut { calls }
     }
 
+    /// Run `call` for each of `peers` concurrently, each in the span `span` makes for it (a
+    /// request that is not one plain `rpc::call`, e.g. a replication lane).
+    pub fn spawn<F, Fut>(
+        peers: impl IntoIterator<Item = Arc<Neighbor>>,
+        span: impl Fn(&Neighbor) -> tracing::Span,
+        call: F,
+    ) -> Self
+    where
+        F: Fn(Arc<Neighbor>) -> Fut,
+        Fut: std::future::Future<Output = Result<PeerReply, RpcError>> + Send + 'static,
+    {
+        let mut calls = tokio::task::JoinSet::new();
+        for n in peers {
+            let (id, span) = (n.id, span(&n));
+            let fut = call(n);
+            calls.spawn(async move { (id, fut.await) }.instrument(span));
+        }
+        FanOut { calls }
+    }
+
     /// The next answer, or `None` when every call has answered or failed.
     pub async fn next(&mut self) -> Option<(NodeId, Result<PeerReply, RpcError>)> {
         loop {

@@ -60,6 +60,16 @@ pub struct Neighbor {
     pub repair_wake: Notify,
     /// One repair page at a time per neighbor, whatever the number of connections.
     pub repairing: tokio::sync::Mutex<()>,
+    /// Ozone copies on their way to this neighbor: the copies of deposits made at the same
+    /// time travel in one `OzoneStore` request (`ozone::service`, which starts the lane).
+    pub replication: Mutex<Option<tokio::sync::mpsc::Sender<ReplicaCopy>>>,
+}
+
+/// One ozone copy for a neighbor's replication lane, and who waits for its answer (the
+/// neighbor's reply, or why there is none).
+pub struct ReplicaCopy {
+    pub msg: echomesh_proto::ozone::StoredMessage,
+    pub reply: tokio::sync::oneshot::Sender<Result<crate::wire::PeerReply, String>>,
 }
 
 struct Inner {
@@ -467,6 +477,7 @@ impl NeighborTable {
             resync: Mutex::new(Some(0)),
             repair_wake: Notify::new(),
             repairing: tokio::sync::Mutex::new(()),
+            replication: Mutex::new(None),
             state: Mutex::new(Inner {
                 addr: rec.addr.clone(),
                 mode: rec.mode,

@@ -605,15 +605,8 @@ impl FrameError {
 pub fn encode_into<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]);
-    bincode::serde::encode_into_std_write(msg, out, CONFIG)
-        .map_err(|e| FrameError::Decode(format!("encode: {e}")))?;
-    let len = out.len() - start - 4;
-    let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge {
-        len,
-        max: ABSOLUTE_MAX_FRAME,
-    })?;
-    out[start..start + 4].copy_from_slice(&len32.to_be_bytes());
-    Ok(())
+    let r = bincode::serde::encode_into_std_write(msg, &mut *out, CONFIG);
+    finish_frame(r.map(|_| ()), out, start)
 }
 
 /// Encode `msg` as one frame (length prefix included), appending to `out`: the frame can
@@ -625,8 +618,18 @@ pub fn encode_into_bytes<T: Serialize>(
     use bytes::BufMut;
     let start = out.len();
     out.put_u32(0);
-    bincode::serde::encode_into_std_write(msg, &mut (&mut *out).writer(), CONFIG)
-        .map_err(|e| FrameError::Decode(format!("encode: {e}")))?;
+    let r = bincode::serde::encode_into_std_write(msg, &mut (&mut *out).writer(), CONFIG);
+    finish_frame(r.map(|_| ()), out, start)
+}
+
+/// Write the length prefix of the frame encoded from `start` on (after its 4 placeholder
+/// bytes).
+fn finish_frame(
+    encoded: Result<(), bincode::error::EncodeError>,
+    out: &mut [u8],
+    start: usize,
+) -> Result<(), FrameError> {
+    encoded.map_err(|e| FrameError::Decode(format!("encode: {e}")))?;
     let len = out.len() - start - 4;
     let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge {
         len,

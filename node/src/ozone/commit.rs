@@ -32,20 +32,36 @@ struct Job {
     reply: oneshot::Sender<Vec<Result<DepositOutcome, OzoneError>>>,
 }
 
-/// The handle callers queue deposits on. Dropping the last one ends the writer thread after
-/// it has answered what was queued.
+/// The handle callers queue deposits on. Dropping it ends the writer thread after it has
+/// answered what was queued, and waits for that: the thread holds the database, which must be
+/// closed before the process exits (RocksDB aborts when it is closed during exit).
 pub struct GroupCommit {
-    tx: mpsc::Sender<Job>,
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("the ozone writer thread panicked");
+            }
+        }
+    }
 }
 
 impl GroupCommit {
     /// Start the writer thread for `store`.
     pub fn start(store: Arc<OzoneStore>, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_JOBS);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("ozone-commit".into())
             .spawn(move || writer(&store, &metrics, rx))?;
-        Ok(GroupCommit { tx })
+        Ok(GroupCommit {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Store `messages` durably; one outcome per message, in order. Returns only after the
@@ -55,8 +71,10 @@ impl GroupCommit {
         messages: Vec<StoredMessage>,
     ) -> Result<Vec<Result<DepositOutcome, OzoneError>>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Job { messages, reply })
+        let tx = self.tx.as_ref().ok_or_else(|| {
+            StoreError::Task("the ozone writer has stopped (shutting down)".into())
+        })?;
+        tx.send(Job { messages, reply })
             .await
             .map_err(|_| StoreError::Task("the ozone writer has stopped (shutting down)".into()))?;
         answer

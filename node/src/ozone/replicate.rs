@@ -10,11 +10,14 @@
 //! requests are in flight. Each copy gets its own answer: when the replica refuses a group
 //! (one copy over a quota, say), the copies are sent again one by one, so that one refusal
 //! does not fail the others (deposits are idempotent: what the group stored is a duplicate).
+//! A group's request runs in the span of its first copy: the replica's `ozone.store` joins
+//! that deposit's trace (the others of the group are not linked).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::Instrument;
 
 use super::store::StoredMessage;
 use crate::ctx::Ctx;
@@ -42,7 +45,11 @@ pub async fn store(
     msg: StoredMessage,
 ) -> Result<PeerReply, RpcError> {
     let (reply, answer) = oneshot::channel();
-    let mut copy = ReplicaCopy { msg, reply };
+    let mut copy = ReplicaCopy {
+        msg,
+        reply,
+        span: tracing::Span::current(),
+    };
     // Twice at most: a lane that just ended on its idle timeout refuses the first send.
     for _ in 0..2 {
         let tx = lane(ctx, n);
@@ -97,10 +104,14 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, mut rx: mpsc::Receiver<ReplicaCopy
             group.push(c);
         }
         let (ctx2, n2) = (ctx.clone(), n.clone());
-        ctx.tasks.spawn(async move {
-            send_group(&ctx2, &n2, group).await;
-            drop(permit);
-        });
+        let span = group[0].span.clone();
+        ctx.tasks.spawn(
+            async move {
+                send_group(&ctx2, &n2, group).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
     // Copies that slipped in before the lane closed still travel (or hear why not).
     rx.close();
@@ -112,8 +123,8 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, mut rx: mpsc::Receiver<ReplicaCopy
         for c in rest {
             let _ = c.reply.send(Err("node stopping".into()));
         }
-    } else if !rest.is_empty() {
-        send_group(&ctx, &n, rest).await;
+    } else if let Some(span) = rest.first().map(|c| c.span.clone()) {
+        send_group(&ctx, &n, rest).instrument(span).await;
     }
     let mut slot = n.replication.lock().unwrap_or_else(|p| p.into_inner());
     if slot.as_ref().is_some_and(|tx| tx.is_closed()) {

@@ -69,6 +69,9 @@ pub struct Neighbor {
 /// neighbor's reply, or why there is none).
 pub struct ReplicaCopy {
     pub msg: echomesh_proto::ozone::StoredMessage,
+    /// The span the copy was made in: a group's request runs in its first copy's span, so
+    /// the replica's `ozone.store` joins that deposit's trace.
+    pub span: tracing::Span,
     pub reply: tokio::sync::oneshot::Sender<Result<crate::wire::PeerReply, String>>,
 }
 

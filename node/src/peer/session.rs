@@ -321,7 +321,7 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
     let mut in_flight = Vec::new();
     let reason = tokio::select! {
         r = read_loop(&ctx, &n, recv) => r,
-        r = write_loop(&ctx, &n, send, &mut in_flight) => r,
+        r = write_loop(&ctx, &n, key, send, &mut in_flight) => r,
         r = crate::peer::liveness::heartbeats(&ctx, &n, &conn) => r,
         e = conn.closed() => format!("connection closed: {e}"),
         _ = ctx.shutdown.cancelled() => "node stopping".to_string(),
@@ -427,6 +427,7 @@ fn on_tree_frame(ctx: &Ctx, n: &Neighbor, items: Vec<TreeItem>) {
 async fn write_loop(
     ctx: &Ctx,
     n: &Neighbor,
+    key: u64,
     mut send: quinn::SendStream,
     batch: &mut Vec<TreeItem>,
 ) -> String {
@@ -447,9 +448,24 @@ async fn write_loop(
         }
     }
     let mut plain = Vec::new();
+    // Only the neighbor's newest connection takes from its queue (`Neighbor::sender`): when
+    // a neighbor restarts faster than the failure detector, the connection it left behind
+    // stays attached until its stateless reset, and what it took would be lost.
+    let mut sender = n.sender();
     loop {
-        if n.queue.pop_batch(max_batch, batch).await.is_none() {
-            return "queue closed".into();
+        if *sender.borrow_and_update() != key {
+            if sender.changed().await.is_err() {
+                return "neighbor removed".into();
+            }
+            continue;
+        }
+        tokio::select! {
+            taken = n.queue.pop_batch(max_batch, batch) => if taken.is_none() {
+                return "queue closed".into();
+            },
+            // A newer connection took over while the queue was empty (cancel-safe: nothing
+            // was taken).
+            _ = sender.changed() => continue,
         }
         buf.clear();
         buf.reserve(batch.iter().map(TreeItem::cost).sum::<usize>() + 64);

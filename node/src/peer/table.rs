@@ -45,6 +45,11 @@ pub struct Neighbor {
     pub queue: OutQueue<TreeItem>,
     state: Mutex<Inner>,
     up: AtomicUsize,
+    /// The key of the newest connection (0: none). Only its writer takes from `queue`: an
+    /// older connection of a neighbor that came back on a new one may belong to the process
+    /// that stopped, and would swallow what it took until a stateless reset or the idle
+    /// timeout ended it.
+    sender: tokio::sync::watch::Sender<u64>,
     /// Wakes the dialer: a connection ended, the neighbor was removed, or its address changed.
     pub changed: Notify,
     rate: Mutex<TokenBucket>,
@@ -317,7 +322,13 @@ impl Neighbor {
         i.conns.push((key, conn));
         i.last_error = None;
         self.up.store(i.conns.len(), Ordering::Release);
+        self.sender.send_replace(key);
         true
+    }
+
+    /// Follows which connection sends the echo stream (its key; 0 while none is up).
+    pub fn sender(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sender.subscribe()
     }
 
     /// Forget a connection. Returns true when it was the last one (the neighbor is now down).
@@ -326,6 +337,8 @@ impl Neighbor {
             let mut i = self.inner();
             i.conns.retain(|(k, _)| *k != key);
             self.up.store(i.conns.len(), Ordering::Release);
+            self.sender
+                .send_replace(i.conns.last().map_or(0, |(k, _)| *k));
             if i.conns.is_empty() {
                 let now = Instant::now();
                 i.since = now;
@@ -494,6 +507,7 @@ impl NeighborTable {
                 since: Instant::now(),
             }),
             up: AtomicUsize::new(0),
+            sender: tokio::sync::watch::Sender::new(0),
             changed: Notify::new(),
             rate: Mutex::new(TokenBucket::new(
                 *self.rate.lock().unwrap_or_else(|p| p.into_inner()),

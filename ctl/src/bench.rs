@@ -75,6 +75,8 @@ pub struct BenchReport {
     pub offered_per_sec: f64,
     pub seconds: f64,
     pub drops: u64,
+    /// Drops summed over the nodes, by reason (`echomesh_packets_dropped_total`).
+    pub drops_by_reason: std::collections::BTreeMap<String, u64>,
 }
 
 /// Ring plus chords: i–(i+1) for all i, and i–(i+N/2) for i < N/2. Degree 2–3, cycles of
@@ -136,7 +138,21 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<ExitCode> {
         );
         println!("throughput {:.0} packets/s delivered per node (offered {:.0}/s), {:.2} duplicate receptions per delivery",
             report.delivered_per_sec, report.offered_per_sec, report.duplicates_per_delivery);
-        println!("drops {}  time {:.2} s", report.drops, report.seconds);
+        let reasons: Vec<String> = report
+            .drops_by_reason
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        println!(
+            "drops {}{}  time {:.2} s",
+            report.drops,
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", reasons.join(", "))
+            },
+            report.seconds
+        );
     }
     Ok(
         if report.delivered == report.expected && report.duplicates_delivered == 0 {
@@ -240,6 +256,9 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     };
     let dup_dropped = mesh.metric_sum("echomesh_duplicates_dropped_total").await? as u64;
     let drops = mesh.metric_sum("echomesh_packets_dropped_total").await? as u64;
+    let drops_by_reason = mesh
+        .metric_by("echomesh_packets_dropped_total", "reason")
+        .await?;
     let report = BenchReport {
         nodes: a.nodes,
         broadcast: a.broadcast,
@@ -257,6 +276,7 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         offered_per_sec: offered,
         seconds,
         drops,
+        drops_by_reason,
     };
     drop(mesh);
     Ok(report)

@@ -198,6 +198,23 @@ impl LocalMesh {
         }
         Ok(total)
     }
+
+    /// A metric over every node, summed per value of `label` (values that are 0 left out).
+    pub async fn metric_by(
+        &self,
+        name: &str,
+        label: &str,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        let mut out = std::collections::BTreeMap::new();
+        for n in &self.nodes {
+            let text = n.admin.text("/metrics").await?;
+            for (value, v) in by_label(&text, name, label) {
+                *out.entry(value).or_insert(0) += v as u64;
+            }
+        }
+        out.retain(|_, v| *v > 0);
+        Ok(out)
+    }
 }
 
 impl Drop for LocalMesh {
@@ -302,8 +319,32 @@ fn sum_metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The samples of `name`, each with the value of its `label` (samples without it left out).
+fn by_label(text: &str, name: &str, label: &str) -> Vec<(String, f64)> {
+    let key = format!("{label}=\"");
+    text.lines()
+        .filter_map(|l| {
+            let labels = l.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = labels.rsplit_once("} ")?;
+            let start = labels.find(&key)? + key.len();
+            let end = labels[start..].find('"')? + start;
+            Some((labels[start..end].to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn samples_are_split_by_one_label() {
+        let text = "# TYPE x_total counter\nx_total{reason=\"a\",kind=\"p\"} 2\n\
+                    x_total{kind=\"q\",reason=\"b\"} 3\nx_total 1\ny_total{reason=\"a\"} 9\n";
+        assert_eq!(
+            super::by_label(text, "x_total", "reason"),
+            vec![("a".to_string(), 2.0), ("b".to_string(), 3.0)]
+        );
+    }
+
     #[test]
     fn metric_sums_cover_every_label_set_and_nothing_else() {
         let text = "# HELP x_total a\n# TYPE x_total counter\nx_total{reason=\"a\"} 2\n\

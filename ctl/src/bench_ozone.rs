@@ -17,16 +17,24 @@ pub struct OzoneBenchArgs {
     /// Cluster members (all linked to each other).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// Messages deposited in total.
+    /// Messages deposited in total (at each point of a `--clients` sweep).
     #[arg(long, default_value_t = 2_000)]
     messages: u64,
     /// Payload size in bytes.
     #[arg(long, default_value_t = 1024)]
     size: usize,
-    /// Concurrent depositing clients, each with its own ozone.
-    #[arg(long, default_value_t = 4)]
-    clients: u64,
+    /// Concurrent depositing clients, each with its own ozone and one deposit in flight. A
+    /// list (`1,4,16`) sweeps: each point runs on the same cluster, with fresh ozones.
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    clients: Vec<u64>,
 }
+
+/// The bench nodes' per-ozone message quota (the shipped default, `ozone.max_messages_per_ozone`).
+const BENCH_OZONE_QUOTA: u64 = 10_000;
+
+/// Upper bounds (ms) of the deposit-latency histogram's buckets; the last one is open.
+pub const LATENCY_BUCKETS_MS: [f64; 9] =
+    [0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, f64::INFINITY];
 
 #[derive(Debug, Serialize)]
 pub struct OzoneBenchReport {
@@ -40,6 +48,10 @@ pub struct OzoneBenchReport {
     pub deposits_per_sec: f64,
     pub deposit_p50_ms: f64,
     pub deposit_p99_ms: f64,
+    pub deposit_max_ms: f64,
+    /// Deposits per latency bucket: `[upper bound in ms (null: open), count]`, from
+    /// [`LATENCY_BUCKETS_MS`].
+    pub deposit_latency_histogram: Vec<(Option<f64>, u64)>,
     pub fetched: u64,
     pub fetch_messages_per_sec: f64,
     pub fetch_mib_per_sec: f64,
@@ -52,6 +64,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+fn histogram(sorted: &[f64]) -> Vec<(Option<f64>, u64)> {
+    let mut out = Vec::with_capacity(LATENCY_BUCKETS_MS.len());
+    let mut below = 0usize;
+    for upper in LATENCY_BUCKETS_MS {
+        let upto = sorted.partition_point(|l| *l <= upper);
+        out.push((upper.is_finite().then_some(upper), (upto - below) as u64));
+        below = upto;
+    }
+    out
+}
+
 pub async fn run(
     a: &OzoneBenchArgs,
     node_bin: Option<&std::path::Path>,
@@ -60,8 +83,16 @@ pub async fn run(
     if a.nodes < 2 || a.nodes > 16 {
         bail!("--nodes must be between 2 and 16");
     }
-    if a.clients == 0 || a.messages < a.clients {
-        bail!("need at least one message per client");
+    if a.clients.is_empty() || a.clients.iter().any(|c| *c == 0 || a.messages < *c) {
+        bail!("--clients: each point needs at least one client and one message per client");
+    }
+    if let Some(c) = a.clients.iter().find(|c| a.messages / **c > BENCH_OZONE_QUOTA) {
+        bail!(
+            "--messages {} with {c} client(s) puts {} messages in one ozone; the nodes' \
+             per-ozone quota is {BENCH_OZONE_QUOTA}: use fewer messages or more clients",
+            a.messages,
+            a.messages / c
+        );
     }
     let bin = crate::local_mesh::node_binary(node_bin)?;
     let mut edges = Vec::new();
@@ -71,17 +102,55 @@ pub async fn run(
         }
     }
     let mesh = crate::local_mesh::LocalMesh::start(&bin, a.nodes, &edges).await?;
+    let mut reports = Vec::new();
+    for (point, clients) in a.clients.iter().enumerate() {
+        let report = run_point(a, &mesh, point, *clients).await?;
+        if !json {
+            print_report(&report);
+        }
+        reports.push(report);
+    }
+    drop(mesh);
+    if json {
+        if let [one] = reports.as_slice() {
+            println!("{}", serde_json::to_string_pretty(one)?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&reports)?);
+        }
+    }
+    let mut code = ExitCode::SUCCESS;
+    for r in &reports {
+        if r.fetched != r.messages {
+            eprintln!(
+                "echomeshctl: {} clients: fetched {} of {} deposits",
+                r.clients, r.fetched, r.messages
+            );
+            code = ExitCode::FAILURE;
+        }
+    }
+    Ok(code)
+}
+
+/// One point: `clients` clients deposit through node 0, then every ozone is read back
+/// through node 1.
+async fn run_point(
+    a: &OzoneBenchArgs,
+    mesh: &crate::local_mesh::LocalMesh,
+    point: usize,
+    clients: u64,
+) -> anyhow::Result<OzoneBenchReport> {
     let nodes = &mesh.nodes;
     let (replicas, write_quorum) = (
         crate::local_mesh::BENCH_REPLICAS.min(a.nodes),
         crate::local_mesh::BENCH_WRITE_QUORUM.min(a.nodes),
     );
     let endpoint = echomesh_client::transport::client_endpoint("127.0.0.1:0".parse()?)?;
-    let per_client = a.messages / a.clients;
+    let per_client = a.messages / clients;
+    let secret = move |c: u64| format!("bench-{point}-{c}");
 
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..a.clients {
+    for c in 0..clients {
         let s = echomesh_client::connect(
             &endpoint,
             nodes[0].quic_addr(),
@@ -91,11 +160,12 @@ pub async fn run(
         let mut s = s.await?;
         let size = a.size;
         tasks.spawn(async move {
-            let addr = OzoneProof::from_secret(format!("bench-{c}").as_bytes()).address();
+            let addr = OzoneProof::from_secret(secret(c).as_bytes()).address();
             let mut lat = Vec::with_capacity(per_client as usize);
             for i in 0..per_client {
                 let mut v = vec![0u8; size.max(16)];
-                v[..8].copy_from_slice(&c.to_be_bytes());
+                // Unique across the points of a sweep too.
+                v[..8].copy_from_slice(&(c | (point as u64) << 48).to_be_bytes());
                 v[8..16].copy_from_slice(&i.to_be_bytes());
                 let t = Instant::now();
                 s.deposit(addr, Bytes::from(v)).await?;
@@ -121,8 +191,8 @@ pub async fn run(
     let started = Instant::now();
     let mut fetched = 0u64;
     let mut bytes = 0u64;
-    for c in 0..a.clients {
-        let proof = OzoneProof::from_secret(format!("bench-{c}").as_bytes());
+    for c in 0..clients {
+        let proof = OzoneProof::from_secret(secret(c).as_bytes());
         let mut after = None;
         loop {
             let (page, more) = reader.fetch(proof, after, 512).await?;
@@ -139,49 +209,76 @@ pub async fn run(
         }
     }
     let fetch_secs = started.elapsed().as_secs_f64().max(1e-9);
-    let report = OzoneBenchReport {
+    Ok(OzoneBenchReport {
         nodes: a.nodes,
-        messages: per_client * a.clients,
+        messages: per_client * clients,
         size: a.size,
-        clients: a.clients,
+        clients,
         replicas,
         write_quorum,
         deposits_per_sec: lat.len() as f64 / deposit_secs.max(1e-9),
         deposit_p50_ms: percentile(&lat, 0.5),
         deposit_p99_ms: percentile(&lat, 0.99),
+        deposit_max_ms: lat.last().copied().unwrap_or(0.0),
+        deposit_latency_histogram: histogram(&lat),
         fetched,
         fetch_messages_per_sec: fetched as f64 / fetch_secs,
         fetch_mib_per_sec: bytes as f64 / fetch_secs / 1048576.0,
-    };
-    drop(mesh);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "{} nodes, R={} W={}; {} deposits of {} B from {} clients",
-            report.nodes,
-            report.replicas,
-            report.write_quorum,
-            report.messages,
-            report.size,
-            report.clients
-        );
-        println!(
-            "deposits {:.0}/s acknowledged durable; latency p50 {:.2} ms p99 {:.2} ms",
-            report.deposits_per_sec, report.deposit_p50_ms, report.deposit_p99_ms
-        );
-        println!(
-            "fetch {} messages: {:.0} messages/s, {:.1} MiB/s",
-            report.fetched, report.fetch_messages_per_sec, report.fetch_mib_per_sec
-        );
-    }
-    Ok(if report.fetched == report.messages {
-        ExitCode::SUCCESS
-    } else {
-        eprintln!(
-            "echomeshctl: fetched {} of {} deposits",
-            report.fetched, report.messages
-        );
-        ExitCode::FAILURE
     })
+}
+
+fn print_report(report: &OzoneBenchReport) {
+    println!(
+        "{} nodes, R={} W={}; {} deposits of {} B from {} clients",
+        report.nodes,
+        report.replicas,
+        report.write_quorum,
+        report.messages,
+        report.size,
+        report.clients
+    );
+    println!(
+        "deposits {:.0}/s acknowledged durable; latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+        report.deposits_per_sec,
+        report.deposit_p50_ms,
+        report.deposit_p99_ms,
+        report.deposit_max_ms
+    );
+    let total = report.messages.max(1) as f64;
+    let buckets: Vec<String> = report
+        .deposit_latency_histogram
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(upper, n)| {
+            let pct = 100.0 * *n as f64 / total;
+            match upper {
+                Some(u) => format!("≤{u} ms {pct:.1}%"),
+                None => format!(
+                    ">{} ms {pct:.1}%",
+                    LATENCY_BUCKETS_MS[LATENCY_BUCKETS_MS.len() - 2]
+                ),
+            }
+        })
+        .collect();
+    println!("latency histogram: {}", buckets.join(", "));
+    println!(
+        "fetch {} messages: {:.0} messages/s, {:.1} MiB/s",
+        report.fetched, report.fetch_messages_per_sec, report.fetch_mib_per_sec
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn histogram_counts_each_latency_once_in_its_bucket() {
+        let lat = [0.1, 0.5, 0.6, 3.0, 10.0, 250.0];
+        let h = super::histogram(&lat);
+        assert_eq!(h.len(), super::LATENCY_BUCKETS_MS.len());
+        assert_eq!(h[0], (Some(0.5), 2));
+        assert_eq!(h[1], (Some(1.0), 1));
+        assert_eq!(h[3], (Some(5.0), 1));
+        assert_eq!(h[4], (Some(10.0), 1));
+        assert_eq!(h[8], (None, 1));
+        assert_eq!(h.iter().map(|(_, n)| n).sum::<u64>(), lat.len() as u64);
+    }
 }

@@ -86,7 +86,11 @@ pub async fn run(
     if a.clients.is_empty() || a.clients.iter().any(|c| *c == 0 || a.messages < *c) {
         bail!("--clients: each point needs at least one client and one message per client");
     }
-    if let Some(c) = a.clients.iter().find(|c| a.messages / **c > BENCH_OZONE_QUOTA) {
+    if let Some(c) = a
+        .clients
+        .iter()
+        .find(|c| a.messages / **c > BENCH_OZONE_QUOTA)
+    {
         bail!(
             "--messages {} with {c} client(s) puts {} messages in one ozone; the nodes' \
              per-ozone quota is {BENCH_OZONE_QUOTA}: use fewer messages or more clients",

@@ -27,6 +27,13 @@ pub struct OzoneBenchArgs {
     /// list (`1,4,16`) sweeps: each point runs on the same cluster, with fresh ozones.
     #[arg(long, value_delimiter = ',', default_value = "4")]
     clients: Vec<u64>,
+    /// Copies of each ozone (`ozone.replicas`; at most --nodes).
+    #[arg(long, default_value_t = crate::local_mesh::BENCH_REPLICAS)]
+    replicas: usize,
+    /// Copies synced before a deposit is acknowledged (`ozone.write_quorum`; at most
+    /// --replicas).
+    #[arg(long, default_value_t = crate::local_mesh::BENCH_WRITE_QUORUM)]
+    write_quorum: usize,
 }
 
 /// The bench nodes' per-ozone message quota (the shipped default, `ozone.max_messages_per_ozone`).
@@ -98,6 +105,14 @@ pub async fn run(
             a.messages / c
         );
     }
+    if a.write_quorum == 0 || a.write_quorum > a.replicas || a.replicas > a.nodes {
+        bail!(
+            "need 1 ≤ --write-quorum ({}) ≤ --replicas ({}) ≤ --nodes ({})",
+            a.write_quorum,
+            a.replicas,
+            a.nodes
+        );
+    }
     let bin = crate::local_mesh::node_binary(node_bin)?;
     let mut edges = Vec::new();
     for i in 0..a.nodes {
@@ -105,7 +120,11 @@ pub async fn run(
             edges.push((i, j));
         }
     }
-    let mesh = crate::local_mesh::LocalMesh::start(&bin, a.nodes, &edges).await?;
+    let ozone = crate::local_mesh::ozone_config(a.replicas, a.write_quorum);
+    let mesh = crate::local_mesh::LocalMesh::start_configured(&bin, a.nodes, &edges, &[], |_| {
+        ozone.clone()
+    })
+    .await?;
     let mut reports = Vec::new();
     for (point, clients) in a.clients.iter().enumerate() {
         let report = run_point(a, &mesh, point, *clients).await?;
@@ -144,10 +163,7 @@ async fn run_point(
     clients: u64,
 ) -> anyhow::Result<OzoneBenchReport> {
     let nodes = &mesh.nodes;
-    let (replicas, write_quorum) = (
-        crate::local_mesh::BENCH_REPLICAS.min(a.nodes),
-        crate::local_mesh::BENCH_WRITE_QUORUM.min(a.nodes),
-    );
+    let (replicas, write_quorum) = (a.replicas, a.write_quorum);
     let endpoint = echomesh_client::transport::client_endpoint("127.0.0.1:0".parse()?)?;
     let per_client = a.messages / clients;
     let secret = move |c: u64| format!("bench-{point}-{c}");

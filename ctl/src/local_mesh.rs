@@ -17,18 +17,18 @@ use crate::admin_client::AdminClient;
 /// How long a node may take to write its `runtime.json`, and a mesh to bring its links up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Ozone replication of the bench nodes (the shipped defaults, written out so the report can
-/// state them).
+/// Ozone replication of the bench nodes unless a bench sets it (the shipped defaults).
 pub const BENCH_REPLICAS: usize = 2;
 pub const BENCH_WRITE_QUORUM: usize = 2;
+
+/// The configuration section that sets a bench node's ozone replication.
+pub fn ozone_config(replicas: usize, write_quorum: usize) -> String {
+    format!("[ozone]\nreplicas = {replicas}\nwrite_quorum = {write_quorum}\n")
+}
 
 /// Settings every bench node runs with: rate limits and queues out of the way, so the figures
 /// are those of the forwarding path; everything else is the shipped default.
 const BENCH_CONFIG: &str = r#"cluster = "bench"
-
-[ozone]
-replicas = 2
-write_quorum = 2
 
 [limits]
 neighbor_queue_bytes = 67108864
@@ -94,14 +94,9 @@ pub struct LocalMesh {
 }
 
 impl LocalMesh {
-    /// Start `n` nodes from `bin`, link them as `edges` (both ends pin each other, origin
-    /// `admin`) and wait until every link is up.
-    pub async fn start(bin: &Path, n: usize, edges: &[(usize, usize)]) -> anyhow::Result<Self> {
-        Self::start_with(bin, n, edges, &[]).await
-    }
-
-    /// [`LocalMesh::start`] with `extra` flags for every node; also waits until every node's
-    /// map of the mesh shows every link (lazy push plans its trees from it).
+    /// Start `n` nodes from `bin` with `extra` flags each, link them as `edges` (both ends pin
+    /// each other, origin `admin`) and wait until every link is up and every node's map of
+    /// the mesh shows every link (lazy push plans its trees from it).
     pub async fn start_with(
         bin: &Path,
         n: usize,

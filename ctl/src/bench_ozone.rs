@@ -49,6 +49,7 @@ pub struct OzoneBenchReport {
     pub messages: u64,
     pub size: usize,
     pub clients: u64,
+    /// Ozone replication as the nodes report it (`OzoneInfo`).
     pub replicas: usize,
     pub write_quorum: usize,
     /// Deposits acknowledged as durable (W copies) per second, all clients together.
@@ -163,7 +164,6 @@ async fn run_point(
     clients: u64,
 ) -> anyhow::Result<OzoneBenchReport> {
     let nodes = &mesh.nodes;
-    let (replicas, write_quorum) = (a.replicas, a.write_quorum);
     let endpoint = echomesh_client::transport::client_endpoint("127.0.0.1:0".parse()?)?;
     let per_client = a.messages / clients;
     let secret = move |c: u64| format!("bench-{point}-{c}");
@@ -229,6 +229,11 @@ async fn run_point(
         }
     }
     let fetch_secs = started.elapsed().as_secs_f64().max(1e-9);
+    // The replication as the nodes apply it (not as asked).
+    let info = reader
+        .ozone_info(OzoneProof::from_secret(secret(0).as_bytes()))
+        .await?;
+    let (replicas, write_quorum) = (info.replicas as usize, info.write_quorum as usize);
     Ok(OzoneBenchReport {
         nodes: a.nodes,
         messages: per_client * clients,

@@ -341,6 +341,70 @@ fn bench_runs_node_processes_and_delivers_everything_once() {
     );
 }
 
+/// `echomeshctl bench ozone` with a `--clients` sweep and the replication it is given: every
+/// deposit acknowledged on W copies is fetched back, and each point's histogram counts each
+/// deposit once. Impossible settings are refused before any node starts.
+#[test]
+fn bench_ozone_sweeps_clients_with_the_replication_asked_for() {
+    let out = Command::new(bin("echomeshctl"))
+        .args([
+            "--json",
+            "bench",
+            "ozone",
+            "--nodes",
+            "3",
+            "--clients",
+            "1,3",
+        ])
+        .args(["--messages", "30", "--size", "64", "--replicas", "3"])
+        .args(["--write-quorum", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench ozone failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let points: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(points.len(), 2);
+    for (p, clients) in points.iter().zip([1, 3]) {
+        assert_eq!(p["clients"], clients, "{p}");
+        assert_eq!(
+            (p["replicas"].clone(), p["write_quorum"].clone()),
+            (3.into(), 3.into())
+        );
+        assert_eq!(p["messages"], 30, "{p}");
+        assert_eq!(p["fetched"], 30, "{p}");
+        let counted: u64 = p["deposit_latency_histogram"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b[1].as_u64().unwrap())
+            .sum();
+        assert_eq!(counted, 30, "{p}");
+    }
+
+    for (args, expect) in [
+        (
+            vec!["--replicas", "2", "--write-quorum", "3"],
+            "need 1 ≤ --write-quorum (3) ≤ --replicas (2) ≤ --nodes (3)",
+        ),
+        (
+            vec!["--clients", "1", "--messages", "20000"],
+            "puts 20000 messages in one ozone; the nodes' per-ozone quota is 10000",
+        ),
+    ] {
+        let out = Command::new(bin("echomeshctl"))
+            .args(["bench", "ozone", "--nodes", "3"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{err}");
+    }
+}
+
 /// `echomeshctl bench smoke` registers participants with keys, stores ozone copies through
 /// real nodes' Echo listener and releases them with one signed retrieval.
 #[test]

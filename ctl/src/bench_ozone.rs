@@ -36,7 +36,8 @@ pub struct OzoneBenchArgs {
     write_quorum: usize,
 }
 
-/// The bench nodes' per-ozone message quota (the shipped default, `ozone.max_messages_per_ozone`).
+/// The per-ozone message quota the bench gives its nodes (`ozone.max_messages_per_ozone`, the
+/// shipped default): one client's deposits must fit in its ozone.
 const BENCH_OZONE_QUOTA: u64 = 10_000;
 
 /// Upper bounds (ms) of the deposit-latency histogram's buckets; the last one is open.
@@ -121,7 +122,7 @@ pub async fn run(
             edges.push((i, j));
         }
     }
-    let ozone = crate::local_mesh::ozone_config(a.replicas, a.write_quorum);
+    let ozone = crate::local_mesh::ozone_config(a.replicas, a.write_quorum, BENCH_OZONE_QUOTA);
     let mesh = crate::local_mesh::LocalMesh::start_configured(&bin, a.nodes, &edges, &[], |_| {
         ozone.clone()
     })

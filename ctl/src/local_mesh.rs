@@ -21,9 +21,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const BENCH_REPLICAS: usize = 2;
 pub const BENCH_WRITE_QUORUM: usize = 2;
 
-/// The configuration section that sets a bench node's ozone replication.
-pub fn ozone_config(replicas: usize, write_quorum: usize) -> String {
-    format!("[ozone]\nreplicas = {replicas}\nwrite_quorum = {write_quorum}\n")
+/// The configuration section that sets a bench node's ozone replication and per-ozone
+/// message quota.
+pub fn ozone_config(replicas: usize, write_quorum: usize, max_messages: u64) -> String {
+    format!(
+        "[ozone]\nreplicas = {replicas}\nwrite_quorum = {write_quorum}\n\
+         max_messages_per_ozone = {max_messages}\n"
+    )
 }
 
 /// Settings every bench node runs with: rate limits and queues out of the way, so the figures

@@ -5,17 +5,12 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use echomesh_proto::wire::{decode_body, FrameError, ABSOLUTE_MAX_FRAME};
 
-/// Read one frame from `r`. Returns `Ok(None)` on a clean end of stream between frames.
-/// A length above `max` is refused before any body byte is read or allocated.
-pub async fn read_frame<R, T>(
+/// The length prefix of the next frame, checked against `max`; `None` on a clean end of
+/// stream before it.
+async fn read_len<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
-    buf: &mut Vec<u8>,
-) -> Result<Option<T>, FrameError>
-where
-    R: AsyncRead + Unpin,
-    T: DeserializeOwned,
-{
+) -> Result<Option<usize>, FrameError> {
     let mut len_bytes = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -34,13 +29,56 @@ where
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    buf.clear();
-    buf.resize(len, 0);
-    r.read_exact(buf).await.map_err(|e| match e.kind() {
+    Ok(Some(len))
+}
+
+/// A failed read of a frame's body: the stream ended inside it, or I/O failed.
+fn body_error(e: std::io::Error) -> FrameError {
+    match e.kind() {
         std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
         _ => FrameError::Io(e),
-    })?;
+    }
+}
+
+/// Read one frame from `r`. Returns `Ok(None)` on a clean end of stream between frames.
+/// A length above `max` is refused before any body byte is read or allocated.
+pub async fn read_frame<R, T>(
+    r: &mut R,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> Result<Option<T>, FrameError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let Some(len) = read_len(r, max).await? else {
+        return Ok(None);
+    };
+    buf.clear();
+    buf.resize(len, 0);
+    r.read_exact(buf).await.map_err(body_error)?;
     decode_body(buf).map(Some)
+}
+
+/// Read one frame body from `r` into `buf` and hand it out as `Bytes` (split off `buf`, no
+/// copy), for decoders that keep slices of it (`wire::decode_peer_frame`). Once every slice
+/// of the previous frame is gone, its memory is reused for the next one. `Ok(None)` on a clean
+/// end of stream between frames; a length above `max` is refused before any body byte is read.
+pub async fn read_frame_bytes<R>(
+    r: &mut R,
+    max: usize,
+    buf: &mut bytes::BytesMut,
+) -> Result<Option<bytes::Bytes>, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
+    let Some(len) = read_len(r, max).await? else {
+        return Ok(None);
+    };
+    buf.clear();
+    buf.resize(len, 0);
+    r.read_exact(&mut buf[..]).await.map_err(body_error)?;
+    Ok(Some(buf.split().freeze()))
 }
 
 /// A cancellation-safe frame reader: the bytes of a partly read frame stay here, so that

@@ -3,7 +3,7 @@
 //! clients read) and joins. The first byte picks the stream kind and the frame size limit.
 #![no_main]
 
-use echomesh_fuzz::read_frames;
+use echomesh_fuzz::{read_frames, read_peer_frames};
 use echomesh_proto::wire::{
     ClientEvent, ClientRequest, JoinRequest, JoinResponse, PeerFrame, PeerReply, PeerRequest,
     TraceContext,
@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     // Small limits exercise the refusal path, large ones the decoders.
     let max = [64, 4096, 1 << 20, 4 << 20][(pick >> 4) as usize % 4];
     match pick % 8 {
-        0 => read_frames::<PeerFrame>(rest, max),
+        0 => read_frames::<PeerFrame>(rest, max) + read_peer_frames(rest, max),
         1 => read_frames::<PeerRequest>(rest, max),
         2 => read_frames::<PeerReply>(rest, max),
         3 => read_frames::<TraceContext>(rest, max),

@@ -303,14 +303,18 @@ impl Router {
             );
         }
         // Control packets (key bundles, announcements) are verified before they go anywhere.
+        // What is kept gets a buffer of its own (`share_buffer`), one per batch and per
+        // verifier: a neighbor's packets arrive as slices of its frame, which goes once these
+        // are copied out of it.
         if batch.iter().any(|p| self.is_control(p.tag)) {
             for c in &self.control {
-                let (mine, rest): (Vec<_>, Vec<_>) =
+                let (mut mine, rest): (Vec<_>, Vec<_>) =
                     batch.into_iter().partition(|p| p.tag == Some(c.tag));
                 batch = rest;
                 if mine.is_empty() {
                     continue;
                 }
+                echo::share_buffer(&mut mine);
                 let n = mine.len() as u64;
                 let mine_trees: Trees = mine
                     .iter()
@@ -327,6 +331,7 @@ impl Router {
                 }
             }
         }
+        echo::share_buffer(&mut batch);
         let mut acc = self.forward_on(origin, batch, trees);
         acc.duplicates += early_dups as u32;
         acc.rejected += rejected;
@@ -450,10 +455,16 @@ impl Router {
                         _ => st.log.find(&id),
                     };
                     if let Some((p, tree)) = found {
-                        out.entry(to).or_default().push(TreeItem::Packet {
-                            tree,
-                            packet: p.clone(),
-                        });
+                        // Lazy push sends a batch's packets to different neighbors and answers
+                        // grafts from the log: such a queue holds a part of a batch, with a
+                        // buffer of its own (flooding queues every packet of a batch, in order).
+                        let packet = match self.mode {
+                            Mode::Flood => p.clone(),
+                            Mode::Lazy => p.detached(),
+                        };
+                        out.entry(to)
+                            .or_default()
+                            .push(TreeItem::Packet { tree, packet });
                     }
                 }
                 Out::IHave { to, tree, ids } => {
@@ -625,9 +636,10 @@ impl Router {
         let st = self.engine();
         at.iter()
             .filter_map(|(seq, id)| st.log.get(*seq, id))
+            // A few of the log's packets, kept in a neighbor's queue: their own buffers.
             .map(|(p, tree)| TreeItem::Packet {
                 tree,
-                packet: p.clone(),
+                packet: p.detached(),
             })
             .collect()
     }

@@ -293,6 +293,93 @@ pub enum PeerReply {
     },
 }
 
+/// Borrowed twin of [`PeerFrame`] for decoding: packet payloads stay in the frame's buffer
+/// ([`decode_peer_frame`]). The same variant order as `PeerFrame` (checked by a test).
+#[derive(Deserialize)]
+enum PeerFrameIn<'a> {
+    Hello(PeerHello),
+    Echo(#[serde(borrow)] Vec<EchoPacketIn<'a>>),
+    Broadcast(crate::broadcast::Mode),
+    Tree(#[serde(borrow)] Vec<TreeItemIn<'a>>),
+}
+
+/// [`EchoPacket`] with its payload borrowed from the frame.
+#[derive(Deserialize)]
+struct EchoPacketIn<'a> {
+    #[serde(with = "bytes32")]
+    id: crate::echo::PacketId,
+    hops_left: u8,
+    #[serde(with = "opt_bytes32")]
+    tag: Option<[u8; 32]>,
+    payload: &'a [u8],
+}
+
+/// [`TreeItem`] with packet payloads borrowed from the frame.
+#[derive(Deserialize)]
+enum TreeItemIn<'a> {
+    Packet {
+        tree: crate::broadcast::TreeKey,
+        #[serde(borrow)]
+        packet: EchoPacketIn<'a>,
+    },
+    IHave {
+        tree: crate::broadcast::TreeKey,
+        ids: Vec<MsgId>,
+    },
+    Graft {
+        tree: crate::broadcast::TreeKey,
+        ids: Vec<MsgId>,
+    },
+    Prune {
+        tree: crate::broadcast::TreeKey,
+    },
+}
+
+impl EchoPacketIn<'_> {
+    fn in_frame(self, frame: &Bytes) -> EchoPacket {
+        EchoPacket {
+            id: self.id,
+            hops_left: self.hops_left,
+            tag: self.tag,
+            payload: frame.slice_ref(self.payload),
+        }
+    }
+}
+
+/// Decode a peer frame body (without the length prefix; the whole body must be consumed)
+/// whose packet payloads are slices of `body`: no allocation or copy per payload. A holder
+/// of a packet keeps the whole frame alive, so the receiver keeps only what it accepts, in a
+/// buffer of its own (`echo::share_buffer`), and drops the frame.
+pub fn decode_peer_frame(body: &Bytes) -> Result<PeerFrame, FrameError> {
+    let (frame, used) =
+        bincode::serde::borrow_decode_from_slice::<PeerFrameIn<'_>, _>(body, CONFIG)
+            .map_err(|e| FrameError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(FrameError::Trailing(body.len() - used));
+    }
+    Ok(match frame {
+        PeerFrameIn::Hello(h) => PeerFrame::Hello(h),
+        PeerFrameIn::Echo(packets) => {
+            PeerFrame::Echo(packets.into_iter().map(|p| p.in_frame(body)).collect())
+        }
+        PeerFrameIn::Broadcast(m) => PeerFrame::Broadcast(m),
+        PeerFrameIn::Tree(items) => PeerFrame::Tree(
+            items
+                .into_iter()
+                .map(|i| match i {
+                    TreeItemIn::Packet { tree, packet } => TreeItem::Packet {
+                        tree,
+                        packet: packet.in_frame(body),
+                    },
+                    TreeItemIn::IHave { tree, ids } => TreeItem::IHave { tree, ids },
+                    TreeItemIn::Graft { tree, ids } => TreeItem::Graft { tree, ids },
+                    TreeItemIn::Prune { tree } => TreeItem::Prune { tree },
+                })
+                .collect(),
+        ),
+    })
+}
+
 /// Borrowed twin of [`PeerFrame`] for encoding without cloning a batch. It must keep the same
 /// variant order as `PeerFrame` (checked by a test).
 #[derive(Debug, Serialize)]
@@ -748,6 +835,80 @@ mod tests {
 
     fn pkt(payload: &[u8]) -> EchoPacket {
         EchoPacket::new(Bytes::copy_from_slice(payload), 16, None)
+    }
+
+    #[test]
+    fn peer_frames_decode_with_payloads_in_the_frame() {
+        let batch = vec![pkt(b"first payload"), pkt(b""), pkt(b"third")];
+        let items = vec![
+            TreeItem::Packet {
+                tree: 7,
+                packet: pkt(b"z"),
+            },
+            TreeItem::IHave {
+                tree: 7,
+                ids: vec![MsgId([3; 32])],
+            },
+            TreeItem::Graft {
+                tree: 8,
+                ids: vec![MsgId([4; 32])],
+            },
+            TreeItem::Prune { tree: 9 },
+            TreeItem::Packet {
+                tree: u64::MAX,
+                packet: EchoPacket::new(Bytes::from_static(b"tagged"), 3, Some([5; 32])),
+            },
+        ];
+        let hello = PeerHello {
+            version: 3,
+            node_id: NodeId([1; 32]),
+            cluster: "c".into(),
+            software: "s".into(),
+        };
+        let frames = [
+            PeerFrame::Echo(batch),
+            PeerFrame::Tree(items),
+            PeerFrame::Broadcast(crate::broadcast::Mode::Lazy),
+            PeerFrame::Hello(hello),
+        ];
+        for f in frames {
+            let body = encode(&f).unwrap().slice(4..);
+            let owned = decode_body::<PeerFrame>(&body).unwrap();
+            let sliced = decode_peer_frame(&body).unwrap();
+            // Same frame, and re-encoding gives the same bytes.
+            assert_eq!(encode(&owned).unwrap(), encode(&sliced).unwrap());
+            assert_eq!(format!("{owned:?}"), format!("{sliced:?}"));
+            let payloads: Vec<&Bytes> = match &sliced {
+                PeerFrame::Echo(b) => b.iter().map(|p| &p.payload).collect(),
+                PeerFrame::Tree(i) => i
+                    .iter()
+                    .filter_map(|i| match i {
+                        TreeItem::Packet { packet, .. } => Some(&packet.payload),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => vec![],
+            };
+            let range = body.as_ptr_range();
+            for p in payloads.iter().filter(|p| !p.is_empty()) {
+                assert!(
+                    range.contains(&p.as_ptr()),
+                    "payload is a slice of the frame"
+                );
+            }
+        }
+        // Trailing bytes and truncation are refused as by `decode_body`.
+        let mut body = encode(&PeerFrame::Echo(vec![pkt(b"x")])).unwrap()[4..].to_vec();
+        body.push(0);
+        assert!(matches!(
+            decode_peer_frame(&Bytes::from(body.clone())),
+            Err(FrameError::Trailing(1))
+        ));
+        body.truncate(body.len() - 3);
+        assert!(decode_peer_frame(&Bytes::from(body)).is_err());
+        assert!(
+            decode_peer_frame(&Bytes::from_static(&[1u8, 252, 0xff, 0xff, 0xff, 0xff])).is_err()
+        );
     }
 
     #[test]

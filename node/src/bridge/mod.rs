@@ -64,7 +64,10 @@ pub async fn verify(ctx: Arc<Ctx>, origin: Origin, pkt: EchoPacket) -> Checked {
     if ctx.bridge.remember(pkt.id, true, now) != Verdict::New {
         return Checked::Refused;
     }
-    ctx.bridge.fan_out(&pkt.payload, None, now);
+    // Each Echo connection keeps some of these frames: a copy of its own, not a part of the
+    // batch's buffer.
+    ctx.bridge
+        .fan_out(&Bytes::copy_from_slice(&pkt.payload), None, now);
     Checked::Forward(pkt)
 }
 

@@ -348,9 +348,9 @@ async fn write_events(
 ) -> String {
     let mut batch = Vec::new();
     let mut packets = Vec::new();
-    // Grows to what this client's deliveries need (at most a batch, MAX_DELIVER_BATCH): an
-    // idle client holds no buffer.
-    let mut buf = Vec::new();
+    // Each write is encoded into room of about its size and split off: QUIC keeps it until it
+    // is acknowledged, without a copy, and an idle client holds no buffer.
+    let mut buf = bytes::BytesMut::new();
     // Position subscriptions hear from the node at least every HEARTBEAT (an empty
     // `DeliverAt`), so that a client can tell a quiet subscription from a stalled connection.
     let mut last_at: Option<wire::LogPosition> = None;
@@ -370,14 +370,14 @@ async fn write_events(
                     last_at = Some(last_at.map_or(*at, |l| if l.epoch == at.epoch && l.seq > at.seq { l } else { *at }));
                 }
                 m.client_events.with_label_values(&[kind]).inc();
-                if wire::encode_into(&ev, &mut buf).is_err() {
+                if wire::encode_into_bytes(&ev, &mut buf).is_err() {
                     continue;
                 }
             }
             _ = heartbeat.tick(), if last_at.is_some() => {
                 let Some(at) = last_at else { continue };
                 let ev = ClientEvent::DeliverAt { at, packets: Vec::new() };
-                if wire::encode_into(&ev, &mut buf).is_err() {
+                if wire::encode_into_bytes(&ev, &mut buf).is_err() {
                     continue;
                 }
             }
@@ -400,13 +400,13 @@ async fn write_events(
                         at,
                         packets: std::mem::take(&mut packets),
                     };
-                    let res = wire::encode_into(&ev, &mut buf);
+                    let res = wire::encode_into_bytes(&ev, &mut buf);
                     if let ClientEvent::DeliverAt { packets: p, .. } = ev {
                         packets = p;
                     }
                     res
                 } else {
-                    wire::encode_into(&ClientEventRef::Deliver(&packets), &mut buf)
+                    wire::encode_into_bytes(&ClientEventRef::Deliver(&packets), &mut buf)
                 };
                 packets.clear();
                 if res.is_err() {
@@ -415,11 +415,14 @@ async fn write_events(
                 let lagged = sub.lagged.swap(0, Ordering::Relaxed);
                 if lagged > 0 {
                     m.client_events.with_label_values(&["lagged"]).inc();
-                    let _ = wire::encode_into(&ClientEvent::Lagged { dropped: lagged }, &mut buf);
+                    let _ = wire::encode_into_bytes(&ClientEvent::Lagged { dropped: lagged }, &mut buf);
                 }
             }
         }
-        if let Err(e) = send.write_all(&buf).await {
+        if buf.is_empty() {
+            continue;
+        }
+        if let Err(e) = send.write_chunk(buf.split().freeze()).await {
             return format!("send failed: {e}");
         }
     }
@@ -468,7 +471,11 @@ fn resume(
             };
         };
         let replayed = r.packets.len() as u64;
-        let dropped = sub.queue.push_all(&r.packets);
+        let packets: Vec<_> = {
+            let f = sub.filter.read().unwrap_or_else(|p| p.into_inner());
+            r.packets.iter().map(|(seq, p)| (*seq, f.keep(p))).collect()
+        };
+        let dropped = sub.queue.push_all(&packets);
         if dropped > 0 {
             sub.lagged.fetch_add(dropped, Ordering::Relaxed);
             m.count_drop(DropReason::ClientQueueFull, dropped);

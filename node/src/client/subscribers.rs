@@ -143,7 +143,8 @@ impl Subscribers {
                 }
                 Filter::All | Filter::Tags(_) => {
                     matched.clear();
-                    matched.extend(packets.iter().filter(|(_, p)| gets(&filter, p)).cloned());
+                    let picked = packets.iter().filter(|(_, p)| gets(&filter, p));
+                    matched.extend(picked.map(|(seq, p)| (*seq, filter.keep(p))));
                     if matched.is_empty() {
                         continue;
                     }
@@ -161,6 +162,16 @@ impl Subscribers {
 }
 
 impl Filter {
+    /// The packet as this filter's session keeps it: a session that takes some packets of a
+    /// batch (by tag) holds copies, so that its queue's byte bound counts what it keeps
+    /// alive; one that takes them all shares the batch's buffer (`echo::share_buffer`).
+    pub(crate) fn keep(&self, p: &EchoPacket) -> EchoPacket {
+        match self {
+            Filter::Tags(_) => p.detached(),
+            Filter::None | Filter::All => p.clone(),
+        }
+    }
+
     pub(crate) fn matches(&self, p: &EchoPacket) -> bool {
         match self {
             Filter::None => false,

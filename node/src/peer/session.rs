@@ -346,17 +346,23 @@ async fn run(ctx: Arc<Ctx>, n: Arc<Neighbor>, conn: quinn::Connection, dir: Dire
 
 async fn read_loop(ctx: &Ctx, n: &Neighbor, mut recv: quinn::RecvStream) -> String {
     let max = ctx.cfg.limits.max_frame_bytes;
-    let mut buf = Vec::new();
+    // Packets are decoded as slices of their frame (no allocation per payload); the router
+    // keeps only the accepted ones, copied into a buffer of their own, so the frame's memory
+    // is free again, and reused, by the next read.
+    let mut buf = BytesMut::new();
     loop {
-        match echomesh_client::framing::read_frame::<_, PeerFrame>(&mut recv, max, &mut buf).await {
-            Ok(Some(PeerFrame::Echo(batch))) => {
-                n.bytes_in.inc_by(buf.len() as u64 + 4);
-                admit_and_dispatch(ctx, n, batch, None);
+        let frame = match echomesh_client::framing::read_frame_bytes(&mut recv, max, &mut buf).await
+        {
+            Ok(Some(body)) => {
+                n.bytes_in.inc_by(body.len() as u64 + 4);
+                wire::decode_peer_frame(&body).map(Some)
             }
-            Ok(Some(PeerFrame::Tree(items))) => {
-                n.bytes_in.inc_by(buf.len() as u64 + 4);
-                on_tree_frame(ctx, n, items);
-            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match frame {
+            Ok(Some(PeerFrame::Echo(batch))) => admit_and_dispatch(ctx, n, batch, None),
+            Ok(Some(PeerFrame::Tree(items))) => on_tree_frame(ctx, n, items),
             Ok(Some(PeerFrame::Broadcast(mode))) => {
                 tracing::debug!(neighbor = %n.id, %mode, "neighbor forwards by");
                 ctx.router.neighbor_up(n.id, mode == Mode::Lazy);

@@ -48,6 +48,41 @@ impl EchoPacket {
     pub fn cost(&self) -> usize {
         self.payload.len() + 80
     }
+
+    /// This packet with a payload buffer of its own. Payloads of one accepted batch share a
+    /// buffer ([`share_buffer`]); a holder that keeps only some of a batch's packets beyond
+    /// the packet log (a client with a tag filter, a graft's answer) takes a copy, so that
+    /// what it holds is what its byte bound counts.
+    pub fn detached(&self) -> EchoPacket {
+        EchoPacket {
+            payload: Bytes::copy_from_slice(&self.payload),
+            ..self.clone()
+        }
+    }
+}
+
+/// Copy the payloads of `packets` end to end into one new buffer and point each packet at its
+/// part: one allocation per batch instead of one per payload (and one more at each payload's
+/// first clone), and nothing else stays alive with them: not the frame they were decoded from
+/// (whose duplicates are gone), not the other packets' earlier buffers. The packets of a batch
+/// travel together (the packet log and the neighbor queues keep them in order and release them
+/// in order), so the buffer lives about as long as any one of them.
+pub fn share_buffer(packets: &mut [EchoPacket]) {
+    let total: usize = packets.iter().map(|p| p.payload.len()).sum();
+    if total == 0 {
+        return;
+    }
+    let mut buf = bytes::BytesMut::with_capacity(total);
+    for p in packets.iter() {
+        buf.extend_from_slice(&p.payload);
+    }
+    let all = buf.freeze();
+    let mut at = 0;
+    for p in packets.iter_mut() {
+        let len = p.payload.len();
+        p.payload = all.slice(at..at + len);
+        at += len;
+    }
 }
 
 /// Whether packets from a neighbor are forwarded to the other neighbors.
@@ -309,6 +344,32 @@ mod tests {
         let (mut e, t0) = engine(100, 60);
         let (_, f, _) = run(&mut e, Source::Client, vec![pkt(1, 255)], t0);
         assert_eq!(f[0].hops_left, 15);
+    }
+
+    #[test]
+    fn a_batch_shares_one_buffer_and_a_detached_packet_owns_its_own() {
+        let frame = Bytes::from(b"xxFIRSTyySECONDzz".to_vec());
+        let mut batch = vec![
+            EchoPacket::new(frame.slice(2..7), 3, None),
+            EchoPacket::new(Bytes::new(), 3, None),
+            EchoPacket::new(frame.slice(9..15), 3, Some([1; 32])),
+        ];
+        let before = batch.clone();
+        share_buffer(&mut batch);
+        assert_eq!(batch, before, "same packets, same payloads");
+        // Not the frame's memory any more; one buffer, end to end.
+        let frame_range = frame.as_ptr_range();
+        assert!(!frame_range.contains(&batch[0].payload.as_ptr()));
+        assert_eq!(
+            batch[0].payload.as_ptr().wrapping_add(5),
+            batch[2].payload.as_ptr()
+        );
+        let own = batch[2].detached();
+        assert_eq!(own, batch[2]);
+        assert_ne!(own.payload.as_ptr(), batch[2].payload.as_ptr());
+        for p in &batch {
+            assert_eq!(validate(p, 100), Ok(()));
+        }
     }
 
     #[test]

@@ -139,10 +139,7 @@ pub fn bind(
     listen: SocketAddr,
     p: &Tuning,
 ) -> Result<quinn::Endpoint, TransportError> {
-    let socket = std::net::UdpSocket::bind(listen).map_err(|source| TransportError::Bind {
-        addr: listen,
-        source,
-    })?;
+    let socket = udp_socket(listen)?;
     let reset_secret = identity.derived_secret("echomesh quic stateless reset v1");
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_secret);
     let endpoint_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
@@ -166,7 +163,44 @@ pub fn bind(
 
 /// A client-only endpoint (for `echomeshctl` and the bench).
 pub fn client_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
-    quinn::Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })
+    let socket = udp_socket(bind)?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| TransportError::Bind { addr: bind, source })
+}
+
+/// The UDP socket buffers (receive and send) every endpoint asks for. The kernel's default,
+/// about 208 KiB, holds about a hundred full datagrams: a process that is not scheduled for a
+/// few milliseconds during a burst loses what arrives meanwhile, QUIC takes the losses for
+/// congestion and slows down (a 5-node flood on one 2-core machine lost a third of its
+/// datagrams so). The kernel grants at most `net.core.rmem_max` / `net.core.wmem_max`.
+pub const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+/// Bind a UDP socket for an endpoint, with buffers of [`UDP_BUFFER_BYTES`] or as much as the
+/// kernel grants (said once, at INFO, with the setting to raise).
+fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, TransportError> {
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })?;
+    let s = socket2::SockRef::from(&socket);
+    // Refusals leave the default in place: the checks below say so.
+    let _ = s.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = s.set_send_buffer_size(UDP_BUFFER_BYTES);
+    // Linux reports twice what it grants (its bookkeeping share).
+    let recv = s.recv_buffer_size().unwrap_or(0);
+    if recv < UDP_BUFFER_BYTES {
+        tracing::info!(
+            %addr,
+            asked = UDP_BUFFER_BYTES,
+            granted = recv,
+            "UDP receive buffer is smaller than asked; under bursts datagrams may be lost: \
+             raise it with `sysctl -w net.core.rmem_max={UDP_BUFFER_BYTES}`"
+        );
+    }
+    Ok(socket)
 }
 
 /// Client configuration for dialing a node that must have identity `expected` (or TOFU).

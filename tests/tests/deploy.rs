@@ -378,6 +378,7 @@ fn debian_package_builds_installs_runs_and_purges() {
         "/usr/bin/echomeshctl",
         "/lib/systemd/system/echomesh.service",
         "/etc/echomesh/echomesh.toml",
+        "/usr/lib/sysctl.d/30-echomesh.conf",
     ] {
         assert!(Path::new(f).exists(), "{f} not installed");
     }

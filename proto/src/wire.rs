@@ -837,10 +837,9 @@ mod tests {
         EchoPacket::new(Bytes::copy_from_slice(payload), 16, None)
     }
 
-    #[test]
-    fn peer_frames_decode_with_payloads_in_the_frame() {
-        let batch = vec![pkt(b"first payload"), pkt(b""), pkt(b"third")];
-        let items = vec![
+    /// A packet, an announcement and a prune.
+    fn tree_items() -> Vec<TreeItem> {
+        vec![
             TreeItem::Packet {
                 tree: 7,
                 packet: pkt(b"z"),
@@ -849,16 +848,22 @@ mod tests {
                 tree: 7,
                 ids: vec![MsgId([3; 32])],
             },
-            TreeItem::Graft {
-                tree: 8,
-                ids: vec![MsgId([4; 32])],
-            },
             TreeItem::Prune { tree: 9 },
-            TreeItem::Packet {
-                tree: u64::MAX,
-                packet: EchoPacket::new(Bytes::from_static(b"tagged"), 3, Some([5; 32])),
-            },
-        ];
+        ]
+    }
+
+    #[test]
+    fn peer_frames_decode_with_payloads_in_the_frame() {
+        let batch = vec![pkt(b"first payload"), pkt(b""), pkt(b"third")];
+        let mut items = tree_items();
+        items.push(TreeItem::Graft {
+            tree: 8,
+            ids: vec![MsgId([4; 32])],
+        });
+        items.push(TreeItem::Packet {
+            tree: u64::MAX,
+            packet: EchoPacket::new(Bytes::from_static(b"tagged"), 3, Some([5; 32])),
+        });
         let hello = PeerHello {
             version: 3,
             node_id: NodeId([1; 32]),
@@ -924,17 +929,7 @@ mod tests {
         let a = encode(&PeerFrame::Echo(batch.clone())).unwrap();
         let b = encode(&PeerFrameRef::Echo(&batch)).unwrap();
         assert_eq!(a, b);
-        let items = vec![
-            TreeItem::Packet {
-                tree: 7,
-                packet: pkt(b"z"),
-            },
-            TreeItem::IHave {
-                tree: 7,
-                ids: vec![MsgId([3; 32])],
-            },
-            TreeItem::Prune { tree: 9 },
-        ];
+        let items = tree_items();
         let a = encode(&PeerFrame::Tree(items.clone())).unwrap();
         let b = encode(&PeerFrameRef::Tree(&items)).unwrap();
         assert_eq!(a, b);

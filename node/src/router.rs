@@ -447,21 +447,25 @@ impl Router {
         out: &mut Outgoing,
     ) {
         let m = &self.metrics;
+        // Lazy push sends a batch's packets to different neighbors, and graft answers come
+        // from the log: such a queue holds a part of a batch, so it gets a payload buffer of
+        // its own (made once per packet, shared by its pushes). Flooding queues every packet
+        // of a batch, in order, and shares the batch's buffer.
+        let mut own_current: Option<EchoPacket> = None;
         while let Some(o) = st.bcast.poll_out() {
             match o {
                 Out::Push { to, id } => {
                     let found = match current {
-                        Some((p, tree)) if p.id == id => Some((p, tree)),
-                        _ => st.log.find(&id),
+                        Some((p, tree)) if p.id == id => Some(match self.mode {
+                            Mode::Flood => (p.clone(), tree),
+                            Mode::Lazy => (
+                                own_current.get_or_insert_with(|| p.detached()).clone(),
+                                tree,
+                            ),
+                        }),
+                        _ => st.log.find(&id).map(|(p, tree)| (p.detached(), tree)),
                     };
-                    if let Some((p, tree)) = found {
-                        // Lazy push sends a batch's packets to different neighbors and answers
-                        // grafts from the log: such a queue holds a part of a batch, with a
-                        // buffer of its own (flooding queues every packet of a batch, in order).
-                        let packet = match self.mode {
-                            Mode::Flood => p.clone(),
-                            Mode::Lazy => p.detached(),
-                        };
+                    if let Some((packet, tree)) = found {
                         out.entry(to)
                             .or_default()
                             .push(TreeItem::Packet { tree, packet });

@@ -67,6 +67,27 @@ pub struct NeighborRecord {
 /// A key and its value, as stored.
 pub type RawRecord = (Vec<u8>, Vec<u8>);
 
+/// Bloom filter bits per key in the SST files of the point-probed column families.
+const SST_BLOOM_BITS_PER_KEY: f64 = 10.0;
+/// The memtable's bloom filter, as a share of its size (64 MiB memtable: 640 KiB).
+const MEMTABLE_BLOOM_RATIO: f64 = 0.01;
+
+/// Options per column family. A deposit probes `messages` and `tombstones` for keys that are
+/// almost never there (is this ID already stored? acknowledged?): bloom filters, in the
+/// memtable and in every SST file, answer such a miss without walking the skiplist or
+/// reading a block.
+fn cf_options(name: &str) -> Options {
+    let mut o = Options::default();
+    if name == CF_MESSAGES || name == CF_TOMBSTONES {
+        o.set_memtable_whole_key_filtering(true);
+        o.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(SST_BLOOM_BITS_PER_KEY, false);
+        o.set_block_based_table_factory(&table);
+    }
+    o
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
@@ -86,7 +107,7 @@ impl Store {
         opts.set_max_total_wal_size(64 << 20);
         let cfs = ALL_CFS
             .iter()
-            .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+            .map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n)));
         let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| StoreError::Open {
             path: path.clone(),
             msg: e.to_string(),

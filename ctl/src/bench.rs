@@ -77,6 +77,9 @@ pub struct BenchReport {
     pub drops: u64,
     /// Drops summed over the nodes, by reason (`echomesh_packets_dropped_total`).
     pub drops_by_reason: std::collections::BTreeMap<String, u64>,
+    /// CPU per injected packet, from the first injection to the last delivery: all nodes
+    /// together (each packet crosses all of them) and the bench's clients.
+    pub cpu_per_packet: crate::local_mesh::CpuCost,
 }
 
 /// Ring plus chords: i–(i+1) for all i, and i–(i+N/2) for i < N/2. Degree 2–3, cycles of
@@ -153,6 +156,11 @@ pub async fn run(a: BenchArgs, json: bool) -> anyhow::Result<ExitCode> {
             },
             report.seconds
         );
+        let c = &report.cpu_per_packet;
+        println!(
+            "CPU per packet: nodes {:.1} µs + clients {:.1} µs ({:.2} cores busy)",
+            c.nodes_us, c.client_us, c.cores_busy
+        );
     }
     Ok(
         if report.delivered == report.expected && report.duplicates_delivered == 0 {
@@ -193,6 +201,7 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
     let (_conn, mut w, mut r) = sender.split();
     let size = a.size;
     let rate = a.rate;
+    let cpu_before = mesh.cpu()?;
     let send_started = Instant::now();
     let batch_size: u64 = if rate > 0 {
         (rate / 1000).clamp(1, 256)
@@ -245,6 +254,7 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         }
     }
     acks.abort();
+    let cpu_per_packet = mesh.cpu()?.since(&cpu_before, m);
     let seconds = last.duration_since(send_started).as_secs_f64().max(1e-9);
     latencies.sort_unstable();
     let pct = |q: f64| -> f64 {
@@ -277,6 +287,7 @@ async fn bench(a: &BenchArgs) -> anyhow::Result<BenchReport> {
         seconds,
         drops,
         drops_by_reason,
+        cpu_per_packet,
     };
     drop(mesh);
     Ok(report)

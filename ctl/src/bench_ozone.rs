@@ -61,6 +61,8 @@ pub struct OzoneBenchReport {
     /// Deposits per latency bucket: `[upper bound in ms (null: open), count]`, from
     /// [`LATENCY_BUCKETS_MS`].
     pub deposit_latency_histogram: Vec<(Option<f64>, u64)>,
+    /// CPU per acknowledged deposit while depositing (nodes and the bench's clients).
+    pub deposit_cpu: crate::local_mesh::CpuCost,
     pub fetched: u64,
     pub fetch_messages_per_sec: f64,
     pub fetch_mib_per_sec: f64,
@@ -169,6 +171,7 @@ async fn run_point(
     let per_client = a.messages / clients;
     let secret = move |c: u64| format!("bench-{point}-{c}");
 
+    let cpu_before = mesh.cpu()?;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
@@ -200,6 +203,7 @@ async fn run_point(
         lat.extend(r??);
     }
     let deposit_secs = started.elapsed().as_secs_f64();
+    let deposit_cpu = mesh.cpu()?.since(&cpu_before, lat.len() as u64);
     lat.sort_by(f64::total_cmp);
 
     let mut reader = echomesh_client::connect(
@@ -247,6 +251,7 @@ async fn run_point(
         deposit_p99_ms: percentile(&lat, 0.99),
         deposit_max_ms: lat.last().copied().unwrap_or(0.0),
         deposit_latency_histogram: histogram(&lat),
+        deposit_cpu,
         fetched,
         fetch_messages_per_sec: fetched as f64 / fetch_secs,
         fetch_mib_per_sec: bytes as f64 / fetch_secs / 1048576.0,
@@ -287,6 +292,11 @@ fn print_report(report: &OzoneBenchReport) {
         })
         .collect();
     println!("latency histogram: {}", buckets.join(", "));
+    let c = &report.deposit_cpu;
+    println!(
+        "CPU per deposit: nodes {:.0} µs + clients {:.0} µs ({:.2} cores busy)",
+        c.nodes_us, c.client_us, c.cores_busy
+    );
     println!(
         "fetch {} messages: {:.0} messages/s, {:.1} MiB/s",
         report.fetched, report.fetch_messages_per_sec, report.fetch_mib_per_sec

@@ -198,6 +198,26 @@ impl LocalMesh {
         Ok(total)
     }
 
+    /// CPU time (user and system) the node processes have used so far, summed.
+    /// (From /proc, in clock ticks: `process_cpu_seconds_total` counts whole seconds.)
+    pub fn cpu(&self) -> anyhow::Result<CpuSample> {
+        let mut nodes_s = 0.0;
+        for n in &self.nodes {
+            let pid = n
+                .child
+                .id()
+                .ok_or_else(|| anyhow!("a bench node has exited"))?;
+            nodes_s += cpu_seconds(procfs::process::Process::new(pid as i32))
+                .with_context(|| format!("reading the CPU time of node process {pid}"))?;
+        }
+        Ok(CpuSample {
+            nodes_s,
+            client_s: cpu_seconds(procfs::process::Process::myself())
+                .context("reading the bench's own CPU time")?,
+            at: Instant::now(),
+        })
+    }
+
     /// A metric over every node, summed per value of `label` (values that are 0 left out).
     pub async fn metric_by(
         &self,
@@ -214,6 +234,47 @@ impl LocalMesh {
         out.retain(|_, v| *v > 0);
         Ok(out)
     }
+}
+
+/// CPU time used by the nodes and by this process (the bench's clients) at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    nodes_s: f64,
+    client_s: f64,
+    at: Instant,
+}
+
+/// CPU spent between two samples, per operation: a figure that moves less with a noisy
+/// machine than a rate does, and says how many cores a target rate needs.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct CpuCost {
+    /// CPU µs of all node processes together, per operation.
+    pub nodes_us: f64,
+    /// CPU µs of the bench's own process (its clients), per operation.
+    pub client_us: f64,
+    /// Cores busy on average over the interval (nodes and clients).
+    pub cores_busy: f64,
+}
+
+impl CpuSample {
+    /// The cost of `ops` operations done since `earlier`.
+    pub fn since(&self, earlier: &CpuSample, ops: u64) -> CpuCost {
+        let ops = ops.max(1) as f64;
+        let nodes = (self.nodes_s - earlier.nodes_s).max(0.0);
+        let client = (self.client_s - earlier.client_s).max(0.0);
+        let wall = self.at.duration_since(earlier.at).as_secs_f64().max(1e-9);
+        CpuCost {
+            nodes_us: nodes * 1e6 / ops,
+            client_us: client * 1e6 / ops,
+            cores_busy: (nodes + client) / wall,
+        }
+    }
+}
+
+/// A process's CPU time (user and system) so far, in seconds.
+fn cpu_seconds(p: procfs::ProcResult<procfs::process::Process>) -> procfs::ProcResult<f64> {
+    let st = p?.stat()?;
+    Ok((st.utime + st.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
 impl Drop for LocalMesh {

@@ -327,6 +327,12 @@ fn bench_runs_node_processes_and_delivers_everything_once() {
     // A triangle floods every packet to a node twice: the second copy is a duplicate the
     // node's seen-cache drops, and the figure comes from the nodes' /metrics.
     assert!(r["duplicates_per_delivery"].as_f64().unwrap() > 0.0, "{r}");
+    // CPU per packet, read from /proc for the node processes and the bench itself: both
+    // did work for 2 000 packets.
+    let cpu = &r["cpu_per_packet"];
+    assert!(cpu["nodes_us"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(cpu["client_us"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(cpu["cores_busy"].as_f64().unwrap() > 0.0, "{r}");
 
     let out = Command::new(bin("echomeshctl"))
         .args(["bench", "--nodes", "2", "--packets", "10"])
@@ -382,6 +388,7 @@ fn bench_ozone_sweeps_clients_with_the_replication_asked_for() {
             .map(|b| b[1].as_u64().unwrap())
             .sum();
         assert_eq!(counted, 30, "{p}");
+        assert!(p["deposit_cpu"]["nodes_us"].as_f64().is_some(), "{p}");
     }
 
     for (args, expect) in [

@@ -69,8 +69,9 @@ pub type RawRecord = (Vec<u8>, Vec<u8>);
 
 /// Bloom filter bits per key in the SST files of the point-probed column families.
 const SST_BLOOM_BITS_PER_KEY: f64 = 10.0;
-/// The memtable's bloom filter, as a share of its size (64 MiB memtable: 640 KiB).
-const MEMTABLE_BLOOM_RATIO: f64 = 0.01;
+/// The memtable's bloom filter, as a share of its size (64 MiB memtable: 320 KiB, about 14 bits
+/// per key of a full messages memtable).
+const MEMTABLE_BLOOM_RATIO: f64 = 0.005;
 
 /// Options per column family. A deposit probes `messages` and `tombstones` for keys that are
 /// almost never there (is this ID already stored? acknowledged?): bloom filters, in the

@@ -182,6 +182,7 @@ fn main() {
     }
 
     let mut body = vec![0u8; size];
+    let cpu_before = cpu_now(&procs);
     let send_started = Instant::now();
     for seq in 0..messages {
         if rate > 0 {
@@ -211,6 +212,7 @@ fn main() {
         lat.extend(l);
         last = last.max(t);
     }
+    let cpu_after = cpu_now(&procs);
     lat.sort_unstable();
     let pct = |q: f64| -> f64 {
         lat.get(((lat.len() as f64 - 1.0) * q).round() as usize)
@@ -232,4 +234,35 @@ fn main() {
         offered,
         seconds
     );
+    let (servers_s, clients_s) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
+    let wall = cpu_after
+        .2
+        .duration_since(cpu_before.2)
+        .as_secs_f64()
+        .max(1e-9);
+    println!(
+        "CPU per message: servers {:.1} µs + clients {:.1} µs ({:.2} cores busy)",
+        servers_s * 1e6 / messages.max(1) as f64,
+        clients_s * 1e6 / messages.max(1) as f64,
+        (servers_s + clients_s) / wall
+    );
+}
+
+/// CPU seconds (user and system) of the servers together and of this process, and when.
+fn cpu_now(procs: &Servers) -> (f64, f64, Instant) {
+    let secs = |p: procfs::ProcResult<procfs::process::Process>| {
+        p.and_then(|p| p.stat())
+            .map(|st| (st.utime + st.stime) as f64 / procfs::ticks_per_second() as f64)
+            .expect("reading /proc")
+    };
+    let servers = procs
+        .0
+        .iter()
+        .map(|c| secs(procfs::process::Process::new(c.id() as i32)))
+        .sum();
+    (
+        servers,
+        secs(procfs::process::Process::myself()),
+        Instant::now(),
+    )
 }

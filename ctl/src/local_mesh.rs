@@ -1,7 +1,8 @@
 //! A mesh of real `echomesh-node` processes on 127.0.0.1, for `echomeshctl bench`: each node in
 //! its own data directory under a temporary directory, linked through the admin API exactly as
-//! an operator links nodes, measured through `/metrics`. The processes are killed when the mesh
-//! is dropped (their data is thrown away with the temporary directory).
+//! an operator links nodes, measured through `/metrics` (and `/proc` for their CPU time). The
+//! processes are killed when the mesh is dropped (their data is thrown away with the temporary
+//! directory).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

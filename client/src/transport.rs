@@ -190,12 +190,17 @@ fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, TransportError> {
     let _ = s.set_recv_buffer_size(UDP_BUFFER_BYTES);
     let _ = s.set_send_buffer_size(UDP_BUFFER_BYTES);
     // Linux reports twice what it grants (its bookkeeping share).
-    let recv = s.recv_buffer_size().unwrap_or(0);
-    if recv < UDP_BUFFER_BYTES {
+    let reported = s.recv_buffer_size().unwrap_or(0);
+    let granted = if cfg!(target_os = "linux") {
+        reported / 2
+    } else {
+        reported
+    };
+    if granted < UDP_BUFFER_BYTES {
         tracing::info!(
             %addr,
             asked = UDP_BUFFER_BYTES,
-            granted = recv,
+            granted,
             "UDP receive buffer is smaller than asked; under bursts datagrams may be lost: \
              raise it with `sysctl -w net.core.rmem_max={UDP_BUFFER_BYTES}`"
         );

@@ -245,8 +245,8 @@ pub struct CpuSample {
     at: Instant,
 }
 
-/// CPU spent between two samples, per operation: a figure that moves less with a noisy
-/// machine than a rate does, and says how many cores a target rate needs.
+/// CPU spent between two samples, per operation: it says how many cores a target rate needs
+/// (on a shared machine it moves too, less than a rate within one series).
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct CpuCost {
     /// CPU µs of all node processes together, per operation.

@@ -8,12 +8,12 @@
 //! pays one fsync per group instead of one per message, and the guarantee is unchanged: no
 //! caller hears "stored" before its message is synced.
 //!
-//! Under concurrency the thread also waits [`COMMIT_WINDOW`] before taking a group (only when
-//! the previous group had two callers or more, see [`wait_for_more`]): the deposits that
-//! arrive meanwhile share its fsync. On this project's 2-core VM an fsync costs about 150 µs of
-//! CPU (virtio notifications are VM exits); with 16 depositing clients the window gave 1.09×
-//! deposits/s and 0.92× CPU per deposit (docs/BENCHMARKS.md). A lone client's deposits form
-//! groups of one and never wait.
+//! Under concurrency the thread also waits [`COMMIT_WINDOW`] before writing a group that is
+//! not full (only when the previous group had two callers or more, see [`wait_for_more`]): the
+//! deposits that arrive meanwhile share its fsync. On this project's 2-core VM an fsync costs
+//! about 150 µs of CPU (virtio notifications are VM exits); with 16 depositing clients the
+//! window gave 1.09–1.14× deposits/s and 0.91–0.92× CPU per deposit (docs/BENCHMARKS.md). A
+//! lone client's deposits form groups of one and never wait.
 //!
 //! Bounded: the queue holds at most [`QUEUE_JOBS`] waiting jobs; a caller beyond that waits
 //! for room (deposits are already bounded by client and neighbor request limits).
@@ -112,18 +112,14 @@ fn writer(store: &OzoneStore, metrics: &Metrics, mut rx: mpsc::Receiver<Job>) {
     let mut jobs: Vec<Job> = Vec::new();
     let mut previous_callers = 0;
     while let Some(first) = rx.blocking_recv() {
-        if wait_for_more(previous_callers) {
-            // This thread only writes deposits: waiting here blocks no other work.
+        let (mut count, mut bytes) = (0, 0);
+        add(&mut jobs, first, &mut count, &mut bytes);
+        take_queued(&mut rx, &mut jobs, &mut count, &mut bytes);
+        if wait_for_more(previous_callers) && !full(count, bytes) {
+            // This thread only writes deposits: waiting here blocks no other work. A group
+            // already full is written at once.
             std::thread::sleep(COMMIT_WINDOW);
-        }
-        let mut count = first.messages.len();
-        let mut bytes = payload_bytes(&first.messages);
-        jobs.push(first);
-        while count < MAX_GROUP_MESSAGES && bytes < MAX_GROUP_BYTES {
-            let Ok(job) = rx.try_recv() else { break };
-            count += job.messages.len();
-            bytes += payload_bytes(&job.messages);
-            jobs.push(job);
+            take_queued(&mut rx, &mut jobs, &mut count, &mut bytes);
         }
         previous_callers = jobs.len();
         let group: Vec<&StoredMessage> = jobs.iter().flat_map(|j| &j.messages).collect();
@@ -137,6 +133,30 @@ fn writer(store: &OzoneStore, metrics: &Metrics, mut rx: mpsc::Receiver<Job>) {
         }
     }
     tracing::debug!("ozone writer stopped");
+}
+
+/// Whether a group has reached [`MAX_GROUP_MESSAGES`] or [`MAX_GROUP_BYTES`].
+fn full(count: usize, bytes: usize) -> bool {
+    count >= MAX_GROUP_MESSAGES || bytes >= MAX_GROUP_BYTES
+}
+
+fn add(jobs: &mut Vec<Job>, job: Job, count: &mut usize, bytes: &mut usize) {
+    *count += job.messages.len();
+    *bytes += payload_bytes(&job.messages);
+    jobs.push(job);
+}
+
+/// Add the jobs queued now to the group, until it is full.
+fn take_queued(
+    rx: &mut mpsc::Receiver<Job>,
+    jobs: &mut Vec<Job>,
+    count: &mut usize,
+    bytes: &mut usize,
+) {
+    while !full(*count, *bytes) {
+        let Ok(job) = rx.try_recv() else { break };
+        add(jobs, job, count, bytes);
+    }
 }
 
 fn payload_bytes(messages: &[StoredMessage]) -> usize {
@@ -156,5 +176,12 @@ mod tests {
         );
         assert!(wait_for_more(2));
         assert!(wait_for_more(64));
+    }
+
+    #[test]
+    fn a_group_is_full_at_either_bound_and_is_then_written_without_waiting() {
+        assert!(!full(MAX_GROUP_MESSAGES - 1, MAX_GROUP_BYTES - 1));
+        assert!(full(MAX_GROUP_MESSAGES, 0));
+        assert!(full(1, MAX_GROUP_BYTES));
     }
 }

@@ -327,11 +327,12 @@ fn bench_runs_node_processes_and_delivers_everything_once() {
     // A triangle floods every packet to a node twice: the second copy is a duplicate the
     // node's seen-cache drops, and the figure comes from the nodes' /metrics.
     assert!(r["duplicates_per_delivery"].as_f64().unwrap() > 0.0, "{r}");
-    // CPU per packet, read from /proc for the node processes and the bench itself: both
-    // did work for 2 000 packets.
+    // CPU per packet, read from /proc (10 ms ticks) for the node processes and the bench
+    // itself: three nodes relaying 2 000 packets use tens of milliseconds; the bench's own
+    // share can stay under one tick, so it is only checked to be there.
     let cpu = &r["cpu_per_packet"];
     assert!(cpu["nodes_us"].as_f64().unwrap() > 0.0, "{r}");
-    assert!(cpu["client_us"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(cpu["client_us"].as_f64().unwrap() >= 0.0, "{r}");
     assert!(cpu["cores_busy"].as_f64().unwrap() > 0.0, "{r}");
 
     let out = Command::new(bin("echomeshctl"))
